@@ -1,0 +1,181 @@
+"""Typed, frozen configuration objects, config-file loading and ``--set`` overrides.
+
+A config file is plain Python that builds these dataclasses and binds them to a
+module-level name ``config``. Overrides (``a.b=value``) are applied by path; an
+unknown key fails with the list of valid ones. This module holds no defaults for
+particular runs: those live in ``configs/``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import runpy
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied."""
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling: ``none``, ``linear`` (positions / factor) or ``dynamic`` (NTK)."""
+
+    type: str = "none"
+    factor: float = 1.0
+
+    def __post_init__(self):
+        if self.type not in ("none", "linear", "dynamic"):
+            raise ConfigError(
+                f"rope_scaling.type={self.type!r} is not supported; use 'none', 'linear' or 'dynamic'"
+            )
+        if self.type != "none" and self.factor < 1.0:
+            raise ConfigError(f"rope_scaling.factor must be >= 1, got {self.factor}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of an InternLM2 / Llama-family decoder.
+
+    ``attention_bias`` is InternLM2's ``bias`` (wqkv and wo); ``mlp_bias`` exists only in
+    the Llama layout. ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    head_dim: int = 0  # 0 -> hidden_size // num_heads
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"  # none | full | dots | dots_no_batch
+    attention_impl: str = "xla"  # xla | pallas | auto
+    initializer_range: float = 0.02
+    name: str = ""
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            if self.hidden_size % self.num_heads:
+                raise ConfigError(
+                    f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; "
+                    "set head_dim explicitly"
+                )
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"
+            )
+        if self.remat not in ("none", "full", "dots", "dots_no_batch"):
+            raise ConfigError(f"remat={self.remat!r}; use none, full, dots or dots_no_batch")
+        if self.attention_impl not in ("xla", "pallas", "auto"):
+            raise ConfigError(f"attention_impl={self.attention_impl!r}; use xla, pallas or auto")
+
+    @property
+    def q_per_kv(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+
+# ---------------------------------------------------------------------------
+# Loading and overrides
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = (), name: str = "config"):
+    """Run a Python config file, take its ``config`` object and apply ``a.b=value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    namespace = runpy.run_path(str(path))
+    if name not in namespace:
+        raise ConfigError(f"config file {path} defines no top-level '{name}'")
+    return apply_overrides(namespace[name], overrides)
+
+
+def apply_overrides(cfg, overrides: typing.Sequence[str]):
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        cfg = _set_path(cfg, key.strip().split("."), raw.strip(), key)
+    return cfg
+
+
+def _set_path(obj, parts: list[str], raw: str, full_key: str):
+    if not dataclasses.is_dataclass(obj):
+        raise ConfigError(f"cannot set {full_key!r}: {type(obj).__name__} has no fields")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    head = parts[0]
+    if head not in fields:
+        raise ConfigError(
+            f"unknown config key {full_key!r}: {type(obj).__name__} has no field {head!r}; "
+            f"valid fields: {', '.join(sorted(fields))}"
+        )
+    current = getattr(obj, head)
+    if len(parts) > 1:
+        value = _set_path(current, parts[1:], raw, full_key)
+    else:
+        hints = typing.get_type_hints(type(obj))
+        value = _coerce(raw, hints.get(head, type(current)), current, full_key)
+    try:
+        return dataclasses.replace(obj, **{head: value})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"cannot set {full_key}={raw!r}: {e}") from e
+
+
+def _coerce(raw: str, hint: Any, current: Any, key: str):
+    origin = typing.get_origin(hint)
+    if hint is bool or isinstance(current, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key} expects a boolean, got {raw!r}")
+    if hint is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{key} expects an integer, got {raw!r}") from None
+    if hint is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{key} expects a number, got {raw!r}") from None
+    if hint is str:
+        return raw
+    if dataclasses.is_dataclass(hint) or dataclasses.is_dataclass(current):
+        raise ConfigError(f"{key} is a group of settings; set its fields, e.g. {key}.<field>=...")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+        return origin(value)
+    return value
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    d = dict(d)
+    scaling = d.pop("rope_scaling", None) or {}
+    valid = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(d) - valid
+    if unknown:
+        raise ConfigError(
+            f"unknown model config fields {sorted(unknown)}; valid fields: {', '.join(sorted(valid))}"
+        )
+    return ModelConfig(rope_scaling=RopeScaling(**scaling), **d)

@@ -1,0 +1,246 @@
+"""InternLM2 / InternLM2.5 (and Llama-family, converted) as pure functions over a params pytree.
+
+Every leaf is declared once in ``param_specs`` with shape, initializer and logical
+axes; ``init`` is jitted with output shardings so large models are created already
+sharded. Blocks are stacked on a leading ``layers`` axis and run under ``lax.scan``.
+The layout is InternLM2's own (packed ``wqkv``); checkpoint/ converts other layouts.
+This module does not sample, batch requests or know file formats.
+
+Params tree (``L`` layers, ``E`` hidden, ``K`` kv heads, ``G`` query heads per kv head,
+``D`` head dim, ``M`` intermediate, ``V`` vocab)::
+
+    tok_embeddings [V, E]
+    layers/attention_norm [L, E]      layers/ffn_norm [L, E]
+    layers/wqkv [L, E, K, G + 2, D]   (per kv head: its G query heads, then key, then value)
+    layers/wo   [L, K * G, D, E]      (query head h = k * G + g)
+    layers/w1, w3 [L, E, M]           layers/w2 [L, M, E]
+    norm [E]                          output [E, V] (absent when tied)
+    optional biases: layers/wqkv_bias [L, K, G + 2, D], layers/wo_bias [L, E],
+                     layers/w1_bias, w3_bias [L, M], layers/w2_bias [L, E]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from intern_jax import sharding as shd
+from intern_jax.config import ModelConfig
+from intern_jax.model import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    shape: tuple[int, ...]
+    axes: tuple[str | None, ...]
+    init: str = "normal"  # normal | ones | zeros
+
+
+def param_specs(cfg: ModelConfig) -> dict:
+    L, E, K, G, D = cfg.num_layers, cfg.hidden_size, cfg.num_kv_heads, cfg.q_per_kv, cfg.head_dim
+    M, V, H = cfg.intermediate_size, cfg.vocab_size, cfg.num_heads
+    blocks = {
+        "attention_norm": ParamSpec((L, E), ("layers", "embed"), "ones"),
+        "wqkv": ParamSpec((L, E, K, G + 2, D), ("layers", "embed", "kv_heads", "qkv", "head_dim")),
+        "wo": ParamSpec((L, H, D, E), ("layers", "heads", "head_dim", "embed")),
+        "ffn_norm": ParamSpec((L, E), ("layers", "embed"), "ones"),
+        "w1": ParamSpec((L, E, M), ("layers", "embed", "mlp")),
+        "w3": ParamSpec((L, E, M), ("layers", "embed", "mlp")),
+        "w2": ParamSpec((L, M, E), ("layers", "mlp", "embed")),
+    }
+    if cfg.attention_bias:
+        blocks["wqkv_bias"] = ParamSpec((L, K, G + 2, D), ("layers", "kv_heads", "qkv", "head_dim"), "zeros")
+        blocks["wo_bias"] = ParamSpec((L, E), ("layers", "embed"), "zeros")
+    if cfg.mlp_bias:
+        blocks["w1_bias"] = ParamSpec((L, M), ("layers", "mlp"), "zeros")
+        blocks["w3_bias"] = ParamSpec((L, M), ("layers", "mlp"), "zeros")
+        blocks["w2_bias"] = ParamSpec((L, E), ("layers", "embed"), "zeros")
+    specs = {
+        "tok_embeddings": ParamSpec((V, E), ("vocab", "embed")),
+        "layers": blocks,
+        "norm": ParamSpec((E,), ("embed",), "ones"),
+    }
+    if not cfg.tie_word_embeddings:
+        specs["output"] = ParamSpec((E, V), ("embed", "vocab"))
+    return specs
+
+
+def _is_spec(x) -> bool:
+    return isinstance(x, ParamSpec)
+
+
+def abstract(cfg: ModelConfig) -> dict:
+    """The params tree as ``jax.ShapeDtypeStruct`` leaves (no memory allocated)."""
+    dtype = jnp.dtype(cfg.param_dtype)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), param_specs(cfg), is_leaf=_is_spec)
+
+
+def count_params(cfg: ModelConfig) -> int:
+    return sum(math.prod(s.shape) for s in jax.tree.leaves(param_specs(cfg), is_leaf=_is_spec))
+
+
+def param_shardings(cfg: ModelConfig, mesh, rules=None) -> dict:
+    return jax.tree.map(
+        lambda s: shd.named_sharding(mesh, s.axes, s.shape, rules), param_specs(cfg), is_leaf=_is_spec
+    )
+
+
+def init(cfg: ModelConfig, key, mesh=None, rules=None) -> dict:
+    """Random parameters, created directly with their shardings when ``mesh`` is given."""
+    specs = param_specs(cfg)
+    leaves, treedef = jax.tree.flatten(specs, is_leaf=_is_spec)
+    dtype = jnp.dtype(cfg.param_dtype)
+
+    def make(key):
+        keys = jax.random.split(key, len(leaves))
+        out = []
+        for k, s in zip(keys, leaves):
+            if s.init == "ones":
+                out.append(jnp.ones(s.shape, dtype))
+            elif s.init == "zeros":
+                out.append(jnp.zeros(s.shape, dtype))
+            else:
+                out.append((cfg.initializer_range * jax.random.normal(k, s.shape, jnp.float32)).astype(dtype))
+        return jax.tree.unflatten(treedef, out)
+
+    out_shardings = param_shardings(cfg, mesh, rules) if mesh is not None else None
+    return jax.jit(make, out_shardings=out_shardings)(key)
+
+
+# ---------------------------------------------------------------------------
+# KV cache
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
+    """An empty KV cache for ``batch_size`` rows of up to ``max_len`` tokens.
+
+    ``segment_ids``/``positions`` describe each slot (segment 0 = empty), so the same
+    mask rule as training applies; ``lengths`` is where each row writes next.
+    """
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32),
+        "positions": jnp.zeros((batch_size, max_len), jnp.int32),
+        "lengths": jnp.zeros((batch_size,), jnp.int32),
+    }
+
+
+def _write_slots(cache, segment_ids, positions):
+    """Slot indices ``[B, T]`` for new tokens and the cache with their metadata written.
+
+    Tokens land at ``lengths[b] + t``; ``lengths`` advances by the row's non-padding
+    count, so right-padding is overwritten by the next call. Out-of-range slots are dropped.
+    """
+    b, t = segment_ids.shape
+    slots = cache["lengths"][:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+    rows = jnp.arange(b)[:, None]
+    cache = dict(cache)
+    cache["segment_ids"] = cache["segment_ids"].at[rows, slots].set(segment_ids, mode="drop")
+    cache["positions"] = cache["positions"].at[rows, slots].set(positions, mode="drop")
+    cache["lengths"] = cache["lengths"] + jnp.sum(segment_ids != 0, axis=1, dtype=jnp.int32)
+    return slots, cache
+
+
+# ---------------------------------------------------------------------------
+# Forward
+
+
+_REMAT_POLICIES: dict[str, Callable | None] = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _qkv(p, x, cos, sin, cfg: ModelConfig):
+    """Project the normed input to rotated q ``[B,T,H,D]`` and k, v ``[B,T,K,D]``."""
+    h = layers.rms_norm(x, p["attention_norm"], cfg.rms_norm_eps)
+    qkv = layers.linear(h, p["wqkv"], p.get("wqkv_bias"))  # [B, T, K, G+2, D]
+    b, t = x.shape[:2]
+    g = cfg.q_per_kv
+    q = qkv[:, :, :, :g, :].reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k, v = qkv[:, :, :, g, :], qkv[:, :, :, g + 1, :]
+    return layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin), v
+
+
+def _finish(p, x, attn, cfg: ModelConfig):
+    """Output projection, residual, feed-forward, residual."""
+    x = x + layers.linear(attn.reshape(*attn.shape[:2], -1), p["wo"].reshape(-1, p["wo"].shape[-1]), p.get("wo_bias"))
+    h = layers.rms_norm(x, p["ffn_norm"], cfg.rms_norm_eps)
+    ff = layers.swiglu(h, p["w1"], p["w3"], p["w2"], p.get("w1_bias"), p.get("w3_bias"), p.get("w2_bias"))
+    return x + ff
+
+
+def forward(params, batch, cfg: ModelConfig, cache=None):
+    """Logits ``[B, T, V]`` (float32) and the updated cache (or None).
+
+    ``batch``: ``tokens [B, T]`` int32 and optionally ``positions [B, T]`` (default
+    0..T-1) and ``segment_ids [B, T]`` (default all ones; 0 = padding). With a cache,
+    the tokens are appended after each row's cached tokens and attend to them.
+    """
+    tokens = batch["tokens"]
+    b, t = tokens.shape
+    positions = batch.get("positions")
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    segment_ids = batch.get("segment_ids")
+    if segment_ids is None:
+        segment_ids = jnp.ones((b, t), jnp.int32)
+    dtype = jnp.dtype(cfg.dtype)
+    x = jnp.take(params["tok_embeddings"], tokens, axis=0).astype(dtype)
+
+    if cache is None:
+        kv_segment_ids, kv_positions = segment_ids, positions
+    else:
+        slots, cache = _write_slots(cache, segment_ids, positions)
+        kv_segment_ids, kv_positions = cache["segment_ids"], cache["positions"]
+    seq_len = jnp.max(jnp.where(kv_segment_ids != 0, kv_positions, 0), axis=1) + 1
+    cos, sin = layers.rope_tables(positions, cfg, seq_len)
+    blocks = jax.tree.map(lambda w: w.astype(dtype), params["layers"])
+
+    if cache is None:
+
+        def body(x, p):
+            q, k, v = _qkv(p, x, cos, sin, cfg)
+            attn = layers.attention(
+                q, k, v, segment_ids, positions, kv_segment_ids, kv_positions, impl=cfg.attention_impl
+            )
+            return _finish(p, x, attn, cfg), None
+
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, blocks)
+    else:
+        rows = jnp.arange(b)[:, None]
+
+        def body(carry, p):
+            x, k_all, v_all, i = carry
+            q, k, v = _qkv(p, x, cos, sin, cfg)
+            k_all = k_all.at[i, rows, slots].set(k.astype(k_all.dtype), mode="drop")
+            v_all = v_all.at[i, rows, slots].set(v.astype(v_all.dtype), mode="drop")
+            attn = layers.attention(
+                q, k_all[i].astype(dtype), v_all[i].astype(dtype),
+                segment_ids, positions, kv_segment_ids, kv_positions, impl="xla",
+            )
+            return (_finish(p, x, attn, cfg), k_all, v_all, i + 1), None
+
+        (x, k_all, v_all, _), _ = jax.lax.scan(body, (x, cache["k"], cache["v"], 0), blocks)
+        cache = {**cache, "k": k_all, "v": v_all}
+
+    x = layers.rms_norm(x, params["norm"].astype(dtype), cfg.rms_norm_eps)
+    head = params["tok_embeddings"].T if cfg.tie_word_embeddings else params["output"]
+    logits = jnp.einsum("bte,ev->btv", x, head.astype(dtype), preferred_element_type=jnp.float32)
+    return logits, cache
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def forward_jit(params, batch, cfg: ModelConfig, cache=None):
+    return forward(params, batch, cfg, cache)

@@ -1,0 +1,142 @@
+"""Building blocks of the decoder: RMSNorm, rotary embeddings, SwiGLU and attention.
+
+Each is a pure function over arrays. ``attention`` is the single dispatch point that
+kernels/ plugs into (``impl="xla" | "pallas" | "auto"``); the XLA path here is the
+reference every kernel is checked against. Nothing here knows about meshes or checkpoints.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from intern_jax.config import ModelConfig
+
+NEG_INF = -1e30
+
+
+def rms_norm(x, scale, eps: float):
+    """RMSNorm computed in float32, cast back to the input dtype before the scale (as InternLM2)."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig, seq_len=None):
+    """Inverse frequencies ``[..., head_dim // 2]``.
+
+    With ``dynamic`` (NTK) scaling the base grows once ``seq_len`` (per row, traced)
+    exceeds ``max_position_embeddings``, exactly as the Hugging Face implementations do.
+    """
+    dim = cfg.head_dim
+    exponent = jnp.arange(0, dim, 2, dtype=jnp.float32) / dim
+    base = jnp.asarray(cfg.rope_theta, jnp.float32)
+    if cfg.rope_scaling.type == "dynamic" and seq_len is not None:
+        factor = cfg.rope_scaling.factor
+        max_pos = cfg.max_position_embeddings
+        seq_len = jnp.asarray(seq_len, jnp.float32)[..., None]
+        grown = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+        base = jnp.where(seq_len > max_pos, grown, base)
+    return 1.0 / (base**exponent)
+
+
+def rope_tables(positions, cfg: ModelConfig, seq_len=None):
+    """cos, sin of shape ``[batch, seq, head_dim]`` (rotate-half layout), float32.
+
+    ``seq_len [batch]`` is the length that dynamic NTK scaling looks at.
+    """
+    pos = positions.astype(jnp.float32)
+    if cfg.rope_scaling.type == "linear":
+        pos = pos / cfg.rope_scaling.factor
+    inv_freq = rope_inv_freq(cfg, seq_len)  # [D/2] or [B, D/2]
+    if inv_freq.ndim == 1:
+        freqs = pos[..., None] * inv_freq
+    else:
+        freqs = pos[..., None] * inv_freq[:, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x, cos, sin):
+    """x: ``[batch, seq, heads, head_dim]``; cos/sin: ``[batch, seq, head_dim]``."""
+    half = x.shape[-1] // 2
+    xf = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+def linear(x, w, b=None):
+    """``x @ w (+ b)`` with ``w`` stored ``[in, ..., out...]``; the one matmul dispatch point."""
+    y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype).reshape(w.shape[0], -1))
+    y = y.reshape(*x.shape[:-1], *w.shape[1:])
+    if b is not None:
+        y = y + b.astype(y.dtype)
+    return y
+
+
+def swiglu(x, w1, w3, w2, b1=None, b3=None, b2=None):
+    """``w2(silu(w1 x) * w3 x)``."""
+    gate = linear(x, w1, b1)
+    up = linear(x, w3, b3)
+    return linear(jax.nn.silu(gate) * up, w2, b2)
+
+
+def attention_mask(q_segment_ids, q_positions, kv_segment_ids, kv_positions):
+    """``[batch, q, kv]`` bool: same nonzero segment, and key position <= query position.
+
+    Positions restart per packed document, so causality by position inside a segment
+    is causality by index. The same rule serves training, prefill and cached decode.
+    """
+    same = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    valid = (q_segment_ids[:, :, None] != 0) & (kv_segment_ids[:, None, :] != 0)
+    causal = kv_positions[:, None, :] <= q_positions[:, :, None]
+    return same & valid & causal
+
+
+def attention_xla(q, k, v, mask, sm_scale=None):
+    """Reference grouped-query attention.
+
+    q: ``[batch, q, heads, head_dim]``; k, v: ``[batch, kv, kv_heads, head_dim]``;
+    mask: ``[batch, q, kv]``. Query head ``h`` reads kv head ``h // (heads // kv_heads)``.
+    Rows with no visible key return zeros.
+    """
+    b, t, h, d = q.shape
+    kvh = k.shape[2]
+    g = h // kvh
+    scale = sm_scale if sm_scale is not None else d**-0.5
+    qg = q.reshape(b, t, kvh, g, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    m = mask[:, None, None, :, :]
+    scores = jnp.where(m, scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = jnp.where(m, probs, 0.0)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, d).astype(q.dtype)
+
+
+def attention(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions, *, impl="xla"):
+    """Attention dispatch: the model calls only this.
+
+    The Pallas flash kernel takes the self-attention case (keys are the queries' own
+    tokens, causal by index); attention over a KV cache goes through the XLA path.
+    """
+    if impl in ("pallas", "auto"):
+        kernel = _flash_attention_or_none(impl)
+        if kernel is not None:
+            return kernel(q, k, v, segment_ids=q_segment_ids, causal=True)
+    mask = attention_mask(q_segment_ids, q_positions, kv_segment_ids, kv_positions)
+    return attention_xla(q, k, v, mask)
+
+
+def _flash_attention_or_none(impl):
+    """The Pallas kernel for ``pallas``; for ``auto`` only where it is compiled (GPU)."""
+    if impl == "auto" and jax.default_backend() != "gpu":
+        return None
+    try:
+        from kernels import flash_attention
+    except ImportError as e:  # kernels/ ships with the project; this only guards partial installs
+        if impl == "pallas":
+            raise ImportError("attention_impl='pallas' needs the kernels package") from e
+        return None
+    return flash_attention

@@ -1,0 +1,101 @@
+"""Device mesh and logical-axis rules: how named array axes map onto mesh axes.
+
+Model code names logical axes (``embed``, ``heads``, ``mlp`` ...); this module turns
+them into ``PartitionSpec``s for a mesh with axes ``("data", "fsdp", "tensor")``.
+Changing parallelism means changing the mesh shape or the rules, never model code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None for replicated)
+DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "seq": None,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "qkv": None,
+    "head_dim": None,
+    "mlp": "tensor",
+    "layers": None,
+    "cache_seq": None,
+}
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence | None = None) -> Mesh:
+    """A mesh over ``devices`` (default: all) with axes data/fsdp/tensor.
+
+    ``shape`` may leave one axis as -1 to take the remaining devices; missing axes are 1.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    shape = dict(shape or {"fsdp": -1})
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"unknown mesh axes {sorted(unknown)}; valid axes: {MESH_AXES}")
+    sizes = [shape.get(a, 1) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError("at most one mesh axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices cannot be split by fixed mesh axes {shape}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}"
+        )
+    return Mesh(
+        np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES)
+    )
+
+
+def logical_to_spec(axes: Sequence[str | None], rules: Mapping | None = None) -> PartitionSpec:
+    """PartitionSpec for an array whose dimensions carry these logical names.
+
+    A mesh axis is used at most once per array: a later dimension that maps to an
+    already-used mesh axis stays replicated.
+    """
+    rules = DEFAULT_RULES if rules is None else rules
+    used: set[str] = set()
+    out = []
+    for name in axes:
+        target = rules.get(name) if name is not None else None
+        if target is None:
+            out.append(None)
+            continue
+        targets = (target,) if isinstance(target, str) else tuple(target)
+        targets = tuple(t for t in targets if t not in used)
+        used.update(targets)
+        out.append(targets[0] if len(targets) == 1 else (targets or None))
+    return PartitionSpec(*out)
+
+
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drop mesh axes from dimensions they do not divide (small or odd-sized dims)."""
+    out = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        if entry is None:
+            out.append(None)
+            continue
+        names = (entry,) if isinstance(entry, str) else tuple(entry)
+        kept = []
+        for n in names:
+            size = math.prod(mesh.shape[k] for k in kept + [n])
+            if dim % size == 0:
+                kept.append(n)
+        out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return PartitionSpec(*out)
+
+
+def named_sharding(mesh: Mesh, axes, shape, rules=None) -> NamedSharding:
+    return NamedSharding(mesh, fit_spec(logical_to_spec(axes, rules), shape, mesh))
