@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import functools
 import io
+import itertools
 import json
 import os
 import re
@@ -24,7 +25,12 @@ from sentencepiece import sentencepiece_model_pb2
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 INTERNLM2_SPECIAL_TOKENS = (
-    "<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>", "<|interpreter|>", "<|plugin|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|action_start|>",
+    "<|action_end|>",
+    "<|interpreter|>",
+    "<|plugin|>",
 )
 
 # InternLM2 chat format (InternLM chat_format.md). Tool calls follow InternLM's agent protocol:
@@ -42,14 +48,17 @@ INTERNLM2_CHAT_TEMPLATE = (
     "{% endif %}"
     "{% set name = message.get('name') or ('plugin' if message['role'] == 'tool' else none) %}"
     "{{ '<|im_start|>' + role }}"
-    "{% if name %}{{ ' name=' + ('<|' + name + '|>' if name in ['plugin', 'interpreter'] else name) }}{% endif %}"
+    "{% if name %}"
+    "{{ ' name=' + ('<|' + name + '|>' if name in ['plugin', 'interpreter'] else name) }}"
+    "{% endif %}"
     "{{ '\\n' + (message['content'] or '') }}"
     "{% for call in message.get('tool_calls') or [] %}"
     "{% if call['type'] == 'interpreter' %}"
     "{{ '<|action_start|><|interpreter|>\\n' + call['code'] + '<|action_end|>\\n' }}"
     "{% else %}"
     "{% set args = call['function']['arguments'] %}"
-    "{{ '<|action_start|><|plugin|>\\n{\"name\": ' + (call['function']['name'] | tojson) + ', \"parameters\": ' }}"
+    "{{ '<|action_start|><|plugin|>\\n{\"name\": ' + (call['function']['name'] | tojson) }}"
+    "{{ ', \"parameters\": ' }}"
     "{{ args if args is string else args | tojson }}{{ '}<|action_end|>\\n' }}"
     "{% endif %}"
     "{% endfor %}"
@@ -77,7 +86,11 @@ _GGUF_PRE_SPLITS = {
 @functools.lru_cache(maxsize=1)
 def _byte_alphabet() -> dict[int, str]:
     """GPT-2's byte -> printable character table used by byte-level BPE vocabularies."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -88,43 +101,77 @@ def _byte_alphabet() -> dict[int, str]:
     return table
 
 
-def _merges_from_scores(pieces: list[str], scores: list[float], vocab: dict[str, int]) -> list[tuple[str, str]]:
+def _merges_from_scores(
+    pieces: list[str], scores: list[float], vocab: dict[str, int]
+) -> list[tuple[str, str]]:
     """BPE merges implied by a SentencePiece vocabulary: every split of a piece into two pieces,
     best-scoring result first (ties: longer left, then longer right part, then vocabulary order)."""
     merges = []
-    for piece, score in zip(pieces, scores):
-        splits = [(piece[:i], piece[i:]) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
+    for piece, score in zip(pieces, scores, strict=True):
+        splits = [
+            (piece[:i], piece[i:]) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab
+        ]
         splits.sort(key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
-        merges.extend((-score, -len(left), -len(right), n, left, right) for n, (left, right) in enumerate(splits))
+        merges.extend(
+            (-score, -len(left), -len(right), n, left, right) for n, (left, right) in enumerate(splits)
+        )
     merges.sort(key=lambda m: m[:3])
     return [(m[4], m[5]) for m in merges]
 
 
-def _sentencepiece_bpe_json(pieces, scores, types, *, unigram, add_dummy_prefix, prepend_scheme) -> tokenizers.Tokenizer:
+def _sentencepiece_bpe_json(
+    pieces,
+    scores,
+    types,
+    *,
+    unigram,
+    add_dummy_prefix,
+    prepend_scheme,
+    charsmap=b"",
+    remove_extra_whitespaces=False,
+) -> tokenizers.Tokenizer:
     """A `tokenizers.Tokenizer` equivalent to a SentencePiece model with byte fallback.
 
     prepend_scheme "always" puts the dummy-prefix space before every text run between special
     tokens (what SentencePiece itself does on each run), "first" only at the very start.
+    charsmap is the model's compiled normalization rule (e.g. nmt_nfkc), empty for identity.
     """
     vocab = {p: i for i, p in enumerate(pieces)}
-    unk = next((p for p, t in zip(pieces, types) if t == _SP_UNKNOWN), None)
+    unk = next((p for p, t in zip(pieces, types, strict=True) if t == _SP_UNKNOWN), None)
     if unigram:
-        model = models.Unigram([(p, s) for p, s in zip(pieces, scores)], unk_id=vocab.get(unk), byte_fallback=True)
+        model = models.Unigram(
+            [(p, s) for p, s in zip(pieces, scores, strict=True)], unk_id=vocab.get(unk), byte_fallback=True
+        )
     else:
-        mergeable = [(p, s) for p, s, t in zip(pieces, scores, types) if t in (_SP_NORMAL, _SP_UNUSED)]
+        kept = (_SP_NORMAL, _SP_UNUSED)
+        mergeable = [(p, s) for p, s, t in zip(pieces, scores, types, strict=True) if t in kept]
         merges = _merges_from_scores([p for p, _ in mergeable], [s for _, s in mergeable], vocab)
         model = models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
     tok = tokenizers.Tokenizer(model)
-    scheme = prepend_scheme if add_dummy_prefix else "never"
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+    steps = [normalizers.Precompiled(charsmap)] if charsmap else []
+    if remove_extra_whitespaces:
+        steps += [
+            normalizers.Strip(left=True, right=True),
+            normalizers.Replace(tokenizers.Regex(" {2,}"), " "),
+        ]
+    if prepend_scheme == "always":  # unlike Metaspace, prepends even when the run starts with a space
+        steps += [normalizers.Prepend("▁")] if add_dummy_prefix else []
+        steps += [normalizers.Replace(" ", "▁")]
+    else:
+        scheme = prepend_scheme if add_dummy_prefix else "never"
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+    tok.normalizer = normalizers.Sequence(steps) if steps else None
     steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     if add_dummy_prefix:
         steps.append(decoders.Strip(" ", 1, 0))
     tok.decoder = decoders.Sequence(steps)
-    tok.add_special_tokens([
-        tokenizers.AddedToken(p, special=True, normalized=False)
-        for p, t in zip(pieces, types) if t in (_SP_CONTROL, _SP_UNKNOWN, _SP_USER_DEFINED)
-    ])
+    tok.add_special_tokens(
+        [
+            tokenizers.AddedToken(p, special=True, normalized=False)
+            for p, t in zip(pieces, types, strict=True)
+            if t in (_SP_CONTROL, _SP_UNKNOWN, _SP_USER_DEFINED)
+        ]
+    )
     return tok
 
 
@@ -144,14 +191,19 @@ class _SentencePieceBackend:
             self.proto = sentencepiece_model_pb2.ModelProto()
             self.proto.ParseFromString(proto_bytes)
         except Exception as e:  # sentencepiece raises RuntimeError / OSError / protobuf DecodeError
-            raise ValueError(f"{source} is not a valid SentencePiece model ({e}); "
-                             "expected a tokenizer.model written by sentencepiece") from e
+            raise ValueError(
+                f"{source} is not a valid SentencePiece model ({e}); "
+                "expected a tokenizer.model written by sentencepiece"
+            ) from e
         self.types = [p.type for p in self.proto.pieces]
         self.special_ids = frozenset(
-            i for i, t in enumerate(self.types) if t in (_SP_CONTROL, _SP_UNKNOWN, _SP_USER_DEFINED))
+            i for i, t in enumerate(self.types) if t in (_SP_CONTROL, _SP_UNKNOWN, _SP_USER_DEFINED)
+        )
         specials = sorted((self.sp.id_to_piece(i) for i in self.special_ids), key=len, reverse=True)
         self.special_split = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
         self.piece_to_special = {self.sp.id_to_piece(i): i for i in self.special_ids}
+        spec = self.proto.normalizer_spec
+        self.strips_leading_space = spec.add_dummy_prefix or spec.remove_extra_whitespaces
 
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
@@ -176,7 +228,7 @@ class _SentencePieceBackend:
                 b = 0
                 for c, ch in enumerate(chunk):
                     n = len(ch.encode("utf-8"))
-                    char_at[b:b + n] = [c] * n
+                    char_at[b : b + n] = [c] * n
                     b += n
                 char_at[b] = len(chunk)
                 for piece in self.sp.encode(chunk, return_type="proto").pieces:
@@ -186,23 +238,38 @@ class _SentencePieceBackend:
         return ids, starts
 
     def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-        out, run = [], []
-        for i in ids:
-            if i in self.special_ids:
-                out.append(self.sp.decode(run))
-                run = []
-                if not skip_special_tokens:
-                    out.append(self.sp.id_to_piece(i))
-            else:
-                run.append(i)
-        out.append(self.sp.decode(run))
+        """Text runs decode with sentencepiece; special tokens are written as their pieces. The
+        dummy-prefix space is dropped only at the very start, as Hugging Face's decoders do."""
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self.special_ids]
+        out, start = [], 0
+        for end in [*(k for k, i in enumerate(ids) if i in self.special_ids), len(ids)]:
+            run = ids[start:end]
+            text = self.sp.decode(run)
+            if (
+                start > 0
+                and self.strips_leading_space
+                and run
+                and self.sp.id_to_piece(run[0]).startswith("▁")
+            ):
+                text = " " + text
+            out.append(text)
+            if end < len(ids):
+                out.append(self.sp.id_to_piece(ids[end]))
+            start = end + 1
         return "".join(out)
 
     def to_hf(self) -> tokenizers.Tokenizer:
         return _sentencepiece_bpe_json(
-            [p.piece for p in self.proto.pieces], [p.score for p in self.proto.pieces], self.types,
+            [p.piece for p in self.proto.pieces],
+            [p.score for p in self.proto.pieces],
+            self.types,
             unigram=self.proto.trainer_spec.model_type == sentencepiece_model_pb2.TrainerSpec.UNIGRAM,
-            add_dummy_prefix=self.proto.normalizer_spec.add_dummy_prefix, prepend_scheme="always")
+            add_dummy_prefix=self.proto.normalizer_spec.add_dummy_prefix,
+            prepend_scheme="always",
+            charsmap=self.proto.normalizer_spec.precompiled_charsmap,
+            remove_extra_whitespaces=self.proto.normalizer_spec.remove_extra_whitespaces,
+        )
 
 
 class _HFBackend:
@@ -213,8 +280,11 @@ class _HFBackend:
         # tokenizers' ByteFallback decoder decodes a run of <0xXX> tokens all or nothing, so a
         # stream may only cut after a token that ends the run.
         uses_byte_fallback = "ByteFallback" in (tok.decoder.__repr__() if tok.decoder else "")
-        self.hold_ids = frozenset(
-            i for p, i in tok.get_vocab().items() if _BYTE_PIECE.match(p)) if uses_byte_fallback else frozenset()
+        self.hold_ids = (
+            frozenset(i for p, i in tok.get_vocab().items() if _BYTE_PIECE.match(p))
+            if uses_byte_fallback
+            else frozenset()
+        )
 
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size(with_added_tokens=True)
@@ -239,14 +309,31 @@ class _HFBackend:
 class Tokenizer:
     """Text <-> token ids for one model, with its special tokens and chat template."""
 
-    def __init__(self, backend, *, bos_token=None, eos_token=None, pad_token=None, unk_token=None,
-                 chat_template=None, add_bos_token=False):
+    def __init__(
+        self,
+        backend,
+        *,
+        bos_token=None,
+        eos_token=None,
+        pad_token=None,
+        unk_token=None,
+        chat_template=None,
+        add_bos_token=False,
+    ):
         self._backend = backend
-        self._tokens = {"bos_token": bos_token, "eos_token": eos_token, "pad_token": pad_token,
-                        "unk_token": unk_token}
+        self._tokens = {
+            "bos_token": bos_token,
+            "eos_token": eos_token,
+            "pad_token": pad_token,
+            "unk_token": unk_token,
+        }
         ids = {k: (backend.token_to_id(v) if v is not None else None) for k, v in self._tokens.items()}
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = (
-            ids["bos_token"], ids["eos_token"], ids["pad_token"], ids["unk_token"])
+            ids["bos_token"],
+            ids["eos_token"],
+            ids["pad_token"],
+            ids["unk_token"],
+        )
         self.chat_template = chat_template
         self.add_bos_token = add_bos_token
         im_end = backend.token_to_id("<|im_end|>")
@@ -265,13 +352,15 @@ class Tokenizer:
         def piece(i):
             return sp.id_to_piece(i) if 0 <= i < sp.get_piece_size() else None
 
-        return cls(backend,
-                   bos_token=_token_str(config.get("bos_token")) or piece(sp.bos_id()),
-                   eos_token=_token_str(config.get("eos_token")) or piece(sp.eos_id()),
-                   pad_token=_token_str(config.get("pad_token")) or piece(sp.pad_id()),
-                   unk_token=_token_str(config.get("unk_token")) or piece(sp.unk_id()),
-                   chat_template=_config_chat_template(config),
-                   add_bos_token=config.get("add_bos_token", True))
+        return cls(
+            backend,
+            bos_token=_token_str(config.get("bos_token")) or piece(sp.bos_id()),
+            eos_token=_token_str(config.get("eos_token")) or piece(sp.eos_id()),
+            pad_token=_token_str(config.get("pad_token")) or piece(sp.pad_id()),
+            unk_token=_token_str(config.get("unk_token")) or piece(sp.unk_id()),
+            chat_template=_config_chat_template(config),
+            add_bos_token=config.get("add_bos_token", True),
+        )
 
     @classmethod
     def from_hf(cls, path, *, config: dict | None = None) -> Tokenizer:
@@ -290,12 +379,15 @@ class Tokenizer:
             value = _token_str(config.get(key))
             return value if value is not None else next((g for g in guesses if g in vocab), None)
 
-        return cls(_HFBackend(tok),
-                   bos_token=pick("bos_token", "<s>", "<|begin_of_text|>", "<|endoftext|>"),
-                   eos_token=pick("eos_token", "</s>", "<|end_of_text|>", "<|endoftext|>"),
-                   pad_token=pick("pad_token"), unk_token=pick("unk_token", "<unk>"),
-                   chat_template=_config_chat_template(config),
-                   add_bos_token=bool(config.get("add_bos_token", False)))
+        return cls(
+            _HFBackend(tok),
+            bos_token=pick("bos_token", "<s>", "<|begin_of_text|>", "<|endoftext|>"),
+            eos_token=pick("eos_token", "</s>", "<|end_of_text|>", "<|endoftext|>"),
+            pad_token=pick("pad_token"),
+            unk_token=pick("unk_token", "<unk>"),
+            chat_template=_config_chat_template(config),
+            add_bos_token=bool(config.get("add_bos_token", False)),
+        )
 
     @classmethod
     def from_gguf(cls, reader_or_path) -> Tokenizer:
@@ -323,11 +415,19 @@ class Tokenizer:
             raise ValueError(f"{source} has no tokenizer.ggml.tokens; it carries no tokenizer")
         types = meta("tokenizer.ggml.token_type") or [_SP_NORMAL] * len(pieces)
         if kind == "gpt2":
-            tok = _byte_level_bpe(pieces, types, meta("tokenizer.ggml.merges") or [], meta("tokenizer.ggml.pre"))
+            tok = _byte_level_bpe(
+                pieces, types, meta("tokenizer.ggml.merges") or [], meta("tokenizer.ggml.pre")
+            )
         elif kind == "llama":
             scores = meta("tokenizer.ggml.scores") or [0.0] * len(pieces)
-            tok = _sentencepiece_bpe_json(pieces, scores, types, unigram=False, prepend_scheme="first",
-                                          add_dummy_prefix=meta("tokenizer.ggml.add_space_prefix", True))
+            tok = _sentencepiece_bpe_json(
+                pieces,
+                scores,
+                types,
+                unigram=False,
+                prepend_scheme="first",
+                add_dummy_prefix=meta("tokenizer.ggml.add_space_prefix", True),
+            )
         else:
             raise ValueError(f"{source} has tokenizer.ggml.model={kind!r}; supported: 'gpt2', 'llama'")
 
@@ -335,10 +435,15 @@ class Tokenizer:
             i = meta(key)
             return pieces[i] if i is not None and 0 <= i < len(pieces) else None
 
-        return cls(_HFBackend(tok), bos_token=token("tokenizer.ggml.bos_token_id"),
-                   eos_token=token("tokenizer.ggml.eos_token_id"), pad_token=token("tokenizer.ggml.padding_token_id"),
-                   unk_token=token("tokenizer.ggml.unknown_token_id"), chat_template=meta("tokenizer.chat_template"),
-                   add_bos_token=bool(meta("tokenizer.ggml.add_bos_token", kind == "llama")))
+        return cls(
+            _HFBackend(tok),
+            bos_token=token("tokenizer.ggml.bos_token_id"),
+            eos_token=token("tokenizer.ggml.eos_token_id"),
+            pad_token=token("tokenizer.ggml.padding_token_id"),
+            unk_token=token("tokenizer.ggml.unknown_token_id"),
+            chat_template=meta("tokenizer.chat_template"),
+            add_bos_token=bool(meta("tokenizer.ggml.add_bos_token", kind == "llama")),
+        )
 
     # ---- vocabulary -----------------------------------------------------------------------
 
@@ -371,8 +476,9 @@ class Tokenizer:
         """Render messages with the model's own template, or InternLM2's when it has none."""
         template = _compile_template(self.chat_template or INTERNLM2_CHAT_TEMPLATE)
         specials = {k: v or "" for k, v in self._tokens.items()}
-        return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                               **specials, **kwargs)
+        return template.render(
+            messages=list(messages), add_generation_prompt=add_generation_prompt, **specials, **kwargs
+        )
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = False):
         """(ids, loss_mask) for a conversation; the mask is True on assistant tokens only.
@@ -382,17 +488,20 @@ class Tokenizer:
         conversation. A message with `"loss": False` stays out of the mask. Tokens are taken from
         one encoding of the full render; a token counts as assistant when its first character is.
         """
-        renders = [self.apply_chat_template(messages[:i + 1], add_generation_prompt=False)
-                   for i in range(len(messages))]
+        renders = [
+            self.apply_chat_template(messages[: i + 1], add_generation_prompt=False)
+            for i in range(len(messages))
+        ]
         full = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
         chain = [*renders, full]
-        for a, b in zip(chain, chain[1:]):
+        for a, b in itertools.pairwise(chain):
             if not b.startswith(a):
                 raise ValueError(
                     "chat template is not prefix-stable: rendering a conversation changes the text of its "
                     f"earlier turns (render of a shorter prefix ends {a[-60:]!r}, the longer one has "
-                    f"{b[max(0, _common_prefix(a, b) - 30):_common_prefix(a, b) + 30]!r} there); "
-                    "loss masks need a template whose earlier turns render the same in any longer conversation")
+                    f"{b[max(0, _common_prefix(a, b) - 30) : _common_prefix(a, b) + 30]!r} there); loss "
+                    "masks need a template whose earlier turns render the same in any longer conversation"
+                )
         end_tokens = [self.id_to_token(i) for i in sorted(self.stop_ids)]
         regions = []
         for i, message in enumerate(messages):
@@ -403,8 +512,9 @@ class Tokenizer:
             if not (renders[i].startswith(prompt) and len(prompt) >= start_min):
                 raise ValueError(
                     f"chat template is not prefix-stable at message {i}: the generation prompt "
-                    f"{prompt[-60:]!r} is not where the assistant turn's render {renders[i][-60:]!r} starts")
-            turn = renders[i][len(prompt):]
+                    f"{prompt[-60:]!r} is not where the assistant turn's render {renders[i][-60:]!r} starts"
+                )
+            turn = renders[i][len(prompt) :]
             end = max((turn.rfind(t) + len(t) for t in end_tokens if t and t in turn), default=len(turn))
             regions.append((len(prompt), len(prompt) + end))
         ids, starts = self._backend.encode_with_starts(full)
@@ -422,15 +532,23 @@ class Tokenizer:
         bos = self._tokens["bos_token"]
         if self.add_bos_token and bos is not None:
             tok.post_processor = processors.TemplateProcessing(
-                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, self.bos_id)])
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, self.bos_id)]
+            )
         tok.save(str(directory / "tokenizer.json"))
         if isinstance(self._backend, _SentencePieceBackend):
             (directory / "tokenizer.model").write_bytes(self._backend.proto_bytes)
         named = {k: v for k, v in self._tokens.items() if v is not None}
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", **named, "add_bos_token": self.add_bos_token,
-                  "add_eos_token": False, "clean_up_tokenization_spaces": False,
-                  "chat_template": self.chat_template or INTERNLM2_CHAT_TEMPLATE}
-        extra = sorted(self.id_to_token(i) for i in self.special_ids if self.id_to_token(i) not in named.values())
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **named,
+            "add_bos_token": self.add_bos_token,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "chat_template": self.chat_template or INTERNLM2_CHAT_TEMPLATE,
+        }
+        extra = sorted(
+            self.id_to_token(i) for i in self.special_ids if self.id_to_token(i) not in named.values()
+        )
         _write_json(directory / "tokenizer_config.json", config)
         _write_json(directory / "special_tokens_map.json", {**named, "additional_special_tokens": extra})
 
@@ -453,30 +571,33 @@ class StreamDecoder:
         self._ids.append(int(token_id))
         if self._ids[-1] in self._hold_ids:
             return ""
-        before = self._decode(self._ids[self._prefix:self._read])
-        text = self._decode(self._ids[self._prefix:])
+        before = self._decode(self._ids[self._prefix : self._read])
+        text = self._decode(self._ids[self._prefix :])
         if len(text) <= len(before) or text.endswith("\ufffd") or not text.startswith(before):
             return ""
         self._prefix, self._read = self._read, len(self._ids)
-        self._emitted.append(text[len(before):])
+        self._emitted.append(text[len(before) :])
         return self._emitted[-1]
 
     def flush(self) -> str:
         """The text still held back; resets the decoder for a new sequence."""
         emitted, full = "".join(self._emitted), self._decode(self._ids)
         self.__init__(self._tokenizer, self._skip)
-        return full[len(emitted):] if full.startswith(emitted) else full[_common_prefix(emitted, full):]
+        return full[len(emitted) :] if full.startswith(emitted) else full[_common_prefix(emitted, full) :]
 
 
 # ---- loading ---------------------------------------------------------------------------------
+
 
 def load_tokenizer(path) -> Tokenizer:
     """A directory (tokenizer.json or tokenizer.model, plus tokenizer_config.json), a `.model`
     file, a tokenizer.json or a `.gguf` file."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"tokenizer path {path} does not exist; expected a directory with tokenizer.json "
-                         "or tokenizer.model, a .model file, a tokenizer.json or a .gguf file")
+        raise ValueError(
+            f"tokenizer path {path} does not exist; expected a directory with tokenizer.json "
+            "or tokenizer.model, a .model file, a tokenizer.json or a .gguf file"
+        )
     if path.is_dir():
         config = _read_json(path / "tokenizer_config.json")
         if (path / "tokenizer.json").is_file():
@@ -493,7 +614,9 @@ def load_tokenizer(path) -> Tokenizer:
         return Tokenizer.from_hf(path)
     if path.suffix == ".model":
         return Tokenizer.from_sentencepiece(path, config=_read_json(path.parent / "tokenizer_config.json"))
-    raise ValueError(f"cannot tell what tokenizer {path} is; expected a directory, a .model, .json or .gguf file")
+    raise ValueError(
+        f"cannot tell what tokenizer {path} is; expected a directory, a .model, .json or .gguf file"
+    )
 
 
 def _byte_level_bpe(pieces, types, merges, pre) -> tokenizers.Tokenizer:
@@ -505,20 +628,34 @@ def _byte_level_bpe(pieces, types, merges, pre) -> tokenizers.Tokenizer:
 
     vocab = {respell(t): i for i, t in enumerate(pieces)}
     pairs = [tuple(m.split(" ")) for m in merges]
-    tok = tokenizers.Tokenizer(models.BPE(vocab, pairs, continuing_subword_prefix="", end_of_word_suffix="",
-                                          fuse_unk=False))
+    tok = tokenizers.Tokenizer(
+        models.BPE(vocab, pairs, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+    )
     split = _GGUF_PRE_SPLITS.get(pre)
     if split is None:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(tokenizers.Regex(split), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(tokenizers.Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
-                            for t, k in zip(pieces, types) if k == _SP_CONTROL and set(t) <= spelled])
-    tok.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False)
-                    for t, k in zip(pieces, types) if k == _SP_USER_DEFINED and t in vocab])
+    tok.add_special_tokens(
+        [
+            tokenizers.AddedToken(t, special=True, normalized=False)
+            for t, k in zip(pieces, types, strict=True)
+            if k == _SP_CONTROL and set(t) <= spelled
+        ]
+    )
+    tok.add_tokens(
+        [
+            tokenizers.AddedToken(t, special=False, normalized=False)
+            for t, k in zip(pieces, types, strict=True)
+            if k == _SP_USER_DEFINED and t in vocab
+        ]
+    )
     return tok
 
 
@@ -536,12 +673,16 @@ def _compile_template(source: str) -> jinja2.Template:
         raise jinja2.exceptions.TemplateError(message)
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
 
     def strftime_now(fmt):
         return datetime.datetime.now().strftime(fmt)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
     env.filters["tojson"] = tojson
     env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
     try:
@@ -551,7 +692,7 @@ def _compile_template(source: str) -> jinja2.Template:
 
 
 def _common_prefix(a: str, b: str) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _read_json(path: Path) -> dict:
@@ -569,6 +710,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 # ---- training --------------------------------------------------------------------------------
 
+
 def _training_chunks(input_files, max_bytes: int = 4096):
     """Text in chunks of whole lines (newlines kept, so "\\n" and indentation get pieces)."""
     for name in input_files:
@@ -580,8 +722,8 @@ def _training_chunks(input_files, max_bytes: int = 4096):
                     yield "".join(chunk)
                     chunk, size = [], 0
                 while n > max_bytes:  # one very long line: cut it by characters
-                    yield line[:max_bytes // 4]
-                    line = line[max_bytes // 4:]
+                    yield line[: max_bytes // 4]
+                    line = line[max_bytes // 4 :]
                     n = len(line.encode("utf-8"))
                 chunk.append(line)
                 size += n
@@ -589,9 +731,16 @@ def _training_chunks(input_files, max_bytes: int = 4096):
                 yield "".join(chunk)
 
 
-def train_sentencepiece(input_files, model_prefix, vocab_size: int, *, model_type: str = "bpe",
-                        character_coverage: float = 0.9995, input_sentence_size: int = 1_000_000,
-                        num_threads: int = 2) -> Tokenizer:
+def train_sentencepiece(
+    input_files,
+    model_prefix,
+    vocab_size: int,
+    *,
+    model_type: str = "bpe",
+    character_coverage: float = 0.9995,
+    input_sentence_size: int = 1_000_000,
+    num_threads: int = 2,
+) -> Tokenizer:
     """Train an InternLM2-style SentencePiece model and write `{model_prefix}.model`.
 
     Byte fallback (no unknown text), digits split one by one, whitespace kept verbatim (no
@@ -605,14 +754,31 @@ def train_sentencepiece(input_files, model_prefix, vocab_size: int, *, model_typ
         raise ValueError(f"training text files do not exist: {missing}")
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_training_chunks(files), model_writer=model, vocab_size=vocab_size,
-        model_type=model_type, character_coverage=character_coverage, input_sentence_size=input_sentence_size,
-        shuffle_input_sentence=True, num_threads=num_threads, byte_fallback=True, split_digits=True,
-        allow_whitespace_only_pieces=True, remove_extra_whitespaces=False, add_dummy_prefix=False,
-        normalization_rule_name="identity", max_sentence_length=16384,
+        sentence_iterator=_training_chunks(files),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=True,
+        num_threads=num_threads,
+        byte_fallback=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        normalization_rule_name="identity",
+        max_sentence_length=16384,
         user_defined_symbols=list(INTERNLM2_SPECIAL_TOKENS),
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
-        minloglevel=2)
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        unk_piece="<unk>",
+        bos_piece="<s>",
+        eos_piece="</s>",
+        minloglevel=2,
+    )
     path = Path(f"{model_prefix}.model")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.getvalue())

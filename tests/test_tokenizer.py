@@ -110,9 +110,16 @@ def test_internlm2_template_renders_golden_string(trained):
     messages = [
         {"role": "system", "content": "You are InternLM2-Chat, a harmless AI assistant"},
         {"role": "user", "content": "I want to know today's weather in Shanghai"},
-        {"role": "assistant", "content": "Sure, I will search for the weather of Shanghai.",
-         "tool_calls": [{"type": "function",
-                         "function": {"name": "get_current_weather", "arguments": {"location": "上海"}}}]},
+        {
+            "role": "assistant",
+            "content": "Sure, I will search for the weather of Shanghai.",
+            "tool_calls": [
+                {
+                    "type": "function",
+                    "function": {"name": "get_current_weather", "arguments": {"location": "上海"}},
+                }
+            ],
+        },
         {"role": "environment", "name": "plugin", "content": '{"temperature": 22}'},
         {"role": "assistant", "content": "The weather in Shanghai is 22 celsius"},
     ]
@@ -126,18 +133,25 @@ def test_internlm2_template_renders_golden_string(trained):
     )
     assert tok.chat_template is None
     assert tok.apply_chat_template(messages, add_generation_prompt=False) == golden
-    assert tok.apply_chat_template(messages[:2]) == golden[:golden.index("Sure")]
-    code = [{"role": "assistant", "content": "Let me compute.\n",
-             "tool_calls": [{"type": "interpreter", "code": "print(1 + 1)"}]},
-            {"role": "environment", "name": "interpreter", "content": "2"}]
+    assert tok.apply_chat_template(messages[:2]) == golden[: golden.index("Sure")]
+    code = [
+        {
+            "role": "assistant",
+            "content": "Let me compute.\n",
+            "tool_calls": [{"type": "interpreter", "code": "print(1 + 1)"}],
+        },
+        {"role": "environment", "name": "interpreter", "content": "2"},
+    ]
     assert tok.apply_chat_template(code, add_generation_prompt=False) == (
-        "<s><|im_start|>assistant\nLet me compute.\n<|action_start|><|interpreter|>\nprint(1 + 1)<|action_end|>\n"
-        "<|im_end|>\n<|im_start|>environment name=<|interpreter|>\n2<|im_end|>\n")
+        "<s><|im_start|>assistant\nLet me compute.\n"
+        "<|action_start|><|interpreter|>\nprint(1 + 1)<|action_end|>\n"
+        "<|im_end|>\n<|im_start|>environment name=<|interpreter|>\n2<|im_end|>\n"
+    )
 
 
 def _masked_runs(tok, ids, mask):
     runs, current = [], []
-    for i, m in zip(ids, mask):
+    for i, m in zip(ids, mask, strict=True):
         if m:
             current.append(i)
         elif current:
@@ -149,8 +163,13 @@ def _masked_runs(tok, ids, mask):
 TOOL_CONVERSATION = [
     {"role": "system", "content": "你是书生·浦语。"},
     {"role": "user", "content": "What is 12 squared? 用 Python 算。"},
-    {"role": "assistant", "content": "I will run code.",
-     "tool_calls": [{"type": "function", "function": {"name": "python", "arguments": {"code": "print(12**2)"}}}]},
+    {
+        "role": "assistant",
+        "content": "I will run code.",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "python", "arguments": {"code": "print(12**2)"}}}
+        ],
+    },
     {"role": "environment", "name": "plugin", "content": "144"},
     {"role": "assistant", "content": "12 squared is 144 😀"},
     {"role": "user", "content": "Thanks"},
@@ -164,7 +183,8 @@ def test_loss_mask_covers_exactly_assistant_contents_and_end_token(trained):
     assert ids == tok.encode(tok.apply_chat_template(TOOL_CONVERSATION, add_generation_prompt=False))
     assert len(mask) == len(ids)
     assert _masked_runs(tok, ids, mask) == [
-        'I will run code.<|action_start|><|plugin|>\n{"name": "python", "parameters": {"code": "print(12**2)"}}'
+        "I will run code.<|action_start|><|plugin|>\n"
+        '{"name": "python", "parameters": {"code": "print(12**2)"}}'
         "<|action_end|>\n<|im_end|>",
         "12 squared is 144 😀<|im_end|>",
     ]
@@ -177,7 +197,8 @@ def test_render_chat_rejects_template_that_is_not_prefix_stable(trained):
     unstable = Tokenizer.from_sentencepiece(path)
     unstable.chat_template = (
         "{% for m in messages %}{% if loop.last %}<|im_start|>{{ m['role'] }} (last)\n"
-        "{% else %}<|im_start|>{{ m['role'] }}\n{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}")
+        "{% else %}<|im_start|>{{ m['role'] }}\n{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    )
     with pytest.raises(ValueError, match="not prefix-stable"):
         unstable.render_chat(TOOL_CONVERSATION[1:3])
 
@@ -220,8 +241,69 @@ def test_saved_sentencepiece_tokenizer_reloads_with_same_ids_here_and_in_transfo
     assert (hf.bos_token_id, hf.eos_token_id) == (tok.bos_id, tok.eos_id)
     conversation = TOOL_CONVERSATION[:5]
     assert hf.apply_chat_template(conversation, tokenize=False) == tok.apply_chat_template(
-        conversation, add_generation_prompt=False)
+        conversation, add_generation_prompt=False
+    )
     assert ours.stop_ids == tok.stop_ids
+
+
+def test_dummy_prefix_nfkc_sentencepiece_saves_to_same_ids_in_transformers(tmp_path):
+    """A Llama/InternLM2-style model (dummy prefix, NFKC) converts to tokenizer.json exactly."""
+    from transformers import AutoTokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(_corpus(random.Random(2)), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(tmp_path / "legacy"),
+        vocab_size=700,
+        model_type="bpe",
+        byte_fallback=True,
+        user_defined_symbols=list(INTERNLM2_SPECIAL_TOKENS),
+        minloglevel=2,
+    )
+    tok = load_tokenizer(tmp_path / "legacy.model")
+    raw = spm.SentencePieceProcessor(model_file=str(tmp_path / "legacy.model"))
+    tok.save(tmp_path / "saved")
+    hf = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    for text in MIXED_TEXTS + ["<|im_start|>user\n你好<|im_end|>\n", " x<|im_end|>  y"]:
+        ids = tok.encode(text)
+        if "<|" not in text:
+            assert ids == raw.encode(text) and tok.decode(ids) == raw.decode(ids)
+        assert hf.encode(text, add_special_tokens=False) == ids
+        assert hf.decode(ids) == tok.decode(ids)
+
+
+def test_llama_gguf_vocabulary_encodes_like_sentencepiece(trained, tmp_path):
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2
+
+    tok, raw, path = trained
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    writer = gguf.GGUFWriter(str(tmp_path / "tiny.gguf"), "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([p.piece for p in proto.pieces])
+    writer.add_token_scores([p.score for p in proto.pieces])
+    writer.add_token_types([p.type for p in proto.pieces])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_space_prefix(False)
+    writer.add_chat_template(INTERNLM2_CHAT_TEMPLATE)
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file):
+        write()
+    writer.close()
+    from_gguf = Tokenizer.from_gguf(tmp_path / "tiny.gguf")
+    for text in MIXED_TEXTS + ["<|im_start|>user\n你好<|im_end|>\n"]:
+        assert from_gguf.encode(text) == tok.encode(text)
+        assert from_gguf.decode(tok.encode(text)) == text
+    assert (from_gguf.bos_id, from_gguf.eos_id, from_gguf.stop_ids) == (1, 2, tok.stop_ids)
+    assert from_gguf.chat_template == INTERNLM2_CHAT_TEMPLATE
+    rng = random.Random(3)  # byte-fallback runs decode all-or-nothing here: the stream must wait
+    for _ in range(100):
+        seq = [rng.choice([rng.randrange(3, 262), rng.randrange(from_gguf.vocab_size)]) for _ in range(20)]
+        dec = StreamDecoder(from_gguf)
+        assert "".join(dec.push(i) for i in seq) + dec.flush() == from_gguf.decode(seq)
 
 
 def test_missing_path_raises_value_error_naming_it(tmp_path):
@@ -246,6 +328,7 @@ def test_train_sentencepiece_rejects_missing_input_file(tmp_path):
 
 
 # ---- SmolLM2 (byte-level BPE from GGUF metadata) against transformers ----------------------------
+
 
 def _find_smollm2_gguf():
     try:
@@ -275,8 +358,12 @@ def smollm2():
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi there"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-     {"role": "assistant", "content": "4"}, {"role": "user", "content": "你好 😀"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "你好 😀"},
+    ],
     [{"role": "user", "content": "Write code"}, {"role": "assistant", "content": "def f():\n    return 1\n"}],
 ]
 
@@ -284,17 +371,26 @@ CONVERSATIONS = [
 @pytest.mark.slow
 def test_smollm2_gguf_tokenizer_matches_transformers(smollm2):
     ours, theirs = smollm2
-    texts = MIXED_TEXTS + ["<|im_start|>user\nhello<|im_end|>\n", "<|endoftext|>x", "don't  I'll\r\n\r\n 123456"]
+    texts = MIXED_TEXTS + [
+        "<|im_start|>user\nhello<|im_end|>\n",
+        "<|endoftext|>x",
+        "don't  I'll\r\n\r\n 123456",
+    ]
     for text in texts:
         ids = ours.encode(text)
         assert ids == theirs.encode(text, add_special_tokens=False), text
         assert ours.decode(ids) == text
-    assert (ours.bos_id, ours.eos_id, ours.pad_id) == (theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id)
+    assert (ours.bos_id, ours.eos_id, ours.pad_id) == (
+        theirs.bos_token_id,
+        theirs.eos_token_id,
+        theirs.pad_token_id,
+    )
     assert ours.stop_ids == frozenset({ours.token_to_id("<|im_end|>")})
     for conversation in CONVERSATIONS:
         for gen in (True, False):
-            assert ours.apply_chat_template(conversation, add_generation_prompt=gen) == theirs.apply_chat_template(
-                conversation, tokenize=False, add_generation_prompt=gen)
+            assert ours.apply_chat_template(
+                conversation, add_generation_prompt=gen
+            ) == theirs.apply_chat_template(conversation, tokenize=False, add_generation_prompt=gen)
 
 
 @pytest.mark.slow
@@ -324,5 +420,6 @@ def test_saved_smollm2_tokenizer_reloads_with_same_ids_in_transformers(smollm2, 
     for text in MIXED_TEXTS:
         assert hf.encode(text, add_special_tokens=False) == again.encode(text) == ours.encode(text)
     assert hf.apply_chat_template(CONVERSATIONS[0], tokenize=False, add_generation_prompt=True) == (
-        ours.apply_chat_template(CONVERSATIONS[0]))
+        ours.apply_chat_template(CONVERSATIONS[0])
+    )
     assert again.chat_template == ours.chat_template
