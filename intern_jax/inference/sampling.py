@@ -1,0 +1,190 @@
+"""Token selection: sampling parameters, per-row sampling state and the sampling step.
+
+Every knob is a per-row array inside ``SamplingState``, so one compiled function
+serves greedy and sampled rows side by side (the serving engine mixes requests) and
+a change of temperature never recompiles. Logit processing follows transformers'
+order and semantics: repetition penalty (CTRL) -> temperature -> top-k -> top-p.
+Each row owns its PRNG key, so a row's samples do not depend on its batch mates.
+This module does not run the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NO_TOKEN = -1  # emitted for rows that have already finished
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How one row picks its tokens.
+
+    ``temperature`` 0 is greedy; ``top_k`` 0 and ``top_p`` 1.0 switch those filters off;
+    ``repetition_penalty`` 1.0 is off (applied over prompt and generated tokens).
+    Generation of a row ends at a token in ``stop_ids`` or after ``max_new_tokens``.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+    max_new_tokens: int = 128
+    stop_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "stop_ids", tuple(sorted(int(t) for t in self.stop_ids)))
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def per_row(sampling: SamplingParams | Sequence[SamplingParams], batch_size: int) -> list[SamplingParams]:
+    """One ``SamplingParams`` per row. A single one is shared, with row ``b`` seeded ``seed + b``
+    so that identical prompts in one batch draw different samples."""
+    if isinstance(sampling, SamplingParams):
+        return [dataclasses.replace(sampling, seed=sampling.seed + b) for b in range(batch_size)]
+    rows = list(sampling)
+    if len(rows) != batch_size:
+        raise ValueError(f"got {len(rows)} SamplingParams for {batch_size} prompts; pass one or one per prompt")
+    return rows
+
+
+def init_state(rows: Sequence[SamplingParams], vocab_size: int, prompt_tokens=None, prompt_mask=None,
+               max_new_tokens: Sequence[int] | None = None, stop_width: int | None = None) -> dict:
+    """Sampling state for a batch (host-side construction, arrays on device).
+
+    ``prompt_tokens [B, T]`` with ``prompt_mask [B, T]`` seed the repetition-penalty presence
+    mask. ``max_new_tokens`` overrides the per-row budgets (e.g. clamped to the context).
+    ``stop_width`` pads the stop-id table to a fixed width so shapes stay stable.
+    Rows whose budget is 0 start done.
+    """
+    b = len(rows)
+    budgets = np.array([r.max_new_tokens for r in rows] if max_new_tokens is None else max_new_tokens, np.int32)
+    width = max([1, stop_width or 0] + [len(r.stop_ids) for r in rows])
+    stops = np.full((b, width), NO_TOKEN, np.int32)
+    for i, r in enumerate(rows):
+        stops[i, : len(r.stop_ids)] = r.stop_ids
+    presence = np.zeros((b, vocab_size), bool)
+    if prompt_tokens is not None:
+        toks = np.asarray(prompt_tokens)
+        mask = np.ones(toks.shape, bool) if prompt_mask is None else np.asarray(prompt_mask, bool)
+        r_idx, c_idx = np.nonzero(mask)
+        presence[r_idx, toks[r_idx, c_idx]] = True
+    keys = jnp.stack([jax.random.key_data(jax.random.key(r.seed)) for r in rows])
+    return {
+        "key": keys,  # [B, 2] uint32 raw key data
+        "temperature": jnp.asarray([r.temperature for r in rows], jnp.float32),
+        "top_k": jnp.asarray([r.top_k for r in rows], jnp.int32),
+        "top_p": jnp.asarray([r.top_p for r in rows], jnp.float32),
+        "repetition_penalty": jnp.asarray([r.repetition_penalty for r in rows], jnp.float32),
+        "stop_ids": jnp.asarray(stops),
+        "max_new_tokens": jnp.asarray(budgets),
+        "num_generated": jnp.zeros((b,), jnp.int32),
+        "done": jnp.asarray(budgets <= 0),
+        "stopped": jnp.zeros((b,), bool),  # done because a stop token came (vs. the budget)
+        "presence": jnp.asarray(presence),
+    }
+
+
+def apply_repetition_penalty(logits, presence, penalty):
+    """CTRL penalty over tokens seen so far: positive logits divided, negative multiplied.
+
+    logits ``[B, V]``, presence ``[B, V]`` bool, penalty ``[B]``."""
+    p = penalty[:, None]
+    penalized = jnp.where(logits > 0, logits / p, logits * p)
+    return jnp.where(presence, penalized, logits)
+
+
+def filter_top_k_top_p(logits, top_k, top_p):
+    """Set logits outside each row's top-k, then outside its top-p nucleus, to -inf.
+
+    logits ``[B, V]`` (already divided by the temperature), top_k ``[B]`` (0 = off),
+    top_p ``[B]`` (1 = off). The nucleus is the smallest set of highest-probability
+    tokens whose mass reaches ``top_p`` (at least one token is kept).
+    """
+    v = logits.shape[-1]
+    ordered = -jnp.sort(-logits, axis=-1)  # [B, V] descending
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+    kth = jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)  # [B, 1]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+    ordered = jnp.where(jnp.arange(v)[None, :] < k[:, None], ordered, -jnp.inf)
+    probs = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = (mass_before < top_p[:, None]) | (jnp.arange(v)[None, :] == 0)
+    smallest_kept = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits < smallest_kept, -jnp.inf, logits)
+
+
+def process_logits(logits, state):
+    """The logits each row samples from: penalty, temperature, top-k, top-p (``[B, V]`` float32).
+
+    Greedy rows get the penalized logits unscaled (their argmax is the choice)."""
+    logits = logits.astype(jnp.float32)
+    logits = jax.lax.cond(
+        jnp.any(state["repetition_penalty"] != 1.0),
+        lambda x: apply_repetition_penalty(x, state["presence"], state["repetition_penalty"]),
+        lambda x: x,
+        logits,
+    )
+    temperature = state["temperature"]
+    greedy = temperature == 0.0
+    scaled = logits / jnp.where(greedy, 1.0, temperature)[:, None]
+    needs_filter = ~greedy & ((state["top_k"] > 0) | (state["top_p"] < 1.0))
+    return jax.lax.cond(
+        jnp.any(needs_filter),
+        lambda x: jnp.where(needs_filter[:, None], filter_top_k_top_p(x, state["top_k"], state["top_p"]), x),
+        lambda x: x,
+        scaled,
+    )
+
+
+def sample(logits, state):
+    """Pick one token per row from ``logits [B, V]`` and advance the state.
+
+    Returns ``tokens [B]`` int32 (``NO_TOKEN`` for rows that were already done) and the
+    new state. A row finishes when it emits a stop token or reaches its budget.
+    """
+    processed = process_logits(logits, state)
+    keys = jax.vmap(lambda k: jax.random.split(jax.random.wrap_key_data(k)))(state["key"])  # [B, 2]
+    greedy = state["temperature"] == 0.0
+    best = jnp.argmax(processed, axis=-1).astype(jnp.int32)
+    tokens = jax.lax.cond(
+        jnp.all(greedy),
+        lambda: best,
+        lambda: jnp.where(
+            greedy, best, jax.vmap(jax.random.categorical)(keys[:, 1], processed).astype(jnp.int32)
+        ),
+    )
+
+    active = ~state["done"]
+    tokens = jnp.where(active, tokens, NO_TOKEN)
+    hit_stop = active & jnp.any(tokens[:, None] == state["stop_ids"], axis=-1)
+    num_generated = state["num_generated"] + active.astype(jnp.int32)
+    rows = jnp.arange(tokens.shape[0])
+    presence = state["presence"].at[rows, jnp.maximum(tokens, 0)].max(active)
+    new_state = {
+        **state,
+        "key": jax.vmap(jax.random.key_data)(keys[:, 0]),
+        "num_generated": num_generated,
+        "done": state["done"] | hit_stop | (num_generated >= state["max_new_tokens"]),
+        "stopped": state["stopped"] | hit_stop,
+        "presence": presence,
+    }
+    return tokens, new_state
