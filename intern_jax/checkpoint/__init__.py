@@ -19,9 +19,19 @@ from intern_jax.checkpoint.hf import save_hf
 from intern_jax.checkpoint.native import save_native
 from intern_jax.config import ModelConfig
 
-__all__ = ["LoadedModel", "detect_format", "embedded_model_path", "load_model", "save_hf", "save_native"]
+__all__ = [
+    "CONVERT_TARGETS", "LoadedModel", "convert_checkpoint", "detect_format", "embedded_model_path", "load_model",
+    "save_hf", "save_native",
+]
 
 FORMATS = ("native", "hf", "gguf")
+
+# What convert_checkpoint can write: target name -> writer(directory, config, params, tokenizer, progress).
+CONVERT_TARGETS = {
+    "native": lambda d, c, p, t, progress: save_native(d, c, p, t),
+    "internlm2": lambda d, c, p, t, progress: save_hf(d, c, p, t, layout="internlm2", progress=progress),
+    "llama": lambda d, c, p, t, progress: save_hf(d, c, p, t, layout="llama", progress=progress),
+}
 
 
 class LoadedModel(NamedTuple):
@@ -82,6 +92,18 @@ def load_model(path, *, dtype=None, mesh=None, progress: bool = False) -> Loaded
         cfg, host = hf.load_hf(path, dtype=dtype, progress=progress)
         tokenizer = _directory_tokenizer(path)
     return LoadedModel(cfg, place_params(host, cfg, mesh), tokenizer)
+
+
+def convert_checkpoint(src, dst, *, to: str, dtype=None, progress: bool = False) -> Path:
+    """Load ``src`` (any format) and write it to the empty or new directory ``dst`` as ``to``."""
+    if to not in CONVERT_TARGETS:
+        raise ValueError(f"unknown conversion target {to!r}; choose one of {', '.join(CONVERT_TARGETS)}")
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise FileExistsError(f"output {dst} exists and is not an empty directory; choose a new one")
+    model = load_model(src, dtype=dtype, progress=progress)
+    CONVERT_TARGETS[to](dst, model.config, model.params, model.tokenizer, progress)
+    return dst
 
 
 def place_params(host_params, cfg: ModelConfig, mesh=None):

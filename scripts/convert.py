@@ -1,0 +1,54 @@
+"""Convert a checkpoint between formats: GGUF / Hugging Face (InternLM2, Llama) / native -> native or HF.
+
+    python scripts/convert.py --input model.gguf --output out/ --to internlm2 --dtype bfloat16
+
+The input format is detected; the output directory must be new or empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Kept in step with intern_jax.checkpoint.CONVERT_TARGETS (listed here so --help needs no jax import).
+TARGETS = {
+    "native": "the project's orbax directory (params + model_config.json + tokenizer)",
+    "internlm2": "Hugging Face InternLM2 layout (packed wqkv)",
+    "llama": "Hugging Face Llama layout (loads in transformers' LlamaForCausalLM)",
+}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="targets: " + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()),
+    )
+    parser.add_argument("--input", required=True, help="a .gguf file or a Hugging Face / native checkpoint directory")
+    parser.add_argument("--output", required=True, help="directory to write (new or empty)")
+    parser.add_argument("--to", required=True, choices=list(TARGETS), help="output format")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="dtype of the written weights (default: float32, or as stored for native input)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+    from intern_jax.checkpoint import convert_checkpoint  # noqa: PLC0415  (after parsing: --help stays fast)
+    from intern_jax.config import ConfigError  # noqa: PLC0415
+
+    try:
+        out = convert_checkpoint(args.input, args.output, to=args.to, dtype=args.dtype, progress=not args.quiet)
+    except (FileNotFoundError, FileExistsError, ConfigError, ValueError) as e:
+        print(f"convert.py: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.to} checkpoint to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Hugging Face safetensors import/export: lossless round trips, both layouts, sharding, and clear errors."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from intern_jax.checkpoint import detect_format, load_model, save_hf
+from intern_jax.checkpoint.hf import INDEX_FILE, SINGLE_FILE
+from intern_jax.config import ConfigError, RopeScaling
+
+
+@pytest.mark.parametrize("layout", ["internlm2", "llama"])
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(), dict(attention_bias=True, tie_word_embeddings=True, rope_scaling=RopeScaling("dynamic", 2.0)),
+     dict(num_kv_heads=4, rope_scaling=RopeScaling("linear", 4.0))],
+    ids=["gqa", "bias_tied_dynamic", "mha_linear"],
+)
+def test_hf_export_then_import_is_lossless(layout, overrides, tiny, make_params, trees_equal, tmp_path):
+    cfg = tiny(**overrides)
+    params = make_params(cfg)
+    save_hf(tmp_path, cfg, params, layout=layout)
+    assert detect_format(tmp_path) == "hf"
+    loaded = load_model(tmp_path)
+    assert loaded.config == cfg
+    assert loaded.tokenizer is None
+    trees_equal(loaded.params, params)
+
+
+def test_llama_mlp_bias_and_explicit_head_dim_round_trip(tiny, make_params, trees_equal, tmp_path):
+    cfg = tiny(mlp_bias=True, attention_bias=True, head_dim=8)
+    params = make_params(cfg)
+    save_hf(tmp_path, cfg, params, layout="llama")
+    loaded = load_model(tmp_path)
+    assert loaded.config == cfg
+    trees_equal(loaded.params, params)
+
+
+def test_internlm2_wqkv_rows_are_llama_qkv_grouped_per_kv_head(tiny, make_params, tmp_path):
+    """InternLM2 packs, per kv head, its G query heads then key then value ("(h gs d)" in its
+    modeling code); the Llama export (checked against transformers elsewhere) is the reference."""
+    cfg = tiny(hidden_size=96, num_heads=6, num_kv_heads=2, attention_bias=True)
+    params = make_params(cfg)
+    save_hf(tmp_path / "i", cfg, params, layout="internlm2")
+    save_hf(tmp_path / "l", cfg, params, layout="llama")
+    packed = load_file(tmp_path / "i" / SINGLE_FILE)
+    split = load_file(tmp_path / "l" / SINGLE_FILE)
+    K, G, D, E = cfg.num_kv_heads, cfg.q_per_kv, cfg.head_dim, cfg.hidden_size
+    for kind, tail in (("weight", (E,)), ("bias", ())):
+        w = packed[f"model.layers.1.attention.wqkv.{kind}"].reshape(K, G + 2, D, *tail)
+        q = split[f"model.layers.1.self_attn.q_proj.{kind}"].reshape(K, G, D, *tail)
+        np.testing.assert_array_equal(w[:, :G], q)
+        np.testing.assert_array_equal(w[:, G], split[f"model.layers.1.self_attn.k_proj.{kind}"].reshape(K, D, *tail))
+        np.testing.assert_array_equal(w[:, G + 1], split[f"model.layers.1.self_attn.v_proj.{kind}"].reshape(K, D, *tail))
+    np.testing.assert_array_equal(packed["model.layers.0.attention.wo.weight"],
+                                  split["model.layers.0.self_attn.o_proj.weight"])
+    np.testing.assert_array_equal(packed["output.weight"], split["lm_head.weight"])
+
+
+def test_export_writes_configs_transformers_reads(tiny, make_params, tmp_path):
+    cfg = tiny(rope_scaling=RopeScaling("linear", 2.0), attention_bias=True)
+    save_hf(tmp_path / "i", cfg, make_params(cfg), layout="internlm2")
+    d = json.loads((tmp_path / "i" / "config.json").read_text())
+    assert d["model_type"] == "internlm2" and d["architectures"] == ["InternLM2ForCausalLM"]
+    assert d["bias"] is True and d["rope_scaling"] == {"type": "linear", "factor": 2.0}
+    transformers = pytest.importorskip("transformers")
+    save_hf(tmp_path / "l", cfg, make_params(cfg), layout="llama")
+    hf = transformers.AutoConfig.from_pretrained(tmp_path / "l")
+    assert hf.rope_parameters["rope_type"] == "linear" and hf.rope_parameters["factor"] == 2.0
+    assert hf.rope_parameters["rope_theta"] == cfg.rope_theta
+    assert (hf.head_dim, hf.num_key_value_heads, hf.attention_bias) == (cfg.head_dim, 2, True)
+
+
+def test_sharded_export_writes_index_and_reloads(tiny, make_params, trees_equal, tmp_path):
+    cfg = tiny()
+    params = make_params(cfg)
+    save_hf(tmp_path, cfg, params, layout="llama", max_shard_size="40KB")
+    index = json.loads((tmp_path / INDEX_FILE).read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and not (tmp_path / SINGLE_FILE).exists()
+    assert index["metadata"]["total_size"] == sum(x.nbytes for x in jax.tree.leaves(params))
+    trees_equal(load_model(tmp_path).params, params)
+
+
+def test_load_casts_to_requested_dtype(tiny, make_params, tmp_path):
+    cfg = tiny()
+    params = make_params(cfg)
+    save_hf(tmp_path, cfg, params, layout="internlm2")
+    loaded = load_model(tmp_path, dtype="bfloat16")
+    assert loaded.config.param_dtype == "bfloat16"
+    assert {x.dtype.name for x in jax.tree.leaves(loaded.params)} == {"bfloat16"}
+    np.testing.assert_array_equal(np.asarray(loaded.params["norm"]), np.asarray(params["norm"].astype("bfloat16")))
+
+
+def test_bf16_export_reloads_bitwise(tiny, make_params, trees_equal, tmp_path):
+    cfg = tiny(param_dtype="bfloat16")
+    params = make_params(cfg)
+    save_hf(tmp_path, cfg, params, layout="llama")
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    trees_equal(load_model(tmp_path, dtype="bfloat16").params, params)
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.fixture
+def llama_dir(tiny, make_params, tmp_path):
+    cfg = tiny()
+    save_hf(tmp_path / "ckpt", cfg, make_params(cfg), layout="llama")
+    return tmp_path / "ckpt"
+
+
+def test_nonexistent_path_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "nope")
+
+
+def test_directory_without_checkpoint_says_what_is_expected(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ValueError, match="no recognisable checkpoint"):
+        load_model(tmp_path)
+
+
+def test_config_without_safetensors_is_explained(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="only safetensors"):
+        load_model(tmp_path)
+
+
+def test_file_that_is_not_gguf_is_rejected(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError, match="not a GGUF"):
+        load_model(tmp_path / "model.bin")
+
+
+def test_missing_shard_listed_in_index_is_named(tiny, make_params, tmp_path):
+    cfg = tiny()
+    save_hf(tmp_path, cfg, make_params(cfg), layout="internlm2", max_shard_size="40KB")
+    victim = sorted(tmp_path.glob("model-*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(ValueError, match=victim.name):
+        load_model(tmp_path)
+
+
+def test_truncated_safetensors_is_reported(llama_dir):
+    f = llama_dir / SINGLE_FILE
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_model(llama_dir)
+
+
+def test_missing_tensor_is_named(llama_dir):
+    f = llama_dir / SINGLE_FILE
+    tensors = load_file(f)
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, f)
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
+        load_model(llama_dir)
+
+
+def test_unused_tensor_is_an_error_not_skipped(llama_dir):
+    f = llama_dir / SINGLE_FILE
+    tensors = load_file(f)
+    tensors["model.layers.0.self_attn.q_proj.bias"] = np.ones(64, np.float32)
+    save_file(tensors, f)
+    with pytest.raises(ValueError, match="attention_bias"):
+        load_model(llama_dir)
+
+
+def test_tensor_of_wrong_shape_is_named(llama_dir):
+    f = llama_dir / SINGLE_FILE
+    tensors = load_file(f)
+    tensors["model.layers.0.mlp.gate_proj.weight"] = np.ones((95, 64), np.float32)
+    save_file(tensors, f)
+    with pytest.raises(ValueError, match=r"gate_proj\.weight \[95, 64\]"):
+        load_model(llama_dir)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, "model_type 'gpt2'.*not supported"),
+        ({"attention_sink": True}, r"unknown field\(s\) \['attention_sink'\]"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "'llama3' is not supported"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"quantization_config": {"quant_method": "gptq"}}, "quantized"),
+    ],
+    ids=["model_type", "unknown_field", "rope_type", "activation", "quantized"],
+)
+def test_unsupported_config_is_named(llama_dir, change, message):
+    path = llama_dir / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(ConfigError, match=message):
+        load_model(llama_dir)
+
+
+def test_internlm2_export_refuses_mlp_bias(tiny, make_params, tmp_path):
+    cfg = tiny(mlp_bias=True)
+    with pytest.raises(ValueError, match="mlp_bias"):
+        save_hf(tmp_path, cfg, make_params(cfg), layout="internlm2")
