@@ -1,0 +1,50 @@
+"""Config files and --set overrides: typed coercion, unknown keys named with the valid ones."""
+
+import pytest
+
+from intern_jax.config import ConfigError, ModelConfig, RopeScaling, apply_overrides, load_config
+
+
+def test_override_coerces_types_and_nested_fields():
+    cfg = load_config("configs/model/tiny.py", ["num_layers=5", "rope_scaling.type=linear",
+                                                "rope_scaling.factor=4", "tie_word_embeddings=true"])
+    assert cfg.num_layers == 5 and isinstance(cfg.num_layers, int)
+    assert cfg.rope_scaling == RopeScaling("linear", 4.0)
+    assert cfg.tie_word_embeddings is True
+
+
+def test_unknown_key_lists_valid_fields():
+    cfg = load_config("configs/model/tiny.py")
+    with pytest.raises(ConfigError, match=r"unknown config key 'num_layer'.*valid fields: .*num_layers"):
+        apply_overrides(cfg, ["num_layer=3"])
+    with pytest.raises(ConfigError, match=r"rope_scaling.kind.*valid fields: factor, type"):
+        apply_overrides(cfg, ["rope_scaling.kind=x"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("num_layers=three", "expects an integer"),
+        ("tie_word_embeddings=maybe", "expects a boolean"),
+        ("remat=sometimes", "remat='sometimes'"),
+        ("rope_scaling.type=yarn", "not supported"),
+        ("rope_scaling=2", "group of settings"),
+        ("num_layers", "must look like key.path=value"),
+    ],
+)
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/model/tiny.py", [override])
+
+
+def test_invalid_architecture_is_rejected():
+    with pytest.raises(ConfigError, match="multiple of num_kv_heads"):
+        ModelConfig(vocab_size=10, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=3, intermediate_size=8)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.py")
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="defines no top-level 'config'"):
+        load_config(tmp_path / "empty.py")
