@@ -232,7 +232,15 @@ def forward(params, batch, cfg: ModelConfig, cache=None):
             )
             return (_finish(p, x, attn, cfg), k_all, v_all, i + 1), None
 
-        (x, k_all, v_all, _), _ = jax.lax.scan(body, (x, cache["k"], cache["v"], 0), blocks)
+        if isinstance(blocks, (list, tuple)):
+            # Per-layer weights (inference.prepare_params): a Python loop reads each layer's
+            # weights in place, where scan would copy its slice of the stacked arrays every step.
+            carry = (x, cache["k"], cache["v"], 0)
+            for p in blocks:
+                carry, _ = body(carry, p)
+            x, k_all, v_all, _ = carry
+        else:
+            (x, k_all, v_all, _), _ = jax.lax.scan(body, (x, cache["k"], cache["v"], 0), blocks)
         cache = {**cache, "k": k_all, "v": v_all}
 
     x = layers.rms_norm(x, params["norm"].astype(dtype), cfg.rms_norm_eps)
