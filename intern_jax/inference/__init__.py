@@ -13,11 +13,13 @@ from intern_jax.inference.generate import (
     generate_text,
     grow_cache,
     prefill,
+    prepare_params,
     stream_generate,
 )
+from intern_jax.inference.chat import ChatSession
 from intern_jax.inference.sampling import NO_TOKEN, SamplingParams, init_state, sample
 
 __all__ = [
-    "NO_TOKEN", "GenerationResult", "SamplingParams", "bucket", "decode_step", "encode_prompt",
-    "generate", "generate_text", "grow_cache", "init_state", "prefill", "sample", "stream_generate",
+    "ChatSession", "NO_TOKEN", "GenerationResult", "SamplingParams", "bucket", "decode_step", "encode_prompt",
+    "generate", "generate_text", "grow_cache", "init_state", "prefill", "prepare_params", "sample", "stream_generate",
 ]

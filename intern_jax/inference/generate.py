@@ -28,13 +28,30 @@ from intern_jax.model import internlm2
 
 __all__ = [
     "GenerationResult", "bucket", "decode_step", "generate", "generate_text", "grow_cache",
-    "prefill", "stream_generate",
+    "prefill", "prepare_params", "stream_generate",
 ]
 
 
 def bucket(n: int, minimum: int = 16) -> int:
     """``n`` rounded up to a power of two, at least ``minimum``."""
     return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def prepare_params(params, cfg: ModelConfig):
+    """``(params, cfg)`` laid out for fast decoding; same model, same outputs.
+
+    Layers become a list of per-layer trees (the cached forward then reads each weight in
+    place instead of copying its slice out of the stacked array every step), and a tied
+    output head gets its own ``[E, V]`` copy (a plain matrix-vector product per token).
+    Costs one extra copy of the embedding; drop the original params if memory is tight.
+    """
+    out = dict(params)
+    if isinstance(params["layers"], dict):
+        out["layers"] = [jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(cfg.num_layers)]
+    if cfg.tie_word_embeddings:
+        out["output"] = jnp.transpose(params["tok_embeddings"])
+        cfg = dataclasses.replace(cfg, tie_word_embeddings=False)
+    return out, cfg
 
 
 # ---------------------------------------------------------------------------
@@ -204,6 +221,19 @@ def grow_cache(cache: dict, max_len: int) -> dict:
         "segment_ids": widen(cache["segment_ids"], 1),
         "positions": widen(cache["positions"], 1),
     }
+
+
+class _Timer:
+    """Accumulates wall-clock seconds over ``with`` blocks."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.seconds += time.perf_counter() - self._t0
 
 
 @dataclasses.dataclass
