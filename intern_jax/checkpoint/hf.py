@@ -138,6 +138,7 @@ def config_to_hf(cfg: ModelConfig, layout: str, dtype: str, tokenizer=None) -> d
         "initializer_range": cfg.initializer_range,
         "torch_dtype": dtype,
         **ids,
+        **({"_name_or_path": cfg.name} if cfg.name else {}),
     }
     if layout == "internlm2":
         return {
@@ -385,9 +386,9 @@ def tensors_from_params(params, cfg: ModelConfig, layout: str) -> Iterator[tuple
     rules = layout_rules(layout)
     for path in _native_leaves(cfg):
         rule = rules[path]
-        leaf = params[path[0]] if len(path) == 1 else params["layers"][path[1]]
+        leaf = np.asarray(params[path[0]] if len(path) == 1 else params["layers"][path[1]])  # one host copy
         for i in range(cfg.num_layers) if path[0] == "layers" else [None]:
-            value = np.asarray(leaf if i is None else leaf[i])
+            value = leaf if i is None else leaf[i]
             for name, t in zip(rule.names, rule.from_native(cfg, value)):
                 yield name.format(i=i), np.ascontiguousarray(t)
 
