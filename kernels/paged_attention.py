@@ -19,7 +19,13 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from kernels.backend import block_size, resolve_interpret, round_up, triton_params
+from kernels.backend import (
+    block_size,
+    next_power_of_2,
+    resolve_interpret,
+    round_up,
+    triton_params,
+)
 
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -100,7 +106,8 @@ def paged_decode_reference(q, k_pages, v_pages, block_tables, lengths, *, k_scal
 class _Config:
   groups: int  # query heads per kv head; row r of a block is token r // groups
   block_r: int  # rows (token, head) per program
-  pages_per_split: int
+  pages_per_step: int  # pages gathered into one [pages_per_step * page_size, D] tile
+  steps_per_split: int
   sm_scale: float
   quantized: bool
   interpret: bool
@@ -112,7 +119,7 @@ def _dot(a, b, trans_b=False):
 
 
 def _paged_kernel(lengths_ref, q_lengths_ref, tables_ref, q_ref, k_ref, v_ref, *refs, cfg):
-  # lengths_ref, q_lengths_ref: [batch]; tables_ref: [pages_per_seq];
+  # lengths_ref, q_lengths_ref: [batch]; tables_ref: [num_splits * pages_per_split];
   # q_ref: [block_r, D]; k_ref, v_ref: [num_pages, page_size, D] (one kv head);
   # (ks_ref, vs_ref: [num_pages, page_size] when quantized);
   # o_ref: [block_r, D] f32 (normalized within this split); lse_ref: [block_r]
@@ -121,7 +128,9 @@ def _paged_kernel(lengths_ref, q_lengths_ref, tables_ref, q_ref, k_ref, v_ref, *
   else:
     o_ref, lse_ref = refs
   b, ir, split = pl.program_id(0), pl.program_id(2), pl.program_id(3)
-  page_size = k_ref.shape[1]
+  num_pages, page_size, head_dim = k_ref.shape
+  pages = cfg.pages_per_step
+  block_k = pages * page_size
   length = lengths_ref[b]
   q_len = q_lengths_ref[b]
   q = q_ref[...]
@@ -130,20 +139,25 @@ def _paged_kernel(lengths_ref, q_lengths_ref, tables_ref, q_ref, k_ref, v_ref, *
   # Keys this block may see: up to its last valid token's position (causal) and length.
   last_token = jnp.minimum(((ir + 1) * cfg.block_r - 1) // cfg.groups, q_len - 1)
   kv_end = jnp.minimum(length, length - q_len + last_token + 1)
-  num_pages = lax.div(jnp.maximum(kv_end, 0) + page_size - 1, page_size)
-  lo = split * cfg.pages_per_split
-  hi = jnp.minimum(lo + cfg.pages_per_split, num_pages)
+  lo = split * cfg.steps_per_split
+  hi = jnp.minimum(lo + cfg.steps_per_split,
+                   lax.div(jnp.maximum(kv_end, 0) + block_k - 1, block_k))
+
+  def gather(ref, ids):  # ref [num_pages, page_size, ...] -> [block_k, ...]
+    tile = ref[ids]
+    return tile.reshape(block_k, *tile.shape[2:])
 
   def body(j, carry):
     m, l, acc = carry
-    page = tables_ref[j]
-    k = k_ref[page, :, :].astype(q.dtype)
-    v = v_ref[page, :, :].astype(q.dtype)
+    # Table slots past a sequence's pages may hold anything: clamp, then mask by length.
+    ids = jnp.clip(tables_ref[pl.ds(j * pages, pages)], 0, num_pages - 1)
+    k = gather(k_ref, ids).astype(q.dtype)
+    v = gather(v_ref, ids).astype(q.dtype)
     s = _dot(q, k, trans_b=True)
     if cfg.quantized:
-      s = s * ks_ref[page, :].astype(jnp.float32)[None, :]
+      s = s * gather(ks_ref, ids).astype(jnp.float32)[None, :]
     s = s * cfg.sm_scale
-    k_pos = j * page_size + lax.iota(jnp.int32, page_size)
+    k_pos = j * block_k + lax.iota(jnp.int32, block_k)
     mask = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] < length)
     s = jnp.where(mask, s, MASK_VALUE)
     m_new = jnp.maximum(m, s.max(axis=1))
@@ -151,23 +165,23 @@ def _paged_kernel(lengths_ref, q_lengths_ref, tables_ref, q_ref, k_ref, v_ref, *
     p = jnp.where(mask, jnp.exp(s - m_new[:, None]), 0.0)
     l = alpha * l + p.sum(axis=1)
     if cfg.quantized:
-      p = p * vs_ref[page, :].astype(jnp.float32)[None, :]
+      p = p * gather(vs_ref, ids).astype(jnp.float32)[None, :]
     acc = alpha[:, None] * acc + _dot(p.astype(q.dtype), v)
     return m_new, l, acc
 
   m0 = jnp.full((cfg.block_r,), MASK_VALUE, jnp.float32)
   l0 = jnp.zeros((cfg.block_r,), jnp.float32)
-  acc0 = jnp.zeros(o_ref.shape, jnp.float32)
+  acc0 = jnp.zeros((cfg.block_r, head_dim), jnp.float32)
   m, l, acc = lax.fori_loop(lo, jnp.maximum(hi, lo), body, (m0, l0, acc0))
   l_safe = jnp.where(l == 0.0, 1.0, l)
   o_ref[...] = acc / l_safe[:, None]
   lse_ref[...] = jnp.where(l == 0.0, MASK_VALUE, m + jnp.log(l_safe))
 
 
-def _default_splits(programs, pages_per_seq):
-  """Enough programs to fill a large GPU (~2 per SM on H100), at least 4 pages each."""
+def _default_splits(programs, steps):
+  """Enough programs to fill a large GPU (~2 per SM on H100), at least 2 steps each."""
   want = max(1, -(-256 // programs))
-  return max(1, min(want, pages_per_seq // 4))
+  return max(1, min(want, steps // 2))
 
 
 def _paged_attention(q, k_pages, v_pages, block_tables, lengths, q_lengths, k_scales,
@@ -181,12 +195,18 @@ def _paged_attention(q, k_pages, v_pages, block_tables, lengths, q_lengths, k_sc
   block_r = block_size(rows, 64)
   rows_pad = round_up(rows, block_r)
   row_blocks = rows_pad // block_r
+  # ~128 keys per step: a tile large enough to keep loads in flight on GPU.
+  pages_per_step = max(1, min(128 // page_size, next_power_of_2(pages_per_seq)))
+  steps = -(-pages_per_seq // pages_per_step)
   if num_splits is None:
-    num_splits = _default_splits(batch * kv_heads * row_blocks, pages_per_seq)
-  num_splits = max(1, min(int(num_splits), pages_per_seq))
-  pages_per_split = -(-pages_per_seq // num_splits)
+    num_splits = _default_splits(batch * kv_heads * row_blocks, steps)
+  num_splits = max(1, min(int(num_splits), steps))
+  steps_per_split = -(-steps // num_splits)
+  table_width = num_splits * steps_per_split * pages_per_step
+  block_tables = jnp.pad(block_tables, ((0, 0), (0, table_width - pages_per_seq)))
   quantized = k_scales is not None
-  cfg = _Config(groups=groups, block_r=block_r, pages_per_split=pages_per_split,
+  cfg = _Config(groups=groups, block_r=block_r, pages_per_step=pages_per_step,
+                steps_per_split=steps_per_split,
                 sm_scale=float(1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale),
                 quantized=quantized, interpret=resolve_interpret(interpret))
 
@@ -200,7 +220,7 @@ def _paged_attention(q, k_pages, v_pages, block_tables, lengths, q_lengths, k_sc
                             lambda b, h, r, s: (h, 0, 0, 0))
   in_specs = [
       vec, vec,
-      pl.BlockSpec((None, pages_per_seq), lambda b, h, r, s: (b, 0)),
+      pl.BlockSpec((None, table_width), lambda b, h, r, s: (b, 0)),
       pl.BlockSpec((None, None, block_r, head_dim), lambda b, h, r, s: (b, h, r, 0)),
       pages_spec, pages_spec,
   ]
@@ -264,8 +284,9 @@ def paged_decode_attention(q, k_pages, v_pages, block_tables, lengths, *, k_scal
 
   q: [batch, heads, head_dim]; k_pages, v_pages: [kv_heads, num_pages, page_size,
   head_dim] (float, or int8 with k_scales/v_scales [kv_heads, num_pages, page_size]);
-  block_tables: [batch, pages_per_seq] int32; lengths: [batch] int32, the number of
-  tokens in the cache including the new one (0 gives a zero row). Returns
+  block_tables: [batch, pages_per_seq] int32 (slots past a sequence's pages are never
+  read, whatever they hold); lengths: [batch] int32, the number of tokens in the cache
+  including the new one (0 gives a zero row). Returns
   [batch, heads, head_dim] in q's dtype. On GPU page_size must be a power of two >= 16.
   """
   _check(q, k_pages, v_pages, block_tables, lengths, k_scales, v_scales,

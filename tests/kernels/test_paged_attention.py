@@ -31,7 +31,7 @@ def assert_close(actual, expected, tol, name=""):
 
 
 def make_cache(rng, batch, kv_heads, head_dim, page_size, pages_per_seq, dtype, int8):
-  """Random pages, shuffled block tables (plus unused pages), ragged lengths incl. 0."""
+  """Random pages, shuffled block tables, ragged lengths incl. 0, junk in unused slots."""
   num_pages = batch * pages_per_seq + 3
   shape = (kv_heads, num_pages, page_size, head_dim)
   k = rng.standard_normal(shape).astype(np.float32)
@@ -39,6 +39,8 @@ def make_cache(rng, batch, kv_heads, head_dim, page_size, pages_per_seq, dtype, 
   tables = rng.permutation(num_pages)[:batch * pages_per_seq].reshape(batch, -1)
   lengths = rng.integers(0, pages_per_seq * page_size + 1, size=batch)
   lengths[rng.integers(batch)] = rng.integers(1, pages_per_seq * page_size + 1)
+  unused = np.arange(pages_per_seq)[None, :] >= -(-lengths[:, None] // page_size)
+  tables = np.where(unused, rng.choice([-1, num_pages + 7], size=tables.shape), tables)
   scales = {}
   if int8:
     k, k_scales = quantize_kv_int8(jnp.asarray(k))
