@@ -20,208 +20,225 @@ from kernels.backend import block_size, resolve_interpret, round_up, triton_para
 
 
 def _scale_dtype(w):
-  return w.dtype if jnp.issubdtype(w.dtype, jnp.floating) else jnp.float32
+    return w.dtype if jnp.issubdtype(w.dtype, jnp.floating) else jnp.float32
 
 
 # ------------------------------------------------------------------- layout and helpers
 
 
 def quantize_w8(w):
-  """w [in, out] float -> (w_q [in, out] int8, scales [out]); symmetric per channel."""
-  wf = w.astype(jnp.float32)
-  amax = jnp.max(jnp.abs(wf), axis=0)
-  scales = jnp.where(amax == 0, 1.0, amax / 127.0).astype(_scale_dtype(w))
-  w_q = jnp.clip(jnp.round(wf / scales.astype(jnp.float32)), -127, 127).astype(jnp.int8)
-  return w_q, scales
+    """w [in, out] float -> (w_q [in, out] int8, scales [out]); symmetric per channel."""
+    wf = w.astype(jnp.float32)
+    amax = jnp.max(jnp.abs(wf), axis=0)
+    scales = jnp.where(amax == 0, 1.0, amax / 127.0).astype(_scale_dtype(w))
+    w_q = jnp.clip(jnp.round(wf / scales.astype(jnp.float32)), -127, 127).astype(jnp.int8)
+    return w_q, scales
 
 
 def dequantize_w8(w_q, scales, dtype=jnp.float32):
-  return (w_q.astype(jnp.float32) * scales.astype(jnp.float32)).astype(dtype)
+    return (w_q.astype(jnp.float32) * scales.astype(jnp.float32)).astype(dtype)
 
 
 def pack_int4(values):
-  """values [in, out] in 0..15 -> [in // 2, out] uint8 (row 2i low nibble, 2i+1 high)."""
-  v = values.astype(jnp.uint8)
-  return v[0::2] | (v[1::2] << 4)
+    """values [in, out] in 0..15 -> [in // 2, out] uint8 (row 2i low nibble, 2i+1 high)."""
+    v = values.astype(jnp.uint8)
+    return v[0::2] | (v[1::2] << 4)
 
 
 def unpack_int4(w_q):
-  """[in // 2, out] uint8 -> [in, out] int32 in 0..15 (inverse of `pack_int4`)."""
-  low = (w_q & 0xF).astype(jnp.int32)
-  high = (w_q >> 4).astype(jnp.int32)
-  return jnp.stack([low, high], axis=1).reshape(-1, w_q.shape[1])
+    """[in // 2, out] uint8 -> [in, out] int32 in 0..15 (inverse of `pack_int4`)."""
+    low = (w_q & 0xF).astype(jnp.int32)
+    high = (w_q >> 4).astype(jnp.int32)
+    return jnp.stack([low, high], axis=1).reshape(-1, w_q.shape[1])
 
 
 def quantize_w4(w, group_size=128):
-  """w [in, out] float -> (w_q [in//2, out] uint8, scales, zeros [in//group_size, out]).
+    """w [in, out] float -> (w_q [in//2, out] uint8, scales, zeros [in//group_size, out]).
 
-  Asymmetric per group of `group_size` input rows: q = clip(round(w / scale) + zero,
-  0, 15), zero an integer in 0..15 stored as uint8, scales in w's float dtype.
-  """
-  d_in, d_out = w.shape
-  if group_size % 2 or d_in % group_size:
-    raise ValueError(f"quantize_w4: input dim {d_in} must be a multiple of an even "
-                     f"group_size (got {group_size})")
-  wg = w.astype(jnp.float32).reshape(d_in // group_size, group_size, d_out)
-  w_min = jnp.minimum(wg.min(axis=1), 0.0)
-  w_max = jnp.maximum(wg.max(axis=1), 0.0)
-  scales = jnp.where(w_max > w_min, (w_max - w_min) / 15.0, 1.0).astype(_scale_dtype(w))
-  s = scales.astype(jnp.float32)
-  zeros = jnp.clip(jnp.round(-w_min / s), 0, 15)
-  q = jnp.clip(jnp.round(wg / s[:, None]) + zeros[:, None], 0, 15)
-  return pack_int4(q.reshape(d_in, d_out)), scales, zeros.astype(jnp.uint8)
+    Asymmetric per group of `group_size` input rows: q = clip(round(w / scale) + zero,
+    0, 15), zero an integer in 0..15 stored as uint8, scales in w's float dtype.
+    """
+    d_in, d_out = w.shape
+    if group_size % 2 or d_in % group_size:
+        raise ValueError(
+            f"quantize_w4: input dim {d_in} must be a multiple of an even group_size (got {group_size})"
+        )
+    wg = w.astype(jnp.float32).reshape(d_in // group_size, group_size, d_out)
+    w_min = jnp.minimum(wg.min(axis=1), 0.0)
+    w_max = jnp.maximum(wg.max(axis=1), 0.0)
+    scales = jnp.where(w_max > w_min, (w_max - w_min) / 15.0, 1.0).astype(_scale_dtype(w))
+    s = scales.astype(jnp.float32)
+    zeros = jnp.clip(jnp.round(-w_min / s), 0, 15)
+    q = jnp.clip(jnp.round(wg / s[:, None]) + zeros[:, None], 0, 15)
+    return pack_int4(q.reshape(d_in, d_out)), scales, zeros.astype(jnp.uint8)
 
 
 def dequantize_w4(w_q, scales, zeros, group_size=128, dtype=jnp.float32):
-  q = unpack_int4(w_q).astype(jnp.float32)
-  s = jnp.repeat(scales.astype(jnp.float32), group_size, axis=0)
-  z = jnp.repeat(zeros.astype(jnp.float32), group_size, axis=0)
-  return ((q - z) * s).astype(dtype)
+    q = unpack_int4(w_q).astype(jnp.float32)
+    s = jnp.repeat(scales.astype(jnp.float32), group_size, axis=0)
+    z = jnp.repeat(zeros.astype(jnp.float32), group_size, axis=0)
+    return ((q - z) * s).astype(dtype)
 
 
 def quantized_matmul_reference(x, w_q, scales, zeros=None, *, bits, group_size=None):
-  """Plain jnp: dequantize the whole weight, then `x @ w` in f32; output in x's dtype."""
-  if bits == 8:
-    w = dequantize_w8(w_q, scales)
-  else:
-    if zeros is None:
-      zeros = jnp.full(scales.shape, 8, jnp.uint8)
-    w = dequantize_w4(w_q, scales, zeros, group_size or 128)
-  out = jnp.dot(x.astype(jnp.float32), w, precision=lax.Precision.HIGHEST)
-  return out.astype(x.dtype)
+    """Plain jnp: dequantize the whole weight, then `x @ w` in f32; output in x's dtype."""
+    if bits == 8:
+        w = dequantize_w8(w_q, scales)
+    else:
+        if zeros is None:
+            zeros = jnp.full(scales.shape, 8, jnp.uint8)
+        w = dequantize_w4(w_q, scales, zeros, group_size or 128)
+    out = jnp.dot(x.astype(jnp.float32), w, precision=lax.Precision.HIGHEST)
+    return out.astype(x.dtype)
 
 
 # ------------------------------------------------------------------------------ kernels
 
 
 def _dot(a, b):
-  return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 def _w8_kernel(x_ref, w_ref, s_ref, o_ref, *, block_k):
-  # x_ref: [block_m, K]; w_ref: [K, block_n] int8; s_ref: [block_n]; o_ref: [block_m, block_n]
-  x_dtype = x_ref.dtype
+    # x_ref: [block_m, K]; w_ref: [K, block_n] int8; s_ref: [block_n]; o_ref: [block_m, block_n]
+    x_dtype = x_ref.dtype
 
-  def body(i, acc):
-    start = pl.multiple_of(i * block_k, block_k)
-    x = x_ref[:, pl.ds(start, block_k)]
-    w = w_ref[pl.ds(start, block_k), :].astype(x_dtype)  # int8 is exact in bf16
-    return acc + _dot(x, w)
+    def body(i, acc):
+        start = pl.multiple_of(i * block_k, block_k)
+        x = x_ref[:, pl.ds(start, block_k)]
+        w = w_ref[pl.ds(start, block_k), :].astype(x_dtype)  # int8 is exact in bf16
+        return acc + _dot(x, w)
 
-  acc = lax.fori_loop(0, x_ref.shape[1] // block_k, body,
-                      jnp.zeros(o_ref.shape, jnp.float32))
-  o_ref[...] = (acc * s_ref[...].astype(jnp.float32)[None, :]).astype(o_ref.dtype)
+    acc = lax.fori_loop(0, x_ref.shape[1] // block_k, body, jnp.zeros(o_ref.shape, jnp.float32))
+    o_ref[...] = (acc * s_ref[...].astype(jnp.float32)[None, :]).astype(o_ref.dtype)
 
 
 def _w4_kernel(xe_ref, xo_ref, w_ref, s_ref, z_ref, o_ref, *, half_group):
-  # xe_ref / xo_ref: [block_m, K // 2], the even / odd input columns of x;
-  # w_ref: [K // 2, block_n] uint8; s_ref, z_ref: [K // group_size, block_n]
-  x_dtype = xe_ref.dtype
+    # xe_ref / xo_ref: [block_m, K // 2], the even / odd input columns of x;
+    # w_ref: [K // 2, block_n] uint8; s_ref, z_ref: [K // group_size, block_n]
+    x_dtype = xe_ref.dtype
 
-  def body(g, acc):
-    start = pl.multiple_of(g * half_group, half_group)
-    packed = w_ref[pl.ds(start, half_group), :].astype(jnp.int32)
-    zero = z_ref[g, :].astype(jnp.int32)[None, :]
-    low = ((packed & 0xF) - zero).astype(x_dtype)  # integers in -15..15: exact in bf16
-    high = ((packed >> 4) - zero).astype(x_dtype)
-    part = (_dot(xe_ref[:, pl.ds(start, half_group)], low)
-            + _dot(xo_ref[:, pl.ds(start, half_group)], high))
-    return acc + part * s_ref[g, :].astype(jnp.float32)[None, :]
+    def body(g, acc):
+        start = pl.multiple_of(g * half_group, half_group)
+        packed = w_ref[pl.ds(start, half_group), :].astype(jnp.int32)
+        zero = z_ref[g, :].astype(jnp.int32)[None, :]
+        low = ((packed & 0xF) - zero).astype(x_dtype)  # integers in -15..15: exact in bf16
+        high = ((packed >> 4) - zero).astype(x_dtype)
+        part = _dot(xe_ref[:, pl.ds(start, half_group)], low) + _dot(
+            xo_ref[:, pl.ds(start, half_group)], high
+        )
+        return acc + part * s_ref[g, :].astype(jnp.float32)[None, :]
 
-  acc = lax.fori_loop(0, s_ref.shape[0], body, jnp.zeros(o_ref.shape, jnp.float32))
-  o_ref[...] = acc.astype(o_ref.dtype)
+    acc = lax.fori_loop(0, s_ref.shape[0], body, jnp.zeros(o_ref.shape, jnp.float32))
+    o_ref[...] = acc.astype(o_ref.dtype)
 
 
 def _pick_block(n, preferred):
-  """Largest power of two <= preferred (>= 16) dividing n, or None."""
-  b = preferred
-  while b >= 16:
-    if n % b == 0:
-      return b
-    b //= 2
-  return None
+    """Largest power of two <= preferred (>= 16) dividing n, or None."""
+    b = preferred
+    while b >= 16:
+        if n % b == 0:
+            return b
+        b //= 2
+    return None
 
 
-def quantized_matmul(x, w_q, scales, zeros=None, *, bits, group_size=None, interpret=None,
-                     block_m=None, block_n=None):
-  """`x @ dequantize(w_q)` with dequantization fused; x [..., in] -> [..., out].
+def quantized_matmul(
+    x, w_q, scales, zeros=None, *, bits, group_size=None, interpret=None, block_m=None, block_n=None
+):
+    """`x @ dequantize(w_q)` with dequantization fused; x [..., in] -> [..., out].
 
-  bits=8: w_q [in, out] int8, scales [out]. bits=4: w_q [in // 2, out] uint8 (see the
-  module docstring for the nibble order), scales [in // group_size, out] and zeros of
-  the same shape (None: symmetric, zero point 8); group_size defaults to 128.
-  Accumulates in f32; returns x's dtype. interpret=None interprets off-GPU.
-  """
-  d_in = x.shape[-1]
-  lead = x.shape[:-1]
-  x2 = x.reshape(-1, d_in)
-  m = x2.shape[0]
-  if bits == 8:
-    if group_size is not None:
-      raise ValueError("quantized_matmul: bits=8 is per output channel; pass "
-                       "group_size=None")
-    if w_q.shape[0] != d_in or scales.shape != (w_q.shape[1],):
-      raise ValueError(f"quantized_matmul(bits=8): want w_q [in={d_in}, out] and scales "
-                       f"[out]; got {w_q.shape} and {scales.shape}")
-  elif bits == 4:
-    group_size = group_size or 128
-    groups = d_in // group_size
-    if (d_in % group_size or group_size % 2 or w_q.shape[0] * 2 != d_in
-        or scales.shape != (groups, w_q.shape[1])):
-      raise ValueError(f"quantized_matmul(bits=4): want w_q [in // 2 = {d_in // 2}, out] "
-                       f"and scales [in // group_size, out] with group_size "
-                       f"({group_size}) dividing in ({d_in}); got {w_q.shape} and "
-                       f"{scales.shape}")
-    if zeros is None:
-      zeros = jnp.full(scales.shape, 8, jnp.uint8)
-    if zeros.shape != scales.shape:
-      raise ValueError(f"quantized_matmul: zeros {zeros.shape} must match scales "
-                       f"{scales.shape}")
-  else:
-    raise ValueError(f"quantized_matmul: bits must be 4 or 8, got {bits}")
-  d_out = w_q.shape[1]
-  interpret = resolve_interpret(interpret)
+    bits=8: w_q [in, out] int8, scales [out]. bits=4: w_q [in // 2, out] uint8 (see the
+    module docstring for the nibble order), scales [in // group_size, out] and zeros of
+    the same shape (None: symmetric, zero point 8); group_size defaults to 128.
+    Accumulates in f32; returns x's dtype. interpret=None interprets off-GPU.
+    """
+    d_in = x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, d_in)
+    m = x2.shape[0]
+    if bits == 8:
+        if group_size is not None:
+            raise ValueError("quantized_matmul: bits=8 is per output channel; pass group_size=None")
+        if w_q.shape[0] != d_in or scales.shape != (w_q.shape[1],):
+            raise ValueError(
+                f"quantized_matmul(bits=8): want w_q [in={d_in}, out] and scales "
+                f"[out]; got {w_q.shape} and {scales.shape}"
+            )
+    elif bits == 4:
+        group_size = group_size or 128
+        groups = d_in // group_size
+        if (
+            d_in % group_size
+            or group_size % 2
+            or w_q.shape[0] * 2 != d_in
+            or scales.shape != (groups, w_q.shape[1])
+        ):
+            raise ValueError(
+                f"quantized_matmul(bits=4): want w_q [in // 2 = {d_in // 2}, out] "
+                f"and scales [in // group_size, out] with group_size "
+                f"({group_size}) dividing in ({d_in}); got {w_q.shape} and "
+                f"{scales.shape}"
+            )
+        if zeros is None:
+            zeros = jnp.full(scales.shape, 8, jnp.uint8)
+        if zeros.shape != scales.shape:
+            raise ValueError(f"quantized_matmul: zeros {zeros.shape} must match scales {scales.shape}")
+    else:
+        raise ValueError(f"quantized_matmul: bits must be 4 or 8, got {bits}")
+    d_out = w_q.shape[1]
+    interpret = resolve_interpret(interpret)
 
-  block_m = block_m or block_size(m, 64)
-  block_n = block_n or _pick_block(d_out, 64 if m <= 16 else 128) or 64
-  m_pad, n_pad = round_up(m, block_m), round_up(d_out, block_n)
-  x2 = jnp.pad(x2, ((0, m_pad - m), (0, 0)))
-  if n_pad != d_out:  # slow path for odd widths: pads the weight on every call
-    w_q = jnp.pad(w_q, ((0, 0), (0, n_pad - d_out)))
-    scales = jnp.pad(scales, [(0, 0)] * (scales.ndim - 1) + [(0, n_pad - d_out)])
-    if zeros is not None:
-      zeros = jnp.pad(zeros, ((0, 0), (0, n_pad - d_out)))
-  grid = (m_pad // block_m, n_pad // block_n)
-  out_spec = pl.BlockSpec((block_m, block_n), lambda i, j: (i, j))
-  common = dict(grid=grid, out_specs=out_spec,
-                out_shape=jax.ShapeDtypeStruct((m_pad, n_pad), x.dtype),
-                compiler_params=triton_params(num_warps=4, num_stages=3),
-                interpret=interpret)
+    block_m = block_m or block_size(m, 64)
+    block_n = block_n or _pick_block(d_out, 64 if m <= 16 else 128) or 64
+    m_pad, n_pad = round_up(m, block_m), round_up(d_out, block_n)
+    x2 = jnp.pad(x2, ((0, m_pad - m), (0, 0)))
+    if n_pad != d_out:  # slow path for odd widths: pads the weight on every call
+        w_q = jnp.pad(w_q, ((0, 0), (0, n_pad - d_out)))
+        scales = jnp.pad(scales, [(0, 0)] * (scales.ndim - 1) + [(0, n_pad - d_out)])
+        if zeros is not None:
+            zeros = jnp.pad(zeros, ((0, 0), (0, n_pad - d_out)))
+    grid = (m_pad // block_m, n_pad // block_n)
+    out_spec = pl.BlockSpec((block_m, block_n), lambda i, j: (i, j))
+    common = dict(
+        grid=grid,
+        out_specs=out_spec,
+        out_shape=jax.ShapeDtypeStruct((m_pad, n_pad), x.dtype),
+        compiler_params=triton_params(num_warps=4, num_stages=3),
+        interpret=interpret,
+    )
 
-  if bits == 8:
-    block_k = _pick_block(d_in, 128)
-    if block_k is None:  # slow path: in not a multiple of 16
-      pad_k = round_up(d_in, 16) - d_in
-      x2 = jnp.pad(x2, ((0, 0), (0, pad_k)))
-      w_q = jnp.pad(w_q, ((0, pad_k), (0, 0)))
-      block_k = 16
-    k = x2.shape[1]
-    out = pl.pallas_call(
-        functools.partial(_w8_kernel, block_k=block_k),
-        in_specs=[pl.BlockSpec((block_m, k), lambda i, j: (i, 0)),
-                  pl.BlockSpec((k, block_n), lambda i, j: (0, j)),
-                  pl.BlockSpec((block_n,), lambda i, j: (j,))],
-        name="w8a16_matmul", **common,
-    )(x2, w_q, scales)
-  else:
-    half = d_in // 2
-    x_even, x_odd = x2[:, 0::2], x2[:, 1::2]  # x is small next to the weight
-    out = pl.pallas_call(
-        functools.partial(_w4_kernel, half_group=group_size // 2),
-        in_specs=[pl.BlockSpec((block_m, half), lambda i, j: (i, 0)),
-                  pl.BlockSpec((block_m, half), lambda i, j: (i, 0)),
-                  pl.BlockSpec((half, block_n), lambda i, j: (0, j)),
-                  pl.BlockSpec((groups, block_n), lambda i, j: (0, j)),
-                  pl.BlockSpec((groups, block_n), lambda i, j: (0, j))],
-        name="w4a16_matmul", **common,
-    )(x_even, x_odd, w_q, scales, zeros)
-  return out[:m, :d_out].reshape(*lead, d_out)
+    if bits == 8:
+        block_k = _pick_block(d_in, 128)
+        if block_k is None:  # slow path: in not a multiple of 16
+            pad_k = round_up(d_in, 16) - d_in
+            x2 = jnp.pad(x2, ((0, 0), (0, pad_k)))
+            w_q = jnp.pad(w_q, ((0, pad_k), (0, 0)))
+            block_k = 16
+        k = x2.shape[1]
+        out = pl.pallas_call(
+            functools.partial(_w8_kernel, block_k=block_k),
+            in_specs=[
+                pl.BlockSpec((block_m, k), lambda i, j: (i, 0)),
+                pl.BlockSpec((k, block_n), lambda i, j: (0, j)),
+                pl.BlockSpec((block_n,), lambda i, j: (j,)),
+            ],
+            name="w8a16_matmul",
+            **common,
+        )(x2, w_q, scales)
+    else:
+        half = d_in // 2
+        x_even, x_odd = x2[:, 0::2], x2[:, 1::2]  # x is small next to the weight
+        out = pl.pallas_call(
+            functools.partial(_w4_kernel, half_group=group_size // 2),
+            in_specs=[
+                pl.BlockSpec((block_m, half), lambda i, j: (i, 0)),
+                pl.BlockSpec((block_m, half), lambda i, j: (i, 0)),
+                pl.BlockSpec((half, block_n), lambda i, j: (0, j)),
+                pl.BlockSpec((groups, block_n), lambda i, j: (0, j)),
+                pl.BlockSpec((groups, block_n), lambda i, j: (0, j)),
+            ],
+            name="w4a16_matmul",
+            **common,
+        )(x_even, x_odd, w_q, scales, zeros)
+    return out[:m, :d_out].reshape(*lead, d_out)

@@ -15,122 +15,138 @@ fast_jit = lambda f: jax.jit(f, compiler_options={"xla_backend_optimization_leve
 
 
 def assert_close(actual, expected, tol, name=""):
-  actual = np.asarray(jnp.asarray(actual, jnp.float32))
-  expected = np.asarray(jnp.asarray(expected, jnp.float32))
-  assert np.isfinite(actual).all(), f"{name}: non-finite values"
-  err = np.abs(actual - expected).max()
-  bound = tol * max(1.0, np.abs(expected).max())
-  assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g}"
+    actual = np.asarray(jnp.asarray(actual, jnp.float32))
+    expected = np.asarray(jnp.asarray(expected, jnp.float32))
+    assert np.isfinite(actual).all(), f"{name}: non-finite values"
+    err = np.abs(actual - expected).max()
+    bound = tol * max(1.0, np.abs(expected).max())
+    assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g}"
 
 
 def random_segments(rng, batch, seq, with_padding):
-  """Sorted packed-document ids 1..3 per row, optionally 0 (padding) at the tail."""
-  seg = np.sort(rng.integers(1, 4, size=(batch, seq)), axis=1)
-  if with_padding:
-    for b in range(batch):
-      seg[b, rng.integers(seq // 2, seq + 1):] = 0
-  return jnp.asarray(seg, jnp.int32)
+    """Sorted packed-document ids 1..3 per row, optionally 0 (padding) at the tail."""
+    seg = np.sort(rng.integers(1, 4, size=(batch, seq)), axis=1)
+    if with_padding:
+        for b in range(batch):
+            seg[b, rng.integers(seq // 2, seq + 1) :] = 0
+    return jnp.asarray(seg, jnp.int32)
 
 
 def run_both(q, k, v, do, **kw):
-  """(out, dq, dk, dv) of the kernel (in q's dtype) and of the f32 reference."""
-  def kernel_vjp(q, k, v, do):
-    out, vjp = jax.vjp(lambda q, k, v: flash_attention(q, k, v, **kw), q, k, v)
-    return (out,) + vjp(do)
+    """(out, dq, dk, dv) of the kernel (in q's dtype) and of the f32 reference."""
 
-  ref_kw = {key: val for key, val in kw.items() if key not in ("block_q", "block_k")}
-  def reference_vjp(q, k, v, do):
-    f32 = lambda x: x.astype(jnp.float32)
-    out, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kw),
-                       f32(q), f32(k), f32(v))
-    return (out,) + vjp(f32(do))
+    def kernel_vjp(q, k, v, do):
+        out, vjp = jax.vjp(lambda q, k, v: flash_attention(q, k, v, **kw), q, k, v)
+        return (out,) + vjp(do)
 
-  return fast_jit(kernel_vjp)(q, k, v, do), fast_jit(reference_vjp)(q, k, v, do)
+    ref_kw = {key: val for key, val in kw.items() if key not in ("block_q", "block_k")}
+
+    def reference_vjp(q, k, v, do):
+        f32 = lambda x: x.astype(jnp.float32)
+        out, vjp = jax.vjp(lambda q, k, v: attention_reference(q, k, v, **ref_kw), f32(q), f32(k), f32(v))
+        return (out,) + vjp(f32(do))
+
+    return fast_jit(kernel_vjp)(q, k, v, do), fast_jit(reference_vjp)(q, k, v, do)
 
 
 @st.composite
 def attention_cases(draw):
-  packed = draw(st.booleans())
-  seq_q = draw(st.integers(1, 160))
-  seq_kv = seq_q if packed else draw(st.integers(1, 160))
-  return dict(
-      batch=draw(st.integers(1, 2)), seq_q=seq_q, seq_kv=seq_kv,
-      kv_heads=draw(st.sampled_from([1, 2])), groups=draw(st.sampled_from([1, 2, 3])),
-      head_dim=draw(st.sampled_from([64, 128])),
-      dtype=draw(st.sampled_from([jnp.float32, jnp.bfloat16])),
-      causal=draw(st.booleans()), packed=packed,
-      padding=draw(st.booleans()),
-      block=draw(st.sampled_from([None, 16, 32])),
-      seed=draw(st.integers(0, 2**31 - 1)))
+    packed = draw(st.booleans())
+    seq_q = draw(st.integers(1, 160))
+    seq_kv = seq_q if packed else draw(st.integers(1, 160))
+    return dict(
+        batch=draw(st.integers(1, 2)),
+        seq_q=seq_q,
+        seq_kv=seq_kv,
+        kv_heads=draw(st.sampled_from([1, 2])),
+        groups=draw(st.sampled_from([1, 2, 3])),
+        head_dim=draw(st.sampled_from([64, 128])),
+        dtype=draw(st.sampled_from([jnp.float32, jnp.bfloat16])),
+        causal=draw(st.booleans()),
+        packed=packed,
+        padding=draw(st.booleans()),
+        block=draw(st.sampled_from([None, 16, 32])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
 
 
 @settings(max_examples=10, deadline=None)
 @given(attention_cases())
 def test_flash_attention_and_grads_match_reference(case):
-  rng = np.random.default_rng(case["seed"])
-  batch, heads = case["batch"], case["kv_heads"] * case["groups"]
-  dtype, d = case["dtype"], case["head_dim"]
-  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), dtype)
-  q = normal(batch, case["seq_q"], heads, d)
-  k = normal(batch, case["seq_kv"], case["kv_heads"], d)
-  v = normal(batch, case["seq_kv"], case["kv_heads"], d)
-  do = normal(batch, case["seq_q"], heads, d)
-  segment_ids = None
-  if case["packed"]:
-    segment_ids = random_segments(rng, batch, case["seq_q"], case["padding"])
-  got, want = run_both(q, k, v, do, segment_ids=segment_ids, causal=case["causal"],
-                       block_q=case["block"], block_k=case["block"])
-  assert got[0].dtype == dtype
-  tol = 2e-4 if dtype == jnp.float32 else 4e-2
-  for name, a, e in zip(("out", "dq", "dk", "dv"), got, want):
-    assert_close(a, e, tol, name)
+    rng = np.random.default_rng(case["seed"])
+    batch, heads = case["batch"], case["kv_heads"] * case["groups"]
+    dtype, d = case["dtype"], case["head_dim"]
+    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), dtype)
+    q = normal(batch, case["seq_q"], heads, d)
+    k = normal(batch, case["seq_kv"], case["kv_heads"], d)
+    v = normal(batch, case["seq_kv"], case["kv_heads"], d)
+    do = normal(batch, case["seq_q"], heads, d)
+    segment_ids = None
+    if case["packed"]:
+        segment_ids = random_segments(rng, batch, case["seq_q"], case["padding"])
+    got, want = run_both(
+        q,
+        k,
+        v,
+        do,
+        segment_ids=segment_ids,
+        causal=case["causal"],
+        block_q=case["block"],
+        block_k=case["block"],
+    )
+    assert got[0].dtype == dtype
+    tol = 2e-4 if dtype == jnp.float32 else 4e-2
+    for name, a, e in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        assert_close(a, e, tol, name)
 
 
 def test_padding_rows_give_zero_output_and_zero_grads():
-  rng = np.random.default_rng(0)
-  q, k, v, do = (jnp.asarray(rng.standard_normal((2, 37, 4, 64)), jnp.float32)
-                 for _ in range(4))
-  k, v = k[:, :, :2], v[:, :, :2]
-  seg = np.ones((2, 37), np.int32)
-  seg[0, 20:] = 0  # tail padding
-  seg[1, :5] = 0  # head padding
-  seg[1, 5:21] = 2
-  seg = jnp.asarray(seg)
-  (out, dq, dk, dv), (r_out, r_dq, r_dk, r_dv) = run_both(
-      q, k, v, do, segment_ids=seg, block_q=16, block_k=16)
-  pad = np.asarray(seg == 0)
-  for x in (out, dq):
-    assert np.all(np.asarray(x)[pad] == 0)
-  for x in (dk, dv):
-    assert np.all(np.asarray(x)[pad] == 0)
-  for name, a, e in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv),
-                        (r_out, r_dq, r_dk, r_dv)):
-    assert_close(a, e, 2e-4, name)
+    rng = np.random.default_rng(0)
+    q, k, v, do = (jnp.asarray(rng.standard_normal((2, 37, 4, 64)), jnp.float32) for _ in range(4))
+    k, v = k[:, :, :2], v[:, :, :2]
+    seg = np.ones((2, 37), np.int32)
+    seg[0, 20:] = 0  # tail padding
+    seg[1, :5] = 0  # head padding
+    seg[1, 5:21] = 2
+    seg = jnp.asarray(seg)
+    (out, dq, dk, dv), (r_out, r_dq, r_dk, r_dv) = run_both(
+        q, k, v, do, segment_ids=seg, block_q=16, block_k=16
+    )
+    pad = np.asarray(seg == 0)
+    for x in (out, dq):
+        assert np.all(np.asarray(x)[pad] == 0)
+    for x in (dk, dv):
+        assert np.all(np.asarray(x)[pad] == 0)
+    for name, a, e in zip(
+        ("out", "dq", "dk", "dv"), (out, dq, dk, dv), (r_out, r_dq, r_dk, r_dv), strict=True
+    ):
+        assert_close(a, e, 2e-4, name)
 
 
 def test_causal_with_longer_kv_aligns_query_ends():
-  """seq_q < seq_kv: the last query sees every key, the first sees seq_kv - seq_q + 1."""
-  rng = np.random.default_rng(1)
-  q = jnp.asarray(rng.standard_normal((1, 5, 2, 64)), jnp.float32)
-  k = jnp.asarray(rng.standard_normal((1, 40, 2, 64)), jnp.float32)
-  v = jnp.asarray(rng.standard_normal((1, 40, 2, 64)), jnp.float32)
+    """seq_q < seq_kv: the last query sees every key, the first sees seq_kv - seq_q + 1."""
+    rng = np.random.default_rng(1)
+    q = jnp.asarray(rng.standard_normal((1, 5, 2, 64)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((1, 40, 2, 64)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((1, 40, 2, 64)), jnp.float32)
 
-  @fast_jit
-  def outputs(q, k, v):
-    out = flash_attention(q, k, v, causal=True, block_q=16, block_k=16)
-    full = flash_attention(q[:, -1:], k, v, causal=False, block_q=16, block_k=16)
-    first = flash_attention(q[:, :1], k[:, :36], v[:, :36], causal=False)
-    return out, full, first
+    @fast_jit
+    def outputs(q, k, v):
+        out = flash_attention(q, k, v, causal=True, block_q=16, block_k=16)
+        full = flash_attention(q[:, -1:], k, v, causal=False, block_q=16, block_k=16)
+        first = flash_attention(q[:, :1], k[:, :36], v[:, :36], causal=False)
+        return out, full, first
 
-  out, full, first = outputs(q, k, v)
-  assert_close(out[:, -1:], full, 1e-5, "last query")
-  assert_close(out[:, :1], first, 1e-5, "first query")
+    out, full, first = outputs(q, k, v)
+    assert_close(out[:, -1:], full, 1e-5, "last query")
+    assert_close(out[:, :1], first, 1e-5, "first query")
 
 
 def test_flash_attention_rejects_bad_shapes():
-  q = jnp.ones((1, 8, 3, 64))
-  with pytest.raises(ValueError, match="multiple of kv_heads"):
-    flash_attention(q, jnp.ones((1, 8, 2, 64)), jnp.ones((1, 8, 2, 64)))
-  with pytest.raises(ValueError, match="segment_ids"):
-    flash_attention(q, jnp.ones((1, 9, 1, 64)), jnp.ones((1, 9, 1, 64)),
-                    segment_ids=jnp.ones((1, 8), jnp.int32))
+    q = jnp.ones((1, 8, 3, 64))
+    with pytest.raises(ValueError, match="multiple of kv_heads"):
+        flash_attention(q, jnp.ones((1, 8, 2, 64)), jnp.ones((1, 8, 2, 64)))
+    with pytest.raises(ValueError, match="segment_ids"):
+        flash_attention(
+            q, jnp.ones((1, 9, 1, 64)), jnp.ones((1, 9, 1, 64)), segment_ids=jnp.ones((1, 8), jnp.int32)
+        )
