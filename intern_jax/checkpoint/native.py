@@ -81,16 +81,38 @@ def load_native(directory, dtype=None, mesh=None) -> tuple[ModelConfig, dict]:
     else:
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), stored)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), stored, shardings)
-    try:
-        params = _checkpointer().restore(directory / PARAMS_DIR, target)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise ValueError(f"{directory / PARAMS_DIR} does not hold the params {directory / CONFIG_FILE} "
-                         f"describes ({type(e).__name__}: {e})") from None
+    checkpointer = _checkpointer()
+    _check_stored(checkpointer, directory, stored)
+    params = checkpointer.restore(directory / PARAMS_DIR, target)
     if dtype is not None and jnp.dtype(dtype) != jnp.dtype(cfg.param_dtype):
         name = jnp.dtype(dtype).name
         params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(name), p), out_shardings=shardings)(params)
         cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
     return cfg, params
+
+
+def _check_stored(checkpointer, directory: Path, want) -> None:
+    """Compare the stored tree's shapes and dtypes with the config before reading any data."""
+    try:
+        meta = checkpointer.metadata(directory / PARAMS_DIR).item_metadata.tree
+    except (ValueError, KeyError, FileNotFoundError, AttributeError) as e:
+        raise ValueError(f"{directory / PARAMS_DIR} is not a readable orbax params tree ({e})") from None
+    describe = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype).name), tree)
+    stored, expected = describe(meta), describe(want)
+    if stored != expected:
+        flat_s = dict(jax.tree_util.tree_flatten_with_path(stored, is_leaf=lambda x: isinstance(x, tuple))[0])
+        flat_e = dict(
+            jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0]
+        )
+        diff = [
+            f"{jax.tree_util.keystr(k)}: stored {flat_s.get(k)}, config wants {flat_e.get(k)}"
+            for k in sorted(set(flat_s) | set(flat_e), key=str)
+            if flat_s.get(k) != flat_e.get(k)
+        ]
+        raise ValueError(
+            f"{directory / PARAMS_DIR} does not hold the params {directory / CONFIG_FILE} describes: "
+            + "; ".join(diff[:4])
+        )
 
 
 def _check_tree(params, cfg: ModelConfig, what: str) -> None:

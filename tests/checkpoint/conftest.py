@@ -14,8 +14,16 @@ from intern_jax.model import internlm2  # noqa: E402
 
 
 def tiny_config(**kw) -> ModelConfig:
-    base = dict(vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=96,
-                max_position_embeddings=64, rms_norm_eps=1e-5)
+    base = dict(
+        vocab_size=300,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=96,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+    )
     base.update(kw)
     return ModelConfig(**base)
 
@@ -30,7 +38,9 @@ def random_params(cfg: ModelConfig, seed: int = 0):
         scale = 0.05 if spec.init == "normal" else 0.1
         return jnp.asarray(centre + scale * rng.standard_normal(spec.shape), jnp.float32).astype(dtype)
 
-    return jax.tree.map(leaf, internlm2.param_specs(cfg), is_leaf=lambda x: isinstance(x, internlm2.ParamSpec))
+    return jax.tree.map(
+        leaf, internlm2.param_specs(cfg), is_leaf=lambda x: isinstance(x, internlm2.ParamSpec)
+    )
 
 
 def assert_trees_equal(a, b):

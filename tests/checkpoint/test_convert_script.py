@@ -19,7 +19,9 @@ def convert_main():
 
 
 def test_help_lists_targets_and_dtypes():
-    out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for word in ("--input", "--output", "native", "internlm2", "llama", "bfloat16"):
         assert word in out
 
@@ -28,8 +30,19 @@ def test_convert_hf_llama_to_native_in_bfloat16(convert_main, tiny, make_params,
     cfg = tiny(attention_bias=True)
     params = make_params(cfg)
     save_hf(tmp_path / "src", cfg, params, layout="llama")
-    rc = convert_main(["--input", str(tmp_path / "src"), "--output", str(tmp_path / "dst"), "--to", "native",
-                       "--dtype", "bfloat16", "--quiet"])
+    rc = convert_main(
+        [
+            "--input",
+            str(tmp_path / "src"),
+            "--output",
+            str(tmp_path / "dst"),
+            "--to",
+            "native",
+            "--dtype",
+            "bfloat16",
+            "--quiet",
+        ]
+    )
     assert rc == 0 and "wrote native" in capsys.readouterr().out
     loaded = load_model(tmp_path / "dst")
     assert loaded.config.param_dtype == "bfloat16"
@@ -37,7 +50,9 @@ def test_convert_hf_llama_to_native_in_bfloat16(convert_main, tiny, make_params,
         assert (x == y.astype("bfloat16")).all()
 
 
-def test_convert_reports_missing_input_and_non_empty_output(convert_main, tiny, make_params, tmp_path, capsys):
+def test_convert_reports_missing_input_and_non_empty_output(
+    convert_main, tiny, make_params, tmp_path, capsys
+):
     rc = convert_main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--to", "llama"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     (tmp_path / "full").mkdir()

@@ -57,7 +57,9 @@ def synthetic_k_blocks(kind, rows, blocks, rng):
     """Random K-quant super-blocks with finite f16 scales (gguf cannot quantize K types)."""
     size = gguf.GGML_QUANT_SIZES[kind][1]
     raw = rng.integers(0, 256, (rows, blocks, size), dtype=np.uint8)
-    scales = rng.uniform(0.001, 0.01, (rows, blocks, 2)).astype(np.float16).view(np.uint8).reshape(rows, blocks, 4)
+    scales = (
+        rng.uniform(0.001, 0.01, (rows, blocks, 2)).astype(np.float16).view(np.uint8).reshape(rows, blocks, 4)
+    )
     if kind == Q.Q4_K:
         raw[..., :4] = scales  # d, dmin lead the block
     else:  # Q6_K: d closes the block
@@ -78,12 +80,17 @@ def test_k_quant_tensor_equals_gguf_reference(kind, tmp_path):
 
 def test_unpermute_matches_transformers_gguf_loader():
     processor = pytest.importorskip("transformers.modeling_gguf_pytorch_utils").LlamaTensorProcessor(
-        config={"num_attention_heads": 6, "num_key_value_heads": 2})
+        config={"num_attention_heads": 6, "num_key_value_heads": 2}
+    )
     rng = np.random.default_rng(3)
     q = rng.standard_normal((6 * 8, 20)).astype(np.float32)
     k = rng.standard_normal((2 * 8, 20)).astype(np.float32)
-    np.testing.assert_array_equal(gguf_ckpt.unpermute_rows(q, 6), processor.process(q, "blk.0.attn_q.weight").weights)
-    np.testing.assert_array_equal(gguf_ckpt.unpermute_rows(k, 2), processor.process(k, "blk.0.attn_k.weight").weights)
+    np.testing.assert_array_equal(
+        gguf_ckpt.unpermute_rows(q, 6), processor.process(q, "blk.0.attn_q.weight").weights
+    )
+    np.testing.assert_array_equal(
+        gguf_ckpt.unpermute_rows(k, 2), processor.process(k, "blk.0.attn_k.weight").weights
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -92,8 +99,16 @@ def test_unpermute_matches_transformers_gguf_loader():
 
 E, H, K, D, M, V, L = 64, 4, 2, 16, 96, 300, 2
 TINY_METADATA = dict(
-    block_count=L, context_length=64, embedding_length=E, feed_forward_length=M, head_count=H, head_count_kv=K,
-    rope_freq_base=10000.0, layer_norm_rms_eps=1e-5, rope_dimension_count=D, vocab_size=V,
+    block_count=L,
+    context_length=64,
+    embedding_length=E,
+    feed_forward_length=M,
+    head_count=H,
+    head_count_kv=K,
+    rope_freq_base=10000.0,
+    layer_norm_rms_eps=1e-5,
+    rope_dimension_count=D,
+    vocab_size=V,
 )
 
 
@@ -125,13 +140,14 @@ def tiny_llama_tensors(rng, kinds=(Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.F16, Q.BF16), tied=
 def test_tiny_gguf_logits_match_transformers_gguf_loader(tied, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
     import jax.numpy as jnp
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     from intern_jax.model import internlm2
 
-    path = write_gguf(tmp_path / "tiny.gguf", tiny_llama_tensors(np.random.default_rng(4), tied=tied), TINY_METADATA)
+    path = write_gguf(
+        tmp_path / "tiny.gguf", tiny_llama_tensors(np.random.default_rng(4), tied=tied), TINY_METADATA
+    )
     assert detect_format(path) == "gguf"
     ours = load_model(path)
     assert ours.tokenizer is None
@@ -141,7 +157,9 @@ def test_tiny_gguf_logits_match_transformers_gguf_loader(tied, tmp_path):
     assert cfg.max_position_embeddings == 64 and cfg.rope_theta == 10000.0
 
     hf_config = transformers.LlamaConfig(**load_gguf_checkpoint(str(path))["config"])
-    model = transformers.LlamaForCausalLM._from_config(hf_config, attn_implementation="eager", dtype=torch.float32)
+    model = transformers.LlamaForCausalLM._from_config(
+        hf_config, attn_implementation="eager", dtype=torch.float32
+    )
     state = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
     model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}, strict=not tied)
     tokens = np.random.default_rng(5).integers(0, V, (2, 20))

@@ -10,13 +10,18 @@ from safetensors.numpy import load_file, save_file
 from intern_jax.checkpoint import detect_format, load_model, save_hf
 from intern_jax.checkpoint.hf import INDEX_FILE, SINGLE_FILE
 from intern_jax.config import ConfigError, RopeScaling
+from intern_jax.model import internlm2
+from intern_jax.sharding import make_mesh
 
 
 @pytest.mark.parametrize("layout", ["internlm2", "llama"])
 @pytest.mark.parametrize(
     "overrides",
-    [dict(), dict(attention_bias=True, tie_word_embeddings=True, rope_scaling=RopeScaling("dynamic", 2.0)),
-     dict(num_kv_heads=4, rope_scaling=RopeScaling("linear", 4.0))],
+    [
+        dict(),
+        dict(attention_bias=True, tie_word_embeddings=True, rope_scaling=RopeScaling("dynamic", 2.0)),
+        dict(num_kv_heads=4, rope_scaling=RopeScaling("linear", 4.0)),
+    ],
     ids=["gqa", "bias_tied_dynamic", "mha_linear"],
 )
 def test_hf_export_then_import_is_lossless(layout, overrides, tiny, make_params, trees_equal, tmp_path):
@@ -53,10 +58,15 @@ def test_internlm2_wqkv_rows_are_llama_qkv_grouped_per_kv_head(tiny, make_params
         w = packed[f"model.layers.1.attention.wqkv.{kind}"].reshape(K, G + 2, D, *tail)
         q = split[f"model.layers.1.self_attn.q_proj.{kind}"].reshape(K, G, D, *tail)
         np.testing.assert_array_equal(w[:, :G], q)
-        np.testing.assert_array_equal(w[:, G], split[f"model.layers.1.self_attn.k_proj.{kind}"].reshape(K, D, *tail))
-        np.testing.assert_array_equal(w[:, G + 1], split[f"model.layers.1.self_attn.v_proj.{kind}"].reshape(K, D, *tail))
-    np.testing.assert_array_equal(packed["model.layers.0.attention.wo.weight"],
-                                  split["model.layers.0.self_attn.o_proj.weight"])
+        np.testing.assert_array_equal(
+            w[:, G], split[f"model.layers.1.self_attn.k_proj.{kind}"].reshape(K, D, *tail)
+        )
+        np.testing.assert_array_equal(
+            w[:, G + 1], split[f"model.layers.1.self_attn.v_proj.{kind}"].reshape(K, D, *tail)
+        )
+    np.testing.assert_array_equal(
+        packed["model.layers.0.attention.wo.weight"], split["model.layers.0.self_attn.o_proj.weight"]
+    )
     np.testing.assert_array_equal(packed["output.weight"], split["lm_head.weight"])
 
 
@@ -85,6 +95,18 @@ def test_sharded_export_writes_index_and_reloads(tiny, make_params, trees_equal,
     trees_equal(load_model(tmp_path).params, params)
 
 
+def test_hf_load_onto_mesh_uses_model_shardings(tiny, make_params, trees_equal, tmp_path):
+    cfg = tiny(attention_bias=True)
+    params = make_params(cfg)
+    save_hf(tmp_path, cfg, params, layout="internlm2")
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    loaded = load_model(tmp_path, mesh=mesh)
+    trees_equal(loaded.params, params)
+    want = internlm2.param_shardings(cfg, mesh)
+    for x, s in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(want), strict=True):
+        assert x.sharding.is_equivalent_to(s, x.ndim)
+
+
 def test_load_casts_to_requested_dtype(tiny, make_params, tmp_path):
     cfg = tiny()
     params = make_params(cfg)
@@ -92,7 +114,9 @@ def test_load_casts_to_requested_dtype(tiny, make_params, tmp_path):
     loaded = load_model(tmp_path, dtype="bfloat16")
     assert loaded.config.param_dtype == "bfloat16"
     assert {x.dtype.name for x in jax.tree.leaves(loaded.params)} == {"bfloat16"}
-    np.testing.assert_array_equal(np.asarray(loaded.params["norm"]), np.asarray(params["norm"].astype("bfloat16")))
+    np.testing.assert_array_equal(
+        np.asarray(loaded.params["norm"]), np.asarray(params["norm"].astype("bfloat16"))
+    )
 
 
 def test_bf16_export_reloads_bitwise(tiny, make_params, trees_equal, tmp_path):

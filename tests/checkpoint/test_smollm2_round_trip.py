@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def logits_of(model, tokens, length=48):
-    """Logits ``[1, len(tokens), V]``; rows are right-padded to ``length`` so one compilation serves all calls."""
+    """Logits ``[1, len(tokens), V]``; right-padded to ``length`` so one compilation serves all calls."""
     import jax.numpy as jnp
 
     n = len(tokens)
@@ -35,13 +35,28 @@ def chain(smollm2, tmp_path_factory):
     stages = {"gguf": smollm2}
     save_native(root / "native1", smollm2.config, smollm2.params, smollm2.tokenizer)
     stages["native1"] = load_model(root / "native1")
-    save_hf(root / "internlm2", smollm2.config, stages["native1"].params, stages["native1"].tokenizer,
-            layout="internlm2")
+    save_hf(
+        root / "internlm2",
+        smollm2.config,
+        stages["native1"].params,
+        stages["native1"].tokenizer,
+        layout="internlm2",
+    )
     stages["internlm2"] = load_model(root / "internlm2")
-    save_native(root / "native2", stages["internlm2"].config, stages["internlm2"].params, stages["internlm2"].tokenizer)
+    save_native(
+        root / "native2",
+        stages["internlm2"].config,
+        stages["internlm2"].params,
+        stages["internlm2"].tokenizer,
+    )
     stages["native2"] = load_model(root / "native2")
-    save_hf(root / "llama", stages["native2"].config, stages["native2"].params, stages["native2"].tokenizer,
-            layout="llama")
+    save_hf(
+        root / "llama",
+        stages["native2"].config,
+        stages["native2"].params,
+        stages["native2"].tokenizer,
+        layout="llama",
+    )
     stages["llama"] = load_model(root / "llama")
     return root, stages
 
@@ -88,7 +103,8 @@ def test_llama_export_runs_in_transformers_with_matching_logits(chain, smollm2):
     ids = tok.encode(text)
     ours = logits_of(smollm2, ids)
     model = transformers.LlamaForCausalLM.from_pretrained(
-        root / "llama", dtype=torch.float32, attn_implementation="eager").eval()
+        root / "llama", dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     with torch.no_grad():
         theirs32 = model(torch.tensor([ids])).logits.numpy()
         theirs64 = model.double()(torch.tensor([ids])).logits.numpy()

@@ -25,8 +25,17 @@ SEQ = 24
 
 
 def tiny(**kw) -> ModelConfig:
-    base = dict(vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=96,
-                max_position_embeddings=64, rope_theta=10000.0, rms_norm_eps=1e-5)
+    base = dict(
+        vocab_size=300,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=96,
+        max_position_embeddings=64,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+    )
     base.update(kw)
     return ModelConfig(**base)
 
@@ -36,9 +45,13 @@ def random_params(cfg, seed=0):
     rng = np.random.default_rng(seed)
     specs = internlm2.param_specs(cfg)
     return jax.tree.map(
-        lambda s: jnp.asarray((s.init == "ones") + (0.1 if s.init != "normal" else 0.05)
-                              * rng.standard_normal(s.shape), jnp.float32),
-        specs, is_leaf=lambda x: isinstance(x, internlm2.ParamSpec))
+        lambda s: jnp.asarray(
+            (s.init == "ones") + (0.1 if s.init != "normal" else 0.05) * rng.standard_normal(s.shape),
+            jnp.float32,
+        ),
+        specs,
+        is_leaf=lambda x: isinstance(x, internlm2.ParamSpec),
+    )
 
 
 def transformers_logits(directory, tokens: np.ndarray) -> np.ndarray:
@@ -55,7 +68,9 @@ CASES = {
     "attention_and_mlp_bias_mqa": dict(mlp_bias=True, attention_bias=True, num_kv_heads=1),
     "head_dim_not_hidden_over_heads": dict(head_dim=8),
     "linear_rope": dict(rope_scaling=RopeScaling("linear", 2.0)),
-    "dynamic_rope_past_max_positions": dict(rope_scaling=RopeScaling("dynamic", 2.0), max_position_embeddings=16),
+    "dynamic_rope_past_max_positions": dict(
+        rope_scaling=RopeScaling("dynamic", 2.0), max_position_embeddings=16
+    ),
 }
 
 
