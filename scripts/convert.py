@@ -25,9 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n")[0],
         epilog="targets: " + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()),
     )
-    parser.add_argument(
-        "--input", required=True, help="a .gguf file or a Hugging Face / native checkpoint directory"
-    )
+    parser.add_argument("--input", required=True, help="a .gguf file or a Hugging Face / native checkpoint directory")
     parser.add_argument("--output", required=True, help="directory to write (new or empty)")
     parser.add_argument("--to", required=True, choices=list(TARGETS), help="output format")
     parser.add_argument(
@@ -48,9 +46,7 @@ def main(argv=None) -> int:
     from intern_jax.config import ConfigError  # noqa: PLC0415
 
     try:
-        out = convert_checkpoint(
-            args.input, args.output, to=args.to, dtype=args.dtype, progress=not args.quiet
-        )
+        out = convert_checkpoint(args.input, args.output, to=args.to, dtype=args.dtype, progress=not args.quiet)
     except (FileNotFoundError, FileExistsError, ConfigError, ValueError) as e:
         print(f"convert.py: error: {e}", file=sys.stderr)
         return 2

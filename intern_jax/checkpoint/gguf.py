@@ -54,9 +54,7 @@ def open_reader(path: Path):
     try:
         return gguf.GGUFReader(str(path))
     except Exception as e:  # the reader raises ValueError / struct errors / numpy errors on bad files
-        raise ValueError(
-            f"{path} is not a readable GGUF file ({e}); it may be truncated or corrupt"
-        ) from None
+        raise ValueError(f"{path} is not a readable GGUF file ({e}); it may be truncated or corrupt") from None
 
 
 def supported_types() -> tuple:
@@ -109,9 +107,7 @@ def config_from_gguf(reader, source: str) -> ModelConfig:
 
     arch = meta("general.architecture")
     if arch not in ARCHITECTURES:
-        raise ConfigError(
-            f"{source}: GGUF architecture {arch!r} is not supported; supported: {ARCHITECTURES}"
-        )
+        raise ConfigError(f"{source}: GGUF architecture {arch!r} is not supported; supported: {ARCHITECTURES}")
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise ValueError(f"{source} has no tensor 'token_embd.weight'; is it a complete model file?")

@@ -116,11 +116,7 @@ def config_from_hf(d: dict, where: str = "config.json") -> tuple[ModelConfig, st
             f"{', '.join(sorted(mapped | _IGNORED_FIELDS))}"
         )
     window = d.get("sliding_window")
-    if (
-        window is not None
-        and d.get("use_sliding_window", True)
-        and window < d.get("max_position_embeddings", 0)
-    ):
+    if window is not None and d.get("use_sliding_window", True) and window < d.get("max_position_embeddings", 0):
         raise ConfigError(f"{where}: sliding_window={window} attention is not supported")
     theta, scaling = _rope_from_hf(d, where)
     try:
@@ -180,9 +176,7 @@ def config_to_hf(cfg: ModelConfig, layout: str, dtype: str, tokenizer=None) -> d
             "model_type": "internlm2",
             **common,
             "bias": cfg.attention_bias,
-            "rope_scaling": None
-            if scaling.type == "none"
-            else {"type": scaling.type, "factor": scaling.factor},
+            "rope_scaling": None if scaling.type == "none" else {"type": scaling.type, "factor": scaling.factor},
             "attn_implementation": "eager",
         }
     return {
@@ -192,9 +186,7 @@ def config_to_hf(cfg: ModelConfig, layout: str, dtype: str, tokenizer=None) -> d
         "head_dim": cfg.head_dim,
         "attention_bias": cfg.attention_bias,
         "mlp_bias": cfg.mlp_bias,
-        "rope_scaling": None
-        if scaling.type == "none"
-        else {"rope_type": scaling.type, "factor": scaling.factor},
+        "rope_scaling": None if scaling.type == "none" else {"rope_type": scaling.type, "factor": scaling.factor},
     }
 
 
@@ -204,8 +196,7 @@ def _check_layout(cfg: ModelConfig, layout: str) -> None:
     if layout == "internlm2":
         if cfg.mlp_bias:
             raise ValueError(
-                "the InternLM2 layout has no feed-forward biases (mlp_bias=True); "
-                "export with layout='llama' instead"
+                "the InternLM2 layout has no feed-forward biases (mlp_bias=True); export with layout='llama' instead"
             )
         if cfg.head_dim * cfg.num_heads != cfg.hidden_size:
             raise ValueError(
@@ -269,8 +260,7 @@ class SafetensorsShards:
             handle = safe_open(str(path), framework="numpy")
         except (SafetensorError, OSError) as e:
             raise ValueError(
-                f"{path} is not a readable safetensors file ({e}); it may be truncated or "
-                "corrupt: download it again"
+                f"{path} is not a readable safetensors file ({e}); it may be truncated or corrupt: download it again"
             ) from None
         return handle
 
@@ -282,9 +272,7 @@ class SafetensorsShards:
         try:
             return self._handles[f].get_tensor(name)
         except SafetensorError as e:
-            raise ValueError(
-                f"cannot read {name!r} from {self.directory / f} ({e}); the file may be corrupt"
-            ) from None
+            raise ValueError(f"cannot read {name!r} from {self.directory / f} ({e}); the file may be corrupt") from None
 
 
 def load_hf(directory: Path, dtype=None, progress: bool = False) -> tuple[ModelConfig, dict]:
@@ -293,9 +281,7 @@ def load_hf(directory: Path, dtype=None, progress: bool = False) -> tuple[ModelC
     dtype = np.dtype(dtype or cfg.param_dtype)
     cfg = dataclasses.replace(cfg, param_dtype=dtype.name, dtype=dtype.name)
     shards = SafetensorsShards(directory)
-    params = layouts.params_from_tensors(
-        shards.get, shards.names(), cfg, layout, dtype, str(directory), progress
-    )
+    params = layouts.params_from_tensors(shards.get, shards.names(), cfg, layout, dtype, str(directory), progress)
     return cfg, params
 
 
@@ -327,46 +313,58 @@ def save_hf(
     """Write ``params`` as a Hugging Face checkpoint: config.json, safetensors shards (+ index
     when more than one), generation_config.json and the tokenizer files. Returns the directory."""
     _check_layout(config, layout)
+    layouts.check_params(params, config, "params to save")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    limit = _parse_size(max_shard_size)
     dtype = np.dtype(params_dtype(params))
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    total = 0
-    names = layouts.expected_names(config, layout)
-    bar = layouts.progress_bar(len(names), progress, f"writing {directory.name}")
-    for name, tensor in layouts.tensors_from_params(params, config, layout):
-        if size + tensor.nbytes > limit and shards[-1]:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor
-        size += tensor.nbytes
-        total += tensor.nbytes
-        bar.update(1)
-    bar.close()
-    for old in list(directory.glob("model*.safetensors")) + [directory / INDEX_FILE]:
+    for old in [*directory.glob("model*.safetensors"), directory / INDEX_FILE]:
         old.unlink(missing_ok=True)
-    if len(shards) == 1:
-        save_file(shards[0], str(directory / SINGLE_FILE), metadata={"format": "pt"})
-    else:
-        n = len(shards)
+    files, total = _write_shards(directory, params, config, layout, _parse_size(max_shard_size), progress)
+    if len(files) == 1:
+        files[0][0].rename(directory / SINGLE_FILE)
+    else:  # shard names carry the count, known only now
         weight_map = {}
-        for k, shard in enumerate(shards, 1):
-            fname = f"model-{k:05d}-of-{n:05d}.safetensors"
-            save_file(shard, str(directory / fname), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(shard, fname))
+        for k, (tmp, names) in enumerate(files, 1):
+            final = f"model-{k:05d}-of-{len(files):05d}.safetensors"
+            tmp.rename(directory / final)
+            weight_map.update(dict.fromkeys(names, final))
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     hf_config = config_to_hf(config, layout, dtype.name, tokenizer)
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    generation = {
-        k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config[k] is not None
-    }
+    generation = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config[k] is not None}
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save(directory)
     return directory
+
+
+def _write_shards(directory: Path, params, config, layout, limit: int, progress: bool):
+    """Write shards of at most ``limit`` bytes as they fill (one shard in memory at a time).
+
+    Returns ``[(temporary path, tensor names)]`` and the total byte count.
+    """
+    files: list[tuple[Path, list[str]]] = []
+    shard: dict[str, np.ndarray] = {}
+    size = total = 0
+
+    def flush():
+        path = directory / f"model-{len(files) + 1:05d}.safetensors.partial"
+        save_file(shard, str(path), metadata={"format": "pt"})
+        files.append((path, list(shard)))
+
+    bar = layouts.progress_bar(len(layouts.expected_names(config, layout)), progress, f"writing {directory.name}")
+    for name, tensor in layouts.tensors_from_params(params, config, layout):
+        if shard and size + tensor.nbytes > limit:
+            flush()
+            shard, size = {}, 0
+        shard[name] = tensor
+        size += tensor.nbytes
+        total += tensor.nbytes
+        bar.update(1)
+    bar.close()
+    flush()
+    return files, total
 
 
 def params_dtype(params) -> str:

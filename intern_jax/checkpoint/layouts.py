@@ -106,9 +106,7 @@ def layout_rules(layout: str) -> dict[tuple[str, ...], Rule]:
             ("output",): _linear("output.weight"),
             ("layers", "attention_norm"): _plain(p + "attention_norm.weight"),
             ("layers", "ffn_norm"): _plain(p + "ffn_norm.weight"),
-            ("layers", "wqkv"): Rule(
-                (p + "attention.wqkv.weight",), _packed_to_native, _one(_packed_from_native)
-            ),
+            ("layers", "wqkv"): Rule((p + "attention.wqkv.weight",), _packed_to_native, _one(_packed_from_native)),
             ("layers", "wqkv_bias"): Rule(
                 (p + "attention.wqkv.bias",), _packed_bias_to_native, _one(lambda cfg, b: b.reshape(-1))
             ),
@@ -248,6 +246,21 @@ def tensors_from_params(params, cfg: ModelConfig, layout: str) -> Iterator[tuple
             value = leaf if i is None else leaf[i]
             for name, t in zip(rule.names, rule.from_native(cfg, value), strict=True):
                 yield name.format(i=i), np.ascontiguousarray(t)
+
+
+def check_params(params, cfg: ModelConfig, what: str) -> None:
+    """Raise unless ``params`` has exactly the leaves and shapes ``cfg`` declares."""
+    import jax  # noqa: PLC0415
+
+    from intern_jax.model import internlm2  # noqa: PLC0415
+
+    want = jax.tree.map(lambda a: a.shape, internlm2.abstract(cfg))
+    try:
+        got = jax.tree.map(lambda x: tuple(x.shape), params)
+    except (AttributeError, TypeError) as e:  # not a tree of arrays
+        raise ValueError(f"{what} is not a params tree ({e})") from None
+    if got != want:
+        raise ValueError(f"{what} do not match the config: expected shapes {want}, got {got}")
 
 
 def progress_bar(total: int, enabled: bool, desc: str):

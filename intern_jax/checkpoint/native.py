@@ -20,6 +20,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from intern_jax.checkpoint import layouts
 from intern_jax.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
 
 CONFIG_FILE = "model_config.json"
@@ -43,7 +44,7 @@ def save_native(directory, config: ModelConfig, params, tokenizer=None) -> Path:
     if len(dtypes) != 1:
         raise ValueError(f"params mix dtypes {sorted(dtypes)}; cast them to one dtype before saving")
     config = dataclasses.replace(config, param_dtype=dtypes.pop())
-    _check_tree(params, config, "params to save")
+    layouts.check_params(params, config, "params to save")
     if (directory / PARAMS_DIR).exists():
         raise FileExistsError(f"{directory / PARAMS_DIR} already exists; choose an empty output directory")
     directory.mkdir(parents=True, exist_ok=True)
@@ -101,9 +102,7 @@ def _check_stored(checkpointer, directory: Path, want) -> None:
     stored, expected = describe(meta), describe(want)
     if stored != expected:
         flat_s = dict(jax.tree_util.tree_flatten_with_path(stored, is_leaf=lambda x: isinstance(x, tuple))[0])
-        flat_e = dict(
-            jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0]
-        )
+        flat_e = dict(jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0])
         diff = [
             f"{jax.tree_util.keystr(k)}: stored {flat_s.get(k)}, config wants {flat_e.get(k)}"
             for k in sorted(set(flat_s) | set(flat_e), key=str)
@@ -113,15 +112,3 @@ def _check_stored(checkpointer, directory: Path, want) -> None:
             f"{directory / PARAMS_DIR} does not hold the params {directory / CONFIG_FILE} describes: "
             + "; ".join(diff[:4])
         )
-
-
-def _check_tree(params, cfg: ModelConfig, what: str) -> None:
-    from intern_jax.model import internlm2  # noqa: PLC0415
-
-    want = jax.tree.map(lambda a: a.shape, internlm2.abstract(cfg))
-    try:
-        got = jax.tree.map(lambda x: tuple(x.shape), params)
-    except Exception as e:  # not a tree of arrays
-        raise ValueError(f"{what} is not a params tree ({e})") from None
-    if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
-        raise ValueError(f"{what} do not match the config: expected shapes {want}, got {got}")

@@ -38,9 +38,7 @@ def random_params(cfg: ModelConfig, seed: int = 0):
         scale = 0.05 if spec.init == "normal" else 0.1
         return jnp.asarray(centre + scale * rng.standard_normal(spec.shape), jnp.float32).astype(dtype)
 
-    return jax.tree.map(
-        leaf, internlm2.param_specs(cfg), is_leaf=lambda x: isinstance(x, internlm2.ParamSpec)
-    )
+    return jax.tree.map(leaf, internlm2.param_specs(cfg), is_leaf=lambda x: isinstance(x, internlm2.ParamSpec))
 
 
 def assert_trees_equal(a, b):

@@ -19,9 +19,7 @@ def convert_main():
 
 
 def test_help_lists_targets_and_dtypes():
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
     for word in ("--input", "--output", "native", "internlm2", "llama", "bfloat16"):
         assert word in out
 
@@ -50,9 +48,7 @@ def test_convert_hf_llama_to_native_in_bfloat16(convert_main, tiny, make_params,
         assert (x == y.astype("bfloat16")).all()
 
 
-def test_convert_reports_missing_input_and_non_empty_output(
-    convert_main, tiny, make_params, tmp_path, capsys
-):
+def test_convert_reports_missing_input_and_non_empty_output(convert_main, tiny, make_params, tmp_path, capsys):
     rc = convert_main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--to", "llama"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     (tmp_path / "full").mkdir()
@@ -67,3 +63,9 @@ def test_convert_reports_missing_input_and_non_empty_output(
 def test_unknown_target_is_refused_with_the_choices(tmp_path):
     with pytest.raises(ValueError, match="native, internlm2, llama"):
         convert_checkpoint(tmp_path, tmp_path / "o", to="peft")
+
+
+def test_script_targets_are_the_library_targets():
+    from intern_jax.checkpoint import CONVERT_TARGETS
+
+    assert list(runpy.run_path(str(SCRIPT))["TARGETS"]) == list(CONVERT_TARGETS)

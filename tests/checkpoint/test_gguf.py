@@ -57,9 +57,7 @@ def synthetic_k_blocks(kind, rows, blocks, rng):
     """Random K-quant super-blocks with finite f16 scales (gguf cannot quantize K types)."""
     size = gguf.GGML_QUANT_SIZES[kind][1]
     raw = rng.integers(0, 256, (rows, blocks, size), dtype=np.uint8)
-    scales = (
-        rng.uniform(0.001, 0.01, (rows, blocks, 2)).astype(np.float16).view(np.uint8).reshape(rows, blocks, 4)
-    )
+    scales = rng.uniform(0.001, 0.01, (rows, blocks, 2)).astype(np.float16).view(np.uint8).reshape(rows, blocks, 4)
     if kind == Q.Q4_K:
         raw[..., :4] = scales  # d, dmin lead the block
     else:  # Q6_K: d closes the block
@@ -85,12 +83,8 @@ def test_unpermute_matches_transformers_gguf_loader():
     rng = np.random.default_rng(3)
     q = rng.standard_normal((6 * 8, 20)).astype(np.float32)
     k = rng.standard_normal((2 * 8, 20)).astype(np.float32)
-    np.testing.assert_array_equal(
-        gguf_ckpt.unpermute_rows(q, 6), processor.process(q, "blk.0.attn_q.weight").weights
-    )
-    np.testing.assert_array_equal(
-        gguf_ckpt.unpermute_rows(k, 2), processor.process(k, "blk.0.attn_k.weight").weights
-    )
+    np.testing.assert_array_equal(gguf_ckpt.unpermute_rows(q, 6), processor.process(q, "blk.0.attn_q.weight").weights)
+    np.testing.assert_array_equal(gguf_ckpt.unpermute_rows(k, 2), processor.process(k, "blk.0.attn_k.weight").weights)
 
 
 # ---------------------------------------------------------------------------
@@ -145,9 +139,7 @@ def test_tiny_gguf_logits_match_transformers_gguf_loader(tied, tmp_path):
 
     from intern_jax.model import internlm2
 
-    path = write_gguf(
-        tmp_path / "tiny.gguf", tiny_llama_tensors(np.random.default_rng(4), tied=tied), TINY_METADATA
-    )
+    path = write_gguf(tmp_path / "tiny.gguf", tiny_llama_tensors(np.random.default_rng(4), tied=tied), TINY_METADATA)
     assert detect_format(path) == "gguf"
     ours = load_model(path)
     assert ours.tokenizer is None
@@ -157,9 +149,7 @@ def test_tiny_gguf_logits_match_transformers_gguf_loader(tied, tmp_path):
     assert cfg.max_position_embeddings == 64 and cfg.rope_theta == 10000.0
 
     hf_config = transformers.LlamaConfig(**load_gguf_checkpoint(str(path))["config"])
-    model = transformers.LlamaForCausalLM._from_config(
-        hf_config, attn_implementation="eager", dtype=torch.float32
-    )
+    model = transformers.LlamaForCausalLM._from_config(hf_config, attn_implementation="eager", dtype=torch.float32)
     state = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
     model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}, strict=not tied)
     tokens = np.random.default_rng(5).integers(0, V, (2, 20))

@@ -58,9 +58,7 @@ def test_internlm2_wqkv_rows_are_llama_qkv_grouped_per_kv_head(tiny, make_params
         w = packed[f"model.layers.1.attention.wqkv.{kind}"].reshape(K, G + 2, D, *tail)
         q = split[f"model.layers.1.self_attn.q_proj.{kind}"].reshape(K, G, D, *tail)
         np.testing.assert_array_equal(w[:, :G], q)
-        np.testing.assert_array_equal(
-            w[:, G], split[f"model.layers.1.self_attn.k_proj.{kind}"].reshape(K, D, *tail)
-        )
+        np.testing.assert_array_equal(w[:, G], split[f"model.layers.1.self_attn.k_proj.{kind}"].reshape(K, D, *tail))
         np.testing.assert_array_equal(
             w[:, G + 1], split[f"model.layers.1.self_attn.v_proj.{kind}"].reshape(K, D, *tail)
         )
@@ -114,9 +112,7 @@ def test_load_casts_to_requested_dtype(tiny, make_params, tmp_path):
     loaded = load_model(tmp_path, dtype="bfloat16")
     assert loaded.config.param_dtype == "bfloat16"
     assert {x.dtype.name for x in jax.tree.leaves(loaded.params)} == {"bfloat16"}
-    np.testing.assert_array_equal(
-        np.asarray(loaded.params["norm"]), np.asarray(params["norm"].astype("bfloat16"))
-    )
+    np.testing.assert_array_equal(np.asarray(loaded.params["norm"]), np.asarray(params["norm"].astype("bfloat16")))
 
 
 def test_bf16_export_reloads_bitwise(tiny, make_params, trees_equal, tmp_path):

@@ -12,14 +12,10 @@ from intern_jax.model import internlm2
 from intern_jax.sharding import make_mesh
 
 
-def test_native_restores_identically_on_8_device_mesh_and_one_device(
-    tiny, make_params, trees_equal, tmp_path
-):
+def test_native_restores_identically_on_8_device_mesh_and_one_device(tiny, make_params, trees_equal, tmp_path):
     cfg = tiny(attention_bias=True)
     mesh = make_mesh({"fsdp": 4, "tensor": 2})
-    params = jax.device_put(
-        make_params(cfg), internlm2.param_shardings(cfg, mesh)
-    )  # saved from a sharded tree
+    params = jax.device_put(make_params(cfg), internlm2.param_shardings(cfg, mesh))  # saved from a sharded tree
     save_native(tmp_path / "ckpt", cfg, params)
     assert detect_format(tmp_path / "ckpt") == "native"
 

@@ -68,9 +68,7 @@ CASES = {
     "attention_and_mlp_bias_mqa": dict(mlp_bias=True, attention_bias=True, num_kv_heads=1),
     "head_dim_not_hidden_over_heads": dict(head_dim=8),
     "linear_rope": dict(rope_scaling=RopeScaling("linear", 2.0)),
-    "dynamic_rope_past_max_positions": dict(
-        rope_scaling=RopeScaling("dynamic", 2.0), max_position_embeddings=16
-    ),
+    "dynamic_rope_past_max_positions": dict(rope_scaling=RopeScaling("dynamic", 2.0), max_position_embeddings=16),
 }
 
 
