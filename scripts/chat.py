@@ -1,0 +1,75 @@
+"""Multi-turn chat in the terminal, streaming; the KV cache is kept across turns.
+
+    python scripts/chat.py --model PATH [--system TEXT] [--max-new-tokens N] [--temperature T]
+        [--top-k K] [--top-p P] [--seed S]
+
+Each turn prefills only the new tokens. Commands: /reset starts over, /quit (or EOF) leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="checkpoint: GGUF file, HF directory or native checkpoint")
+    ap.add_argument("--system", help="system message")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stats", action="store_true", help="print timings after each reply (stderr)")
+    args = ap.parse_args(argv)
+
+    from intern_jax.checkpoint import load_model
+    from intern_jax.inference import ChatSession, SamplingParams, prepare_params
+
+    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                              seed=args.seed, max_new_tokens=args.max_new_tokens)
+    model = load_model(args.model)
+    if model.tokenizer is None:
+        print(f"error: {args.model} carries no tokenizer; chat needs one", file=sys.stderr)
+        return 2
+    params, cfg = prepare_params(model.params, model.config)
+
+    def new_session():
+        return ChatSession(params, cfg, model.tokenizer, sampling, system=args.system)
+
+    session = new_session()
+    while True:
+        try:
+            text = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if text.strip() in ("/quit", "/exit"):
+            return 0
+        if text.strip() == "/reset":
+            session = new_session()
+            continue
+        if not text.strip():
+            continue
+        sys.stdout.write("assistant> ")
+        try:
+            for piece in session.send(text):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except ValueError as e:
+            print(f"\nerror: {e}", file=sys.stderr)
+            session = new_session()
+            continue
+        sys.stdout.write("\n")
+        if args.stats and session.last_result is not None:
+            r = session.last_result
+            print(f"[prefilled {session.prefilled_tokens} new tokens, {r.num_generated[0]} generated, "
+                  f"{r.decode_tokens_per_s:.1f} tok/s]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
