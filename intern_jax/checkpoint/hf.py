@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 
@@ -345,12 +346,15 @@ def _write_shards(directory: Path, params, config, layout, limit: int, progress:
     Returns ``[(temporary path, tensor names)]`` and the total byte count.
     """
     files: list[tuple[Path, list[str]]] = []
+    umask = os.umask(0)
+    os.umask(umask)
     shard: dict[str, np.ndarray] = {}
     size = total = 0
 
     def flush():
         path = directory / f"model-{len(files) + 1:05d}.safetensors.partial"
         save_file(shard, str(path), metadata={"format": "pt"})
+        path.chmod(0o666 & ~umask)  # safetensors creates files 0600; make them readable like the rest
         files.append((path, list(shard)))
 
     bar = layouts.progress_bar(len(layouts.expected_names(config, layout)), progress, f"writing {directory.name}")

@@ -1,5 +1,6 @@
 """Hugging Face safetensors import/export: lossless round trips, both layouts, sharding, and clear errors."""
 
+import dataclasses
 import json
 
 import jax
@@ -8,8 +9,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from intern_jax.checkpoint import detect_format, load_model, save_hf
-from intern_jax.checkpoint.hf import INDEX_FILE, SINGLE_FILE
-from intern_jax.config import ConfigError, RopeScaling
+from intern_jax.checkpoint.hf import INDEX_FILE, SINGLE_FILE, config_from_hf
+from intern_jax.config import ConfigError, RopeScaling, load_config
 from intern_jax.model import internlm2
 from intern_jax.sharding import make_mesh
 
@@ -224,3 +225,37 @@ def test_internlm2_export_refuses_mlp_bias(tiny, make_params, tmp_path):
     cfg = tiny(mlp_bias=True)
     with pytest.raises(ValueError, match="mlp_bias"):
         save_hf(tmp_path, cfg, make_params(cfg), layout="internlm2")
+
+
+def test_released_internlm2_7b_config_json_maps_to_our_7b_config():
+    """The fields of internlm/internlm2-7b's config.json, as released."""
+    released = {
+        "architectures": ["InternLM2ForCausalLM"],
+        "attn_implementation": "eager",
+        "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config"},
+        "bias": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "initializer_range": 0.02,
+        "intermediate_size": 14336,
+        "max_position_embeddings": 32768,
+        "model_type": "internlm2",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 8,
+        "pad_token_id": 2,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {"type": "dynamic", "factor": 2.0},
+        "rope_theta": 1000000,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.33.2",
+        "use_cache": True,
+        "vocab_size": 92544,
+    }
+    cfg, layout = config_from_hf(released)
+    ours = load_config("configs/model/internlm2_7b.py")
+    assert layout == "internlm2"
+    assert cfg == dataclasses.replace(ours, name="", dtype="float32")
