@@ -4,6 +4,7 @@
 evaluation, agents and the serving engine call it or the two jitted steps beneath it.
 """
 
+from intern_jax.inference.chat import ChatSession
 from intern_jax.inference.generate import (
     GenerationResult,
     bucket,
@@ -16,7 +17,6 @@ from intern_jax.inference.generate import (
     prepare_params,
     stream_generate,
 )
-from intern_jax.inference.chat import ChatSession
 from intern_jax.inference.sampling import NO_TOKEN, SamplingParams, init_state, sample
 
 __all__ = [
