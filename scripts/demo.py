@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import intern_jax as ij  # noqa: E402
+from intern_jax.inference import prepare_params  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -26,7 +27,8 @@ def main(argv=None) -> int:
     print(f"== loading {path}", flush=True)
     start = time.perf_counter()
     model = ij.load_model(path)
-    cfg = model.config
+    params, cfg = prepare_params(model.params, model.config)  # the fast decode layout
+    model = model._replace(params=params, config=cfg)
     print(
         f"   {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads}/{cfg.num_kv_heads} heads, "
         f"vocab {cfg.vocab_size}; loaded in {time.perf_counter() - start:.1f}s",
