@@ -9,7 +9,6 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -17,6 +16,7 @@ import pytest  # noqa: E402
 from intern_jax.checkpoint import save_hf  # noqa: E402
 from intern_jax.config import ModelConfig, RopeScaling  # noqa: E402
 from intern_jax.model import internlm2  # noqa: E402
+from intern_jax.testing import random_params, tiny_config  # noqa: E402
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -25,33 +25,7 @@ SEQ = 24
 
 
 def tiny(**kw) -> ModelConfig:
-    base = dict(
-        vocab_size=300,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=96,
-        max_position_embeddings=64,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-5,
-    )
-    base.update(kw)
-    return ModelConfig(**base)
-
-
-def random_params(cfg, seed=0):
-    """Fresh weights with every leaf perturbed (norms around 1, biases around 0), none trivially 0 or 1."""
-    rng = np.random.default_rng(seed)
-    specs = internlm2.param_specs(cfg)
-    return jax.tree.map(
-        lambda s: jnp.asarray(
-            (s.init == "ones") + (0.1 if s.init != "normal" else 0.05) * rng.standard_normal(s.shape),
-            jnp.float32,
-        ),
-        specs,
-        is_leaf=lambda x: isinstance(x, internlm2.ParamSpec),
-    )
+    return tiny_config(**{"rope_theta": 10000.0, **kw})
 
 
 def transformers_logits(directory, tokens: np.ndarray) -> np.ndarray:

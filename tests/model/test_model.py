@@ -7,28 +7,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from intern_jax import testing
 from intern_jax.config import ModelConfig, RopeScaling
 from intern_jax.model import internlm2
 from intern_jax.sharding import make_mesh
+from intern_jax.testing import tiny_config
 
 
 def tiny(**kw) -> ModelConfig:
-    base = dict(
-        vocab_size=131, hidden_size=64, num_layers=3, num_heads=4, num_kv_heads=2,
-        intermediate_size=96, attention_bias=True, max_position_embeddings=256,
-    )
-    base.update(kw)
-    return ModelConfig(**base)
+    base = dict(vocab_size=131, num_layers=3, attention_bias=True, max_position_embeddings=256)
+    return tiny_config(**{**base, **kw})
 
 
 def random_params(cfg, seed=0):
-    """Every leaf perturbed, norms and biases included, so nothing is trivially 0 or 1."""
-    rng = np.random.default_rng(seed)
-    def leaf(path, s):
-        centre = 1.0 if "norm" in jax.tree_util.keystr(path) else 0.0
-        return jnp.asarray(centre + 0.1 * rng.standard_normal(s.shape), s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, internlm2.abstract(cfg))
+    return testing.random_params(cfg, seed, scale=0.1, norm_scale=0.1)
 
 
 fwd = internlm2.forward_jit

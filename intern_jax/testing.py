@@ -1,0 +1,36 @@
+"""Tiny model configs and random weights for tests and quick experiments.
+
+``random_params`` perturbs every leaf (norms around 1, biases around 0) with numpy, so no
+weight is trivially 0 or 1 and no random-number program has to be compiled. Not for training.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from intern_jax.config import ModelConfig
+from intern_jax.model import internlm2
+
+TINY = dict(
+    vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+    intermediate_size=96, max_position_embeddings=64, rms_norm_eps=1e-5,
+)
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    return ModelConfig(**{**TINY, **overrides})
+
+
+def random_params(cfg: ModelConfig, seed: int = 0, scale: float = 0.05, norm_scale: float = 0.1) -> dict:
+    """Weights ``N(0, scale)``; norms ``1 + N(0, norm_scale)``, biases ``N(0, norm_scale)``."""
+    rng = np.random.default_rng(seed)
+    dtype = jnp.dtype(cfg.param_dtype)
+
+    def leaf(spec: internlm2.ParamSpec):
+        centre = 1.0 if spec.init == "ones" else 0.0
+        sigma = scale if spec.init == "normal" else norm_scale
+        return jnp.asarray(centre + sigma * rng.standard_normal(spec.shape), jnp.float32).astype(dtype)
+
+    return jax.tree.map(leaf, internlm2.param_specs(cfg), is_leaf=lambda x: isinstance(x, internlm2.ParamSpec))
