@@ -34,3 +34,18 @@ def random_params(cfg: ModelConfig, seed: int = 0, scale: float = 0.05, norm_sca
         return jnp.asarray(centre + sigma * rng.standard_normal(spec.shape), jnp.float32).astype(dtype)
 
     return jax.tree.map(leaf, internlm2.param_specs(cfg), is_leaf=lambda x: isinstance(x, internlm2.ParamSpec))
+
+
+def fast_jit(f, **kw):
+    """``jax.jit`` with XLA's backend optimisation off: quicker compiles for small test programs."""
+    return jax.jit(f, compiler_options={"xla_backend_optimization_level": 0}, **kw)
+
+
+def assert_close(actual, expected, tol, name=""):
+    """Finite, and max abs error <= ``tol`` times max(1, max |expected|)."""
+    actual = np.asarray(jnp.asarray(actual, jnp.float32))
+    expected = np.asarray(jnp.asarray(expected, jnp.float32))
+    assert np.isfinite(actual).all(), f"{name}: non-finite values"
+    err = np.abs(actual - expected).max()
+    bound = tol * max(1.0, np.abs(expected).max())
+    assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g}"

@@ -1,20 +1,8 @@
-"""InternLM2.5-7B (numbers of the released config.json)."""
+"""InternLM2.5-7B: the InternLM2-7B architecture (rope_theta 1e6, dynamic NTK x2.0, 32768 positions)."""
 
-from intern_jax.config import ModelConfig, RopeScaling
+import dataclasses
+from pathlib import Path
 
-config = ModelConfig(
-    name="internlm2.5-7b",
-    vocab_size=92544,
-    hidden_size=4096,
-    num_layers=32,
-    num_heads=32,
-    num_kv_heads=8,
-    intermediate_size=14336,
-    rms_norm_eps=1e-5,
-    rope_theta=1_000_000.0,
-    rope_scaling=RopeScaling("dynamic", 2.0),
-    max_position_embeddings=32768,
-    tie_word_embeddings=False,
-    attention_bias=False,
-    dtype="bfloat16",
-)
+from intern_jax.config import load_config
+
+config = dataclasses.replace(load_config(Path(__file__).with_name("internlm2_7b.py")), name="internlm2.5-7b")

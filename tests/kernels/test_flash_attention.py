@@ -7,22 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from intern_jax.testing import assert_close, fast_jit
 from kernels.flash_attention import attention_reference, flash_attention
+
 
 # Interpret-mode kernels are large XLA programs; CPU backend optimization buys nothing
 # at these sizes and costs most of the compile time.
-fast_jit = lambda f: jax.jit(f, compiler_options={"xla_backend_optimization_level": 0})
-
-
-def assert_close(actual, expected, tol, name=""):
-    actual = np.asarray(jnp.asarray(actual, jnp.float32))
-    expected = np.asarray(jnp.asarray(expected, jnp.float32))
-    assert np.isfinite(actual).all(), f"{name}: non-finite values"
-    err = np.abs(actual - expected).max()
-    bound = tol * max(1.0, np.abs(expected).max())
-    assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g}"
-
-
 def random_segments(rng, batch, seq, with_padding):
     """Sorted packed-document ids 1..3 per row, optionally 0 (padding) at the tail."""
     seg = np.sort(rng.integers(1, 4, size=(batch, seq)), axis=1)

@@ -1,12 +1,12 @@
 """Paged decode / chunked-prefill attention against the jnp references, interpret mode."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from intern_jax.testing import assert_close, fast_jit
 from kernels.flash_attention import flash_attention
 from kernels.paged_attention import (
     dequantize_kv_int8,
@@ -16,17 +16,6 @@ from kernels.paged_attention import (
     paged_prefill_reference,
     quantize_kv_int8,
 )
-
-fast_jit = lambda f, **kw: jax.jit(f, compiler_options={"xla_backend_optimization_level": 0}, **kw)
-
-
-def assert_close(actual, expected, tol, name=""):
-    actual = np.asarray(jnp.asarray(actual, jnp.float32))
-    expected = np.asarray(jnp.asarray(expected, jnp.float32))
-    assert np.isfinite(actual).all(), f"{name}: non-finite values"
-    err = np.abs(actual - expected).max()
-    bound = tol * max(1.0, np.abs(expected).max())
-    assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g}"
 
 
 def make_cache(rng, batch, kv_heads, head_dim, page_size, pages_per_seq, dtype, int8):

@@ -1,12 +1,12 @@
 """W8A16 / W4A16 matmul against the dequantize-then-dot reference; layout helpers."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from intern_jax.testing import assert_close, fast_jit
 from kernels.quantized_matmul import (
     dequantize_w4,
     dequantize_w8,
@@ -17,17 +17,6 @@ from kernels.quantized_matmul import (
     quantized_matmul_reference,
     unpack_int4,
 )
-
-fast_jit = lambda f, **kw: jax.jit(f, compiler_options={"xla_backend_optimization_level": 0}, **kw)
-
-
-def assert_close(actual, expected, tol, name=""):
-    actual = np.asarray(jnp.asarray(actual, jnp.float32))
-    expected = np.asarray(jnp.asarray(expected, jnp.float32))
-    assert np.isfinite(actual).all(), f"{name}: non-finite values"
-    err = np.abs(actual - expected).max()
-    bound = tol * max(1.0, np.abs(expected).max())
-    assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g}"
 
 
 def tolerance(dtype):
