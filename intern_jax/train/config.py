@@ -1,0 +1,180 @@
+"""Typed, frozen configuration of a training run: optimizer, parallelism, checkpoints, logging.
+
+``TrainConfig`` nests the ``ModelConfig`` (or a path to a model config file), the data
+pipeline's config and the groups below; ``load_train_config`` reads a config file and
+applies ``--set a.b=value`` overrides with the same rules as ``intern_jax.config``.
+Defaults here are generic; the numbers of particular runs live in ``configs/pretrain/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intern_jax.config import ConfigError, ModelConfig, apply_overrides, load_config
+
+ZERO_MODES = ("none", "full", "hybrid")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warmup then cosine decay to ``learning_rate * min_lr_ratio``.
+
+    ``decay_steps`` counts from the start of training (warmup included); 0 means the
+    run's ``steps``. ``z_loss`` adds ``z_loss * logsumexp(logits)**2`` per counted token.
+    """
+
+    learning_rate: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    decay_steps: int = 0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    z_loss: float = 0.0
+
+    def __post_init__(self):
+        if self.learning_rate <= 0:
+            raise ConfigError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optimizer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.decay_steps < 0:
+            raise ConfigError("optimizer.warmup_steps and optimizer.decay_steps must be >= 0")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Mesh shape and how much state is sharded.
+
+    Mesh axes: ``data`` (replicas), ``fsdp`` (the group that shards state), ``tensor``
+    (heads / mlp / vocab split). One axis may be -1 (the remaining devices). ``zero``:
+
+    - ``none``: params, grads and optimizer state replicated over data and fsdp (plain DP);
+    - ``full``: all three sharded over ``fsdp`` (ZeRO-3 / FSDP; with data > 1 this is
+      hybrid-sharded data parallel: sharded inside a group, replicated across groups);
+    - ``hybrid``: InternEvo's Hybrid ZeRO: params and grads replicated, optimizer state
+      sharded only inside each ``fsdp`` group (InternEvo's ``zero1`` size), replicated across
+      the ``data`` axis.
+
+    The batch is split over ``data`` x ``fsdp`` in every mode. ``micro_batches`` splits each
+    step's batch for gradient accumulation.
+    """
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    zero: str = "full"
+    micro_batches: int = 1
+
+    def __post_init__(self):
+        if self.zero not in ZERO_MODES:
+            raise ConfigError(f"parallel.zero={self.zero!r}; use one of {', '.join(ZERO_MODES)}")
+        if self.micro_batches < 1:
+            raise ConfigError(f"parallel.micro_batches must be >= 1, got {self.micro_batches}")
+        sizes = (self.data, self.fsdp, self.tensor)
+        if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ConfigError(f"parallel mesh sizes {sizes}: each must be >= 1, at most one may be -1")
+
+    def mesh_shape(self) -> dict[str, int]:
+        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Save every ``save_every`` steps (0: only at the end); keep the last ``keep_last`` and
+    every step divisible by ``keep_every`` (0: none kept beyond the last ones)."""
+
+    save_every: int = 1000
+    keep_last: int = 3
+    keep_every: int = 0
+    async_save: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log every ``log_every`` steps to metrics.jsonl (and TensorBoard). ``peak_flops``: the
+    per-device peak FLOP/s for MFU; 0 looks the device up in ``metrics.PEAK_FLOPS``."""
+
+    log_every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+    peak_flops: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``model`` is a ModelConfig or the path of a model config file;
+    ``data`` is the input pipeline's config (``intern_jax.data.pipeline.DataConfig``).
+    ``batch_size`` is global (all processes); ``max_bad_steps`` non-finite steps in a row stop the run."""
+
+    model: Any
+    data: Any = None
+    steps: int = 1000
+    batch_size: int = 8
+    seq_len: int = 512
+    seed: int = 0
+    max_bad_steps: int = 5
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    tokenizer: str = ""
+    name: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.model, (ModelConfig, str, Path)):
+            raise ConfigError(f"model must be a ModelConfig or a model config path, got {type(self.model).__name__}")
+        if self.steps < 0 or self.batch_size < 1 or self.seq_len < 1:
+            raise ConfigError("steps must be >= 0, batch_size and seq_len >= 1")
+        if self.batch_size % self.parallel.micro_batches:
+            raise ConfigError(
+                f"batch_size {self.batch_size} is not divisible by parallel.micro_batches "
+                f"{self.parallel.micro_batches}"
+            )
+        if self.max_bad_steps < 1:
+            raise ConfigError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The ModelConfig itself (a path is loaded, relative to the working directory)."""
+        if isinstance(self.model, ModelConfig):
+            return self.model
+        cfg = load_config(self.model)
+        if not isinstance(cfg, ModelConfig):
+            raise ConfigError(f"{self.model} binds config to a {type(cfg).__name__}, not a ModelConfig")
+        return cfg
+
+
+def load_train_config(path, overrides: typing.Sequence[str] = ()) -> TrainConfig:
+    """Read a pretrain config file (binding ``config``) and apply ``a.b=value`` overrides.
+
+    A path-valued ``model`` is resolved into its ModelConfig first, so ``model.*`` keys can be set.
+    """
+    cfg = load_config(path)
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"{path} binds config to a {type(cfg).__name__}, not a TrainConfig")
+    if not isinstance(cfg.model, ModelConfig):
+        cfg = dataclasses.replace(cfg, model=cfg.model_config)
+    return apply_overrides(cfg, overrides)
+
+
+def train_config_to_dict(cfg: TrainConfig) -> dict:
+    """JSON-ready dict (run.json); non-dataclass leaves such as paths become strings."""
+
+    def convert(x):
+        if dataclasses.is_dataclass(x):
+            return {f.name: convert(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, (list, tuple)):
+            return [convert(v) for v in x]
+        if isinstance(x, dict):
+            return {str(k): convert(v) for k, v in x.items()}
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        return str(x)
+
+    return convert(cfg)

@@ -1,0 +1,291 @@
+"""The train step: one jitted function (loss -> grads -> optax update) with explicit shardings.
+
+Contract (shared by pretraining and fine-tuning)::
+
+    ts = make_train_step(model_cfg, train_cfg, mesh, assemble=None,
+                         trainable_shardings=None, frozen_shardings=None)
+    state = ts.init_state(trainable)               # optimizer state etc., placed on the mesh
+    state, metrics = ts.step(state, frozen, batch)  # state donated; frozen never donated
+
+- ``trainable`` is what the optimizer updates and what checkpoints hold; ``frozen`` (or
+  None) is passed in unchanged every step, is not in the optimizer state and is not saved.
+  ``assemble(trainable, frozen) -> model params`` builds the model's params tree (default:
+  the trainable tree itself). Shardings default to the model's (per ``parallel.zero``) for
+  ``trainable`` and to replicated for ``frozen``; pass both when the trees are your own.
+- ``batch`` follows the batch contract (tokens, targets, positions, segment_ids int32,
+  loss_mask float32, all ``[global_batch, seq_len]``), sharded with ``ts.batch_sharding``
+  (``shard_batch`` builds it from each process's rows).
+- ``state`` = {step, updates, params, opt_state, rng, bad_steps, skipped}: ``step`` counts
+  calls, ``updates`` applied updates (it drives the schedule); a step whose loss or
+  gradient norm is not finite leaves params and optimizer state unchanged, bumps
+  ``bad_steps`` (consecutive) and ``skipped`` (total). No host sync happens inside.
+- ``metrics`` = {loss, grad_norm, lr, tokens, finite, bad_steps, skipped} (+ z_loss).
+
+Loss: ``sum(CE * loss_mask) / max(sum(loss_mask), 1)`` over the whole global batch; with
+``parallel.micro_batches = k`` the batch is split into k micro-batches run under
+``lax.scan`` whose summed gradients are divided by the total mask once, so k micro-batches
+give the gradient of one big batch. Sequence/context parallelism would add a ``sequence``
+mesh axis mapped from the ``seq`` logical axis; it is not implemented here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from intern_jax import sharding as shd
+from intern_jax.config import ConfigError, ModelConfig
+from intern_jax.model import internlm2
+from intern_jax.train.config import TrainConfig
+from intern_jax.train.optimizer import learning_rate_schedule, make_optimizer
+
+BATCH_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
+
+
+def zero_rules(zero: str) -> tuple[dict, dict]:
+    """Logical-axis rules for (params and grads, optimizer state) under a ``parallel.zero`` mode."""
+    sharded = dict(shd.DEFAULT_RULES)
+    replicated = {**sharded, "embed": None}
+    if zero == "full":
+        return sharded, sharded
+    if zero == "hybrid":
+        return replicated, sharded
+    if zero == "none":
+        return replicated, replicated
+    raise ConfigError(f"parallel.zero={zero!r}; use none, full or hybrid")
+
+
+def lm_loss_sums(logits, batch, z_loss: float = 0.0):
+    """Masked sums over ``[B, T]``: cross-entropy, z-loss term and the token count."""
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    mask = batch["loss_mask"].astype(jnp.float32)
+    ce = jnp.sum((lse - target_logit) * mask)
+    z = jnp.sum(z_loss * jnp.square(lse) * mask) if z_loss else jnp.zeros((), jnp.float32)
+    return ce, z, jnp.sum(mask)
+
+
+def _identity_assemble(trainable, frozen):
+    return trainable
+
+
+def _replicated(mesh):
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _map_param_like(tree, param_treedef, param_shardings, other):
+    """Shardings for an optimizer state: subtrees shaped like the params take theirs."""
+    return jax.tree.map(
+        lambda sub: param_shardings if jax.tree.structure(sub) == param_treedef else other,
+        tree,
+        is_leaf=lambda sub: jax.tree.structure(sub) == param_treedef,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """A compiled-on-first-use train step and everything needed to feed, place and restore it."""
+
+    step: Callable  # jitted (state, frozen, batch) -> (state, metrics); state donated
+    init_state: Callable  # jitted trainable -> state
+    state_shardings: Any
+    frozen_shardings: Any
+    batch_sharding: NamedSharding
+    optimizer: optax.GradientTransformation
+    schedule: Callable
+    mesh: Any
+    abstract_trainable: Any
+
+    def abstract_state(self):
+        """The state as sharded ShapeDtypeStructs (for restoring and ahead-of-time compiles)."""
+        shapes = jax.eval_shape(self.init_state, self.abstract_trainable)
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, self.state_shardings
+        )
+
+    def abstract_batch(self, batch_size: int, seq_len: int):
+        def leaf(name):
+            dtype = jnp.float32 if name == "loss_mask" else jnp.int32
+            return jax.ShapeDtypeStruct((batch_size, seq_len), dtype, sharding=self.batch_sharding)
+
+        return {name: leaf(name) for name in BATCH_KEYS}
+
+
+def make_train_step(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    mesh,
+    *,
+    assemble: Callable | None = None,
+    abstract_trainable=None,
+    trainable_shardings=None,
+    frozen_shardings=None,
+    opt_state_shardings=None,
+    total_steps: int | None = None,
+    compiler_options: dict | None = None,
+) -> TrainStep:
+    """Build the jitted step for ``mesh`` (see the module docstring for the contract).
+
+    ``abstract_trainable`` (ShapeDtypeStructs) defaults to the model's params; give it with
+    ``trainable_shardings`` when the trainable tree is your own (e.g. adapters).
+    """
+    param_rules, opt_rules = zero_rules(train_cfg.parallel.zero)
+    custom = abstract_trainable is not None
+    if not custom:
+        abstract_trainable = internlm2.abstract(model_cfg)
+    if trainable_shardings is None:
+        if custom:
+            raise ValueError("a custom trainable tree needs its trainable_shardings")
+        trainable_shardings = internlm2.param_shardings(model_cfg, mesh, param_rules)
+    if opt_state_shardings is None:
+        opt_state_shardings = (
+            trainable_shardings if custom else internlm2.param_shardings(model_cfg, mesh, opt_rules)
+        )
+    assemble = assemble or _identity_assemble
+    replicated = _replicated(mesh)
+
+    k = train_cfg.parallel.micro_batches
+    batch_spec = shd.logical_to_spec(("batch", "seq"), param_rules)
+    batch_ways = int(np.prod([mesh.shape[a] for a in (batch_spec[0] or ())]))
+    if train_cfg.batch_size % (k * batch_ways):
+        raise ConfigError(
+            f"batch_size {train_cfg.batch_size} must be divisible by micro_batches ({k}) x the "
+            f"data x fsdp devices ({batch_ways}); change batch_size or the mesh"
+        )
+    batch_sharding = NamedSharding(mesh, batch_spec)
+    micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_spec))
+
+    optimizer = make_optimizer(train_cfg.optimizer, total_steps or train_cfg.steps)
+    schedule = learning_rate_schedule(train_cfg.optimizer, total_steps or train_cfg.steps)
+    z_coef = train_cfg.optimizer.z_loss
+    param_treedef = jax.tree.structure(abstract_trainable)
+
+    opt_abstract = jax.eval_shape(optimizer.init, abstract_trainable)
+    opt_shardings = _map_param_like(opt_abstract, param_treedef, opt_state_shardings, replicated)
+    state_shardings = {
+        "step": replicated,
+        "updates": replicated,
+        "params": trainable_shardings,
+        "opt_state": opt_shardings,
+        "rng": replicated,
+        "bad_steps": replicated,
+        "skipped": replicated,
+    }
+
+    def init_state(trainable):
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "updates": jnp.zeros((), jnp.int32),
+            "params": trainable,
+            "opt_state": optimizer.init(trainable),
+            "rng": jax.random.key_data(jax.random.key(train_cfg.seed)),
+            "bad_steps": jnp.zeros((), jnp.int32),
+            "skipped": jnp.zeros((), jnp.int32),
+        }
+
+    def grads_of(trainable, frozen, batch):
+        def loss_of(tr):
+            logits, _ = internlm2.forward(assemble(tr, frozen), batch, model_cfg)
+            ce, z, count = lm_loss_sums(logits, batch, z_coef)
+            return ce + z, (ce, z, count)
+
+        (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        return jax.lax.with_sharding_constraint(grads, opt_state_shardings), aux
+
+    def step(state, frozen, batch):
+        batch = {name: batch[name] for name in BATCH_KEYS}
+        params = state["params"]
+        if k == 1:
+            grads, (ce, z, count) = grads_of(params, frozen, batch)
+        else:
+            # rows j*k + i form micro-batch i, so every device keeps its own rows
+            micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+            micro = jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sharding, micro))
+
+            def accumulate(carry, mb):
+                g_sum, sums = carry
+                g, aux = grads_of(params, frozen, mb)
+                return (jax.tree.map(jnp.add, g_sum, g), jax.tree.map(jnp.add, sums, aux)), None
+
+            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+            zeros = jax.lax.with_sharding_constraint(zeros, opt_state_shardings)
+            init = (zeros, (jnp.zeros((), jnp.float32),) * 3)
+            (grads, (ce, z, count)), _ = jax.lax.scan(accumulate, init, micro)
+
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        loss = ce / denom
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z)
+        grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        bad = jnp.where(finite, 0, state["bad_steps"] + 1)
+        new_state = {
+            "step": state["step"] + 1,
+            "updates": state["updates"] + finite.astype(jnp.int32),
+            "params": keep(new_params, params),
+            "opt_state": keep(new_opt, state["opt_state"]),
+            "rng": jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0]),
+            "bad_steps": bad,
+            "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+        }
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": schedule(state["updates"]),
+            "tokens": count,
+            "finite": finite,
+            "bad_steps": bad,
+            "skipped": new_state["skipped"],
+        }
+        if z_coef:
+            metrics["z_loss"] = z / denom
+        return new_state, metrics
+
+    if frozen_shardings is None:
+        frozen_shardings = replicated
+    batch_shardings = {name: batch_sharding for name in BATCH_KEYS}
+    jit_kw = {"compiler_options": compiler_options} if compiler_options else {}
+    step_jit = jax.jit(
+        step,
+        in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+        **jit_kw,
+    )
+    init_jit = jax.jit(init_state, in_shardings=(trainable_shardings,), out_shardings=state_shardings)
+    return TrainStep(
+        step=step_jit,
+        init_state=init_jit,
+        state_shardings=state_shardings,
+        frozen_shardings=frozen_shardings,
+        batch_sharding=batch_sharding,
+        optimizer=optimizer,
+        schedule=schedule,
+        mesh=mesh,
+        abstract_trainable=abstract_trainable,
+    )
+
+
+def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
+    """Global arrays from this process's rows of a batch-contract dict (numpy or jax)."""
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"batch lacks {missing}; a training batch needs {', '.join(BATCH_KEYS)}")
+    out = {}
+    for name in BATCH_KEYS:
+        want = np.float32 if name == "loss_mask" else np.int32
+        out[name] = jax.make_array_from_process_local_data(sharding, np.asarray(batch[name], want))
+    return out
