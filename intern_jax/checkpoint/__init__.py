@@ -30,7 +30,7 @@ __all__ = [
     "save_native",
 ]
 
-FORMATS = ("native", "hf", "gguf")
+FORMATS = ("native", "hf", "gguf", "run")
 
 # What convert_checkpoint can write: target name -> writer(directory, config, params, tokenizer, progress).
 CONVERT_TARGETS = {
@@ -47,7 +47,8 @@ class LoadedModel(NamedTuple):
 
 
 def detect_format(path) -> str:
-    """``native``, ``hf`` or ``gguf`` for a checkpoint path; a clear error for anything else."""
+    """``native``, ``hf``, ``gguf`` or ``run`` (a training run directory with run.json) for a
+    checkpoint path; a clear error for anything else."""
     from intern_jax.checkpoint import hf, native  # noqa: PLC0415
 
     path = Path(path)
@@ -64,6 +65,8 @@ def detect_format(path) -> str:
         )
     if native.is_native_checkpoint(path):
         return "native"
+    if (path / "run.json").is_file():
+        return "run"
     if hf.is_hf_checkpoint(path):
         return "hf"
     if (path / "config.json").is_file():
@@ -82,7 +85,8 @@ def detect_format(path) -> str:
         return "gguf"
     raise ValueError(
         f"{path} holds no recognisable checkpoint: expected a Hugging Face directory (config.json + "
-        f"safetensors), a native one ({native.CONFIG_FILE} + {native.PARAMS_DIR}/) or a .gguf file"
+        f"safetensors), a native one ({native.CONFIG_FILE} + {native.PARAMS_DIR}/), a training run "
+        "directory (run.json + checkpoints/) or a .gguf file"
     )
 
 
@@ -96,6 +100,10 @@ def load_model(path, *, dtype=None, mesh=None, progress: bool = False) -> Loaded
 
     path = Path(path)
     kind = detect_format(path)
+    if kind == "run":
+        from intern_jax.train.checkpointing import load_run  # noqa: PLC0415
+
+        return load_run(path, dtype=dtype, mesh=mesh)
     if kind == "native":
         cfg, params = native.load_native(path, dtype=dtype, mesh=mesh)
         return LoadedModel(cfg, params, _directory_tokenizer(path))

@@ -1,0 +1,243 @@
+"""Run directories and training checkpoints (orbax CheckpointManager, async, keep-last/keep-every).
+
+A run directory::
+
+    run.json                  model config, tokenizer path, train config, what "params" holds
+    checkpoints/<step>/       params (the trainable tree), train_state (optimizer state, step,
+                              rng, counters), data (the input iterator's state, per process)
+    metrics.jsonl, tensorboard/
+
+Restoring takes target shardings from the caller, so a checkpoint written on one mesh
+restores onto another. A step that fails to restore (damaged file) is moved to
+``checkpoints_damaged/`` with a warning and the previous one is used. ``load_run`` is the
+one reader that ``load_model`` uses for run directories; it does not know about adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from intern_jax.config import ModelConfig, model_config_from_dict
+from intern_jax.train.config import CheckpointConfig, TrainConfig, train_config_to_dict
+
+RUN_FILE = "run.json"
+CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "checkpoints_damaged"
+RUN_FORMAT = "intern-jax-run"
+
+log = logging.getLogger(__name__)
+
+
+def is_run_dir(path) -> bool:
+    return (Path(path) / RUN_FILE).is_file()
+
+
+def write_run_json(run_dir, model_cfg: ModelConfig, train_cfg: TrainConfig | None, tokenizer_path=None,
+                   *, trainable: str = "model", extra: dict | None = None) -> Path:
+    """Describe the run for readers (convert.py, chat.py): ``trainable="model"`` means the
+    checkpoints' ``params`` item is the full model params tree."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "format": RUN_FORMAT,
+        "trainable": trainable,
+        "model_config": dataclasses.asdict(model_cfg),
+        "tokenizer": str(Path(tokenizer_path).absolute()) if tokenizer_path else None,
+        "train_config": train_config_to_dict(train_cfg) if train_cfg is not None else None,
+        **(extra or {}),
+    }
+    path = run_dir / RUN_FILE
+    if jax.process_index() == 0:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(path)
+    return path
+
+
+def read_run_json(run_dir) -> dict:
+    path = Path(run_dir) / RUN_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable run description ({e})") from None
+    if record.get("format") != RUN_FORMAT:
+        raise ValueError(f"{path} is not an intern-jax run description (format={record.get('format')!r})")
+    return record
+
+
+def _ocp():
+    import orbax.checkpoint as ocp  # noqa: PLC0415  (heavy import)
+
+    return ocp
+
+
+class Checkpointer:
+    """Saves and restores ``(params, train_state, data iterator)`` per step under ``run_dir/checkpoints``."""
+
+    def __init__(self, run_dir, cfg: CheckpointConfig, *, read_only: bool = False):
+        self.run_dir = Path(run_dir).absolute()
+        self.directory = self.run_dir / CHECKPOINT_DIR
+        self.cfg = cfg
+        self.read_only = read_only
+        self._manager = self._open()
+
+    def _open(self):
+        ocp = _ocp()
+        policies = [ocp.checkpoint_managers.LatestN(max(self.cfg.keep_last, 1))]
+        if self.cfg.keep_every > 0:
+            policies.append(ocp.checkpoint_managers.EveryNSteps(self.cfg.keep_every))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=self.cfg.async_save,
+            create=not self.read_only,
+            read_only=self.read_only,
+        )
+        return ocp.CheckpointManager(self.directory, options=options)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: dict, data_iterator=None) -> None:
+        """Start an (async) save of ``state`` and the iterator's current position at ``step``."""
+        ocp = _ocp()
+        params = state["params"]
+        rest = {k: v for k, v in state.items() if k != "params"}
+        items = {"params": ocp.args.StandardSave(params), "train_state": ocp.args.StandardSave(rest)}
+        if data_iterator is not None:
+            items["data"] = _data_save_args(data_iterator)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore_latest(self, abstract_state: dict, data_iterator=None):
+        """``(step, state)`` from the newest readable checkpoint (the data iterator is set in
+        place), or None when there is none. Damaged steps are moved aside with a warning."""
+        while (step := self.latest_step()) is not None:
+            try:
+                return step, self.restore(step, abstract_state, data_iterator)
+            except Exception as e:  # noqa: BLE001  (any failure to read means: damaged)
+                self._quarantine(step, e)
+        return None
+
+    def restore(self, step: int, abstract_state: dict, data_iterator=None) -> dict:
+        ocp = _ocp()
+        rest = {k: v for k, v in abstract_state.items() if k != "params"}
+        items = {
+            "params": ocp.args.StandardRestore(abstract_state["params"]),
+            "train_state": ocp.args.StandardRestore(rest),
+        }
+        if data_iterator is not None:
+            items["data"] = _data_restore_args(data_iterator)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        state = {"params": restored["params"], **restored["train_state"]}
+        _check_finite_params(state["params"], step)
+        return state
+
+    def restore_params(self, step: int, abstract_params):
+        ocp = _ocp()
+        args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+        restored = self._manager.restore(step, args=args)
+        return restored["params"]
+
+    def _quarantine(self, step: int, error: Exception) -> None:
+        warnings.warn(
+            f"checkpoint step {step} in {self.directory} cannot be restored ({type(error).__name__}: "
+            f"{str(error)[:300]}); moving it to {self.run_dir / DAMAGED_DIR} and using the previous one",
+            stacklevel=3,
+        )
+        self._manager.close()
+        if jax.process_index() == 0:
+            target = self.run_dir / DAMAGED_DIR / str(step)
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.directory / str(step)), str(target))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+        self._manager = self._open()
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _check_finite_params(params, step: int) -> None:
+    finite = jax.tree.reduce(
+        lambda a, b: a & b, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x.astype(jnp.float32))), params)
+    )
+    if not bool(finite):
+        raise ValueError(f"checkpoint step {step} holds non-finite parameters")
+
+
+def _data_save_args(iterator):
+    from grain.checkpoint import CheckpointSave  # noqa: PLC0415
+
+    return CheckpointSave(iterator)
+
+
+def _data_restore_args(iterator):
+    from grain.checkpoint import CheckpointRestore  # noqa: PLC0415
+
+    return CheckpointRestore(iterator)
+
+
+def load_run(run_dir, *, dtype=None, mesh=None, step: int | None = None):
+    """``LoadedModel(config, params, tokenizer)`` from a pretraining run: the params of the
+    latest (or given) checkpoint, placed with the model's shardings on ``mesh`` (default:
+    the first device) and cast to ``dtype`` if given."""
+    from intern_jax.checkpoint import LoadedModel  # noqa: PLC0415
+    from intern_jax.model import internlm2  # noqa: PLC0415
+
+    run_dir = Path(run_dir).absolute()
+    record = read_run_json(run_dir)
+    if record.get("trainable", "model") != "model":
+        raise ValueError(
+            f"{run_dir} holds '{record.get('trainable')}' checkpoints, not full model params; "
+            "load it with the fine-tuning tools"
+        )
+    cfg = model_config_from_dict(record["model_config"])
+    ckpt = Checkpointer(run_dir, CheckpointConfig(async_save=False), read_only=True)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{run_dir / CHECKPOINT_DIR} holds no finished checkpoint yet")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise ValueError(f"{run_dir} has no checkpoint for step {step}; steps: {steps}")
+        if mesh is not None:
+            shardings = internlm2.param_shardings(cfg, mesh)
+        else:
+            single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            shardings = jax.tree.map(lambda _: single, internlm2.abstract(cfg))
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), internlm2.abstract(cfg), shardings
+        )
+        params = ckpt.restore_params(step, target)
+    finally:
+        ckpt.close()
+    if dtype is not None and jnp.dtype(dtype) != jnp.dtype(cfg.param_dtype):
+        name = jnp.dtype(dtype).name
+        params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(name), p), out_shardings=shardings)(params)
+        cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
+    tokenizer = None
+    if record.get("tokenizer"):
+        from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
+
+        tokenizer = load_tokenizer(record["tokenizer"])
+    return LoadedModel(cfg, params, tokenizer)

@@ -1,0 +1,178 @@
+"""The training loop shared by pretraining and fine-tuning: resume, step, log, checkpoint, stop.
+
+``run_training(model_cfg, train_cfg, run_dir=..., data_iterator=...)`` resumes from the
+latest readable checkpoint in ``run_dir`` (params, optimizer state and the iterator's
+position) or starts from ``trainable`` (default: freshly initialised model params), runs
+to ``train_cfg.steps`` and saves every ``checkpoint.save_every`` steps and at the end.
+Fine-tuning passes ``trainable``, ``frozen``, ``assemble`` and shardings exactly as for
+``make_train_step`` (see step.py), plus ``trainable_kind`` for run.json.
+
+``data_iterator`` yields this process's rows of each global batch (batch contract);
+for checkpoints it must be a grain iterator (get_state / set_state). ``max_bad_steps``
+non-finite steps in a row save the last good state and raise ``TrainingDiverged``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from intern_jax.config import ModelConfig
+from intern_jax.model import internlm2
+from intern_jax.sharding import make_mesh
+from intern_jax.train import metrics as M
+from intern_jax.train.checkpointing import Checkpointer, write_run_json
+from intern_jax.train.config import TrainConfig
+from intern_jax.train.step import make_train_step, shard_batch, zero_rules
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row; the last good state was checkpointed."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: dict
+    step: int
+    last_metrics: dict
+    resumed_from: int | None
+
+
+def make_data_iterator(train_cfg: TrainConfig, model_cfg: ModelConfig):
+    """The iterator for ``train_cfg.data``: synthetic data, or the grain pretraining pipeline."""
+    from intern_jax.train.synthetic import SyntheticData, make_synthetic_iterator  # noqa: PLC0415
+
+    kw = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    if train_cfg.data is None or isinstance(train_cfg.data, SyntheticData):
+        return make_synthetic_iterator(
+            train_cfg.data or SyntheticData(seed=train_cfg.seed), model_cfg.vocab_size,
+            train_cfg.batch_size, train_cfg.seq_len, **kw,
+        )
+    from intern_jax.data.pipeline import make_pretrain_iterator  # noqa: PLC0415
+
+    return make_pretrain_iterator(train_cfg.data, **kw)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm  # noqa: PLC0415
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+def run_training(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    run_dir,
+    data_iterator,
+    trainable=None,
+    frozen=None,
+    assemble: Callable | None = None,
+    abstract_trainable=None,
+    trainable_shardings=None,
+    frozen_shardings=None,
+    mesh=None,
+    tokenizer_path=None,
+    trainable_kind: str = "model",
+    run_extra: dict | None = None,
+    on_step: Callable[[int, dict], Any] | None = None,
+) -> TrainResult:
+    """Train to ``train_cfg.steps``; see the module docstring. ``on_step(step, metrics)`` is
+    called with host metrics after every step (tests, custom logging)."""
+    run_dir = Path(run_dir).absolute()
+    mesh = mesh if mesh is not None else make_mesh(train_cfg.parallel.mesh_shape())
+    ts = make_train_step(
+        model_cfg, train_cfg, mesh, assemble=assemble, abstract_trainable=abstract_trainable,
+        trainable_shardings=trainable_shardings, frozen_shardings=frozen_shardings,
+    )
+    ckpt_cfg = train_cfg.checkpoint
+    ckpt = Checkpointer(run_dir, ckpt_cfg)
+    primary = jax.process_index() == 0
+    try:
+        restored = ckpt.restore_latest(ts.abstract_state(), data_iterator)
+        if restored is not None:
+            start, state = restored
+            log.info("resumed from step %d in %s", start, run_dir)
+        else:
+            start = 0
+            if trainable is None:
+                trainable = internlm2.init(
+                    model_cfg, jax.random.key(train_cfg.seed), mesh, zero_rules(train_cfg.parallel.zero)[0]
+                )
+            state = ts.init_state(jax.device_put(trainable, ts.state_shardings["params"]))
+        write_run_json(run_dir, model_cfg, train_cfg, tokenizer_path, trainable=trainable_kind, extra=run_extra)
+        writer = M.MetricsWriter(
+            run_dir, tensorboard=train_cfg.logging.tensorboard, resume_step=start, enabled=primary
+        )
+        result = _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_iterator, on_step, primary)
+        result.resumed_from = start if restored is not None else None
+        return result
+    finally:
+        ckpt.close()
+
+
+def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_iterator, on_step, primary):
+    total, every = train_cfg.steps, train_cfg.checkpoint.save_every
+    tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
+    peak = M.peak_flops_per_device(override=train_cfg.logging.peak_flops)
+    n_devices = ts.mesh.devices.size
+    bar = _progress(total, start, train_cfg.logging.progress and primary)
+    window_start, window_steps, host = None, 0, {}
+    step = start
+    saved_at = start if start > 0 else None
+    try:
+        while step < total:
+            batch = shard_batch(next(data_iterator), ts.batch_sharding)
+            state, metrics = ts.step(state, frozen, batch)
+            host = {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
+            step += 1
+            now = time.perf_counter()
+            if window_start is None:  # the first step compiles; time from its end
+                window_start, window_steps = now, 0
+            else:
+                window_steps += 1
+            if on_step is not None:
+                on_step(step, host)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{host['loss']:.4f}", lr=f"{host['lr']:.2e}")
+            if host["bad_steps"] >= train_cfg.max_bad_steps:
+                ckpt.save(step, state, data_iterator)
+                ckpt.wait()
+                raise TrainingDiverged(
+                    f"{host['bad_steps']} steps in a row had a non-finite loss or gradient (last at step "
+                    f"{step}, {host['skipped']} skipped in all); updates were skipped, so the checkpoint "
+                    f"saved at step {step} holds the last good params. Lower optimizer.learning_rate, "
+                    "check the data, or raise max_bad_steps."
+                )
+            if step % train_cfg.logging.log_every == 0 or step == total:
+                record = dict(host)
+                record.pop("finite", None)
+                if window_steps > 0:
+                    dt = (now - window_start) / window_steps
+                    record["step_time_s"] = dt
+                    record["tokens_per_s"] = tokens_per_step / dt
+                    record["mfu"] = M.mfu(tokens_per_step / dt, model_cfg, train_cfg.seq_len, n_devices, peak)
+                    window_start, window_steps = now, 0
+                writer.write(step, record)
+            if every > 0 and step % every == 0:
+                ckpt.save(step, state, data_iterator)
+                saved_at = step
+        if saved_at != step:
+            ckpt.save(step, state, data_iterator)
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close()
+    return TrainResult(state=state, step=step, last_metrics=host, resumed_from=None)

@@ -1,0 +1,75 @@
+"""Pretrain a model: typed config file, --set overrides, resumable run directory.
+
+    python scripts/pretrain.py --config configs/pretrain/tiny.py [--set a.b=v ...]
+        [--output DIR] [--steps N] [--save-every N]
+        [--coordinator HOST:PORT --num-processes N --process-id I]
+
+Rerunning the same command resumes from the latest checkpoint in --output. Under SLURM
+(several tasks) the process group is formed from the environment. Exit status: 0 done,
+2 bad configuration or input, 3 the run diverged (non-finite steps; last good state saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="pretrain config file (binds `config` to a TrainConfig)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set optimizer.learning_rate=1e-3 (repeatable)")
+    ap.add_argument("--output", help="run directory (default: runs/<config name>)")
+    ap.add_argument("--steps", type=int, help="total training steps (overrides steps)")
+    ap.add_argument("--save-every", type=int, help="checkpoint every N steps (overrides checkpoint.save_every)")
+    ap.add_argument("--coordinator", help="HOST:PORT of process 0 for multi-process runs")
+    ap.add_argument("--num-processes", type=int)
+    ap.add_argument("--process-id", type=int)
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from intern_jax.train import distributed  # noqa: PLC0415
+
+    try:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:
+        print(f"pretrain.py: error: {e}", file=sys.stderr)
+        return 2
+    from intern_jax.config import ConfigError  # noqa: PLC0415
+    from intern_jax.train.loop import TrainingDiverged  # noqa: PLC0415
+    from intern_jax.train.pretrain import prepare_run, pretrain  # noqa: PLC0415
+
+    try:
+        cfg = prepare_run(args.config, args.overrides)
+        changes = {}
+        if args.steps is not None:
+            changes["steps"] = args.steps
+        if args.save_every is not None:
+            changes["checkpoint"] = dataclasses.replace(cfg.checkpoint, save_every=args.save_every)
+        if args.quiet:
+            changes["logging"] = dataclasses.replace(cfg.logging, progress=False)
+        cfg = dataclasses.replace(cfg, **changes)
+        output = Path(args.output or Path("runs") / (cfg.name or Path(args.config).stem))
+        result = pretrain(cfg, output)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"pretrain.py: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"pretrain.py: stopped: {e}", file=sys.stderr)
+        return 3
+    m = result.last_metrics
+    if m:
+        print(f"step {result.step}: loss {m['loss']:.4f}; run directory {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
