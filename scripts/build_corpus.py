@@ -1,0 +1,38 @@
+"""Build the embedded default corpus from the Python standard library (code + docstrings).
+
+    python scripts/build_corpus.py [--output runs/corpus] [--vocab-size 8000]
+
+Writes token shards, manifest.json, stats.json and a SentencePiece tokenizer into the output
+directory. Rerunning reuses finished work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", default="runs/corpus", help="output directory (default: runs/corpus)")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="SentencePiece vocabulary size")
+    parser.add_argument("--max-code-mb", type=float, default=6.0, help="cap on standard-library source read")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from intern_jax.data.corpus import build_corpus  # noqa: PLC0415
+
+    build_corpus(args.output, vocab_size=args.vocab_size, max_code_bytes=int(args.max_code_mb * (1 << 20)),
+                 progress=not args.quiet)
+    print(f"wrote {args.output}/manifest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
