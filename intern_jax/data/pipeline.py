@@ -1,0 +1,337 @@
+"""grain input pipeline for pretraining: token shards -> shuffled, mixed, host-sharded, packed batches.
+
+``make_pretrain_iterator(DataConfig)`` reads a processed corpus directory (``manifest.json`` plus
+ArrayRecord shards of int32 documents), and yields per-host batches in the training batch contract;
+its state (``get_state``/``set_state``, or orbax via ``checkpoint_save_args``) resumes exactly.
+It does not tokenise or filter text (``intern_jax.data.processing`` does) and it does not place
+batches on devices (the training loop does).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+from grain.experimental import FlatMapIterDataset, FlatMapTransform
+
+from intern_jax.config import ConfigError
+from intern_jax.data.packing import PackingStats, pack_examples
+
+MANIFEST = "manifest.json"
+ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: cheap random access
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Input pipeline settings (nested into training configs as ``data``).
+
+    ``mixture`` maps source -> weight, the share of *tokens* each source contributes (normalised);
+    empty means every source in proportion to its tokens in the manifest. ``batch_size`` is global
+    (rows per step, split evenly over JAX processes). ``num_workers`` grain worker processes
+    (0 = in this process) must stay the same across restarts of a run. ``prefetch`` batches are
+    buffered ahead (per worker). ``packing_bins`` rows are filled first-fit at a time.
+    """
+
+    path: str = ""
+    mixture: dict[str, float] = field(default_factory=dict)
+    seq_len: int = 2048
+    batch_size: int = 8
+    seed: int = 0
+    shuffle: bool = True
+    num_workers: int = 0
+    prefetch: int = 2
+    packing_bins: int = 128
+
+    def __post_init__(self):
+        for name in ("seq_len", "batch_size", "packing_bins"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"data.{name} must be a positive integer, got {value!r}")
+        for name in ("num_workers", "prefetch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"data.{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.mixture, Mapping):
+            raise ConfigError(f"data.mixture must be a dict source -> weight, got {self.mixture!r}")
+        for source, weight in self.mixture.items():
+            if not isinstance(weight, int | float) or not weight > 0:
+                raise ConfigError(
+                    f"data.mixture[{source!r}] = {weight!r}: weights must be positive numbers; "
+                    "leave a source out of the mixture to exclude it"
+                )
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The corpus manifest, checked: every listed shard exists and every source has documents."""
+    if not str(path):
+        raise ValueError("data.path is empty; set it to a processed corpus directory (with manifest.json)")
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(
+            f"{manifest_path} does not exist; data.path must be a corpus directory written by "
+            "scripts/process_data.py (or scripts/build_corpus.py)"
+        )
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    sources = manifest.get("sources")
+    if not isinstance(sources, dict) or not sources:
+        raise ValueError(f"{manifest_path} lists no sources; rebuild the corpus")
+    for name, entry in sources.items():
+        for key in ("files", "documents", "tokens"):
+            if key not in entry:
+                raise ValueError(f"{manifest_path}: source {name!r} has no {key!r}; rebuild the corpus")
+        missing = [f for f in entry["files"] if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{manifest_path}: source {name!r} lists missing shards {missing[:3]}")
+    return manifest
+
+
+def token_weights(manifest: dict, mixture: Mapping[str, float]) -> dict[str, float]:
+    """Normalised token share per source: ``mixture``, or each source's share of the manifest's tokens."""
+    sources = manifest["sources"]
+    unknown = sorted(set(mixture) - set(sources))
+    if unknown:
+        raise ValueError(f"mixture names unknown source(s) {unknown}; the corpus has {sorted(sources)}")
+    weights = dict(mixture) if mixture else {name: entry["tokens"] for name, entry in sources.items()}
+    empty = [name for name in weights if sources[name]["documents"] <= 0 or sources[name]["tokens"] <= 0]
+    if empty:
+        raise ValueError(f"mixture source(s) {empty} have no documents in the corpus; leave them out")
+    total = float(sum(weights.values()))
+    return {name: w / total for name, w in sorted(weights.items())}
+
+
+def document_proportions(manifest: dict, weights: Mapping[str, float]) -> dict[str, float]:
+    """Documents to draw per source so that tokens follow ``weights``: weight / mean document length."""
+    sources = manifest["sources"]
+    return {name: w * sources[name]["documents"] / sources[name]["tokens"] for name, w in weights.items()}
+
+
+def decode_record(record: bytes) -> dict[str, np.ndarray]:
+    """One ArrayRecord record (little-endian int32 token ids) -> ``{"tokens", "token_loss"}``."""
+    if len(record) % 4:
+        raise ValueError(f"token record of {len(record)} bytes is not a whole number of int32 ids; corrupt shard?")
+    tokens = np.frombuffer(record, dtype="<i4").astype(np.int32)
+    return {"tokens": tokens, "token_loss": np.ones(tokens.shape, np.float32)}
+
+
+class SplitDocument(FlatMapTransform):
+    """Split a document longer than ``seq_len`` into consecutive ``seq_len``-token chunks."""
+
+    max_fan_out = 1 << 20
+
+    def __init__(self, seq_len: int):
+        self.seq_len = seq_len
+
+    def flat_map(self, document):
+        n = len(document["tokens"])
+        if n <= self.seq_len:
+            return [document]
+        return [{k: v[s : s + self.seq_len] for k, v in document.items()} for s in range(0, n, self.seq_len)]
+
+
+def source_dataset(
+    files: Sequence[str], *, process_index: int, process_count: int, seed: int, shuffle: bool
+) -> grain.MapDataset:
+    """One source's documents for this host: a disjoint ``[process_index::process_count]`` slice,
+    shuffled afresh each epoch (seeded), repeated forever, decoded."""
+    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(list(files)))
+    ds = ds[process_index::process_count]
+    if len(ds) == 0:
+        raise ValueError(
+            f"host {process_index} of {process_count} gets no documents from {files[:2]}...; "
+            "the source has fewer documents than hosts"
+        )
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    return ds.repeat(None).map(decode_record)
+
+
+def make_pretrain_dataset(
+    cfg: DataConfig,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    stats: PackingStats | None = None,
+) -> grain.IterDataset:
+    """The pretraining pipeline as a grain ``IterDataset`` of this host's batches (see the module doc)."""
+    if not isinstance(cfg, DataConfig):
+        raise TypeError(f"expected a DataConfig, got {type(cfg).__name__}")
+    if process_count <= 0 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
+    if cfg.batch_size % process_count:
+        raise ValueError(
+            f"data.batch_size={cfg.batch_size} is not divisible by the {process_count} JAX processes; "
+            f"use a multiple of {process_count}"
+        )
+    manifest = read_manifest(cfg.path)
+    root = Path(cfg.path)
+    weights = token_weights(manifest, cfg.mixture)
+    proportions = document_proportions(manifest, weights)
+    read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=64)
+    sources = {}
+    for i, name in enumerate(sorted(weights)):
+        files = [str(root / f) for f in manifest["sources"][name]["files"]]
+        ds = source_dataset(
+            files, process_index=process_index, process_count=process_count, seed=cfg.seed + 7919 * i,
+            shuffle=cfg.shuffle,
+        )
+        sources[name] = ds.to_iter_dataset(read)
+    ds = sources[next(iter(sources))] if len(sources) == 1 else grain.IterDataset.mix(sources, proportions)
+    ds = FlatMapIterDataset(ds, SplitDocument(cfg.seq_len))
+    ds = pack_examples(
+        ds,
+        cfg.seq_len,
+        cfg.batch_size // process_count,
+        num_packing_bins=max(cfg.packing_bins, cfg.batch_size // process_count),
+        shuffle_rows=cfg.shuffle,
+        seed=cfg.seed,
+        drop_remainder=True,
+        stats=stats,
+    )
+    if cfg.num_workers > 0:
+        _parse_absl_flags()
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=cfg.num_workers, per_worker_buffer_size=max(cfg.prefetch, 1))
+        )
+    elif cfg.prefetch > 0:
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.prefetch)
+    return ds
+
+
+def _parse_absl_flags() -> None:
+    """grain's worker processes read absl flags; outside ``absl.app.run`` mark them parsed (defaults)."""
+    from absl import flags  # noqa: PLC0415
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+class IteratorStateMismatch(ValueError):
+    """A saved iterator state made with another worker count or process layout: a setting to fix,
+    not a damaged checkpoint."""
+
+
+class PipelineIterator(grain.DatasetIterator):
+    """A grain iterator whose state also records the worker and process layout it was made with.
+
+    ``set_state`` refuses a state from a different ``num_workers`` or process layout (grain's
+    states are only meaningful for the same layout) with a message naming both.
+    """
+
+    def __init__(self, dataset: grain.IterDataset, *, num_workers: int, process_index: int, process_count: int):
+        super().__init__(iter(dataset))
+        self._layout = {"num_workers": num_workers, "process_index": process_index, "process_count": process_count}
+
+    def __next__(self):
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return {**self._layout, "pipeline": self._parent.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or "pipeline" not in state:
+            raise ValueError("not a state of make_pretrain_iterator's iterator (no 'pipeline' entry)")
+        if state.get("num_workers") != self._layout["num_workers"]:
+            raise IteratorStateMismatch(
+                f"the saved data iterator state was made with num_workers={state.get('num_workers')} but this "
+                f"iterator has num_workers={self._layout['num_workers']}; the worker count must stay the same "
+                f"across restarts: set data.num_workers={state.get('num_workers')}"
+            )
+        for key in ("process_count", "process_index"):
+            if state.get(key) != self._layout[key]:
+                raise IteratorStateMismatch(
+                    f"the saved data iterator state is for {key}={state.get(key)} but this iterator has "
+                    f"{key}={self._layout[key]}; resume with the same number of JAX processes"
+                )
+        self._parent.set_state(state["pipeline"])
+
+    def __str__(self) -> str:
+        return f"PipelineIterator({self._layout})"
+
+
+def make_pretrain_iterator(
+    cfg: DataConfig,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    stats: PackingStats | None = None,
+) -> PipelineIterator:
+    """This host's batches of ``batch_size // process_count`` rows of ``seq_len`` (numpy, batch contract).
+
+    ``process_index`` / ``process_count`` default to ``jax.process_index()`` / ``jax.process_count()``;
+    each host reads a disjoint slice of every source, and the slices together are the whole corpus.
+    """
+    if process_index is None or process_count is None:
+        import jax  # noqa: PLC0415  (only needed for the defaults)
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    ds = make_pretrain_dataset(cfg, process_index=process_index, process_count=process_count, stats=stats)
+    return PipelineIterator(
+        ds, num_workers=cfg.num_workers, process_index=process_index, process_count=process_count
+    )
+
+
+def checkpoint_save_args(iterator: grain.DatasetIterator):
+    """orbax ``args`` that save the iterator's state: ``ocp.args.Composite(..., data=checkpoint_save_args(it))``."""
+    return grain.checkpoint.CheckpointSave(iterator)
+
+
+def checkpoint_restore_args(iterator: grain.DatasetIterator):
+    """orbax ``args`` that restore the state into ``iterator`` (a freshly made one with the same config)."""
+    return grain.checkpoint.CheckpointRestore(iterator)
+
+
+def write_token_corpus(
+    directory: str | Path,
+    sources: Mapping[str, Sequence[np.ndarray]],
+    *,
+    shards: int = 2,
+    tokenizer: str = "",
+    vocab_size: int = 0,
+) -> dict:
+    """Write documents (int32 token arrays) as a corpus directory in the processed format; returns
+    the manifest. For tests, benchmarks and small experiments: real corpora come from
+    ``intern_jax.data.processing``."""
+    from array_record.python.array_record_module import ArrayRecordWriter  # noqa: PLC0415
+
+    directory = Path(directory)
+    manifest = {"tokenizer": tokenizer, "vocab_size": int(vocab_size), "sources": {}}
+    for name, documents in sources.items():
+        (directory / name).mkdir(parents=True, exist_ok=True)
+        entry = {"files": [], "documents": 0, "tokens": 0}
+        count = max(1, min(shards, len(documents)))
+        for shard in range(count):
+            rel = f"{name}/{shard:05d}-of-{count:05d}.array_record"
+            writer = ArrayRecordWriter(str(directory / rel), ARRAY_RECORD_OPTIONS)
+            for doc in documents[shard::count]:
+                writer.write(np.asarray(doc, dtype="<i4").tobytes())
+                entry["documents"] += 1
+                entry["tokens"] += len(doc)
+            writer.close()
+            entry["files"].append(rel)
+        manifest["sources"][name] = entry
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return manifest
+
+
+__all__ = [
+    "DataConfig",
+    "IteratorStateMismatch",
+    "PipelineIterator",
+    "checkpoint_restore_args",
+    "checkpoint_save_args",
+    "decode_record",
+    "document_proportions",
+    "make_pretrain_dataset",
+    "make_pretrain_iterator",
+    "read_manifest",
+    "source_dataset",
+    "token_weights",
+    "write_token_corpus",
+]
