@@ -224,7 +224,7 @@ def make_train_step(
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         loss = ce / denom
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z)
         grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)

@@ -1,0 +1,168 @@
+"""Train step: sharding-invariance, gradient accumulation, NaN guard, frozen/assemble hook, optimizer."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from intern_jax.sharding import make_mesh
+from intern_jax.testing import random_params, tiny_config
+from intern_jax.train.config import OptimizerConfig, ParallelConfig, TrainConfig
+from intern_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from intern_jax.train.step import make_train_step, shard_batch
+from intern_jax.train.synthetic import SyntheticData, synthetic_batch
+
+FAST = {"xla_backend_optimization_level": 0}
+CFG = tiny_config(vocab_size=128)
+B, T = 8, 32
+
+
+def _seed():
+    return int(np.random.SeedSequence().entropy % 2**31)
+
+
+def _train_cfg(**parallel):
+    return TrainConfig(model=CFG, steps=50, batch_size=B, seq_len=T, parallel=ParallelConfig(**parallel),
+                       optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1))
+
+
+def _run(parallel: dict, n_devices: int, batches, params):
+    tc = _train_cfg(**parallel)
+    mesh = make_mesh(tc.parallel.mesh_shape(), jax.devices()[:n_devices])
+    ts = make_train_step(CFG, tc, mesh, compiler_options=FAST)
+    state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
+    losses = []
+    for b in batches:
+        state, m = ts.step(state, None, shard_batch(b, ts.batch_sharding))
+        losses.append(float(m["loss"]))
+    return losses, jax.device_get(state["params"]), m
+
+
+@pytest.fixture(scope="module")
+def reference():
+    seed = _seed()
+    data = SyntheticData(seed=seed)
+    batches = [synthetic_batch(data, CFG.vocab_size, B, T, i) for i in range(3)]
+    params = random_params(CFG, seed=seed % 1000)
+    losses, final, _ = _run({"fsdp": 1}, 1, batches, params)
+    return seed, batches, params, losses, final
+
+
+@pytest.mark.parametrize(
+    "parallel",
+    [
+        {"fsdp": 4, "tensor": 2, "zero": "full"},
+        {"data": 2, "fsdp": 2, "tensor": 2, "zero": "hybrid"},
+        {"data": 8, "fsdp": 1, "zero": "none"},
+    ],
+    ids=["fsdp4xtp2", "hybrid_zero", "pure_dp"],
+)
+def test_sharded_step_matches_single_device(reference, parallel):
+    seed, batches, params, want, want_params = reference
+    got, got_params, _ = _run(parallel, 8, batches, params)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"seed {seed}")
+    for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"seed {seed}")
+
+
+def test_grad_accumulation_equals_one_big_batch(reference):
+    seed, batches, params, want, want_params = reference
+    got, got_params, _ = _run({"fsdp": 1, "micro_batches": 4}, 1, batches, params)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"seed {seed}")
+    for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"seed {seed}")
+
+
+def test_loss_is_masked_token_mean_of_cross_entropy(reference):
+    """The step's loss equals an independent optax cross-entropy over the masked tokens."""
+    from intern_jax.model import internlm2
+
+    seed, batches, params, want, _ = reference
+    b = batches[0]
+    logits, _ = internlm2.forward(params, {k: jnp.asarray(b[k]) for k in ("tokens", "positions", "segment_ids")}, CFG)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(b["targets"]))
+    expected = float((ce * b["loss_mask"]).sum() / b["loss_mask"].sum())
+    assert math.isclose(want[0], expected, rel_tol=1e-5), f"seed {seed}: {want[0]} vs {expected}"
+
+
+def test_non_finite_step_is_skipped_and_counted(reference):
+    seed, batches, params, _, _ = reference
+    tc = _train_cfg(fsdp=1)
+    ts = make_train_step(CFG, tc, make_mesh({"fsdp": 1}, jax.devices()[:1]), compiler_options=FAST)
+    state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
+    bad = dict(batches[0], loss_mask=np.where(np.arange(T) == 3, np.nan, batches[0]["loss_mask"]).astype(np.float32))
+    before = jax.device_get(state["params"])
+    for i in range(2):
+        state, m = ts.step(state, None, shard_batch(bad, ts.batch_sharding))
+        assert not bool(m["finite"]) and int(m["bad_steps"]) == i + 1
+    for a, b in zip(jax.tree.leaves(jax.device_get(state["params"])), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(a, b)
+    assert int(state["updates"]) == 0 and int(state["step"]) == 2
+    state, m = ts.step(state, None, shard_batch(batches[0], ts.batch_sharding))
+    assert bool(m["finite"]) and int(m["bad_steps"]) == 0 and int(m["skipped"]) == 2
+    assert int(state["updates"]) == 1
+
+
+def test_frozen_params_are_not_updated_or_in_optimizer_state(reference):
+    """The fine-tuning hook: only `trainable` is optimised; `frozen` flows in through `assemble`."""
+    seed, batches, params, _, _ = reference
+    trainable = {"norm": params["norm"], "output": params["output"]}
+    frozen = {k: v for k, v in params.items() if k not in trainable}
+    mesh = make_mesh({"fsdp": 1}, jax.devices()[:1])
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    ts = make_train_step(
+        CFG, _train_cfg(fsdp=1), mesh, assemble=lambda tr, fr: {**fr, **tr},
+        abstract_trainable=jax.eval_shape(lambda: trainable), trainable_shardings=repl, frozen_shardings=repl,
+        compiler_options=FAST,
+    )
+    state = ts.init_state(trainable)
+    frozen_dev = jax.device_put(frozen, repl)
+    state, m = ts.step(state, frozen_dev, shard_batch(batches[0], ts.batch_sharding))
+    state, m = ts.step(state, frozen_dev, shard_batch(batches[1], ts.batch_sharding))
+    assert bool(m["finite"])
+    opt_leaves = sum(x.size for x in jax.tree.leaves(state["opt_state"]) if x.ndim > 0)
+    assert opt_leaves == 2 * sum(x.size for x in jax.tree.leaves(trainable))  # mu and nu of trainable only
+    assert not np.allclose(state["params"]["output"], trainable["output"])
+    for a, b in zip(jax.tree.leaves(frozen_dev), jax.tree.leaves(frozen)):  # not donated, unchanged
+        np.testing.assert_array_equal(a, b)
+
+
+def test_schedule_matches_hand_computed_warmup_cosine():
+    cfg = OptimizerConfig(learning_rate=2e-3, warmup_steps=10, min_lr_ratio=0.1, decay_steps=110)
+    schedule = learning_rate_schedule(cfg, total_steps=500)
+    for count in [0, 1, 5, 10, 11, 60, 109, 110, 111, 400]:
+        if count < 10:
+            want = 2e-3 * count / 10
+        else:
+            progress = min((count - 10) / 100, 1.0)
+            want = 2e-4 + 0.5 * (2e-3 - 2e-4) * (1 + math.cos(math.pi * progress))
+        assert math.isclose(float(schedule(count)), want, rel_tol=1e-5, abs_tol=1e-12), count
+
+
+def test_adamw_update_matches_hand_computed_step():
+    """Clipping, bias-corrected Adam and decoupled decay that skips norm scales, written out by hand."""
+    rng = np.random.default_rng(_seed())
+    params = {"w": rng.standard_normal((3, 4)).astype(np.float32), "norm": rng.standard_normal(4).astype(np.float32)}
+    grads = {k: 3.0 * rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+    cfg = OptimizerConfig(learning_rate=1e-2, warmup_steps=0, weight_decay=0.1, grad_clip=1.0)
+    opt = make_optimizer(cfg, total_steps=100)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    norm = math.sqrt(sum(float((g**2).sum()) for g in grads.values()))
+    lr = 1e-2  # step 0 of a schedule without warmup: the peak
+    for name in params:
+        g = grads[name] * min(1.0, 1.0 / norm)
+        m, v = (1 - 0.9) * g / (1 - 0.9), (1 - 0.95) * g * g / (1 - 0.95)
+        upd = m / (np.sqrt(v) + 1e-8) + (0.1 * params[name] if name == "w" else 0.0)
+        np.testing.assert_allclose(updates[name], -lr * upd, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error():
+    from intern_jax.config import ConfigError
+
+    tc = dataclasses.replace(_train_cfg(fsdp=8), batch_size=4)
+    with pytest.raises(ConfigError, match="divisible"):
+        make_train_step(CFG, tc, make_mesh({"fsdp": 8}))
