@@ -204,7 +204,7 @@ def forward(params, batch, cfg: ModelConfig, cache=None):
         kv_segment_ids, kv_positions = cache["segment_ids"], cache["positions"]
     seq_len = jnp.max(jnp.where(kv_segment_ids != 0, kv_positions, 0), axis=1) + 1
     cos, sin = layers.rope_tables(positions, cfg, seq_len)
-    blocks = jax.tree.map(lambda w: w.astype(dtype), params["layers"])
+    blocks = jax.tree.map(lambda w: w.astype(dtype), params["layers"], is_leaf=layers.is_structured_weight)
 
     if cache is None:
 

@@ -66,10 +66,26 @@ def apply_rope(x, cos, sin):
     return out.astype(x.dtype)
 
 
+def is_structured_weight(w) -> bool:
+    """True for a weight leaf that is a small pytree computing its own product (LoRA, quantized).
+
+    Such a weight has ``matmul(x)``, ``astype(dtype)``, ``reshape(*shape)`` and ``shape``, and
+    every array inside it keeps the leading ``layers`` axis, so ``lax.scan`` slices it per layer.
+    """
+    return hasattr(w, "matmul")
+
+
 def linear(x, w, b=None):
-    """``x @ w (+ b)`` with ``w`` stored ``[in, ..., out...]``; the one matmul dispatch point."""
-    y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype).reshape(w.shape[0], -1))
-    y = y.reshape(*x.shape[:-1], *w.shape[1:])
+    """``x @ w (+ b)`` with ``w`` stored ``[in, ..., out...]``; the one matmul dispatch point.
+
+    ``w`` is an array, or a structured weight (``is_structured_weight``) that computes the
+    product itself, e.g. base + low-rank adapter, or dequantize-then-multiply.
+    """
+    if is_structured_weight(w):
+        y = w.matmul(x)
+    else:
+        y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype).reshape(w.shape[0], -1))
+        y = y.reshape(*x.shape[:-1], *w.shape[1:])
     if b is not None:
         y = y + b.astype(y.dtype)
     return y
