@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -271,9 +272,14 @@ def kept_documents(output) -> Iterator[Document]:
 # ---- phase 3: tokenise and publish -----------------------------------------------------------
 
 
-def tokenise_shard(shard: WorkShard, work: Path, cfg: ProcessingConfig, tokenizer_path: str) -> str:
+@functools.lru_cache(maxsize=2)
+def _load_tokenizer(path: str):
     from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
 
+    return load_tokenizer(path)
+
+
+def tokenise_shard(shard: WorkShard, work: Path, cfg: ProcessingConfig, tokenizer_path: str) -> str:
     work = Path(work)
     directory = work / "tokens" / shard.id
     marker = directory / "done.json"
@@ -282,7 +288,7 @@ def tokenise_shard(shard: WorkShard, work: Path, cfg: ProcessingConfig, tokenize
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp:
         return "skipped"
     dropped = json.loads((work / "global.json").read_text(encoding="utf-8"))["dropped"]
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = _load_tokenizer(str(tokenizer_path))
     stats = StageStats("tokenise")
     docs = (Document(r["id"], r["text"], r["path"], r["source"]) for r in _clean_rows(work, shard)
             if r["id"] not in dropped)
@@ -301,12 +307,11 @@ def write_token_shards(output, cfg: ProcessingConfig, tokenizer_path: str | None
                        progress: bool = True) -> dict:
     """Phase 3: token shards, manifest, stats.json, the stats table and funnel chart; returns stats."""
     from intern_jax.data.processing import report  # noqa: PLC0415
-    from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
 
     output = Path(output)
     work = output / "work"
-    tokenizer_path = tokenizer_path or cfg.output.tokenizer or default_tokenizer_path()
-    vocab_size = load_tokenizer(tokenizer_path).vocab_size
+    tokenizer_path = str(tokenizer_path or cfg.output.tokenizer or default_tokenizer_path())
+    vocab_size = _load_tokenizer(tokenizer_path).vocab_size
     shard_list = load_shard_list(output)
     if cfg.runner == "beam":
         from intern_jax.data.processing import beam_runner  # noqa: PLC0415

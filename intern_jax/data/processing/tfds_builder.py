@@ -21,11 +21,14 @@ DATASET_NAME = "intern_jax_corpus"
 def _builder_class():
     import tensorflow_datasets as tfds  # noqa: PLC0415  (slow import)
 
-    class InternJaxCorpus(tfds.core.GeneratorBasedBuilder):
+    class InternJaxCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """Token documents of a processed corpus; one split per source."""
 
         name = DATASET_NAME
         VERSION = tfds.core.Version("1.0.0")
+        # The builder ships no checksums or metadata files beside its code; without this TFDS
+        # 4.9.10 looks for them through the `importlib_resources` backport, which it does not require.
+        code_path = None
 
         def __init__(self, *, corpus_dir, **kwargs):
             self._corpus_dir = Path(corpus_dir)
