@@ -109,8 +109,10 @@ class LoggingConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. ``model`` is a ModelConfig or the path of a model config file;
-    ``data`` is the input pipeline's config (``intern_jax.data.pipeline.DataConfig``).
-    ``batch_size`` is global (all processes); ``max_bad_steps`` non-finite steps in a row stop the run."""
+    ``data`` is the input pipeline's config (``intern_jax.data.pipeline.DataConfig``, or
+    ``train.synthetic.SyntheticData``). ``batch_size`` (global, all processes) and ``seq_len``
+    are set here: a data config's own ``batch_size`` / ``seq_len`` follow them. ``tokenizer``
+    is a tokenizer path recorded in run.json. ``max_bad_steps`` non-finite steps in a row stop the run."""
 
     model: Any
     data: Any = None
@@ -138,6 +140,11 @@ class TrainConfig:
             )
         if self.max_bad_steps < 1:
             raise ConfigError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
+        if dataclasses.is_dataclass(self.data):
+            names = {f.name for f in dataclasses.fields(self.data)}
+            follow = {k: getattr(self, k) for k in ("batch_size", "seq_len") if k in names}
+            if any(getattr(self.data, k) != v for k, v in follow.items()):
+                object.__setattr__(self, "data", dataclasses.replace(self.data, **follow))
 
     @property
     def model_config(self) -> ModelConfig:

@@ -87,6 +87,7 @@ def run_training(
     trainable_kind: str = "model",
     run_extra: dict | None = None,
     on_step: Callable[[int, dict], Any] | None = None,
+    compiler_options: dict | None = None,
 ) -> TrainResult:
     """Train to ``train_cfg.steps``; see the module docstring. ``on_step(step, metrics)`` is
     called with host metrics after every step (tests, custom logging)."""
@@ -95,6 +96,7 @@ def run_training(
     ts = make_train_step(
         model_cfg, train_cfg, mesh, assemble=assemble, abstract_trainable=abstract_trainable,
         trainable_shardings=trainable_shardings, frozen_shardings=frozen_shardings,
+        compiler_options=compiler_options,
     )
     ckpt_cfg = train_cfg.checkpoint
     ckpt = Checkpointer(run_dir, ckpt_cfg)

@@ -16,9 +16,10 @@ from intern_jax.train.loop import TrainResult, make_data_iterator, run_training
 
 
 def prepare_run(config_path, overrides=()) -> TrainConfig:
+    """The run's config with files resolved: the embedded corpus is built if the data asks for
+    it and it is absent; a model ``vocab_size`` of 0 becomes the tokenizer's."""
     cfg = load_train_config(config_path, overrides)
-    if hasattr(cfg.data, "prepare"):
-        cfg = dataclasses.replace(cfg, data=cfg.data.prepare())
+    ensure_corpus(cfg.data)
     model = cfg.model_config
     if model.vocab_size == 0:
         if not cfg.tokenizer:
@@ -30,6 +31,30 @@ def prepare_run(config_path, overrides=()) -> TrainConfig:
         vocab = load_tokenizer(cfg.tokenizer).vocab_size
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(model, vocab_size=vocab))
     return cfg
+
+
+def ensure_corpus(data) -> None:
+    """Build the embedded stdlib corpus when ``data.path`` is its default directory and empty;
+    any other corpus without a manifest is an error naming the tool that makes one."""
+    from intern_jax.data.pipeline import MANIFEST, DataConfig  # noqa: PLC0415
+
+    if not isinstance(data, DataConfig) or (Path(data.path) / MANIFEST).is_file():
+        return
+    from intern_jax.data import corpus  # noqa: PLC0415
+
+    if Path(data.path).absolute() != Path(corpus.DEFAULT_DIR).absolute():
+        raise FileNotFoundError(
+            f"data.path {data.path!r} holds no {MANIFEST}; process a corpus into it with "
+            f"scripts/process_data.py, or use {corpus.DEFAULT_DIR} (built automatically from the stdlib)"
+        )
+    import jax  # noqa: PLC0415
+
+    if jax.process_index() == 0:
+        corpus.build_corpus(data.path)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices("embedded corpus built")
 
 
 def pretrain(cfg: TrainConfig, run_dir) -> TrainResult:

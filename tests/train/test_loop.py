@@ -1,0 +1,149 @@
+"""Training loop: learning on real text, checkpoints (mesh changes, damage, divergence), run directories."""
+
+import dataclasses
+import json
+import sysconfig
+from pathlib import Path
+
+import grain
+import jax
+import numpy as np
+import pytest
+
+from intern_jax.checkpoint import convert_checkpoint, detect_format, load_model
+from intern_jax.data.pipeline import DataConfig, make_pretrain_iterator, write_token_corpus
+from intern_jax.sharding import make_mesh
+from intern_jax.testing import tiny_config
+from intern_jax.train.checkpointing import DAMAGED_DIR, Checkpointer
+from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, ParallelConfig, TrainConfig
+from intern_jax.train.loop import TrainingDiverged, make_data_iterator, run_training
+from intern_jax.train.metrics import read_metrics
+from intern_jax.train.synthetic import SyntheticData, synthetic_batch
+
+FAST = {"xla_backend_optimization_level": 0}
+BYTE_VOCAB = 260  # 0 unused, 1 BOS, 2 EOS, 3 + byte
+
+
+def byte_corpus(directory: Path, max_files: int = 40) -> Path:
+    """Real text: standard-library modules as UTF-8 bytes (BOS + bytes + EOS), in the pipeline's format."""
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:max_files]
+    docs = [np.concatenate([[1], np.frombuffer(f.read_bytes(), np.uint8).astype(np.int32) + 3, [2]]) for f in files]
+    write_token_corpus(directory, {"code": docs}, shards=2, vocab_size=BYTE_VOCAB)
+    return directory
+
+
+def _cfg(data=None, *, steps, save_every=0, lr=3e-3, keep_last=3, **kw):
+    model = tiny_config(vocab_size=BYTE_VOCAB if isinstance(data, DataConfig) else 128)
+    return TrainConfig(
+        model=model, data=data or SyntheticData(seed=int(np.random.SeedSequence().entropy % 2**31)),
+        steps=steps, batch_size=8, seq_len=64,
+        optimizer=OptimizerConfig(learning_rate=lr, warmup_steps=5, decay_steps=100),  # schedule independent of steps
+        parallel=ParallelConfig(fsdp=-1),
+        checkpoint=CheckpointConfig(save_every=save_every, keep_last=keep_last, async_save=True),
+        logging=LoggingConfig(log_every=1, progress=False, tensorboard=False), **kw,
+    )
+
+
+def _train(cfg, run_dir, mesh=None, iterator=None, **kw):
+    losses = {}
+    result = run_training(
+        cfg.model, cfg, run_dir=run_dir, data_iterator=iterator or make_data_iterator(cfg, cfg.model),
+        mesh=mesh if mesh is not None else make_mesh({"fsdp": 1}, jax.devices()[:1]),
+        on_step=lambda step, m: losses.__setitem__(step, m["loss"]), compiler_options=FAST, **kw,
+    )
+    return result, losses
+
+
+def test_loss_falls_on_real_text_and_run_directory_is_complete(tmp_path):
+    corpus = byte_corpus(tmp_path / "corpus")
+    cfg = dataclasses.replace(_cfg(DataConfig(path=str(corpus), seed=3), steps=40, save_every=20),
+                              logging=LoggingConfig(log_every=5, progress=False, tensorboard=True))
+    result, losses = _train(cfg, tmp_path / "run", mesh=make_mesh({"fsdp": 4, "tensor": 2}))
+    first, last = np.mean([losses[s] for s in range(1, 6)]), np.mean([losses[s] for s in range(36, 41)])
+    assert first > np.log(BYTE_VOCAB) - 0.5, f"an untrained model should be near uniform, got {first}"
+    assert last < first - 1.5, f"loss did not fall: {first:.3f} -> {last:.3f}"
+    records = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in records] == list(range(5, 41, 5))
+    assert all({"loss", "grad_norm", "lr", "tokens"} <= set(r) for r in records)
+    assert "tokens_per_s" in records[-1] and "step_time_s" in records[-1]
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["model_config"]["vocab_size"] == BYTE_VOCAB and run["train_config"]["steps"] == 40
+
+    # the run directory is a checkpoint for load_model / convert: latest params, any format
+    assert detect_format(tmp_path / "run") == "run"
+    loaded = load_model(tmp_path / "run")
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(jax.device_get(result.state["params"]))):
+        np.testing.assert_array_equal(a, b)
+    convert_checkpoint(tmp_path / "run", tmp_path / "hf", to="llama")
+    again = load_model(tmp_path / "hf")
+    for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(loaded.params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_restore_onto_other_meshes_continues_the_same_run(tmp_path):
+    """8 devices (fsdp x tensor) -> 4 devices -> 1 device gives the losses of one run on 1 device."""
+    cfg = _cfg(steps=6, save_every=2)
+    _, want = _train(cfg, tmp_path / "ref")
+    _, got = _train(dataclasses.replace(cfg, steps=2), tmp_path / "run", mesh=make_mesh({"fsdp": 4, "tensor": 2}))
+    _, more = _train(dataclasses.replace(cfg, steps=4), tmp_path / "run", mesh=make_mesh({"fsdp": 4}, jax.devices()[:4]))
+    _, rest = _train(cfg, tmp_path / "run")
+    got.update(more)
+    got.update(rest)
+    assert sorted(got) == list(range(1, 7))
+    np.testing.assert_allclose([got[s] for s in range(1, 7)], [want[s] for s in range(1, 7)], atol=1e-5, rtol=0)
+
+
+def _largest_file(directory: Path) -> Path:
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous_with_warning(tmp_path):
+    cfg = _cfg(steps=4, save_every=2)
+    _, want = _train(cfg, tmp_path / "run")
+    victim = _largest_file(tmp_path / "run" / "checkpoints" / "4" / "params")
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="step 4 .* cannot be restored"):
+        result, got = _train(cfg, tmp_path / "run")
+    assert result.resumed_from == 2
+    assert (tmp_path / "run" / DAMAGED_DIR / "4").is_dir()
+    assert got == {3: want[3], 4: want[4]}  # bit-identical continuation from step 2
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+def test_non_finite_steps_in_a_row_stop_with_a_checkpoint_of_the_last_good_state(tmp_path):
+    cfg = _cfg(steps=20, save_every=2, max_bad_steps=3, keep_last=5)
+    data = cfg.data
+
+    def make(i):
+        batch = synthetic_batch(data, cfg.model.vocab_size, cfg.batch_size, cfg.seq_len, int(i))
+        if i >= 4:  # from step 5 on, every batch poisons the loss
+            batch["loss_mask"][0, 0] = np.nan
+        return batch
+
+    iterator = iter(grain.MapDataset.range(100).map(make).to_iter_dataset())
+    with pytest.raises(TrainingDiverged, match="3 steps in a row"):
+        _train(cfg, tmp_path / "run", iterator=iterator)
+    ckpt = Checkpointer(tmp_path / "run", cfg.checkpoint, read_only=True)
+    try:
+        assert ckpt.all_steps()[-1] == 7
+        abstract = jax.eval_shape(lambda: jax.tree.map(np.asarray, _params_template(cfg)))
+        good, stopped = ckpt.restore_params(4, abstract), ckpt.restore_params(7, abstract)
+    finally:
+        ckpt.close()
+    for a, b in zip(jax.tree.leaves(stopped), jax.tree.leaves(good)):
+        np.testing.assert_array_equal(a, b)
+
+
+def _params_template(cfg):
+    from intern_jax.model import internlm2
+
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), internlm2.abstract(cfg.model))
+
+
+def test_pipeline_iterator_batches_follow_the_train_config(tmp_path):
+    corpus = byte_corpus(tmp_path / "corpus", max_files=5)
+    cfg = dataclasses.replace(_cfg(DataConfig(path=str(corpus), seq_len=999, batch_size=2), steps=1), seq_len=32)
+    assert (cfg.data.seq_len, cfg.data.batch_size) == (32, 8)
+    batch = next(make_pretrain_iterator(cfg.data, process_index=0, process_count=1))
+    assert batch["tokens"].shape == (8, 32)
