@@ -193,3 +193,21 @@ def test_bad_settings_fail_with_clear_messages(corpus, tmp_path):
             DataConfig(path=str(path), seq_len=bad)
     with pytest.raises(ConfigError, match="weights must be positive"):
         DataConfig(path=str(path), mixture={"en": 0.0})
+
+
+@pytest.mark.slow
+def test_loader_benchmark_reports_efficiency_and_ratio_on_a_small_corpus(corpus):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench" / "data_loader.py"
+    spec = importlib.util.spec_from_file_location("data_loader_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path, _, _ = corpus
+    result = bench.bench_loader(path, seq_len=64, batch_size=2, steps=5, train_steps=1, workers=(0,))
+    (loader,) = result["loaders"]
+    assert 0.5 < loader["packing_efficiency"] <= 1.0
+    assert loader["ratio_vs_train_step"] == pytest.approx(
+        loader["tokens_per_s"] / result["train_step"]["tokens_per_s"]
+    )
