@@ -15,6 +15,7 @@ non-finite steps in a row save the last good state and raise ``TrainingDiverged`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -109,8 +110,10 @@ def run_training(
         else:
             start = 0
             if trainable is None:
-                trainable = internlm2.init(
-                    model_cfg, jax.random.key(train_cfg.seed), mesh, zero_rules(train_cfg.parallel.zero)[0]
+                rules = zero_rules(train_cfg.parallel.zero)[0]
+                init = functools.partial(internlm2.init, model_cfg, mesh=mesh, rules=rules)
+                trainable = jax.jit(init, **({"compiler_options": compiler_options} if compiler_options else {}))(
+                    jax.random.key(train_cfg.seed)
                 )
             state = ts.init_state(jax.device_put(trainable, ts.state_shardings["params"]))
         write_run_json(run_dir, model_cfg, train_cfg, tokenizer_path, trainable=trainable_kind, extra=run_extra)

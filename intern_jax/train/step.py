@@ -265,7 +265,7 @@ def make_train_step(
         donate_argnums=(0,),
         **jit_kw,
     )
-    init_jit = jax.jit(init_state, in_shardings=(trainable_shardings,), out_shardings=state_shardings)
+    init_jit = jax.jit(init_state, in_shardings=(trainable_shardings,), out_shardings=state_shardings, **jit_kw)
     return TrainStep(
         step=step_jit,
         init_state=init_jit,

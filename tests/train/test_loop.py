@@ -13,7 +13,7 @@ import pytest
 from intern_jax.checkpoint import convert_checkpoint, detect_format, load_model
 from intern_jax.data.pipeline import DataConfig, make_pretrain_iterator, write_token_corpus
 from intern_jax.sharding import make_mesh
-from intern_jax.testing import tiny_config
+from intern_jax.testing import random_params, tiny_config
 from intern_jax.train.checkpointing import DAMAGED_DIR, Checkpointer
 from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, ParallelConfig, TrainConfig
 from intern_jax.train.loop import TrainingDiverged, make_data_iterator, run_training
@@ -44,8 +44,11 @@ def _cfg(data=None, *, steps, save_every=0, lr=3e-3, keep_last=3, **kw):
     )
 
 
-def _train(cfg, run_dir, mesh=None, iterator=None, **kw):
+def _train(cfg, run_dir, mesh=None, iterator=None, init=False, **kw):
+    """Train in-process; random weights from numpy unless ``init`` (the loop's own initialiser)."""
     losses = {}
+    if not init:
+        kw["trainable"] = random_params(cfg.model, seed=cfg.seed)
     result = run_training(
         cfg.model, cfg, run_dir=run_dir, data_iterator=iterator or make_data_iterator(cfg, cfg.model),
         mesh=mesh if mesh is not None else make_mesh({"fsdp": 1}, jax.devices()[:1]),
@@ -58,7 +61,7 @@ def test_loss_falls_on_real_text_and_run_directory_is_complete(tmp_path):
     corpus = byte_corpus(tmp_path / "corpus")
     cfg = dataclasses.replace(_cfg(DataConfig(path=str(corpus), seed=3), steps=40, save_every=20),
                               logging=LoggingConfig(log_every=5, progress=False, tensorboard=True))
-    result, losses = _train(cfg, tmp_path / "run", mesh=make_mesh({"fsdp": 4, "tensor": 2}))
+    result, losses = _train(cfg, tmp_path / "run", mesh=make_mesh({"fsdp": 4, "tensor": 2}), init=True)
     first, last = np.mean([losses[s] for s in range(1, 6)]), np.mean([losses[s] for s in range(36, 41)])
     assert first > np.log(BYTE_VOCAB) - 0.5, f"an untrained model should be near uniform, got {first}"
     assert last < first - 1.5, f"loss did not fall: {first:.3f} -> {last:.3f}"
@@ -86,7 +89,8 @@ def test_restore_onto_other_meshes_continues_the_same_run(tmp_path):
     cfg = _cfg(steps=6, save_every=2)
     _, want = _train(cfg, tmp_path / "ref")
     _, got = _train(dataclasses.replace(cfg, steps=2), tmp_path / "run", mesh=make_mesh({"fsdp": 4, "tensor": 2}))
-    _, more = _train(dataclasses.replace(cfg, steps=4), tmp_path / "run", mesh=make_mesh({"fsdp": 4}, jax.devices()[:4]))
+    four = make_mesh({"fsdp": 4}, jax.devices()[:4])
+    _, more = _train(dataclasses.replace(cfg, steps=4), tmp_path / "run", mesh=four)
     _, rest = _train(cfg, tmp_path / "run")
     got.update(more)
     got.update(rest)
