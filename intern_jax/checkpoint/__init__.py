@@ -101,8 +101,12 @@ def load_model(path, *, dtype=None, mesh=None, progress: bool = False) -> Loaded
     path = Path(path)
     kind = detect_format(path)
     if kind == "run":
-        from intern_jax.train.checkpointing import load_run  # noqa: PLC0415
+        from intern_jax.train.checkpointing import load_run, read_run_json  # noqa: PLC0415
 
+        if read_run_json(path).get("trainable") == "lora":  # adapters: merged into their base model
+            from intern_jax.train.finetune import load_adapter_run  # noqa: PLC0415
+
+            return load_adapter_run(path, dtype=dtype, mesh=mesh)
         return load_run(path, dtype=dtype, mesh=mesh)
     if kind == "native":
         cfg, params = native.load_native(path, dtype=dtype, mesh=mesh)

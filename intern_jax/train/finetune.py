@@ -1,0 +1,269 @@
+"""Fine-tuning (XTuner's job): full, LoRA and QLoRA SFT or continued pretraining on the shared loop.
+
+``finetune(cfg, run_dir)`` loads the base checkpoint, builds what the shared train step
+trains (``trainable``: all params, or the adapters), what it only reads (``frozen``: the base,
+NF4/int8-quantized for QLoRA) and ``assemble(trainable, frozen) -> params``, then calls
+``train.loop.run_training`` -- the same step, checkpoints, metrics and resume as pretraining.
+An adapter run's run.json records the base model and the LoRA / quantization settings;
+``load_adapter_run`` rebuilds the base and merges the adapters (into the full-precision base,
+as PEFT merges). No training logic of its own lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from intern_jax.config import ConfigError, load_config
+from intern_jax.data.sft import SFTDataConfig
+from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, ParallelConfig, TrainConfig
+from intern_jax.train.lora import LoraConfig
+
+log = logging.getLogger(__name__)
+
+MODES = ("full", "lora", "qlora")
+ADAPTER_KIND = "lora"  # run.json "trainable" of adapter runs
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """How QLoRA holds the frozen base: ``nf4`` or ``int8`` blocks of ``block`` values, NF4 scales
+    optionally double-quantized; ``targets`` is a regex over parameter paths."""
+
+    kind: str = "nf4"
+    block: int = 64
+    double_quant: bool = True
+    targets: str = r"layers/(wqkv|wo|w1|w2|w3)"
+
+    def __post_init__(self):
+        if self.kind not in ("nf4", "int8"):
+            raise ConfigError(f"quant.kind={self.kind!r}; use nf4 or int8")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """One fine-tuning run. ``base_model``: any checkpoint ``load_model`` reads. ``mode``: full,
+    lora or qlora. ``dtype`` is the compute dtype, ``base_dtype`` the frozen base's storage dtype
+    (full mode: the trained params' dtype); ``remat`` as the model config. ``batch_size`` is global;
+    ``parallel.micro_batches`` accumulates gradients as in pretraining."""
+
+    base_model: str
+    data: SFTDataConfig
+    mode: str = "lora"
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
+    steps: int = 1000
+    batch_size: int = 8
+    seq_len: int = 2048
+    seed: int = 0
+    dtype: str = "float32"
+    base_dtype: str = "float32"
+    remat: str = "none"
+    optimizer: OptimizerConfig = dataclasses.field(
+        default_factory=lambda: OptimizerConfig(learning_rate=2e-4, warmup_steps=30, weight_decay=0.0, b2=0.999)
+    )
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=lambda: CheckpointConfig(save_every=500))
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    name: str = ""
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"mode={self.mode!r}; use one of {', '.join(MODES)}")
+
+    def train_config(self, model_cfg) -> TrainConfig:
+        return TrainConfig(
+            model=model_cfg, data=self.data, steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len,
+            seed=self.seed, optimizer=self.optimizer, parallel=self.parallel, checkpoint=self.checkpoint,
+            logging=self.logging, name=self.name,
+        )
+
+
+def load_finetune_config(path, overrides=()) -> FinetuneConfig:
+    cfg = load_config(path, overrides)
+    if not isinstance(cfg, FinetuneConfig):
+        raise ConfigError(f"{path} binds config to a {type(cfg).__name__}, not a FinetuneConfig")
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# What the train step trains
+
+
+@dataclasses.dataclass
+class FinetuneSetup:
+    """Everything ``run_training`` needs beyond the configs."""
+
+    model_cfg: object
+    trainable: object
+    frozen: object
+    assemble: object
+    abstract_trainable: object
+    trainable_shardings: object
+    trainable_kind: str
+    tokenizer: object
+
+
+def make_assemble(lora: LoraConfig):
+    """``assemble(adapters, base) -> params`` with LoRA weights.
+
+    The step's ``assemble`` gets no random key, so dropout draws its key from the adapters'
+    current values (they change every update): deterministic, different from step to step.
+    """
+    from intern_jax.train.lora import apply_lora  # noqa: PLC0415
+
+    def assemble(trainable, frozen):
+        key = None
+        if lora.dropout > 0:
+            first = jax.lax.stop_gradient(jax.tree.leaves(trainable)[0])
+            seed = jax.lax.bitcast_convert_type(jnp.sum(first.astype(jnp.float32)), jnp.uint32)
+            key = jax.random.key(seed)
+        return apply_lora(frozen, trainable, lora, dropout_key=key)
+
+    return assemble
+
+
+def prepare(cfg: FinetuneConfig, mesh, base=None, *, progress: bool = False) -> FinetuneSetup:
+    """Load (or take) the base model and split it into trainable / frozen per ``cfg.mode``."""
+    from intern_jax.checkpoint import load_model  # noqa: PLC0415
+    from intern_jax.train import lora as L  # noqa: PLC0415
+    from intern_jax.train import qlora as Q  # noqa: PLC0415
+
+    if base is None:
+        if not Path(cfg.base_model).exists():
+            raise FileNotFoundError(
+                f"base_model {cfg.base_model} does not exist; point base_model at a GGUF file or a Hugging Face "
+                "/ native checkpoint directory (e.g. --set base_model=/path/to/internlm2-chat-7b)"
+            )
+        base = load_model(cfg.base_model, dtype=cfg.base_dtype, progress=progress)
+    if base.tokenizer is None:
+        raise ValueError(f"base model {cfg.base_model} carries no tokenizer; SFT data cannot be rendered")
+    model_cfg = dataclasses.replace(base.config, dtype=cfg.dtype, remat=cfg.remat)
+    if cfg.mode == "full":
+        return FinetuneSetup(model_cfg, base.params, None, None, None, None, "model", base.tokenizer)
+    frozen = base.params
+    if cfg.mode == "qlora":
+        frozen = Q.quantize_params(frozen, cfg.quant.kind, targets=cfg.quant.targets, block=cfg.quant.block,
+                                   double_quant=cfg.quant.double_quant, progress=progress)
+    adapters = L.init_lora(frozen, cfg.lora, jax.random.key(cfg.seed))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), adapters)
+    return FinetuneSetup(
+        model_cfg, adapters, frozen, make_assemble(cfg.lora), abstract,
+        jax.tree.map(lambda _: replicated, adapters), ADAPTER_KIND, base.tokenizer,
+    )
+
+
+def run_record(cfg: FinetuneConfig, stats=None) -> dict:
+    """What run.json says about a fine-tuning run beyond the train config."""
+    record = {
+        "base_model": str(Path(cfg.base_model).absolute()),
+        "finetune": {"mode": cfg.mode, "base_dtype": cfg.base_dtype},
+    }
+    if cfg.mode != "full":
+        record["lora"] = dataclasses.asdict(cfg.lora)
+    if cfg.mode == "qlora":
+        record["quant"] = dataclasses.asdict(cfg.quant)
+    if stats is not None:
+        record["data_stats"] = {"rows": stats.rows, "kept": stats.kept, "truncated": stats.truncated,
+                                "tokens": stats.tokens, "loss_tokens": stats.loss_tokens,
+                                "skipped": dict(stats.skipped)}
+    return record
+
+
+def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress: bool | None = None,
+             compiler_options: dict | None = None):
+    """Fine-tune per ``cfg`` into ``run_dir`` (resuming when it holds checkpoints); returns the TrainResult.
+
+    ``base`` (a LoadedModel) skips loading ``cfg.base_model``; ``on_step`` and ``compiler_options``
+    go to ``run_training``.
+    """
+    from intern_jax.data.sft import make_sft_iterator  # noqa: PLC0415
+    from intern_jax.sharding import make_mesh  # noqa: PLC0415
+    from intern_jax.train.loop import run_training  # noqa: PLC0415
+
+    progress = cfg.logging.progress if progress is None else progress
+    run_dir = Path(run_dir).absolute()
+    mesh = make_mesh(cfg.parallel.mesh_shape())
+    setup = prepare(cfg, mesh, base, progress=progress)
+    train_cfg = cfg.train_config(setup.model_cfg)
+    data_iterator, stats = make_sft_iterator(
+        train_cfg.data, setup.tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
+        progress=progress,
+    )
+    log.info("data: %s", stats.summary())
+    if stats.skipped:
+        print(f"data: {stats.summary()}", flush=True)
+    tokenizer_dir = run_dir / "tokenizer"
+    if jax.process_index() == 0 and not tokenizer_dir.exists():
+        setup.tokenizer.save(tokenizer_dir)
+    return run_training(
+        setup.model_cfg, train_cfg, run_dir=run_dir, data_iterator=data_iterator, trainable=setup.trainable,
+        frozen=setup.frozen, assemble=setup.assemble, abstract_trainable=setup.abstract_trainable,
+        trainable_shardings=setup.trainable_shardings, mesh=mesh, tokenizer_path=tokenizer_dir,
+        trainable_kind=setup.trainable_kind, run_extra=run_record(cfg, stats), on_step=on_step,
+        compiler_options=compiler_options,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Reading adapter runs back
+
+
+def load_adapters(run_dir, step: int | None = None):
+    """(run.json record, LoadedModel of the base, LoraConfig, adapters) of an adapter run."""
+    from intern_jax.checkpoint import load_model  # noqa: PLC0415
+    from intern_jax.train import lora as L  # noqa: PLC0415
+    from intern_jax.train.checkpointing import Checkpointer, read_run_json  # noqa: PLC0415
+
+    run_dir = Path(run_dir).absolute()
+    record = read_run_json(run_dir)
+    if record.get("trainable") != ADAPTER_KIND:
+        raise ValueError(f"{run_dir} is not an adapter run (trainable={record.get('trainable')!r})")
+    base_path = Path(record["base_model"])
+    if not base_path.exists():
+        raise FileNotFoundError(f"{run_dir}: its base model {base_path} (run.json base_model) no longer exists")
+    base = load_model(base_path, dtype=record.get("finetune", {}).get("base_dtype"))
+    lora = LoraConfig(**record["lora"])
+    abstract = L.abstract_lora(base.params, lora)
+    ckpt = Checkpointer(run_dir, CheckpointConfig(async_save=False), read_only=True)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{run_dir} holds no finished checkpoint yet")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise ValueError(f"{run_dir} has no checkpoint for step {step}; steps: {steps}")
+        single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=single), abstract)
+        adapters = ckpt.restore_params(step, target)
+    finally:
+        ckpt.close()
+    tokenizer = base.tokenizer
+    if record.get("tokenizer") and Path(record["tokenizer"]).exists():
+        from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
+
+        tokenizer = load_tokenizer(record["tokenizer"])
+    return record, base._replace(tokenizer=tokenizer), lora, adapters
+
+
+def load_adapter_run(run_dir, *, dtype=None, mesh=None, step: int | None = None):
+    """``LoadedModel`` of an adapter run with the adapters merged into the base (``load_model`` uses this)."""
+    from intern_jax.checkpoint import place_params  # noqa: PLC0415
+    from intern_jax.train import lora as L  # noqa: PLC0415
+
+    _, base, lora, adapters = load_adapters(run_dir, step)
+    params = jax.jit(lambda p, a: L.merge_lora(L.apply_lora(p, a, lora)))(base.params, adapters)
+    cfg = base.config
+    if dtype is not None:
+        name = jnp.dtype(dtype).name
+        params = jax.tree.map(lambda x: x.astype(name), params)
+        cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
+    if mesh is not None:
+        params = place_params(jax.device_get(params), cfg, mesh)
+    return base._replace(config=cfg, params=params)

@@ -1,0 +1,66 @@
+"""Fine-tune a model (full, LoRA or QLoRA) on SFT or plain-text data: config file, --set overrides,
+resumable run directory.
+
+    python scripts/finetune.py --config configs/finetune/smollm2_lora_sft.py [--set a.b=v ...]
+        [--output DIR] [--steps N] [--save-every N]
+
+Rerunning the same command resumes. The run directory holds the adapters (or full params),
+run.json (base model, LoRA and quantization settings) and metrics.jsonl; export with
+scripts/convert.py --input DIR --to {llama,internlm2,peft}. Exit status: 0 done, 2 bad
+configuration or input, 3 the run diverged (last good state saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="fine-tune config file (binds `config` to a FinetuneConfig)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set lora.rank=16 (repeatable)")
+    ap.add_argument("--output", help="run directory (default: runs/<config name>)")
+    ap.add_argument("--steps", type=int, help="total training steps (overrides steps)")
+    ap.add_argument("--save-every", type=int, help="checkpoint every N steps (overrides checkpoint.save_every)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from intern_jax.config import ConfigError  # noqa: PLC0415
+    from intern_jax.train.finetune import finetune, load_finetune_config  # noqa: PLC0415
+    from intern_jax.train.loop import TrainingDiverged  # noqa: PLC0415
+
+    try:
+        cfg = load_finetune_config(args.config, args.overrides)
+        changes = {}
+        if args.steps is not None:
+            changes["steps"] = args.steps
+        if args.save_every is not None:
+            changes["checkpoint"] = dataclasses.replace(cfg.checkpoint, save_every=args.save_every)
+        if args.quiet:
+            changes["logging"] = dataclasses.replace(cfg.logging, progress=False)
+        cfg = dataclasses.replace(cfg, **changes)
+        output = Path(args.output or Path("runs") / (cfg.name or Path(args.config).stem))
+        result = finetune(cfg, output)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"finetune.py: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"finetune.py: stopped: {e}", file=sys.stderr)
+        return 3
+    m = result.last_metrics
+    if m:
+        print(f"step {result.step}: loss {m['loss']:.4f}; run directory {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Fine-tuning end to end on a tiny InternLM2 base: LoRA, QLoRA and full runs on the shared loop, resume, loading."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from intern_jax.checkpoint import load_model, save_native
+from intern_jax.data.sft import SFTDataConfig
+from intern_jax.model import internlm2
+from intern_jax.testing import assert_close, random_params, tiny_config
+from intern_jax.train import finetune as F
+from intern_jax.train import lora as L
+from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A tiny random InternLM2 with a small InternLM2-style SentencePiece tokenizer (InternLM2 chat template)."""
+    from intern_jax.tokenizer import train_sentencepiece
+
+    root = tmp_path_factory.mktemp("base")
+    rng = np.random.default_rng(5)
+    lines = [f"user {int(a)}+{int(b)}? assistant {int(a + b)} the answer is" for a, b in rng.integers(0, 99, (400, 2))]
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n")
+    tok = train_sentencepiece([root / "corpus.txt"], root / "sp", vocab_size=320)
+    cfg = tiny_config(vocab_size=tok.vocab_size, max_position_embeddings=256)
+    save_native(root / "tiny", cfg, random_params(cfg, seed=11), tok)
+    return root / "tiny"
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
+    rows = []
+    for _ in range(24):
+        a, b = (int(x) for x in rng.integers(0, 50, 2))
+        rows.append(json.dumps({"messages": [{"role": "user", "content": f"{a}+{b}?"},
+                                             {"role": "assistant", "content": str(a + b)}]}))
+    rows.append("{broken")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+FAST = {"xla_backend_optimization_level": 0}
+
+
+def _cfg(base_dir, data_file, mode, steps, **kw):
+    return F.FinetuneConfig(
+        base_model=str(base_dir), data=SFTDataConfig(path=str(data_file)), mode=mode, steps=steps,
+        batch_size=8, seq_len=64, lora=L.LoraConfig(rank=4, alpha=8.0, dropout=0.1),
+        optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=0, weight_decay=0.0),
+        checkpoint=CheckpointConfig(save_every=0, async_save=False),
+        logging=LoggingConfig(log_every=1, tensorboard=False, progress=False), **kw,
+    )
+
+
+def test_lora_run_checkpoints_only_adapters_records_base_and_merges_on_load(base_dir, data_file, tmp_path):
+    run = tmp_path / "lora"
+    losses = []
+    result = F.finetune(_cfg(base_dir, data_file, "lora", 6), run, on_step=lambda s, m: losses.append(m["loss"]),
+                        compiler_options=FAST)
+    assert result.step == 6 and all(np.isfinite(losses))
+    record = json.loads((run / "run.json").read_text())
+    assert record["trainable"] == "lora" and record["base_model"] == str(base_dir)
+    assert record["lora"]["rank"] == 4 and record["data_stats"]["skipped"] == {"invalid JSON": 1}
+
+    _, base, lora, adapters = F.load_adapters(run)
+    assert jax.tree.structure(adapters) == jax.tree.structure(L.abstract_lora(base.params, lora))
+    assert all(np.abs(np.asarray(b)).max() > 0 for b in jax.tree.leaves({k: v["b"] for k, v in
+                                                                        adapters["layers"].items()}))
+    merged = load_model(run)  # load_model reads adapter runs: base + adapters, merged
+    assert jax.tree.structure(merged.params) == jax.tree.structure(base.params)
+    batch = {"tokens": jnp.asarray(np.random.default_rng(1).integers(0, 300, (1, 12)), jnp.int32)}
+    expect, _ = internlm2.forward(L.apply_lora(base.params, adapters, lora), batch, base.config)
+    got, _ = internlm2.forward(merged.params, batch, merged.config)
+    assert_close(got, expect, 1e-5, "merged adapter run")
+    assert merged.tokenizer is not None
+
+    # rerunning with more steps resumes from the saved adapters
+    resumed = F.finetune(_cfg(base_dir, data_file, "lora", 8), run, compiler_options=FAST)
+    assert resumed.resumed_from == 6 and resumed.step == 8
+
+
+def test_qlora_run_trains_adapters_over_an_nf4_base(base_dir, data_file, tmp_path):
+    losses = []
+    cfg = _cfg(base_dir, data_file, "qlora", 4, dtype="bfloat16", remat="full")
+    F.finetune(cfg, tmp_path / "qlora", on_step=lambda s, m: losses.append(m["loss"]), compiler_options=FAST)
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    record = json.loads((tmp_path / "qlora" / "run.json").read_text())
+    assert record["quant"]["kind"] == "nf4" and record["model_config"]["remat"] == "full"
+
+
+def test_full_run_updates_all_params_and_loads_as_a_model(base_dir, data_file, tmp_path):
+    F.finetune(_cfg(base_dir, data_file, "full", 2), tmp_path / "full", compiler_options=FAST)
+    base, tuned = load_model(base_dir), load_model(tmp_path / "full")
+    differs = lambda a, b: bool(np.abs(np.asarray(a) - np.asarray(b)).max() > 0)
+    assert all(jax.tree.leaves(jax.tree.map(differs, base.params, tuned.params)))
+
+
+def test_bad_mode_and_missing_base_are_explained(base_dir, data_file, tmp_path):
+    from intern_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="mode="):
+        _cfg(base_dir, data_file, "adapters", 1)
+    with pytest.raises(FileNotFoundError, match="base_model"):
+        F.finetune(dataclasses.replace(_cfg(base_dir, data_file, "lora", 1), base_model=str(tmp_path / "nope")),
+                   tmp_path / "run")
