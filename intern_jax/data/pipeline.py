@@ -9,6 +9,7 @@ batches on devices (the training loop does).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,10 @@ class DataConfig:
     num_workers: int = 0
     prefetch: int = 2
     packing_bins: int = 128
+
+    def __hash__(self):  # hashable like the other configs, although ``mixture`` is a dict
+        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return hash(tuple(tuple(sorted(v.items())) if isinstance(v, Mapping) else v for v in values))
 
     def __post_init__(self):
         for name in ("seq_len", "batch_size", "packing_bins"):

@@ -166,18 +166,19 @@ def test_resume_with_worker_processes_yields_the_uninterrupted_batches(corpus, t
     assert_resumes_exactly(cfg, tmp_path)
 
 
-def test_restoring_a_state_saved_with_another_worker_count_fails_naming_both(corpus):
+def test_restoring_a_state_saved_with_another_worker_count_fails_naming_both(corpus, tmp_path):
     path, _, _ = corpus
-    cfg = DataConfig(path=str(path), seq_len=64, batch_size=2)
-    with iterator(cfg, process_index=0, process_count=1) as it:
+    manager = ocp.CheckpointManager(tmp_path / "ckpt")
+    with iterator(DataConfig(path=str(path), seq_len=64, batch_size=2), process_index=0, process_count=1) as it:
         next(it)
-        state = it.get_state()
+        manager.save(1, args=ocp.args.Composite(data=checkpoint_save_args(it)))
+        manager.wait_until_finished()
     # Made but never advanced: no worker process starts.
-    other = make_pretrain_iterator(DataConfig(path=str(path), seq_len=64, batch_size=2, num_workers=3),
-                                   process_index=0, process_count=1)
-    with pytest.raises(IteratorStateMismatch, match=r"num_workers=0 .*num_workers=3"):
-        other.set_state(state)
-    other.close()
+    with iterator(DataConfig(path=str(path), seq_len=64, batch_size=2, num_workers=3),
+                  process_index=0, process_count=1) as other:
+        with pytest.raises(IteratorStateMismatch, match=r"num_workers=0 .*num_workers=3"):
+            manager.restore(1, args=ocp.args.Composite(data=checkpoint_restore_args(other)))
+    manager.close()
 
 
 def test_bad_settings_fail_with_clear_messages(corpus, tmp_path):
@@ -211,3 +212,13 @@ def test_loader_benchmark_reports_efficiency_and_ratio_on_a_small_corpus(corpus)
     assert loader["ratio_vs_train_step"] == pytest.approx(
         loader["tokens_per_s"] / result["train_step"]["tokens_per_s"]
     )
+
+
+def test_data_config_takes_overrides_and_hashes():
+    from intern_jax.config import apply_overrides
+
+    cfg = apply_overrides(DataConfig(), ["mixture={'en': 0.7, 'code': 0.3}", "seq_len=128", "shuffle=false"])
+    assert cfg.mixture == {"en": 0.7, "code": 0.3} and cfg.seq_len == 128 and cfg.shuffle is False
+    assert hash(cfg) == hash(DataConfig(mixture={"code": 0.3, "en": 0.7}, seq_len=128, shuffle=False))
+    with pytest.raises(ConfigError, match="valid fields: batch_size, mixture, num_workers"):
+        apply_overrides(cfg, ["batchsize=4"])
