@@ -1,6 +1,8 @@
-"""Convert a checkpoint between formats: GGUF / Hugging Face (InternLM2, Llama) / native -> native or HF.
+"""Convert a checkpoint between formats: GGUF / Hugging Face (InternLM2, Llama) / native / run -> native, HF or PEFT.
 
     python scripts/convert.py --input model.gguf --output out/ --to internlm2 --dtype bfloat16
+    python scripts/convert.py --input runs/smollm2_lora_sft --output out/ --to llama   # adapters merged
+    python scripts/convert.py --input runs/smollm2_lora_sft --output out/ --to peft    # adapters alone
 
 The input format is detected; the output directory must be new or empty.
 """
@@ -16,6 +18,7 @@ TARGETS = {
     "native": "the project's orbax directory (params + model_config.json + tokenizer)",
     "internlm2": "Hugging Face InternLM2 layout (packed wqkv)",
     "llama": "Hugging Face Llama layout (loads in transformers' LlamaForCausalLM)",
+    "peft": "the adapters of a LoRA/QLoRA run directory alone, as a PEFT adapter for its base model",
 }
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -37,6 +37,7 @@ CONVERT_TARGETS = {
     "native": lambda d, c, p, t, progress: save_native(d, c, p, t),
     "internlm2": lambda d, c, p, t, progress: save_hf(d, c, p, t, layout="internlm2", progress=progress),
     "llama": lambda d, c, p, t, progress: save_hf(d, c, p, t, layout="llama", progress=progress),
+    "peft": None,  # adapters alone, from a LoRA run directory: convert_checkpoint calls peft.export_peft_run
 }
 
 
@@ -127,6 +128,12 @@ def convert_checkpoint(src, dst, *, to: str, dtype=None, progress: bool = False)
     dst = Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(f"output {dst} exists and is not an empty directory; choose a new one")
+    if to == "peft":
+        from intern_jax.checkpoint.peft import export_peft_run  # noqa: PLC0415
+
+        if detect_format(src) != "run":
+            raise ValueError(f"--to peft exports the adapters of a LoRA run directory; {src} is not a run directory")
+        return export_peft_run(src, dst, dtype=dtype)
     model = load_model(src, dtype=dtype, progress=progress)
     CONVERT_TARGETS[to](dst, model.config, model.params, model.tokenizer, progress)
     return dst

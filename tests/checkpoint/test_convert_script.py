@@ -62,7 +62,7 @@ def test_convert_reports_missing_input_and_non_empty_output(convert_main, tiny, 
 
 def test_unknown_target_is_refused_with_the_choices(tmp_path):
     with pytest.raises(ValueError, match="native, internlm2, llama"):
-        convert_checkpoint(tmp_path, tmp_path / "o", to="peft")
+        convert_checkpoint(tmp_path, tmp_path / "o", to="gguf")
 
 
 def test_script_targets_are_the_library_targets():

@@ -81,6 +81,17 @@ def test_lora_run_checkpoints_only_adapters_records_base_and_merges_on_load(base
     assert_close(got, expect, 1e-5, "merged adapter run")
     assert merged.tokenizer is not None
 
+    # scripts/convert.py paths: merged into an HF layout, or the adapters alone for PEFT
+    from intern_jax.checkpoint import convert_checkpoint
+
+    convert_checkpoint(run, tmp_path / "hf", to="internlm2")
+    exported = load_model(tmp_path / "hf")
+    assert_close(internlm2.forward(exported.params, batch, exported.config)[0], expect, 1e-5, "exported merge")
+    convert_checkpoint(run, tmp_path / "peft", to="peft")
+    adapter_config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert sorted(adapter_config["target_modules"]) == ["w1", "w2", "w3", "wo", "wqkv"]
+    assert adapter_config["r"] == 4 and (tmp_path / "peft" / "adapter_model.safetensors").is_file()
+
     # rerunning with more steps resumes from the saved adapters
     resumed = F.finetune(_cfg(base_dir, data_file, "lora", 8), run, compiler_options=FAST)
     assert resumed.resumed_from == 6 and resumed.step == 8
