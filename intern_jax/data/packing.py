@@ -38,6 +38,13 @@ class PackingStats:
     def __post_init__(self):
         self._lock = threading.Lock()
 
+    def __getstate__(self):  # picklable for worker processes (the lock is not)
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def add(self, **counts: int) -> None:
         with self._lock:
             for name, value in counts.items():

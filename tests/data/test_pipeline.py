@@ -8,6 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from intern_jax.config import ConfigError
+from intern_jax.data.packing import PackingStats
 from intern_jax.data.pipeline import (
     DataConfig,
     IteratorStateMismatch,
@@ -85,7 +86,9 @@ def test_batches_hold_the_contract_and_long_documents_arrive_as_seq_len_chunks(c
     path, docs, _ = corpus
     seq_len = 48  # shorter than many "code" documents
     cfg = DataConfig(path=str(path), mixture={"code": 1.0}, seq_len=seq_len, batch_size=4, shuffle=False)
-    batches = take(cfg, 60, process_index=0, process_count=1)
+    stats = PackingStats()
+    batches = take(cfg, 60, process_index=0, process_count=1, stats=stats)
+    assert stats.examples > 0 and stats.truncated_examples == 0 and stats.dropped_examples == 0
     for batch in batches:
         check_contract(batch, 4, seq_len)
     expected = {tuple(d[s : s + seq_len]) for d in docs["code"] for s in range(0, len(d), seq_len)}
@@ -136,15 +139,15 @@ def test_same_seed_same_batches_and_another_seed_other_batches(corpus):
     assert any(not np.array_equal(a["tokens"], c["tokens"]) for a, c in zip(first, other))
 
 
-def assert_resumes_exactly(cfg, tmp_path, before=3, after=4):
-    with iterator(cfg, process_index=0, process_count=1) as it:
+def assert_resumes_exactly(cfg, tmp_path, before=3, after=4, **kw):
+    with iterator(cfg, process_index=0, process_count=1, **kw) as it:
         for _ in range(before):
             next(it)
         manager = ocp.CheckpointManager(tmp_path / "ckpt")
         manager.save(before, args=ocp.args.Composite(data=checkpoint_save_args(it)))
         manager.wait_until_finished()
         reference = [next(it) for _ in range(after)]
-    with iterator(cfg, process_index=0, process_count=1) as it:
+    with iterator(cfg, process_index=0, process_count=1, **kw) as it:
         manager.restore(before, args=ocp.args.Composite(data=checkpoint_restore_args(it)))
         resumed = [next(it) for _ in range(after)]
     manager.close()
@@ -163,7 +166,7 @@ def test_resume_from_an_orbax_checkpoint_yields_the_uninterrupted_batches(corpus
 def test_resume_with_worker_processes_yields_the_uninterrupted_batches(corpus, tmp_path):
     path, _, _ = corpus
     cfg = DataConfig(path=str(path), seq_len=64, batch_size=4, seed=4, packing_bins=8, num_workers=2)
-    assert_resumes_exactly(cfg, tmp_path)
+    assert_resumes_exactly(cfg, tmp_path, stats=PackingStats())  # stats travel to the workers
 
 
 def test_restoring_a_state_saved_with_another_worker_count_fails_naming_both(corpus, tmp_path):
