@@ -100,8 +100,8 @@ class QualityConfig:
 
     model: str = ""  # anything load_model accepts; empty: the step is off
     keep_fraction: float = 0.8
-    max_tokens: int = 256  # perplexity on each document's first N tokens
-    batch_size: int = 8
+    max_tokens: int = 256  # perplexity on each document's first N tokens (fewer: faster on CPU)
+    batch_size: int = 8  # documents scored together
 
 
 @dataclass(frozen=True)
@@ -133,5 +133,8 @@ class ProcessingConfig:
             raise ConfigError(f"dedup.threshold must be in (0, 1], got {self.dedup.threshold}")
         if not 0.0 < self.quality.keep_fraction <= 1.0:
             raise ConfigError(f"quality.keep_fraction must be in (0, 1], got {self.quality.keep_fraction}")
+        if self.quality.max_tokens < 2 or self.quality.batch_size < 1:
+            raise ConfigError(f"quality.max_tokens must be >= 2 and quality.batch_size >= 1, got "
+                              f"{self.quality.max_tokens} and {self.quality.batch_size}")
         if self.shard_bytes <= 0:
             raise ConfigError(f"shard_bytes must be positive, got {self.shard_bytes}")

@@ -66,6 +66,8 @@ def find_duplicates(
     records: Iterable[DedupRecord], cfg: DedupConfig, exact_stats: StageStats, near_stats: StageStats
 ) -> dict[str, str]:
     """{dropped id: reason} for records given in corpus order; earlier documents win."""
+    exact_stats.off = "" if cfg.exact else "dedup.exact=False"
+    near_stats.off = "" if cfg.near else "dedup.near=False"
     dropped: dict[str, str] = {}
     seen_hashes: set[str] = set()
     lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm) if cfg.near else None

@@ -33,6 +33,7 @@ class StageStats:
     seconds: float = 0.0
     drops: collections.Counter = field(default_factory=collections.Counter)
     counts: collections.Counter = field(default_factory=collections.Counter)  # e.g. emails replaced
+    off: str = ""  # why the stage was skipped (documents pass through unchanged); empty: it ran
 
     def seen(self, doc: Document) -> None:
         self.docs_in += 1
@@ -50,12 +51,14 @@ class StageStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.drops.update(other.drops)
         self.counts.update(other.counts)
+        self.off = self.off or other.off
 
     def to_dict(self) -> dict:
         return {
             "docs_in": self.docs_in, "docs_out": self.docs_out, "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out, "tokens": self.tokens, "seconds": round(self.seconds, 3),
             "drops": dict(sorted(self.drops.items())), "counts": dict(sorted(self.counts.items())),
+            **({"off": self.off} if self.off else {}),
         }
 
     @classmethod
@@ -65,6 +68,7 @@ class StageStats:
             setattr(s, key, d.get(key, 0))
         s.drops.update(d.get("drops", {}))
         s.counts.update(d.get("counts", {}))
+        s.off = d.get("off", "")
         return s
 
 

@@ -143,6 +143,8 @@ def code_drop_reason(text: str, cfg: FilterConfig) -> str | None:
 
 
 def quality_filter(docs: Iterable[Document], cfg: FilterConfig, stats: StageStats) -> Iterator[Document]:
+    if not cfg.enabled:
+        stats.off = "filters.enabled=False"
     for doc in docs:
         t0 = time.perf_counter()
         stats.seen(doc)

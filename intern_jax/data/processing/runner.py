@@ -32,6 +32,7 @@ from intern_jax.data.processing.documents import Document, StageStats, merge_sta
 
 CLEAN_STAGES = ("read", "normalise", "language", "filter", "pii")
 STAGES = (*CLEAN_STAGES, "dedup_exact", "dedup_near", "quality", "tokenise")
+GLOBAL_FORMAT = 2  # bumped when global.json changes meaning: older caches are recomputed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +203,7 @@ def dedup_records(work: Path, shard_list: list[WorkShard]) -> Iterator[dedup.Ded
 def global_pass(work: Path, shard_list: list[WorkShard], cfg: ProcessingConfig, progress: bool = True) -> dict:
     """Dedup over the whole corpus, then model-based quality; cached in ``work/global.json``."""
     path = work / "global.json"
-    fp = fingerprint(_clean_fingerprint(cfg), cfg.quality, [s.id for s in shard_list])
+    fp = fingerprint(_clean_fingerprint(cfg), cfg.quality, [s.id for s in shard_list], GLOBAL_FORMAT)
     if path.is_file():
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("fingerprint") == fp:
@@ -218,9 +219,10 @@ def global_pass(work: Path, shard_list: list[WorkShard], cfg: ProcessingConfig, 
         kept = (Document(r["id"], r["text"], r["path"], r["source"])
                 for s in shard_list for r in _clean_rows(work, s) if r["id"] not in dropped)
         dropped.update(quality.perplexity_filter(kept, cfg.quality, quality_stats, progress=progress))
-        quality_stats.counts["model"] = 1
-    else:
-        quality_stats.counts["off_no_model_configured"] = 1
+    else:  # skipped: every document passes through
+        quality_stats.off = "no model configured"
+        quality_stats.docs_in = quality_stats.docs_out = near.docs_out
+        quality_stats.bytes_in = quality_stats.bytes_out = near.bytes_out
     result = {"fingerprint": fp, "dropped": dropped,
               "stats": {s.name: s.to_dict() for s in (exact, near, quality_stats)},
               "quality": cfg.quality.model or "off (no model configured)"}

@@ -83,7 +83,8 @@ def test_records_are_tokenizer_encodings_of_kept_documents(plain_run, tokenizer_
     st = stats["stages"]
     assert st["read"]["drops"] == {"malformed_json": 3}
     assert st["dedup_exact"]["drops"] == {"exact_duplicate": 1}
-    assert "off_no_model_configured" in st["quality"]["counts"]
+    assert st["quality"]["off"] == "no model configured"
+    assert st["quality"]["docs_in"] == st["quality"]["docs_out"] == st["dedup_near"]["docs_out"]
     assert json.loads((out / "stats.json").read_text())["stages"]["tokenise"]["tokens"] == sum(
         e["tokens"] for e in manifest["sources"].values())
     assert (out / "funnel.png").read_bytes()[:4] == b"\x89PNG"
