@@ -1,0 +1,74 @@
+"""Plan before you pay: compile a run's train step for N devices and print per-device memory.
+
+    python scripts/plan.py --config configs/pretrain/internlm2_7b.py --devices 8 \
+        [--mesh data=1,fsdp=8,tensor=1] [--set a.b=v ...] [--device-memory-gb 80]
+
+Runs on this machine's CPU with N fake devices (no weights are allocated, nothing is run);
+the numbers are XLA's for the compiled program. CPU and GPU compilers differ somewhat in
+the temporaries they need, so leave headroom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="pretrain config file")
+    ap.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
+    ap.add_argument("--mesh", help="mesh shape, e.g. data=2,fsdp=4,tensor=1 (default: the config's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--device-memory-gb", type=float, default=None, help="say whether the peak fits in this much")
+    return ap
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key.strip() not in ("data", "fsdp", "tensor") or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"--mesh {text!r}: use comma-separated data=N,fsdp=N,tensor=N (one may be -1)")
+        out[key.strip()] = int(value)
+    return out
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.devices < 1:
+        print("plan.py: error: --devices must be >= 1", file=sys.stderr)
+        return 2
+    # fake devices must be requested before jax is imported
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+    ).strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from intern_jax.config import ConfigError  # noqa: PLC0415
+    from intern_jax.sharding import make_mesh  # noqa: PLC0415
+    from intern_jax.train.config import load_train_config  # noqa: PLC0415
+    from intern_jax.train.plan import plan_memory  # noqa: PLC0415
+
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        if args.mesh:
+            shape = {"data": 1, "fsdp": 1, "tensor": 1, **parse_mesh(args.mesh)}
+            cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, **shape))
+        mesh = make_mesh(cfg.parallel.mesh_shape())
+        plan = plan_memory(cfg, mesh)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"plan.py: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{cfg.name or Path(args.config).stem}: batch {cfg.batch_size} x {cfg.seq_len} tokens, "
+          f"{cfg.parallel.micro_batches} micro-batches, zero={cfg.parallel.zero}, remat={cfg.model_config.remat}")
+    print(plan.table(args.device_memory_gb))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
