@@ -136,3 +136,51 @@ def read_metrics(run_dir) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def plot_metrics(run_dir, output_dir=None) -> list[Path]:
+    """Draw ``loss.png`` (loss, and learning rate on a second axis) and ``throughput.png``
+    (tokens/s, and MFU when known) from a run's metrics.jsonl; returns the files written."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    records = [r for r in read_metrics(run_dir) if isinstance(r.get("loss"), float)]
+    if not records:
+        raise ValueError(f"{Path(run_dir) / METRICS_FILE} holds no logged losses yet")
+    out = Path(output_dir or run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = [r["step"] for r in records]
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["loss"] for r in records], color="tab:blue", label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if any("lr" in r for r in records):
+        lr_ax = ax.twinx()
+        lr_ax.plot(steps, [r.get("lr", float("nan")) for r in records], color="tab:orange", alpha=0.6)
+        lr_ax.set_ylabel("learning rate", color="tab:orange")
+    ax.set_title(f"training loss: {Path(run_dir).name}")
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "loss.png")
+
+    timed = [r for r in records if "tokens_per_s" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in timed], [r["tokens_per_s"] for r in timed], color="tab:green")
+    ax.set_xlabel("step")
+    ax.set_ylabel("tokens / s")
+    if any(isinstance(r.get("mfu"), float) for r in timed):
+        mfu_ax = ax.twinx()
+        mfu_ax.plot([r["step"] for r in timed], [100 * r.get("mfu", float("nan")) for r in timed],
+                    color="tab:red", alpha=0.6)
+        mfu_ax.set_ylabel("MFU %", color="tab:red")
+    ax.set_title(f"throughput: {Path(run_dir).name}")
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "throughput.png")
+    return written

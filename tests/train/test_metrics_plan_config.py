@@ -131,3 +131,19 @@ def test_slurm_environment_gives_the_process_group():
     assert spec_from_slurm({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None
     assert json.dumps(spec.__dict__)  # plain data
     assert np.isscalar(spec.process_id)
+
+
+def test_plot_metrics_draws_loss_and_throughput_pngs(tmp_path):
+    import matplotlib.image
+
+    w = M.MetricsWriter(tmp_path, tensorboard=False)
+    for step in range(1, 11):
+        w.write(step, {"loss": 5.0 / step, "lr": 1e-3, "tokens_per_s": 100.0 + step, "mfu": 0.1})
+    w.close()
+    files = M.plot_metrics(tmp_path, tmp_path / "plots")
+    assert [f.name for f in files] == ["loss.png", "throughput.png"]
+    for f in files:
+        image = matplotlib.image.imread(f)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        M.plot_metrics(tmp_path / "nothing")
