@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--output", help="run directory (default: runs/<config name>)")
     ap.add_argument("--steps", type=int, help="total training steps (overrides steps)")
     ap.add_argument("--save-every", type=int, help="checkpoint every N steps (overrides checkpoint.save_every)")
-    ap.add_argument("--coordinator", help="HOST:PORT of process 0 for multi-process runs")
+    ap.add_argument("--coordinator",
+                    help="HOST:PORT of process 0 for multi-process runs; 'auto' lets jax detect it (TPU pods)")
     ap.add_argument("--num-processes", type=int)
     ap.add_argument("--process-id", type=int)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")

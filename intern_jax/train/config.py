@@ -94,6 +94,10 @@ class CheckpointConfig:
     keep_every: int = 0
     async_save: bool = True
 
+    def __post_init__(self):
+        if self.save_every < 0 or self.keep_every < 0 or self.keep_last < 1:
+            raise ConfigError("checkpoint.save_every and keep_every must be >= 0, keep_last >= 1")
+
 
 @dataclass(frozen=True)
 class LoggingConfig:
@@ -104,6 +108,10 @@ class LoggingConfig:
     tensorboard: bool = True
     progress: bool = True
     peak_flops: float = 0.0
+
+    def __post_init__(self):
+        if self.log_every < 1:
+            raise ConfigError(f"logging.log_every must be >= 1, got {self.log_every}")
 
 
 @dataclass(frozen=True)

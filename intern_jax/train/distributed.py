@@ -56,10 +56,14 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                *, cpu_collectives: str = "gloo") -> bool:
     """Join the process group. Explicit arguments win; else SLURM; else nothing (single process).
 
-    Must run before any other jax call. Returns True when a multi-process group was joined.
+    ``coordinator="auto"`` lets jax find everything itself (TPU pods, and the clusters jax
+    detects). Must run before any other jax call. Returns True when a group was joined.
     """
     import jax  # noqa: PLC0415
 
+    if coordinator == "auto":
+        jax.distributed.initialize()
+        return True
     if coordinator is not None or num_processes is not None or process_id is not None:
         if None in (coordinator, num_processes, process_id):
             raise ValueError("--coordinator, --num-processes and --process-id go together; give all three")

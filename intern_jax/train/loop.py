@@ -171,6 +171,8 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
                     record["mfu"] = M.mfu(tokens_per_step / dt, model_cfg, train_cfg.seq_len, n_devices, peak)
                     window_start, window_steps = now, 0
                 writer.write(step, record)
+                if bar is None and primary and train_cfg.logging.log_every > 0:
+                    print(_log_line(step, total, record), flush=True)
             if every > 0 and step % every == 0:
                 ckpt.save(step, state, data_iterator)
                 saved_at = step
@@ -181,3 +183,15 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
             bar.close()
         writer.close()
     return TrainResult(state=state, step=step, last_metrics=host, resumed_from=None)
+
+
+def _log_line(step: int, total: int, record: dict) -> str:
+    parts = [f"step {step}/{total}", f"loss {record['loss']:.4f}", f"grad_norm {record['grad_norm']:.3f}",
+             f"lr {record['lr']:.3e}"]
+    if "tokens_per_s" in record:
+        parts.append(f"{record['tokens_per_s']:.0f} tokens/s")
+    if record.get("mfu") is not None:
+        parts.append(f"MFU {100 * record['mfu']:.1f}%")
+    if record.get("skipped"):
+        parts.append(f"skipped {record['skipped']}")
+    return "  ".join(parts)
