@@ -69,7 +69,10 @@ class FilterConfig:
     max_duplicate_line_char_fraction: float = 0.2
     top_ngram_max_fraction: tuple[float, ...] = (0.20, 0.18, 0.16)  # for n = 2, 3, 4
     duplicate_ngram_max_fraction: tuple[float, ...] = (0.15, 0.14, 0.13, 0.12, 0.11, 0.10)  # n = 5..10
-    blocklist: tuple[str, ...] = ("lorem ipsum", "porn", "xxx", "hentai", "camgirl", "色情", "赌博")
+    # Adult / spam / placeholder markers of web pages. Not a bare "xxx": in technical text it is a
+    # programmer's to-do marker or placeholder ("XXX: fix", "CO_xxx flags"), so only its spam phrases.
+    blocklist: tuple[str, ...] = ("lorem ipsum", "porn", "porno", "xxx videos", "xxx video", "xxx movies",
+                                  "xxx sex", "free xxx", "hentai", "camgirl", "camgirls", "色情", "赌博")
     # code documents: only size and line-shape rules
     code_max_line_length: int = 1000
     code_min_alpha_fraction: float = 0.25

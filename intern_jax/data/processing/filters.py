@@ -3,7 +3,8 @@
 ``words`` splits prose so the word-based rules also make sense for Chinese: every Han
 character is a word, runs of other non-space characters are words. Mean word length is not
 applied to Chinese. Code gets only size and line-shape rules (long minified lines, data
-blobs). Each signal is a small pure function so it can be checked by hand.
+blobs), never the word block-list, which is meant for web prose. Each signal is a small pure
+function so it can be checked by hand.
 """
 
 from __future__ import annotations
@@ -81,12 +82,14 @@ def duplicate_ngram_char_fraction(ws: list[str], n: int) -> float:
 
 
 def blocklisted(text: str, blocklist: tuple[str, ...]) -> str | None:
-    """The first block-list entry found: ASCII entries as whole words, others as substrings."""
+    """The first block-list entry found, case-insensitively: ASCII entries as whole words (not
+    inside identifiers such as ``porn_filter``; spaces match any whitespace), others as substrings."""
     lowered = text.lower()
     for entry in blocklist:
         e = entry.lower()
         if e.isascii():
-            if re.search(rf"(?<![a-z0-9]){re.escape(e)}(?![a-z0-9])", lowered):
+            pattern = r"\s+".join(map(re.escape, e.split()))
+            if re.search(rf"(?<![a-z0-9_]){pattern}(?![a-z0-9_])", lowered):
                 return entry
         elif e in lowered:
             return entry

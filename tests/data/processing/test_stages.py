@@ -68,6 +68,41 @@ def test_prose_rules_name_the_reason():
     assert filters.prose_drop_reason(_prose(rng, 100) + " xxxl", "en", cfg) is None  # whole words only
 
 
+def test_blocklist_drops_web_spam_but_not_programmer_markers_or_identifiers():
+    cfg = FilterConfig()
+    rng = random.Random()
+    for spam in ("Watch free XXX videos here", "the best porn site", "XXX\n  Movies all night", "色情网站"):
+        assert filters.blocklisted(spam, cfg.blocklist), spam
+        assert filters.prose_drop_reason(_prose(rng, 80) + " " + spam, "en", cfg) == "blocklist"
+    for technical in ("XXX TO DO: reparse when the source changed", "#defines of CO_xxx flags",
+                      "XXX: provide complete list of token types", "set porn_filter=True", "0xXXX"):
+        assert filters.blocklisted(technical, cfg.blocklist) is None, technical
+    code = Document("c", "def kill(pid):\n    # XXX porn filter, lorem ipsum\n    return execute(pid)\n" * 3,
+                    "m.py", "code")
+    assert [d.id for d in filters.quality_filter([code], cfg, StageStats("filter"))] == ["c"]
+
+
+STDLIB_XXX_DOCSTRINGS = ("dbm/dumb.py", "http/server.py", "http/cookiejar.py", "email/headerregistry.py",
+                         "email/_header_value_parser.py", "__future__.py", "idlelib/run.py", "idlelib/config.py")
+
+
+def test_stdlib_docstrings_with_xxx_markers_are_not_blocklisted():
+    from intern_jax.data import corpus
+
+    cfg = corpus.corpus_config().filters
+    checked = 0
+    for name in STDLIB_XXX_DOCSTRINGS:
+        path = corpus.stdlib_dir() / name
+        if not path.is_file():
+            continue
+        text = corpus.module_docstrings(path)
+        assert "xxx" in text.lower(), name  # the marker that used to drop it is still there
+        assert filters.blocklisted(text, cfg.blocklist) is None, name
+        assert filters.prose_drop_reason(text, "en", cfg) != "blocklist", name
+        checked += 1
+    assert checked >= 4
+
+
 def test_chinese_is_not_dropped_for_having_no_spaces():
     text = ("北京是中华人民共和国的首都，也是全国的政治中心和文化中心。这座城市有三千多年的历史，"
             "保存着大量的古代建筑，例如故宫、天坛和颐和园。每年都有很多游客来这里参观学习。")
