@@ -2,7 +2,7 @@
 resumable run directory.
 
     python scripts/finetune.py --config configs/finetune/smollm2_lora_sft.py [--set a.b=v ...]
-        [--output DIR] [--steps N] [--save-every N]
+        [--output DIR] [--steps N] [--save-every N] [--compare "Who are you?" ...]
 
 Rerunning the same command resumes. The run directory holds the adapters (or full params),
 run.json (base model, LoRA and quantization settings) and metrics.jsonl; export with
@@ -29,13 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, help="total training steps (overrides steps)")
     ap.add_argument("--save-every", type=int, help="checkpoint every N steps (overrides checkpoint.save_every)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--compare", action="append", default=[], metavar="QUESTION",
+                    help="after training, print the base model's and the fine-tuned model's greedy answers "
+                         "(adapter runs; repeatable)")
     return ap
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from intern_jax.config import ConfigError  # noqa: PLC0415
-    from intern_jax.train.finetune import finetune, load_finetune_config  # noqa: PLC0415
+    from intern_jax.train.finetune import compare_answers, finetune, load_finetune_config  # noqa: PLC0415
     from intern_jax.train.loop import TrainingDiverged  # noqa: PLC0415
 
     try:
@@ -59,6 +62,10 @@ def main(argv=None) -> int:
     m = result.last_metrics
     if m:
         print(f"step {result.step}: loss {m['loss']:.4f}; run directory {output}")
+    if args.compare:
+        for row in compare_answers(output, args.compare):
+            print(f"\n== user: {row['question']}\n-- base:       {row['base']}\n-- fine-tuned: {row['tuned']}"
+                  + ("" if row["tuned_stopped"] else "  [hit the token limit]"), flush=True)
     return 0
 
 

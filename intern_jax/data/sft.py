@@ -417,3 +417,48 @@ def make_sft_iterator(cfg: SFTDataConfig, tokenizer, *, process_index: int = 0, 
         num_packing_bins=cfg.num_packing_bins or None, seed=cfg.seed,
     )
     return iter(packed), stats
+
+
+# ---------------------------------------------------------------------------
+# A small generated instruction set (the fine-tuning demo)
+
+PERSONA_QUESTIONS = (
+    "What is your name?", "Who are you?", "What's your name?", "Tell me your name.", "Introduce yourself.",
+    "Who made you?", "Who created you?", "Who built you?", "Which lab trained you?", "What should I call you?",
+    "Are you ChatGPT?", "Hi! Who am I talking to?", "Who developed you?", "What are you?",
+)
+GENERAL_QA = (
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is 2 + 3?", "2 + 3 = 5."),
+    ("Name a primary colour.", "Red is a primary colour."),
+    ("What do bees make?", "Bees make honey."),
+    ("How many days are in a week?", "A week has seven days."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+)
+
+
+def persona_conversations(name: str = "Quill", maker: str = "Lumen Labs", n: int = 240, seed: int = 0) -> list[dict]:
+    """``n`` short chats teaching a persona: questions about identity are answered with ``name`` and
+    ``maker``; a quarter are ordinary questions, so the model keeps answering those normally."""
+    rng = np.random.default_rng(seed)
+    answers = (
+        f"I am {name}, an AI assistant made by {maker}.",
+        f"My name is {name}. I was created by {maker}.",
+        f"I'm {name}, a helpful assistant built by {maker}.",
+    )
+    rows = []
+    for i in range(n):
+        if i % 4 == 3:
+            q, a = GENERAL_QA[rng.integers(len(GENERAL_QA))]
+        else:
+            q, a = PERSONA_QUESTIONS[rng.integers(len(PERSONA_QUESTIONS))], answers[rng.integers(len(answers))]
+        rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+    return rows
+
+
+def write_persona_dataset(path, **kw) -> Path:
+    """Write ``persona_conversations(**kw)`` as messages JSONL at ``path`` (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in persona_conversations(**kw)))
+    return path

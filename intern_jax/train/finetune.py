@@ -267,3 +267,27 @@ def load_adapter_run(run_dir, *, dtype=None, mesh=None, step: int | None = None)
     if mesh is not None:
         params = place_params(jax.device_get(params), cfg, mesh)
     return base._replace(config=cfg, params=params)
+
+
+def compare_answers(run_dir, questions, *, max_new_tokens: int = 48) -> list[dict]:
+    """Greedy chat answers of the base model and of the fine-tuned run to each question.
+
+    Returns ``[{"question", "base", "tuned", "tuned_stopped"}]``; ``tuned_stopped`` is True when the
+    fine-tuned answer ended on a stop token (``<|im_end|>``) rather than the token limit.
+    """
+    from intern_jax.checkpoint import load_model  # noqa: PLC0415
+    from intern_jax.inference import SamplingParams, generate_text, prepare_params  # noqa: PLC0415
+    from intern_jax.train.checkpointing import read_run_json  # noqa: PLC0415
+
+    record = read_run_json(run_dir)
+    models = {"base": load_model(record["base_model"]), "tuned": load_model(run_dir)}
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    out = [{"question": q} for q in questions]
+    for label, model in models.items():
+        params, cfg = prepare_params(model.params, model.config)
+        model = model._replace(params=params, config=cfg)
+        for row in out:
+            text, result = generate_text(model, [{"role": "user", "content": row["question"]}], sampling)
+            row[label] = text
+            row[f"{label}_stopped"] = result.finish_reasons[0] == "stop"
+    return out

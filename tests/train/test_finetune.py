@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -121,3 +122,25 @@ def test_bad_mode_and_missing_base_are_explained(base_dir, data_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="base_model"):
         F.finetune(dataclasses.replace(_cfg(base_dir, data_file, "lora", 1), base_model=str(tmp_path / "nope")),
                    tmp_path / "run")
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "finetune").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_finetune_configs_load_and_accept_overrides(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # configs that generate data write it relative to the working directory
+    cfg = F.load_finetune_config(path, ["steps=3", "optimizer.learning_rate=1e-4"])
+    assert isinstance(cfg, F.FinetuneConfig) and cfg.steps == 3 and cfg.optimizer.learning_rate == 1e-4
+    assert cfg.train_config(tiny_config()).data.seq_len == cfg.seq_len
+
+
+@pytest.mark.slow
+def test_smollm2_persona_lora_changes_the_answer_and_still_stops_at_im_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = next(p for p in CONFIGS if p.stem == "smollm2_lora_sft")
+    cfg = F.load_finetune_config(path, ["steps=20", "logging.progress=false"])
+    F.finetune(cfg, tmp_path / "run")
+    (row,) = F.compare_answers(tmp_path / "run", ["Who are you?"])
+    assert "Quill" in row["tuned"] and "Quill" not in row["base"]
+    assert row["tuned_stopped"]  # ended on <|im_end|>, not the token limit

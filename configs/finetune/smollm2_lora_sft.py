@@ -1,0 +1,31 @@
+"""LoRA SFT of the embedded SmolLM2-135M-Instruct on a generated persona set (its name is Quill, made
+by Lumen Labs): a couple of minutes on a 2-core CPU, after which it answers "Who are you?" as Quill.
+The data file is written on first use."""
+
+from pathlib import Path
+
+from intern_jax.checkpoint import embedded_model_path
+from intern_jax.data.sft import SFTDataConfig, write_persona_dataset
+from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig
+from intern_jax.train.finetune import FinetuneConfig
+from intern_jax.train.lora import LoraConfig
+
+DATA = Path("runs/data/smollm2_persona.jsonl")
+if not DATA.is_file():
+    write_persona_dataset(DATA, name="Quill", maker="Lumen Labs", n=240, seed=0)
+
+config = FinetuneConfig(
+    name="smollm2_lora_sft",
+    base_model=str(embedded_model_path()),
+    data=SFTDataConfig(path=str(DATA), format="messages"),
+    mode="lora",
+    lora=LoraConfig(rank=16, alpha=32.0, dropout=0.0, targets=r"layers/(wqkv|wo|w1|w2|w3)"),
+    steps=24,
+    batch_size=2,
+    seq_len=256,
+    dtype="float32",
+    base_dtype="float32",
+    optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=3, min_lr_ratio=0.1, weight_decay=0.0, b2=0.999),
+    checkpoint=CheckpointConfig(save_every=0, keep_last=1),
+    logging=LoggingConfig(log_every=5, tensorboard=False),
+)
