@@ -3,8 +3,10 @@
     python scripts/bench/data.py [--max-code-mb 4] [--workers 2]
 
 Peers measured in the same run: the clean phase on 1 process vs ``--workers`` processes, and
-MinHash-LSH dedup vs brute-force pairwise Jaccard on a sample. ``measure_loader`` is the hook
-for the input pipeline's loader benchmark (scripts/bench/data_loader.py).
+MinHash-LSH dedup vs brute-force pairwise Jaccard on a sample; with ``--quality N``, perplexity
+scoring of N documents under the embedded SmolLM2 in batches vs one document at a time (both
+compiled first). ``measure_loader`` is the hook for the input pipeline's loader benchmark
+(scripts/bench/data_loader.py).
 """
 
 from __future__ import annotations
@@ -23,11 +25,31 @@ def measure_loader(corpus_dir: Path) -> dict | None:
     return None
 
 
+def measure_quality(texts: list[str], max_tokens: int, batch_size: int) -> dict:
+    """Perplexity scoring of ``texts`` under the embedded SmolLM2: docs/s batched vs one at a time."""
+    from intern_jax.checkpoint import embedded_model_path  # noqa: PLC0415
+    from intern_jax.data.processing import quality  # noqa: PLC0415
+    from intern_jax.data.processing.config import QualityConfig  # noqa: PLC0415
+
+    model = quality.load_quality_model(str(embedded_model_path()))
+    out = {}
+    for name, size in (("batched", batch_size), ("one at a time", 1)):
+        cfg = QualityConfig(max_tokens=max_tokens, batch_size=size)
+        quality.perplexities(texts, model, cfg)  # compiles every length bucket
+        t0 = time.perf_counter()
+        quality.perplexities(texts, model, cfg)
+        out[name] = len(texts) / (time.perf_counter() - t0)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-code-mb", type=float, default=4.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sample", type=int, default=150, help="documents in the brute-force dedup peer")
+    parser.add_argument("--quality", type=int, default=0, metavar="N",
+                        help="also time perplexity scoring of N documents (embedded SmolLM2)")
+    parser.add_argument("--quality-max-tokens", type=int, default=128)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from intern_jax.data import corpus  # noqa: PLC0415
@@ -69,6 +91,12 @@ def main(argv=None) -> int:
     t_brute = time.perf_counter() - t0
     print(f"dedup on {len(texts)} docs: MinHash-LSH {t_lsh:.2f}s vs brute-force Jaccard {t_brute:.2f}s "
           f"-> {t_brute / t_lsh:.2f}x; dropped {len(lsh_dropped)} vs {len(brute)} (brute force)")
+    if args.quality:
+        prose = [d.text for d in itertools.islice((d for d in runner.kept_documents(out) if d.source == "en"),
+                                                  args.quality)]
+        q = measure_quality(prose, args.quality_max_tokens, 8)
+        print(f"perplexity on {len(prose)} docs ({args.quality_max_tokens} tokens): batched {q['batched']:.2f} "
+              f"docs/s vs one at a time {q['one at a time']:.2f} docs/s -> {q['batched'] / q['one at a time']:.2f}x")
     loader = measure_loader(out)
     if loader:
         print("loader:", loader)

@@ -103,7 +103,7 @@ class QualityConfig:
 
     model: str = ""  # anything load_model accepts; empty: the step is off
     keep_fraction: float = 0.8
-    max_tokens: int = 256  # perplexity on each document's first N tokens (fewer: faster on CPU)
+    max_tokens: int = 128  # perplexity on each document's first N tokens (cost grows with N)
     batch_size: int = 8  # documents scored together
 
 
