@@ -166,3 +166,28 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
     tc = dataclasses.replace(_train_cfg(fsdp=8), batch_size=4)
     with pytest.raises(ConfigError, match="divisible"):
         make_train_step(CFG, tc, make_mesh({"fsdp": 8}))
+
+
+@pytest.mark.parametrize("variant", ["remat_full", "bf16_compute_fp32_master"])
+def test_remat_and_mixed_precision_keep_the_fp32_trajectory(reference, variant):
+    """remat changes memory, not numbers; bf16 compute over fp32 master weights stays close and
+    keeps params and optimizer state in float32. (z-loss rides along on the bf16 variant.)"""
+    seed, batches, params, want, _ = reference
+    model = dataclasses.replace(CFG, remat="full") if variant == "remat_full" else \
+        dataclasses.replace(CFG, dtype="bfloat16", param_dtype="float32")
+    z = 0.0 if variant == "remat_full" else 1e-4
+    tc = dataclasses.replace(_train_cfg(fsdp=1), model=model)
+    tc = dataclasses.replace(tc, optimizer=dataclasses.replace(tc.optimizer, z_loss=z))
+    ts = make_train_step(model, tc, make_mesh({"fsdp": 1}, jax.devices()[:1]), compiler_options=FAST)
+    state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
+    got = []
+    for b in batches:
+        state, m = ts.step(state, None, shard_batch(b, ts.batch_sharding))
+        got.append(float(m["loss"]))
+    if variant == "remat_full":
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"seed {seed}")
+    else:
+        np.testing.assert_allclose(got, want, atol=3e-2, rtol=0, err_msg=f"seed {seed}")
+        assert {x.dtype for x in jax.tree.leaves(state["params"])} == {jnp.dtype("float32")}
+        assert all(x.dtype in (jnp.float32, jnp.int32) for x in jax.tree.leaves(state["opt_state"]))
+        assert 0 < float(m["z_loss"]) < 1e-4 * 100
