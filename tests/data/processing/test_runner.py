@@ -42,8 +42,11 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tokenizer_path():
-    return str(embedded_model_path())
+def tokenizer_path(tmp_path_factory):
+    """The embedded SmolLM2 tokenizer saved as tokenizer.json: every worker process loads it quickly."""
+    directory = tmp_path_factory.mktemp("tokenizer")
+    load_tokenizer(embedded_model_path()).save(directory)
+    return str(directory)
 
 
 def _config(**kw):
@@ -90,6 +93,7 @@ def test_records_are_tokenizer_encodings_of_kept_documents(plain_run, tokenizer_
     assert (out / "funnel.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_shards(plain_run, corpus, tokenizer_path, tmp_path):
     cfg = ProcessingConfig(num_workers=2, shard_bytes=5000)
     runner.clean_corpus([corpus], tmp_path, cfg, progress=False)
