@@ -10,7 +10,7 @@ import pytest
 
 from intern_jax.checkpoint import embedded_model_path, load_model, save_hf, save_native
 from intern_jax.data.processing import quality, report, runner
-from intern_jax.data.processing.config import PiiConfig, ProcessingConfig, QualityConfig
+from intern_jax.data.processing.config import DedupConfig, FilterConfig, PiiConfig, ProcessingConfig, QualityConfig
 from intern_jax.data.processing.documents import Document, StageStats
 from intern_jax.testing import random_params, tiny_config
 from intern_jax.tokenizer import train_sentencepiece
@@ -98,16 +98,19 @@ def test_quality_stage_in_the_runner_and_skipped_stages_pass_through(tiny_model,
     assert stats["quality"]["docs_out"] == 5 == stats["tokenise"]["docs_in"]
     assert stats["quality"]["drops"] == {"high_perplexity": 5} and "off" not in stats["quality"]
 
-    off = ProcessingConfig(num_workers=1, pii=PiiConfig(enabled=False))
+    off = ProcessingConfig(num_workers=1, pii=PiiConfig(enabled=False), filters=FilterConfig(enabled=False),
+                           dedup=DedupConfig(exact=False, near=False))
     runner.clean_corpus([tmp_path / "raw"], tmp_path / "off", off, progress=False)
     result = runner.write_token_shards(tmp_path / "off", off, tokenizer, progress=False)
     stats = result["stages"]
-    for name, why in (("quality", "no model configured"), ("pii", "pii.enabled=False")):
+    for name, why in (("quality", "no model configured"), ("pii", "pii.enabled=False"),
+                      ("filter", "filters.enabled=False"), ("dedup_exact", "dedup.exact=False"),
+                      ("dedup_near", "dedup.near=False")):
         assert stats[name]["off"] == why
         assert stats[name]["docs_in"] == stats[name]["docs_out"] == 10  # passes everything through
     rows = {name: (kept, note, skipped) for name, kept, note, skipped in report.funnel_rows(result)}
     assert rows["quality"] == (10, "10  skipped (off: no model configured)", True)
-    assert not rows["filter"][2] and not rows["tokenise"][2]
+    assert not rows["language"][2] and not rows["tokenise"][2]
     table = {line.split()[0]: line for line in report.format_table(result).splitlines()[1:]}
     assert "skipped (off: no model configured)" in table["quality"] and table["quality"].split()[1:3] == ["10", "10"]
 
