@@ -79,6 +79,10 @@ def _ocp():
     return ocp
 
 
+class CheckpointMismatch(ValueError):
+    """A readable checkpoint that does not fit the current config (not damage: nothing is moved)."""
+
+
 class Checkpointer:
     """Saves and restores ``(params, train_state, data iterator)`` per step under ``run_dir/checkpoints``."""
 
@@ -121,13 +125,35 @@ class Checkpointer:
 
     def restore_latest(self, abstract_state: dict, data_iterator=None):
         """``(step, state)`` from the newest readable checkpoint (the data iterator is set in
-        place), or None when there is none. Damaged steps are moved aside with a warning."""
+        place), or None when there is none. Damaged steps are moved aside with a warning;
+        a checkpoint of another shape (changed config) or an iterator state made with other
+        settings is an error, and nothing is moved."""
         while (step := self.latest_step()) is not None:
             try:
+                self._check_shapes(step, abstract_state)
                 return step, self.restore(step, abstract_state, data_iterator)
-            except Exception as e:  # noqa: BLE001  (any failure to read means: damaged)
+            except CheckpointMismatch:
+                raise
+            except Exception as e:  # noqa: BLE001  (any other failure to read means: damaged)
+                if type(e).__name__ == "IteratorStateMismatch":  # a setting to fix (intern_jax.data.pipeline)
+                    raise
                 self._quarantine(step, e)
         return None
+
+    def _check_shapes(self, step: int, abstract_state: dict) -> None:
+        ocp = _ocp()
+        meta = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "params").item_metadata.tree
+        flat = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape) for k, v in  # noqa: E731
+                             jax.tree_util.tree_flatten_with_path(tree)[0]}
+        stored, wanted = flat(meta), flat(abstract_state["params"])
+        if stored != wanted:
+            diff = [f"{k}: stored {stored.get(k)}, config wants {wanted.get(k)}"
+                    for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+            raise CheckpointMismatch(
+                f"checkpoint step {step} in {self.directory} holds params of another shape than this "
+                f"config ({'; '.join(diff[:3])}); resume with the run's own config (see run.json) or "
+                "train into a new --output directory"
+            )
 
     def restore(self, step: int, abstract_state: dict, data_iterator=None) -> dict:
         ocp = _ocp()

@@ -151,3 +151,14 @@ def test_pipeline_iterator_batches_follow_the_train_config(tmp_path):
     assert (cfg.data.seq_len, cfg.data.batch_size) == (32, 8)
     batch = next(make_pretrain_iterator(cfg.data, process_index=0, process_count=1))
     assert batch["tokens"].shape == (8, 32)
+
+
+def test_resuming_with_a_changed_model_is_an_error_and_moves_nothing(tmp_path):
+    from intern_jax.train.checkpointing import CheckpointMismatch
+
+    cfg = _cfg(steps=2, save_every=2)
+    _train(cfg, tmp_path / "run")
+    wider = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, intermediate_size=64), steps=4)
+    with pytest.raises(CheckpointMismatch, match="another shape.*w1"):
+        _train(wider, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "2").is_dir() and not (tmp_path / "run" / DAMAGED_DIR).exists()
