@@ -57,9 +57,9 @@ class ParallelConfig:
     - ``none``: params, grads and optimizer state replicated over data and fsdp (plain DP);
     - ``full``: all three sharded over ``fsdp`` (ZeRO-3 / FSDP; with data > 1 this is
       hybrid-sharded data parallel: sharded inside a group, replicated across groups);
-    - ``hybrid``: InternEvo's Hybrid ZeRO: params and grads replicated, optimizer state
-      sharded only inside each ``fsdp`` group (InternEvo's ``zero1`` size), replicated across
-      the ``data`` axis.
+    - ``hybrid``: InternEvo's Hybrid ZeRO: params replicated; gradients reduced onto, and
+      optimizer state held by, each device's shard inside its ``fsdp`` group (InternEvo's
+      ``zero1`` size), replicated across the ``data`` axis.
 
     The batch is split over ``data`` x ``fsdp`` in every mode. ``micro_batches`` splits each
     step's batch for gradient accumulation.
