@@ -177,11 +177,11 @@ def run_record(cfg: FinetuneConfig, stats=None) -> dict:
 
 
 def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress: bool | None = None,
-             compiler_options: dict | None = None):
+             compiler_options: dict | None = None, mesh=None):
     """Fine-tune per ``cfg`` into ``run_dir`` (resuming when it holds checkpoints); returns the TrainResult.
 
-    ``base`` (a LoadedModel) skips loading ``cfg.base_model``; ``on_step`` and ``compiler_options``
-    go to ``run_training``.
+    ``base`` (a LoadedModel) skips loading ``cfg.base_model``; ``mesh`` (default: all devices shaped
+    by ``cfg.parallel``), ``on_step`` and ``compiler_options`` go to ``run_training``.
     """
     from intern_jax.data.sft import make_sft_iterator  # noqa: PLC0415
     from intern_jax.sharding import make_mesh  # noqa: PLC0415
@@ -189,7 +189,7 @@ def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress:
 
     progress = cfg.logging.progress if progress is None else progress
     run_dir = Path(run_dir).absolute()
-    mesh = make_mesh(cfg.parallel.mesh_shape())
+    mesh = mesh if mesh is not None else make_mesh(cfg.parallel.mesh_shape())
     setup = prepare(cfg, mesh, base, progress=progress)
     train_cfg = cfg.train_config(setup.model_cfg)
     data_iterator, stats = make_sft_iterator(

@@ -140,7 +140,9 @@ def test_smollm2_persona_lora_changes_the_answer_and_still_stops_at_im_end(tmp_p
     monkeypatch.chdir(tmp_path)
     path = next(p for p in CONFIGS if p.stem == "smollm2_lora_sft")
     cfg = F.load_finetune_config(path, ["steps=20", "logging.progress=false"])
-    F.finetune(cfg, tmp_path / "run")
+    from intern_jax.sharding import make_mesh
+
+    F.finetune(cfg, tmp_path / "run", mesh=make_mesh({"fsdp": 1}, devices=jax.devices()[:1]))  # the demo's 1 device
     (row,) = F.compare_answers(tmp_path / "run", ["Who are you?"])
     assert "Quill" in row["tuned"] and "Quill" not in row["base"]
     assert row["tuned_stopped"]  # ended on <|im_end|>, not the token limit
