@@ -5,8 +5,10 @@
 A small Llama-shaped model (GQA, SwiGLU, RMSNorm, untied head) in float32 on both sides,
 the same weights, the same random batches, the same AdamW (betas 0.9/0.95, eps 1e-8, weight
 decay 0.01, clipping 1.0). Each side runs warm-up steps first (our compile is reported
-separately), then ``--steps`` timed steps. Prints the losses of the first step (which must
-agree), tokens/s per side and the ratio, as a JSON line and a markdown table.
+separately), then ``--steps`` timed steps in alternating rounds (ours, then theirs, on the
+same batches) so that load from other jobs on a shared machine falls on both sides alike.
+Prints the losses of the first step (which must agree), tokens/s per side and the ratio, as
+a JSON line and a markdown table.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (steps split among them)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -81,11 +84,6 @@ def main(argv=None) -> int:
     for b in batches[1:args.warmup]:
         state, m = ts.step(state, None, shard_batch(b, ts.batch_sharding))
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for b in batches[args.warmup:]:
-        state, m = ts.step(state, None, shard_batch(b, ts.batch_sharding))
-    jax.block_until_ready(state)
-    ours_s = time.perf_counter() - t0
 
     # ---- transformers: the same weights (exported in the Llama layout), the same batches
     import tempfile
@@ -126,12 +124,27 @@ def main(argv=None) -> int:
     hf_first_loss = torch_step(batches[0])
     for b in batches[1:args.warmup]:
         torch_step(b)
-    t0 = time.perf_counter()
-    for b in batches[args.warmup:]:
-        torch_step(b)
-    hf_s = time.perf_counter() - t0
 
-    tokens = args.steps * args.batch * args.seq_len
+    # timed rounds alternate between the two sides so a shared machine's load hits both alike
+    timed = batches[args.warmup:]
+    per_round = max(len(timed) // args.rounds, 1)
+    ours_s = hf_s = 0.0
+    ratios = []
+    for r in range(args.rounds):
+        chunk = timed[r * per_round:(r + 1) * per_round]
+        t0 = time.perf_counter()
+        for b in chunk:
+            state, m = ts.step(state, None, shard_batch(b, ts.batch_sharding))
+        jax.block_until_ready(state)
+        ours_round = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for b in chunk:
+            torch_step(b)
+        hf_round = time.perf_counter() - t0
+        ours_s, hf_s = ours_s + ours_round, hf_s + hf_round
+        ratios.append(hf_round / ours_round)
+
+    tokens = per_round * args.rounds * args.batch * args.seq_len
     result = {
         "bench": "train",
         "date": time.strftime("%Y-%m-%d"),
@@ -145,6 +158,7 @@ def main(argv=None) -> int:
         "ours_tokens_per_s": tokens / ours_s,
         "transformers_tokens_per_s": tokens / hf_s,
         "ratio": hf_s / ours_s,
+        "round_ratios": ratios,
         "ours_compile_s": compile_s,
         "versions": {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
     }
