@@ -1,6 +1,6 @@
 """LoRA SFT of the embedded SmolLM2-135M-Instruct on a generated persona set (its name is Quill, made
-by Lumen Labs): a couple of minutes on a 2-core CPU, after which it answers "Who are you?" as Quill.
-The data file is written on first use."""
+by Lumen Labs): about two minutes on a 2-core CPU (20 steps of 2 x 128 tokens), after which it answers
+"Who are you?" as Quill. The data file is written on first use."""
 
 from pathlib import Path
 
@@ -20,12 +20,12 @@ config = FinetuneConfig(
     data=SFTDataConfig(path=str(DATA), format="messages"),
     mode="lora",
     lora=LoraConfig(rank=16, alpha=32.0, dropout=0.0, targets=r"layers/(wqkv|wo|w1|w2|w3)"),
-    steps=24,
+    steps=20,
     batch_size=2,
-    seq_len=256,
+    seq_len=128,
     dtype="float32",
     base_dtype="float32",
-    optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=3, min_lr_ratio=0.1, weight_decay=0.0, b2=0.999),
+    optimizer=OptimizerConfig(learning_rate=2e-3, warmup_steps=3, min_lr_ratio=0.1, weight_decay=0.0, b2=0.999),
     checkpoint=CheckpointConfig(save_every=0, keep_last=1),
     logging=LoggingConfig(log_every=5, tensorboard=False),
 )
