@@ -9,7 +9,8 @@
     same run as the peer; XTuner's published figure for this recipe is ~12 GB ("one 8 GB card"
     is for smaller models). On CPU the analysis describes XLA:CPU's buffer assignment.
 (2) Training tokens/s of SmolLM2-135M (the embedded GGUF, f32): our LoRA and QLoRA (NF4) steps
-    against transformers + peft LoRA (same rank, targets, batch and tokens) timed in the same run.
+    against transformers + peft LoRA (same rank, targets, batch and tokens) in the same run, timed
+    in alternating rounds so that load from other jobs falls on every side alike.
 Prints a JSON line and a markdown table.
 """
 
@@ -87,7 +88,8 @@ def qlora_memory(seq_len: int, rank: int, quant: str | None, attention: str = "x
     }
 
 
-def _our_speed(model, lora, quant, batch, steps) -> dict:
+def _our_step(model, lora, quant, batch):
+    """(step function, compile seconds) of our jitted LoRA / QLoRA train step on one device."""
     import jax
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
@@ -110,22 +112,21 @@ def _our_speed(model, lora, quant, batch, steps) -> dict:
     ts = make_train_step(model.config, train_cfg, mesh, assemble=make_assemble(lora),
                          abstract_trainable=jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), adapters),
                          trainable_shardings=jax.tree.map(lambda _: replicated, adapters))
-    state = ts.init_state(adapters)
+    box = {"state": ts.init_state(adapters)}
     frozen = jax.device_put(frozen, replicated)
     batch = {k: jax.device_put(np.asarray(v), ts.batch_sharding) for k, v in batch.items()}
+
+    def step():
+        box["state"], metrics = ts.step(box["state"], frozen, batch)
+        return float(jax.block_until_ready(metrics)["loss"])
+
     start = time.perf_counter()
-    state, metrics = ts.step(state, frozen, batch)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = ts.step(state, frozen, batch)
-    jax.block_until_ready(metrics)
-    dt = (time.perf_counter() - start) / steps
-    return {"tokens_per_s": b * t / dt, "step_s": dt, "compile_s": compile_s, "loss": float(metrics["loss"])}
+    step()
+    return step, time.perf_counter() - start
 
 
-def _torch_speed(path, rank, alpha, batch, steps) -> dict:
+def _torch_step(path, rank, alpha, batch):
+    """Step function of transformers' LlamaForCausalLM (from the GGUF) with a peft LoRA and AdamW."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -135,29 +136,26 @@ def _torch_speed(path, rank, alpha, batch, steps) -> dict:
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets,
                                              task_type="CAUSAL_LM"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
-    tokens = torch.as_tensor(batch["tokens"], dtype=torch.long)
-    labels = torch.as_tensor(batch["tokens"], dtype=torch.long)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.0)
+    tokens = torch.tensor(batch["tokens"], dtype=torch.long)
 
     def step():
-        loss = model(input_ids=tokens, labels=labels).loss
+        loss = model(input_ids=tokens, labels=tokens).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss
+        return float(loss)
 
     step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    dt = (time.perf_counter() - start) / steps
-    b, t = tokens.shape
-    return {"tokens_per_s": b * t / dt, "step_s": dt, "loss": float(loss), "threads": torch.get_num_threads()}
+    return step
 
 
-def training_speed(batch_size: int, seq_len: int, rank: int, steps: int) -> dict:
+def training_speed(batch_size: int, seq_len: int, rank: int, steps: int, rounds: int) -> dict:
+    """Tokens/s of each side, timed in alternating rounds so other jobs' load falls on all alike."""
     import numpy as np
+    import torch
 
     from intern_jax.checkpoint import embedded_model_path, load_model
     from intern_jax.train.lora import LoraConfig
@@ -173,11 +171,25 @@ def training_speed(batch_size: int, seq_len: int, rank: int, steps: int) -> dict
         "loss_mask": np.ones((batch_size, seq_len), np.float32),
     }
     lora = LoraConfig(rank=rank, alpha=2.0 * rank)
-    out = {"torch_peft_lora": _torch_speed(path, rank, 2.0 * rank, batch, steps)}
-    out["ours_lora"] = _our_speed(model, lora, None, batch, steps)
-    out["ours_qlora_nf4"] = _our_speed(model, lora, "nf4", batch, steps)
-    for k in ("ours_lora", "ours_qlora_nf4"):
-        out[k]["vs_torch_peft"] = out[k]["tokens_per_s"] / out["torch_peft_lora"]["tokens_per_s"]
+    sides = {"torch_peft_lora": _torch_step(path, rank, 2.0 * rank, batch)}
+    compile_s = {}
+    sides["ours_lora"], compile_s["ours_lora"] = _our_step(model, lora, None, batch)
+    sides["ours_qlora_nf4"], compile_s["ours_qlora_nf4"] = _our_step(model, lora, "nf4", batch)
+    spent = dict.fromkeys(sides, 0.0)
+    per_round = max(1, steps // rounds)
+    for _ in range(rounds):
+        for name, step in sides.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            spent[name] += time.perf_counter() - start
+    n = per_round * rounds
+    out = {name: {"tokens_per_s": batch_size * seq_len * n / spent[name], "step_s": spent[name] / n}
+           for name in sides}
+    for name in compile_s:
+        out[name]["compile_s"] = compile_s[name]
+        out[name]["vs_torch_peft"] = out[name]["tokens_per_s"] / out["torch_peft_lora"]["tokens_per_s"]
+    out["torch_threads"] = torch.get_num_threads()
     return out
 
 
@@ -190,7 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-seq-len", type=int, default=256)
     ap.add_argument("--speed-batch", type=int, default=2)
     ap.add_argument("--speed-rank", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per side")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per side")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (steps split among them)")
     args = ap.parse_args(argv)
 
     import jax
@@ -205,7 +218,8 @@ def main(argv=None) -> int:
         mem["qlora_vs_xtuner_12gb"] = mem["qlora_nf4_flash"]["peak_gb"] / 12.0
         result["memory_7b"] = mem
     if not args.memory_only:
-        result["speed_smollm2"] = training_speed(args.speed_batch, args.speed_seq_len, args.speed_rank, args.steps)
+        result["speed_smollm2"] = training_speed(args.speed_batch, args.speed_seq_len, args.speed_rank, args.steps,
+                                                   args.rounds)
     print(json.dumps(result))
     print(f"\n{result['machine']}, {result['date']}\n")
     if "memory_7b" in result:
