@@ -28,7 +28,7 @@ def _peft_logits(model, adapter_dir, tokens):
 
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     with torch.no_grad():
-        return peft_model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.float().numpy()
+        return peft_model(torch.tensor(np.array(tokens), dtype=torch.long)).logits.float().numpy()
 
 
 def _our_logits(params, adapters, lora, cfg, tokens):
