@@ -186,6 +186,22 @@ def forward(params, batch, cfg: ModelConfig, cache=None):
     0..T-1) and ``segment_ids [B, T]`` (default all ones; 0 = padding). With a cache,
     the tokens are appended after each row's cached tokens and attend to them.
     """
+    x, cache = hidden_states(params, batch, cfg, cache)
+    return head_logits(params, x, cfg), cache
+
+
+def head_logits(params, x, cfg: ModelConfig):
+    """Float32 logits ``[..., V]`` of final hidden states ``x [..., E]`` (tied or untied head)."""
+    dtype = jnp.dtype(cfg.dtype)
+    if cfg.tie_word_embeddings:  # contract against [V, E] directly: no transposed copy
+        return jnp.einsum("...e,ve->...v", x, params["tok_embeddings"].astype(dtype),
+                          preferred_element_type=jnp.float32)
+    return jnp.einsum("...e,ev->...v", x, params["output"].astype(dtype), preferred_element_type=jnp.float32)
+
+
+def hidden_states(params, batch, cfg: ModelConfig, cache=None):
+    """The final-normed hidden states ``[B, T, E]`` (compute dtype) and the cache: ``forward``
+    without the output head (``head_logits`` applies it), for losses that chunk the head."""
     tokens = batch["tokens"]
     b, t = tokens.shape
     positions = batch.get("positions")
@@ -244,9 +260,7 @@ def forward(params, batch, cfg: ModelConfig, cache=None):
         cache = {**cache, "k": k_all, "v": v_all}
 
     x = layers.rms_norm(x, params["norm"].astype(dtype), cfg.rms_norm_eps)
-    head = params["tok_embeddings"].T if cfg.tie_word_embeddings else params["output"]
-    logits = jnp.einsum("bte,ev->btv", x, head.astype(dtype), preferred_element_type=jnp.float32)
-    return logits, cache
+    return x, cache
 
 
 @partial(jax.jit, static_argnames=("cfg",))

@@ -120,7 +120,10 @@ class TrainConfig:
     ``data`` is the input pipeline's config (``intern_jax.data.pipeline.DataConfig``, or
     ``train.synthetic.SyntheticData``). ``batch_size`` (global, all processes) and ``seq_len``
     are set here: a data config's own ``batch_size`` / ``seq_len`` follow them. ``tokenizer``
-    is a tokenizer path recorded in run.json. ``max_bad_steps`` non-finite steps in a row stop the run."""
+    is a tokenizer path recorded in run.json. ``max_bad_steps`` non-finite steps in a row stop the run.
+    ``loss_chunk_tokens``: the output head and cross-entropy run over this many sequence positions
+    (of every row) at a time, recomputed in the backward pass; 0 = all at once. Same loss either way;
+    chunking only matters once ``seq_len`` exceeds it (it saves ``[tokens, vocab]`` float32 logits)."""
 
     model: Any
     data: Any = None
@@ -129,6 +132,7 @@ class TrainConfig:
     seq_len: int = 512
     seed: int = 0
     max_bad_steps: int = 5
+    loss_chunk_tokens: int = 512
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -146,6 +150,8 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is not divisible by parallel.micro_batches "
                 f"{self.parallel.micro_batches}"
             )
+        if self.loss_chunk_tokens < 0:
+            raise ConfigError(f"loss_chunk_tokens must be >= 0 (0 = unchunked), got {self.loss_chunk_tokens}")
         if self.max_bad_steps < 1:
             raise ConfigError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
         if dataclasses.is_dataclass(self.data):

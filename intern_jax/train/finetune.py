@@ -49,8 +49,9 @@ class QuantConfig:
 class FinetuneConfig:
     """One fine-tuning run. ``base_model``: any checkpoint ``load_model`` reads. ``mode``: full,
     lora or qlora. ``dtype`` is the compute dtype, ``base_dtype`` the frozen base's storage dtype
-    (full mode: the trained params' dtype); ``remat`` as the model config. ``batch_size`` is global;
-    ``parallel.micro_batches`` accumulates gradients as in pretraining."""
+    (full mode: the trained params' dtype); ``remat`` as the model config, ``loss_chunk_tokens`` as
+    the train config. ``batch_size`` is global; ``parallel.micro_batches`` accumulates gradients as
+    in pretraining."""
 
     base_model: str
     data: SFTDataConfig
@@ -64,6 +65,7 @@ class FinetuneConfig:
     dtype: str = "float32"
     base_dtype: str = "float32"
     remat: str = "none"
+    loss_chunk_tokens: int = 512
     optimizer: OptimizerConfig = dataclasses.field(
         default_factory=lambda: OptimizerConfig(learning_rate=2e-4, warmup_steps=30, weight_decay=0.0, b2=0.999)
     )
@@ -80,7 +82,7 @@ class FinetuneConfig:
         return TrainConfig(
             model=model_cfg, data=self.data, steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len,
             seed=self.seed, optimizer=self.optimizer, parallel=self.parallel, checkpoint=self.checkpoint,
-            logging=self.logging, name=self.name,
+            logging=self.logging, name=self.name, loss_chunk_tokens=self.loss_chunk_tokens,
         )
 
 

@@ -21,7 +21,9 @@ Contract (shared by pretraining and fine-tuning)::
   ``bad_steps`` (consecutive) and ``skipped`` (total). No host sync happens inside.
 - ``metrics`` = {loss, grad_norm, lr, tokens, finite, bad_steps, skipped} (+ z_loss).
 
-Loss: ``sum(CE * loss_mask) / max(sum(loss_mask), 1)`` over the whole global batch; with
+Loss: ``sum(CE * loss_mask) / max(sum(loss_mask), 1)`` over the whole global batch (the
+output head and the cross-entropy run in chunks of ``loss_chunk_tokens`` positions, see
+``chunked_lm_loss_sums``, so ``[tokens, vocab]`` logits never exist at once); with
 ``parallel.micro_batches = k`` the batch is split into k micro-batches run under
 ``lax.scan`` whose summed gradients are divided by the total mask once, so k micro-batches
 give the gradient of one big batch. Sequence/context parallelism would add a ``sequence``
@@ -31,6 +33,7 @@ mesh axis mapped from the ``seq`` logical axis; it is not implemented here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +73,43 @@ def lm_loss_sums(logits, batch, z_loss: float = 0.0):
     mask = batch["loss_mask"].astype(jnp.float32)
     ce = jnp.sum((lse - target_logit) * mask)
     z = jnp.sum(z_loss * jnp.square(lse) * mask) if z_loss else jnp.zeros((), jnp.float32)
+    return ce, z, jnp.sum(mask)
+
+
+def chunked_lm_loss_sums(hidden, logits_fn, batch, z_loss: float = 0.0, chunk_tokens: int = 0):
+    """``lm_loss_sums(logits_fn(hidden), batch, z_loss)`` without holding ``[B, T, V]`` logits.
+
+    ``hidden [B, T, E]`` is cut along the sequence into chunks of ``chunk_tokens`` positions
+    (of every row; the last chunk is padded with masked positions); ``lax.scan`` runs the head,
+    logsumexp and target logit one chunk at a time under ``jax.checkpoint``, so the backward
+    pass recomputes each chunk's logits instead of storing them. ``chunk_tokens <= 0`` or
+    ``>= T`` computes the logits in one piece. Same sums and gradients, up to float rounding.
+    """
+    b, t = hidden.shape[:2]
+    if chunk_tokens <= 0 or chunk_tokens >= t:
+        return lm_loss_sums(logits_fn(hidden), batch, z_loss)
+    n = -(-t // chunk_tokens)
+    pad = n * chunk_tokens - t
+
+    def split(x):
+        if pad:
+            x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return x.reshape(b, n, chunk_tokens, *x.shape[2:]).swapaxes(0, 1)
+
+    mask = batch["loss_mask"].astype(jnp.float32)
+    chunks = (split(hidden), split(batch["targets"]), split(mask))
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def chunk_sums(x, targets, m):
+        ce, z, _ = lm_loss_sums(logits_fn(x), {"targets": targets, "loss_mask": m}, z_loss)
+        return ce, z
+
+    def body(carry, xs):
+        ce, z = chunk_sums(*xs)
+        return (carry[0] + ce, carry[1] + z), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (ce, z), _ = jax.lax.scan(body, (zero, zero), chunks)
     return ce, z, jnp.sum(mask)
 
 
@@ -193,8 +233,10 @@ def make_train_step(
 
     def grads_of(trainable, frozen, batch):
         def loss_of(tr):
-            logits, _ = internlm2.forward(assemble(tr, frozen), batch, model_cfg)
-            ce, z, count = lm_loss_sums(logits, batch, z_coef)
+            params = assemble(tr, frozen)
+            hidden, _ = internlm2.hidden_states(params, batch, model_cfg)
+            logits_fn = functools.partial(internlm2.head_logits, params, cfg=model_cfg)
+            ce, z, count = chunked_lm_loss_sums(hidden, logits_fn, batch, z_coef, train_cfg.loss_chunk_tokens)
             return ce + z, (ce, z, count)
 
         (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)

@@ -191,3 +191,69 @@ def test_remat_and_mixed_precision_keep_the_fp32_trajectory(reference, variant):
         assert {x.dtype for x in jax.tree.leaves(state["params"])} == {jnp.dtype("float32")}
         assert all(x.dtype in (jnp.float32, jnp.int32) for x in jax.tree.leaves(state["opt_state"]))
         assert 0 < float(m["z_loss"]) < 1e-4 * 100
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied_head", "tied_head"])
+def test_chunked_loss_and_grads_equal_unchunked(tied):
+    """Head + cross-entropy + z-loss in chunks (T=29 not divisible by 8) match full logits, value and
+    gradient, on packed segments with a partial loss mask; the reference is optax's cross-entropy."""
+    from intern_jax.model import internlm2
+    from intern_jax.train.step import chunked_lm_loss_sums
+
+    seed = _seed()
+    cfg = tiny_config(vocab_size=96, tie_word_embeddings=tied)
+    params = random_params(cfg, seed=seed % 1000, scale=0.3)
+    rng = np.random.default_rng(seed)
+    b, t, z_coef = 3, 29, 1e-2
+    # rows of 1-3 packed documents of random lengths, then padding (segment 0)
+    segment_ids = np.zeros((b, t), np.int32)
+    positions = np.zeros((b, t), np.int32)
+    for r in range(b):
+        bounds = np.sort(rng.choice(np.arange(1, t), size=3, replace=False))
+        for s, (lo, hi) in enumerate(zip([0, *bounds[:-1]], bounds), start=1):
+            segment_ids[r, lo:hi], positions[r, lo:hi] = s, np.arange(hi - lo)
+    tokens = rng.integers(0, cfg.vocab_size, (b, t), dtype=np.int32)
+    mask = (segment_ids != 0) & (rng.random((b, t)) < 0.7)
+    batch = {"tokens": tokens, "targets": rng.integers(0, cfg.vocab_size, (b, t), dtype=np.int32),
+             "positions": positions, "segment_ids": segment_ids, "loss_mask": mask.astype(np.float32)}
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    def reference(p):
+        logits, _ = internlm2.forward(p, batch, cfg)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        return jnp.sum((ce + z_coef * lse**2) * batch["loss_mask"])
+
+    def chunked(p, chunk):
+        hidden, _ = internlm2.hidden_states(p, batch, cfg)
+        ce, z, count = chunked_lm_loss_sums(hidden, lambda x: internlm2.head_logits(p, x, cfg), batch, z_coef, chunk)
+        return ce + z, count
+
+    want, want_g = jax.jit(jax.value_and_grad(reference))(params)
+    for chunk in (8, 0):
+        (got, count), got_g = jax.jit(jax.value_and_grad(chunked, has_aux=True), static_argnums=1)(params, chunk)
+        assert float(count) == float(batch["loss_mask"].sum())
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"seed {seed} chunk {chunk}")
+        head = "tok_embeddings" if tied else "output"
+        assert float(jnp.abs(got_g[head]).max()) > 0
+        for path, g in jax.tree_util.tree_leaves_with_path(got_g):
+            w = want_g
+            for k in path:
+                w = w[k.key]
+            scale = float(jnp.abs(w).max()) + 1e-12
+            np.testing.assert_allclose(g / scale, w / scale, atol=2e-5, err_msg=f"seed {seed} chunk {chunk} {path}")
+
+
+def test_train_step_with_loss_chunks_follows_the_unchunked_trajectory(reference):
+    """The config option end to end: chunks of 7 positions (T=32) give the same losses and params."""
+    seed, batches, params, want, want_params = reference
+    tc = dataclasses.replace(_train_cfg(fsdp=1), loss_chunk_tokens=7)
+    ts = make_train_step(CFG, tc, make_mesh({"fsdp": 1}, jax.devices()[:1]), compiler_options=FAST)
+    state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
+    got = []
+    for b in batches:
+        state, m = ts.step(state, None, shard_batch(b, ts.batch_sharding))
+        got.append(float(m["loss"]))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"seed {seed}")
+    for a, b in zip(jax.tree.leaves(jax.device_get(state["params"])), jax.tree.leaves(want_params)):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"seed {seed}")
