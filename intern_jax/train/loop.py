@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,6 +135,7 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
     n_devices = ts.mesh.devices.size
     bar = _progress(total, start, train_cfg.logging.progress and primary)
     window_start, window_steps, host = None, 0, {}
+    window_losses = []  # finite losses since the last logged step: their mean is logged as loss_mean
     step = start
     saved_at = start if start > 0 else None
     try:
@@ -142,6 +144,8 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
             state, metrics = ts.step(state, frozen, batch)
             host = {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
             step += 1
+            if math.isfinite(host["loss"]):
+                window_losses.append(host["loss"])
             now = time.perf_counter()
             if window_start is None:  # the first step compiles; time from its end
                 window_start, window_steps = now, 0
@@ -164,6 +168,9 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
             if step % train_cfg.logging.log_every == 0 or step == total:
                 record = dict(host)
                 record.pop("finite", None)
+                if window_losses:
+                    record["loss_mean"] = sum(window_losses) / len(window_losses)
+                    window_losses = []
                 if window_steps > 0:
                     dt = (now - window_start) / window_steps
                     record["step_time_s"] = dt
@@ -186,7 +193,10 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
 
 
 def _log_line(step: int, total: int, record: dict) -> str:
-    parts = [f"step {step}/{total}", f"loss {record['loss']:.4f}", f"grad_norm {record['grad_norm']:.3f}",
+    parts = [f"step {step}/{total}", f"loss {record['loss']:.4f}"]
+    if "loss_mean" in record:
+        parts.append(f"(mean since last log {record['loss_mean']:.4f})")
+    parts += [f"grad_norm {record['grad_norm']:.3f}",
              f"lr {record['lr']:.3e}"]
     if "tokens_per_s" in record:
         parts.append(f"{record['tokens_per_s']:.0f} tokens/s")

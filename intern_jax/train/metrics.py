@@ -155,7 +155,13 @@ def plot_metrics(run_dir, output_dir=None) -> list[Path]:
     written = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [r["loss"] for r in records], color="tab:blue", label="loss")
+    if any("loss_mean" in r for r in records):
+        ax.plot(steps, [r["loss"] for r in records], color="tab:blue", alpha=0.3, label="loss at the logged step")
+        ax.plot(steps, [r.get("loss_mean", r["loss"]) for r in records], color="tab:blue",
+                label="mean loss since the previous log")
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        ax.plot(steps, [r["loss"] for r in records], color="tab:blue", label="loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if any("lr" in r for r in records):
