@@ -13,7 +13,6 @@ configuration or input, 3 the run diverged (last good state saved).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -38,19 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from intern_jax.config import ConfigError  # noqa: PLC0415
+    from intern_jax.train.config import with_run_flags  # noqa: PLC0415
     from intern_jax.train.finetune import compare_answers, finetune, load_finetune_config  # noqa: PLC0415
     from intern_jax.train.loop import TrainingDiverged  # noqa: PLC0415
 
     try:
         cfg = load_finetune_config(args.config, args.overrides)
-        changes = {}
-        if args.steps is not None:
-            changes["steps"] = args.steps
-        if args.save_every is not None:
-            changes["checkpoint"] = dataclasses.replace(cfg.checkpoint, save_every=args.save_every)
-        if args.quiet:
-            changes["logging"] = dataclasses.replace(cfg.logging, progress=False)
-        cfg = dataclasses.replace(cfg, **changes)
+        cfg = with_run_flags(cfg, steps=args.steps, save_every=args.save_every, quiet=args.quiet)
         output = Path(args.output or Path("runs") / (cfg.name or Path(args.config).stem))
         result = finetune(cfg, output)
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -12,7 +12,6 @@ Rerunning the same command resumes from the latest checkpoint in --output. Under
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -45,19 +44,13 @@ def main(argv=None) -> int:
         print(f"pretrain.py: error: {e}", file=sys.stderr)
         return 2
     from intern_jax.config import ConfigError  # noqa: PLC0415
+    from intern_jax.train.config import with_run_flags  # noqa: PLC0415
     from intern_jax.train.loop import TrainingDiverged  # noqa: PLC0415
     from intern_jax.train.pretrain import prepare_run, pretrain  # noqa: PLC0415
 
     try:
         cfg = prepare_run(args.config, args.overrides)
-        changes = {}
-        if args.steps is not None:
-            changes["steps"] = args.steps
-        if args.save_every is not None:
-            changes["checkpoint"] = dataclasses.replace(cfg.checkpoint, save_every=args.save_every)
-        if args.quiet:
-            changes["logging"] = dataclasses.replace(cfg.logging, progress=False)
-        cfg = dataclasses.replace(cfg, **changes)
+        cfg = with_run_flags(cfg, steps=args.steps, save_every=args.save_every, quiet=args.quiet)
         output = Path(args.output or Path("runs") / (cfg.name or Path(args.config).stem))
         result = pretrain(cfg, output)
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -199,3 +199,16 @@ def train_config_to_dict(cfg: TrainConfig) -> dict:
         return str(x)
 
     return convert(cfg)
+
+
+def with_run_flags(cfg, *, steps: int | None = None, save_every: int | None = None, quiet: bool = False):
+    """``cfg`` (a TrainConfig or FinetuneConfig) with the scripts' common flags applied:
+    ``--steps``, ``--save-every`` and ``--quiet`` (no progress bar)."""
+    changes = {}
+    if steps is not None:
+        changes["steps"] = steps
+    if save_every is not None:
+        changes["checkpoint"] = dataclasses.replace(cfg.checkpoint, save_every=save_every)
+    if quiet:
+        changes["logging"] = dataclasses.replace(cfg.logging, progress=False)
+    return dataclasses.replace(cfg, **changes)
