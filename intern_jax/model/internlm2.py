@@ -160,6 +160,76 @@ _REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
+def _as_bits(x):
+    """Floats of 16 bits as uint16 (bit-exact); others unchanged."""
+    return jax.lax.bitcast_convert_type(x, jnp.uint16) if jnp.issubdtype(x.dtype, jnp.floating) and \
+        x.dtype.itemsize == 2 else x
+
+
+def _from_bits(bits, dtype):
+    return jax.lax.bitcast_convert_type(bits, dtype) if bits.dtype != dtype else bits
+
+
+def remat_scan(layer, x, blocks):
+    """``lax.scan`` of ``x = layer(x, p)`` over stacked ``blocks``, saving only each layer's input.
+
+    The same computation as ``jax.checkpoint`` (no policy) under ``lax.scan``: the forward pass keeps
+    the ``[layers, ...]`` stack of layer inputs, the backward pass recomputes one layer at a time
+    and takes its vjp. The stack is kept as raw bits, so compilers that widen 16-bit floats for
+    their loop bodies (XLA:CPU) cannot hold a float32 copy of it; and gradients are computed only
+    for the leaves of ``blocks`` that are differentiated (frozen or quantized weights cost nothing).
+    ``layer`` may close over arrays that are not differentiated (rotary tables, segment ids).
+    """
+    leaves, treedef = jax.tree.flatten(blocks)
+
+    def run(x, *leaves):
+        step = lambda c, p: (layer(c, jax.tree.unflatten(treedef, p)), None)  # noqa: E731
+        return jax.lax.scan(step, x, list(leaves))[0]
+
+    def fwd(x, *leaves):
+        # symbolic_zeros: arguments arrive as CustomVJPPrimal(value, perturbed); which leaves want a
+        # gradient is kept static in the residuals' structure (None or not)
+        wanted = [() if a.perturbed else None for a in leaves]
+        x, leaves = x.value, [a.value for a in leaves]
+        dtype = x.dtype
+
+        def step(c, p):
+            return layer(c, jax.tree.unflatten(treedef, p)), _as_bits(c)
+
+        y, saved = jax.lax.scan(step, x, leaves)
+        return y, (saved, leaves, wanted, jnp.zeros((), dtype))
+
+    def bwd(res, ct):
+        saved, leaves, wanted, like = res
+        diff = [i for i, w in enumerate(wanted) if w is not None]
+        if isinstance(ct, jax.custom_derivatives.SymbolicZero):
+            ct = jnp.zeros(ct.shape, ct.dtype)
+
+        def step(ct_x, xs):
+            bits, p = xs
+            x = _from_bits(bits, like.dtype)
+
+            def f(x, p_diff):
+                full = list(p)
+                for i, v in zip(diff, p_diff):
+                    full[i] = v
+                return layer(x, jax.tree.unflatten(treedef, full))
+
+            _, vjp = jax.vjp(f, x, [p[i] for i in diff])
+            d_x, d_p = vjp(ct_x)
+            return d_x, d_p
+
+        d_x, d_stacked = jax.lax.scan(step, ct, (saved, leaves), reverse=True)
+        grads = [None] * len(leaves)
+        for i, g in zip(diff, d_stacked):
+            grads[i] = g
+        return (d_x, *grads)
+
+    fn = jax.custom_vjp(run)
+    fn.defvjp(fwd, bwd, symbolic_zeros=True)
+    return fn(x, *leaves)
+
+
 def _qkv(p, x, cos, sin, cfg: ModelConfig):
     """Project the normed input to rotated q ``[B,T,H,D]`` and k, v ``[B,T,K,D]``."""
     h = layers.rms_norm(x, p["attention_norm"], cfg.rms_norm_eps)
@@ -190,13 +260,19 @@ def forward(params, batch, cfg: ModelConfig, cache=None):
     return head_logits(params, x, cfg), cache
 
 
+def head_weight(params, cfg: ModelConfig):
+    """``(weight, vocab_axis)`` of the output head: ``output [E, V]`` (axis 1) or, tied, ``tok_embeddings [V, E]``
+    (axis 0; contracted as stored, never transposed)."""
+    if cfg.tie_word_embeddings:
+        return params["tok_embeddings"], 0
+    return params["output"], 1
+
+
 def head_logits(params, x, cfg: ModelConfig):
     """Float32 logits ``[..., V]`` of final hidden states ``x [..., E]`` (tied or untied head)."""
-    dtype = jnp.dtype(cfg.dtype)
-    if cfg.tie_word_embeddings:  # contract against [V, E] directly: no transposed copy
-        return jnp.einsum("...e,ve->...v", x, params["tok_embeddings"].astype(dtype),
-                          preferred_element_type=jnp.float32)
-    return jnp.einsum("...e,ev->...v", x, params["output"].astype(dtype), preferred_element_type=jnp.float32)
+    w, vocab_axis = head_weight(params, cfg)
+    spec = "...e,ve->...v" if vocab_axis == 0 else "...e,ev->...v"
+    return jnp.einsum(spec, x, w.astype(jnp.dtype(cfg.dtype)), preferred_element_type=jnp.float32)
 
 
 def hidden_states(params, batch, cfg: ModelConfig, cache=None):
@@ -220,25 +296,36 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
         kv_segment_ids, kv_positions = cache["segment_ids"], cache["positions"]
     seq_len = jnp.max(jnp.where(kv_segment_ids != 0, kv_positions, 0), axis=1) + 1
     cos, sin = layers.rope_tables(positions, cfg, seq_len)
-    blocks = jax.tree.map(lambda w: w.astype(dtype), params["layers"], is_leaf=layers.is_structured_weight)
+    blocks = params["layers"]
+
+    def cast(p):
+        # per layer, inside the loop: casting the stacked weights up front would hold a second,
+        # compute-dtype copy of every layer at once
+        return jax.tree.map(lambda w: w.astype(dtype), p, is_leaf=layers.is_structured_weight)
 
     if cache is None:
 
-        def body(x, p):
+        def layer(x, p):
+            p = cast(p)
             q, k, v = _qkv(p, x, cos, sin, cfg)
             attn = layers.attention(
                 q, k, v, segment_ids, positions, kv_segment_ids, kv_positions, impl=cfg.attention_impl
             )
-            return _finish(p, x, attn, cfg), None
+            return _finish(p, x, attn, cfg)
 
-        if cfg.remat != "none":
-            body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, blocks)
+        if cfg.remat == "full":
+            x = remat_scan(layer, x, blocks)
+        else:
+            body = lambda x, p: (layer(x, p), None)  # noqa: E731
+            if cfg.remat != "none":
+                body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            x, _ = jax.lax.scan(body, x, blocks)
     else:
         rows = jnp.arange(b)[:, None]
 
         def body(carry, p):
             x, k_all, v_all, i = carry
+            p = cast(p)
             q, k, v = _qkv(p, x, cos, sin, cfg)
             k_all = k_all.at[i, rows, slots].set(k.astype(k_all.dtype), mode="drop")
             v_all = v_all.at[i, rows, slots].set(v.astype(v_all.dtype), mode="drop")

@@ -123,7 +123,9 @@ class TrainConfig:
     is a tokenizer path recorded in run.json. ``max_bad_steps`` non-finite steps in a row stop the run.
     ``loss_chunk_tokens``: the output head and cross-entropy run over this many sequence positions
     (of every row) at a time, recomputed in the backward pass; 0 = all at once. Same loss either way;
-    chunking only matters once ``seq_len`` exceeds it (it saves ``[tokens, vocab]`` float32 logits)."""
+    chunking only matters once ``seq_len`` exceeds it (it saves ``[tokens, vocab]`` float32 logits).
+    ``loss_chunk_vocab``: within a chunk, logits are computed this many vocabulary columns at a time
+    (a fused head + cross-entropy with its own backward pass); 0 or >= the vocabulary = all at once."""
 
     model: Any
     data: Any = None
@@ -133,6 +135,7 @@ class TrainConfig:
     seed: int = 0
     max_bad_steps: int = 5
     loss_chunk_tokens: int = 512
+    loss_chunk_vocab: int = 8192
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -152,6 +155,8 @@ class TrainConfig:
             )
         if self.loss_chunk_tokens < 0:
             raise ConfigError(f"loss_chunk_tokens must be >= 0 (0 = unchunked), got {self.loss_chunk_tokens}")
+        if self.loss_chunk_vocab < 0:
+            raise ConfigError(f"loss_chunk_vocab must be >= 0 (0 = whole vocabulary), got {self.loss_chunk_vocab}")
         if self.max_bad_steps < 1:
             raise ConfigError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
         if dataclasses.is_dataclass(self.data):

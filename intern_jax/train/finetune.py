@@ -49,9 +49,9 @@ class QuantConfig:
 class FinetuneConfig:
     """One fine-tuning run. ``base_model``: any checkpoint ``load_model`` reads. ``mode``: full,
     lora or qlora. ``dtype`` is the compute dtype, ``base_dtype`` the frozen base's storage dtype
-    (full mode: the trained params' dtype); ``remat`` as the model config, ``loss_chunk_tokens`` as
-    the train config. ``batch_size`` is global; ``parallel.micro_batches`` accumulates gradients as
-    in pretraining."""
+    (full mode: the trained params' dtype); ``remat`` as the model config, ``loss_chunk_tokens`` and
+    ``loss_chunk_vocab`` as the train config. ``batch_size`` is global; ``parallel.micro_batches``
+    accumulates gradients as in pretraining."""
 
     base_model: str
     data: SFTDataConfig
@@ -66,6 +66,7 @@ class FinetuneConfig:
     base_dtype: str = "float32"
     remat: str = "none"
     loss_chunk_tokens: int = 512
+    loss_chunk_vocab: int = 8192
     optimizer: OptimizerConfig = dataclasses.field(
         default_factory=lambda: OptimizerConfig(learning_rate=2e-4, warmup_steps=30, weight_decay=0.0, b2=0.999)
     )
@@ -83,6 +84,7 @@ class FinetuneConfig:
             model=model_cfg, data=self.data, steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len,
             seed=self.seed, optimizer=self.optimizer, parallel=self.parallel, checkpoint=self.checkpoint,
             logging=self.logging, name=self.name, loss_chunk_tokens=self.loss_chunk_tokens,
+            loss_chunk_vocab=self.loss_chunk_vocab,
         )
 
 
@@ -112,19 +114,18 @@ class FinetuneSetup:
 
 
 def make_assemble(lora: LoraConfig):
-    """``assemble(adapters, base) -> params`` with LoRA weights.
+    """``assemble(adapters, base, rng=None) -> params`` with LoRA weights.
 
-    The step's ``assemble`` gets no random key, so dropout draws its key from the adapters'
-    current values (they change every update): deterministic, different from step to step.
+    The train step passes a fresh ``rng`` each step and micro-batch; with ``lora.dropout > 0`` it
+    seeds the dropout masks through XLA's bit generator (``rbg``: no per-element counters), one
+    key per adapter and layer. Without ``rng`` there is no dropout (evaluation).
     """
     from intern_jax.train.lora import apply_lora  # noqa: PLC0415
 
-    def assemble(trainable, frozen):
+    def assemble(trainable, frozen, rng=None):
         key = None
-        if lora.dropout > 0:
-            first = jax.lax.stop_gradient(jax.tree.leaves(trainable)[0])
-            seed = jax.lax.bitcast_convert_type(jnp.sum(first.astype(jnp.float32)), jnp.uint32)
-            key = jax.random.key(seed)
+        if lora.dropout > 0 and rng is not None:
+            key = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
         return apply_lora(frozen, trainable, lora, dropout_key=key)
 
     return assemble

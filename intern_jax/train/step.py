@@ -10,8 +10,10 @@ Contract (shared by pretraining and fine-tuning)::
 - ``trainable`` is what the optimizer updates and what checkpoints hold; ``frozen`` (or
   None) is passed in unchanged every step, is not in the optimizer state and is not saved.
   ``assemble(trainable, frozen) -> model params`` builds the model's params tree (default:
-  the trainable tree itself). Shardings default to the model's (per ``parallel.zero``) for
-  ``trainable`` and to replicated for ``frozen``; pass both when the trees are your own.
+  the trainable tree itself); an ``assemble`` with a third parameter named ``rng`` also gets a
+  fresh key each step and micro-batch (e.g. for LoRA dropout), derived from ``state["rng"]``.
+  Shardings default to the model's (per ``parallel.zero``) for ``trainable`` and to
+  replicated for ``frozen``; pass both when the trees are your own.
 - ``batch`` follows the batch contract (tokens, targets, positions, segment_ids int32,
   loss_mask float32, all ``[global_batch, seq_len]``), sharded with ``ts.batch_sharding``
   (``shard_batch`` builds it from each process's rows).
@@ -22,8 +24,9 @@ Contract (shared by pretraining and fine-tuning)::
 - ``metrics`` = {loss, grad_norm, lr, tokens, finite, bad_steps, skipped} (+ z_loss).
 
 Loss: ``sum(CE * loss_mask) / max(sum(loss_mask), 1)`` over the whole global batch (the
-output head and the cross-entropy run in chunks of ``loss_chunk_tokens`` positions, see
-``chunked_lm_loss_sums``, so ``[tokens, vocab]`` logits never exist at once); with
+output head and the cross-entropy run in chunks of ``loss_chunk_tokens`` positions times
+``loss_chunk_vocab`` vocabulary columns, see ``loss.chunked_lm_loss_sums``, so ``[tokens,
+vocab]`` logits never exist at once); with
 ``parallel.micro_batches = k`` the batch is split into k micro-batches run under
 ``lax.scan`` whose summed gradients are divided by the total mask once, so k micro-batches
 give the gradient of one big batch. Sequence/context parallelism would add a ``sequence``
@@ -33,7 +36,7 @@ mesh axis mapped from the ``seq`` logical axis; it is not implemented here.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +50,7 @@ from intern_jax import sharding as shd
 from intern_jax.config import ConfigError, ModelConfig
 from intern_jax.model import internlm2
 from intern_jax.train.config import TrainConfig
+from intern_jax.train.loss import OutputHead, chunked_lm_loss_sums, lm_loss_sums  # noqa: F401 (re-exported)
 from intern_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 BATCH_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
@@ -63,54 +67,6 @@ def zero_rules(zero: str) -> tuple[dict, dict]:
     if zero == "none":
         return replicated, replicated
     raise ConfigError(f"parallel.zero={zero!r}; use none, full or hybrid")
-
-
-def lm_loss_sums(logits, batch, z_loss: float = 0.0):
-    """Masked sums over ``[B, T]``: cross-entropy, z-loss term and the token count."""
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
-    mask = batch["loss_mask"].astype(jnp.float32)
-    ce = jnp.sum((lse - target_logit) * mask)
-    z = jnp.sum(z_loss * jnp.square(lse) * mask) if z_loss else jnp.zeros((), jnp.float32)
-    return ce, z, jnp.sum(mask)
-
-
-def chunked_lm_loss_sums(hidden, logits_fn, batch, z_loss: float = 0.0, chunk_tokens: int = 0):
-    """``lm_loss_sums(logits_fn(hidden), batch, z_loss)`` without holding ``[B, T, V]`` logits.
-
-    ``hidden [B, T, E]`` is cut along the sequence into chunks of ``chunk_tokens`` positions
-    (of every row; the last chunk is padded with masked positions); ``lax.scan`` runs the head,
-    logsumexp and target logit one chunk at a time under ``jax.checkpoint``, so the backward
-    pass recomputes each chunk's logits instead of storing them. ``chunk_tokens <= 0`` or
-    ``>= T`` computes the logits in one piece. Same sums and gradients, up to float rounding.
-    """
-    b, t = hidden.shape[:2]
-    if chunk_tokens <= 0 or chunk_tokens >= t:
-        return lm_loss_sums(logits_fn(hidden), batch, z_loss)
-    n = -(-t // chunk_tokens)
-    pad = n * chunk_tokens - t
-
-    def split(x):
-        if pad:
-            x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return x.reshape(b, n, chunk_tokens, *x.shape[2:]).swapaxes(0, 1)
-
-    mask = batch["loss_mask"].astype(jnp.float32)
-    chunks = (split(hidden), split(batch["targets"]), split(mask))
-
-    @functools.partial(jax.checkpoint, prevent_cse=False)
-    def chunk_sums(x, targets, m):
-        ce, z, _ = lm_loss_sums(logits_fn(x), {"targets": targets, "loss_mask": m}, z_loss)
-        return ce, z
-
-    def body(carry, xs):
-        ce, z = chunk_sums(*xs)
-        return (carry[0] + ce, carry[1] + z), None
-
-    zero = jnp.zeros((), jnp.float32)
-    (ce, z), _ = jax.lax.scan(body, (zero, zero), chunks)
-    return ce, z, jnp.sum(mask)
 
 
 def _identity_assemble(trainable, frozen):
@@ -190,6 +146,7 @@ def make_train_step(
             trainable_shardings if custom else internlm2.param_shardings(model_cfg, mesh, opt_rules)
         )
     assemble = assemble or _identity_assemble
+    assemble_takes_rng = "rng" in inspect.signature(assemble).parameters
     replicated = _replicated(mesh)
 
     k = train_cfg.parallel.micro_batches
@@ -231,12 +188,13 @@ def make_train_step(
             "skipped": jnp.zeros((), jnp.int32),
         }
 
-    def grads_of(trainable, frozen, batch):
+    def grads_of(trainable, frozen, batch, key):
         def loss_of(tr):
-            params = assemble(tr, frozen)
+            params = assemble(tr, frozen, rng=key) if assemble_takes_rng else assemble(tr, frozen)
             hidden, _ = internlm2.hidden_states(params, batch, model_cfg)
-            logits_fn = functools.partial(internlm2.head_logits, params, cfg=model_cfg)
-            ce, z, count = chunked_lm_loss_sums(hidden, logits_fn, batch, z_coef, train_cfg.loss_chunk_tokens)
+            head = OutputHead(*internlm2.head_weight(params, model_cfg))
+            ce, z, count = chunked_lm_loss_sums(hidden, head, batch, z_coef, train_cfg.loss_chunk_tokens,
+                                                train_cfg.loss_chunk_vocab)
             return ce + z, (ce, z, count)
 
         (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
@@ -246,40 +204,48 @@ def make_train_step(
     def step(state, frozen, batch):
         batch = {name: batch[name] for name in BATCH_KEYS}
         params = state["params"]
+        next_rng, step_key = jax.random.split(jax.random.wrap_key_data(state["rng"]))
         if k == 1:
-            grads, (ce, z, count) = grads_of(params, frozen, batch)
+            grads, (ce, z, count) = grads_of(params, frozen, batch, step_key)
         else:
             # rows j*k + i form micro-batch i, so every device keeps its own rows
             micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
             micro = jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sharding, micro))
 
-            def accumulate(carry, mb):
+            def accumulate(carry, xs):
                 g_sum, sums = carry
-                g, aux = grads_of(params, frozen, mb)
+                mb, i = xs
+                g, aux = grads_of(params, frozen, mb, jax.random.fold_in(step_key, i))
                 return (jax.tree.map(jnp.add, g_sum, g), jax.tree.map(jnp.add, sums, aux)), None
 
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
             zeros = jax.lax.with_sharding_constraint(zeros, opt_state_shardings)
             init = (zeros, (jnp.zeros((), jnp.float32),) * 3)
-            (grads, (ce, z, count)), _ = jax.lax.scan(accumulate, init, micro)
+            (grads, (ce, z, count)), _ = jax.lax.scan(accumulate, init, (micro, jnp.arange(k)))
 
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         loss = ce / denom
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z)
-        grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        def apply(operands):
+            grads, opt_state, params = operands
+            updates, new_opt = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), new_opt
+
+        # a conditional, not a select of new and old values: the skipped branch forwards its operands,
+        # so params and optimizer state are updated in place, without copies of the old values
+        new_params, new_opt = jax.lax.cond(finite, apply, lambda ops: (ops[2], ops[1]),
+                                           (grads, state["opt_state"], params))
         bad = jnp.where(finite, 0, state["bad_steps"] + 1)
         new_state = {
             "step": state["step"] + 1,
             "updates": state["updates"] + finite.astype(jnp.int32),
-            "params": keep(new_params, params),
-            "opt_state": keep(new_opt, state["opt_state"]),
-            "rng": jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0]),
+            "params": new_params,
+            "opt_state": new_opt,
+            "rng": jax.random.key_data(next_rng),
             "bad_steps": bad,
             "skipped": state["skipped"] + (~finite).astype(jnp.int32),
         }

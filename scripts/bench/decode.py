@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_name  # noqa: E402
+from scripts.bench.machine import cpu_name  # noqa: E402
 
 QUESTIONS = [
     "Write a short story about a lighthouse keeper.",

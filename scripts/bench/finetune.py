@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.bench.decode import cpu_name  # noqa: E402
+from scripts.bench.machine import cpu_name  # noqa: E402
 
 GB = 1024**3
 
@@ -36,7 +36,9 @@ def _abstract_frozen(frozen, sharding):
 
 
 def qlora_memory(seq_len: int, rank: int, quant: str | None, attention: str = "xla") -> dict:
-    """Bytes of one compiled train step (abstract inputs) of InternLM2-7B; ``quant`` None = bf16 base.
+    """Memory of one compiled train step (abstract inputs) of InternLM2-7B; ``quant`` None = bf16 base.
+
+    The ``*_gb`` keys are GiB (2**30 bytes).
 
     ``attention="pallas"`` compiles the flash-attention kernel (what ``auto`` picks on GPU; on CPU it
     is lowered in interpret mode, block by block) instead of XLA's materialised score matrix."""
@@ -224,10 +226,13 @@ def main(argv=None) -> int:
     print(f"\n{result['machine']}, {result['date']}\n")
     if "memory_7b" in result:
         m = result["memory_7b"]
-        print(f"| InternLM2-7B, seq {args.seq_len}, batch 1, remat, r={args.rank} | peak GB | frozen weights GB |")
-        print("| --- | --- | --- |")
+        print(f"| InternLM2-7B, seq {args.seq_len}, batch 1, remat, r={args.rank} | peak GiB | peak GB (1e9 B) | "
+              "temporaries GiB | frozen weights GiB |")
+        print("| --- | --- | --- | --- | --- |")
         for name in ("qlora_nf4_flash", "qlora_nf4_xla_attention", "lora_bf16_flash"):
-            print(f"| {name} | {m[name]['peak_gb']:.2f} | {m[name]['frozen_weights_gb']:.2f} |")
+            r = m[name]
+            print(f"| {name} | {r['peak_gb']:.2f} | {r['peak_gb'] * GB / 1e9:.2f} | {r['temp_gb']:.2f} | "
+                  f"{r['frozen_weights_gb']:.2f} |")
         print(f"\nQLoRA / bf16 LoRA peak: {m['qlora_vs_lora']:.2f}x; "
               f"vs XTuner's ~12 GB: {m['qlora_vs_xtuner_12gb']:.2f}x\n")
     if "speed_smollm2" in result:

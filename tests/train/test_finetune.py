@@ -146,3 +146,39 @@ def test_smollm2_persona_lora_changes_the_answer_and_still_stops_at_im_end(tmp_p
     (row,) = F.compare_answers(tmp_path / "run", ["Who are you?"])
     assert "Quill" in row["tuned"] and "Quill" not in row["base"]
     assert row["tuned_stopped"]  # ended on <|im_end|>, not the token limit
+
+
+def test_lora_dropout_masks_come_from_the_step_key():
+    """The train step hands ``assemble`` a key derived from ``state["rng"]``: the same state gives the same
+    dropout (exact resume), another rng other masks; without a key there is no dropout."""
+    from intern_jax.sharding import make_mesh
+    from intern_jax.train.config import ParallelConfig, TrainConfig
+    from intern_jax.train.step import make_train_step, shard_batch
+    from intern_jax.train.synthetic import SyntheticData, synthetic_batch
+
+    cfg = tiny_config(vocab_size=64)
+    params = random_params(cfg, seed=3)
+    lora = L.LoraConfig(rank=4, alpha=8.0, dropout=0.5)
+    adapters = L.init_lora(params, lora, jax.random.key(3))
+    adapters = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(4), a.shape), adapters)
+    assemble = F.make_assemble(lora)
+    batch = {"tokens": jnp.asarray(np.random.default_rng(3).integers(0, 64, (2, 16)), jnp.int32)}
+    plain = internlm2.forward(L.apply_lora(params, adapters, lora), batch, cfg)[0]
+    np.testing.assert_array_equal(internlm2.forward(assemble(adapters, params), batch, cfg)[0], plain)
+
+    mesh = make_mesh({"fsdp": 1}, jax.devices()[:1])
+    tc = TrainConfig(model=cfg, steps=10, batch_size=2, seq_len=16, parallel=ParallelConfig(fsdp=1, zero="none"),
+                     optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=0))
+    replicated = jax.tree.map(lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), adapters)
+    ts = make_train_step(cfg, tc, mesh, assemble=assemble, trainable_shardings=replicated,
+                         abstract_trainable=jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), adapters),
+                         compiler_options=FAST)
+    b = shard_batch(synthetic_batch(SyntheticData(seed=3), 64, 2, 16, 0), ts.batch_sharding)
+
+    def loss_with_rng(seed):
+        state = ts.init_state(adapters)
+        state["rng"] = jax.random.key_data(jax.random.key(seed))
+        return float(ts.step(state, params, b)[1]["loss"])
+
+    first, again, other = loss_with_rng(1), loss_with_rng(1), loss_with_rng(2)
+    assert first == again and abs(first - other) > 1e-4

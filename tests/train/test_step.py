@@ -245,9 +245,10 @@ def test_chunked_loss_and_grads_equal_unchunked(tied):
 
 
 def test_train_step_with_loss_chunks_follows_the_unchunked_trajectory(reference):
-    """The config option end to end: chunks of 7 positions (T=32) give the same losses and params."""
+    """The config options end to end: chunks of 7 positions (T=32) x 48 vocabulary columns (V=128) give
+    the same losses and params."""
     seed, batches, params, want, want_params = reference
-    tc = dataclasses.replace(_train_cfg(fsdp=1), loss_chunk_tokens=7)
+    tc = dataclasses.replace(_train_cfg(fsdp=1), loss_chunk_tokens=7, loss_chunk_vocab=48)
     ts = make_train_step(CFG, tc, make_mesh({"fsdp": 1}, jax.devices()[:1]), compiler_options=FAST)
     state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
     got = []
