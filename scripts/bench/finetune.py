@@ -35,10 +35,11 @@ def _abstract_frozen(frozen, sharding):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), frozen)
 
 
-def qlora_memory(seq_len: int, rank: int, quant: str | None, attention: str = "xla") -> dict:
+def qlora_memory(seq_len: int, rank: int, quant: str | None, attention: str = "xla", micro_batches: int = 1) -> dict:
     """Memory of one compiled train step (abstract inputs) of InternLM2-7B; ``quant`` None = bf16 base.
 
-    The ``*_gb`` keys are GiB (2**30 bytes).
+    The ``*_gb`` keys are GiB (2**30 bytes). ``micro_batches > 1``: a batch of that many rows, one per
+    accumulated micro-batch (the recipe's gradient accumulation).
 
     ``attention="pallas"`` compiles the flash-attention kernel (what ``auto`` picks on GPU; on CPU it
     is lowered in interpret mode, block by block) instead of XLA's materialised score matrix."""
@@ -66,14 +67,14 @@ def qlora_memory(seq_len: int, rank: int, quant: str | None, attention: str = "x
         frozen = Q.quantize_params(frozen, quant, double_quant=True, abstract=True)
     lora = L.LoraConfig(rank=rank, alpha=16.0, dropout=0.1)
     adapters = L.abstract_lora(frozen, lora)
-    train_cfg = TrainConfig(model=cfg, steps=1000, batch_size=1, seq_len=seq_len,
+    train_cfg = TrainConfig(model=cfg, steps=1000, batch_size=micro_batches, seq_len=seq_len,
                             optimizer=OptimizerConfig(learning_rate=2e-4, warmup_steps=10),
-                            parallel=ParallelConfig(fsdp=1, zero="none"))
+                            parallel=ParallelConfig(fsdp=1, zero="none", micro_batches=micro_batches))
     ts = make_train_step(cfg, train_cfg, mesh, assemble=make_assemble(lora), abstract_trainable=adapters,
                          trainable_shardings=jax.tree.map(lambda _: replicated, adapters))
     start = time.perf_counter()
     compiled = ts.step.lower(ts.abstract_state(), _abstract_frozen(frozen, replicated),
-                             ts.abstract_batch(1, seq_len)).compile()
+                             ts.abstract_batch(micro_batches, seq_len)).compile()
     compile_s = time.perf_counter() - start
     m = compiled.memory_analysis()
     frozen_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(frozen))
@@ -201,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--seq-len", type=int, default=2048, help="7B memory analysis sequence length")
     ap.add_argument("--rank", type=int, default=64, help="7B LoRA rank (XTuner's QLoRA recipe: 64)")
+    ap.add_argument("--micro-batches", type=int, default=16,
+                    help="the extra QLoRA row: batch 1 x this many accumulated micro-batches (the recipe's)")
     ap.add_argument("--speed-seq-len", type=int, default=256)
     ap.add_argument("--speed-batch", type=int, default=2)
     ap.add_argument("--speed-rank", type=int, default=16)
@@ -213,9 +216,10 @@ def main(argv=None) -> int:
     result = {"machine": f"{cpu_name()} ({jax.default_backend()}, {jax.device_count()} device(s))",
               "date": time.strftime("%Y-%m-%d")}
     if not args.speed_only:
-        runs = {"qlora_nf4_flash": ("nf4", "pallas"), "qlora_nf4_xla_attention": ("nf4", "xla"),
-                "lora_bf16_flash": (None, "pallas")}
-        mem = {name: qlora_memory(args.seq_len, args.rank, q, a) for name, (q, a) in runs.items()}
+        runs = {"qlora_nf4_flash": ("nf4", "pallas", 1), "qlora_nf4_xla_attention": ("nf4", "xla", 1),
+                "lora_bf16_flash": (None, "pallas", 1),
+                f"qlora_nf4_flash_{args.micro_batches}_micro_batches": ("nf4", "pallas", args.micro_batches)}
+        mem = {name: qlora_memory(args.seq_len, args.rank, q, a, k) for name, (q, a, k) in runs.items()}
         mem["qlora_vs_lora"] = mem["qlora_nf4_flash"]["peak_gb"] / mem["lora_bf16_flash"]["peak_gb"]
         mem["qlora_vs_xtuner_12gb"] = mem["qlora_nf4_flash"]["peak_gb"] / 12.0
         result["memory_7b"] = mem
@@ -229,7 +233,9 @@ def main(argv=None) -> int:
         print(f"| InternLM2-7B, seq {args.seq_len}, batch 1, remat, r={args.rank} | peak GiB | peak GB (1e9 B) | "
               "temporaries GiB | frozen weights GiB |")
         print("| --- | --- | --- | --- | --- |")
-        for name in ("qlora_nf4_flash", "qlora_nf4_xla_attention", "lora_bf16_flash"):
+        for name in mem:
+            if not isinstance(mem[name], dict):
+                continue
             r = m[name]
             print(f"| {name} | {r['peak_gb']:.2f} | {r['peak_gb'] * GB / 1e9:.2f} | {r['temp_gb']:.2f} | "
                   f"{r['frozen_weights_gb']:.2f} |")
