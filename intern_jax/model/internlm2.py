@@ -193,10 +193,13 @@ def forward(params, batch, cfg: ModelConfig, cache=None):
 def head_logits(params, x, cfg: ModelConfig):
     """Float32 logits ``[..., V]`` of final hidden states ``x [..., E]`` (tied or untied head)."""
     dtype = jnp.dtype(cfg.dtype)
+    rows = x.reshape(-1, x.shape[-1])  # 2-D: the weight gradient is a single-contraction dot
     if cfg.tie_word_embeddings:  # contract against [V, E] directly: no transposed copy
-        return jnp.einsum("...e,ve->...v", x, params["tok_embeddings"].astype(dtype),
-                          preferred_element_type=jnp.float32)
-    return jnp.einsum("...e,ev->...v", x, params["output"].astype(dtype), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("ne,ve->nv", rows, params["tok_embeddings"].astype(dtype),
+                            preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("ne,ev->nv", rows, params["output"].astype(dtype), preferred_element_type=jnp.float32)
+    return logits.reshape(*x.shape[:-1], logits.shape[-1])
 
 
 def hidden_states(params, batch, cfg: ModelConfig, cache=None):

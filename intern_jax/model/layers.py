@@ -84,7 +84,9 @@ def linear(x, w, b=None):
     if is_structured_weight(w):
         y = w.matmul(x)
     else:
-        y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype).reshape(w.shape[0], -1))
+        # one 2-D product: with the leading axes folded into rows, the weight gradient is a
+        # single-contraction dot, which XLA:CPU runs without a transposed copy of the activations
+        y = jnp.dot(x.reshape(-1, x.shape[-1]), w.astype(x.dtype).reshape(w.shape[0], -1))
         y = y.reshape(*x.shape[:-1], *w.shape[1:])
     if b is not None:
         y = y + b.astype(y.dtype)
