@@ -124,13 +124,15 @@ def attention_xla(q, k, v, mask, sm_scale=None):
     g = h // kvh
     scale = sm_scale if sm_scale is not None else d**-0.5
     qg = q.reshape(b, t, kvh, g, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    m = mask[:, None, None, :, :]
-    scores = jnp.where(m, scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = jnp.where(m, probs, 0.0)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    # The mask enters as an additive bias (hidden keys get exactly zero probability), so the
+    # backward pass has no select over the [b, k, g, t, s] scores. A row that sees no key
+    # gets a uniform softmax, and the final row factor turns its output (and gradients) to 0.
+    bias = jnp.where(mask, 0.0, NEG_INF)[:, None, None, :, :]
+    probs = jax.nn.softmax(scores * scale + bias, axis=-1)
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, h, d).astype(q.dtype)
+    visible = jnp.any(mask, axis=-1).astype(out.dtype)[:, :, None, None, None]
+    return (out * visible).reshape(b, t, h, d).astype(q.dtype)
 
 
 def attention(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions, *, impl="xla"):
