@@ -93,11 +93,19 @@ def linear(x, w, b=None):
     return y
 
 
+@jax.checkpoint
+def _silu_gate(gate, up):
+    # rematerialized: the backward pass keeps only ``gate`` and ``up`` and recomputes the
+    # sigmoid and product, which is cheaper on CPU than storing (and, under the layer scan,
+    # stacking) four [tokens, intermediate] intermediates per layer
+    return jax.nn.silu(gate) * up
+
+
 def swiglu(x, w1, w3, w2, b1=None, b3=None, b2=None):
     """``w2(silu(w1 x) * w3 x)``."""
     gate = linear(x, w1, b1)
     up = linear(x, w3, b3)
-    return linear(jax.nn.silu(gate) * up, w2, b2)
+    return linear(_silu_gate(gate, up), w2, b2)
 
 
 def attention_mask(q_segment_ids, q_positions, kv_segment_ids, kv_positions):
