@@ -128,19 +128,25 @@ def attention_xla(q, k, v, mask, sm_scale=None):
     Rows with no visible key return zeros.
     """
     b, t, h, d = q.shape
-    kvh = k.shape[2]
+    s, kvh = k.shape[1], k.shape[2]
     g = h // kvh
     scale = sm_scale if sm_scale is not None else d**-0.5
-    qg = q.reshape(b, t, kvh, g, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    # Each kv head's G query heads are merged with the query positions into one row axis, so
+    # every product (and each of its gradients) contracts a single axis: XLA:CPU then runs
+    # them as plain batched matmuls without transposed copies of the [.., rows, s] scores.
+    qh = q.reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
     # The mask enters as an additive bias (hidden keys get exactly zero probability), so the
-    # backward pass has no select over the [b, k, g, t, s] scores. A row that sees no key
-    # gets a uniform softmax, and the final row factor turns its output (and gradients) to 0.
+    # backward pass has no select over the scores. A row that sees no key gets a uniform
+    # softmax, and the final row factor turns its output (and gradients) to zero.
     bias = jnp.where(mask, 0.0, NEG_INF)[:, None, None, :, :]
-    probs = jax.nn.softmax(scores * scale + bias, axis=-1)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    visible = jnp.any(mask, axis=-1).astype(out.dtype)[:, :, None, None, None]
-    return (out * visible).reshape(b, t, h, d).astype(q.dtype)
+    scores = (scores.reshape(b, kvh, g, t, s) * scale + bias).reshape(b, kvh, g * t, s)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32)
+    visible = jnp.any(mask, axis=-1).astype(out.dtype)[:, None, None, :, None]
+    out = out.reshape(b, kvh, g, t, d) * visible
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)
 
 
 def attention(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions, *, impl="xla"):
