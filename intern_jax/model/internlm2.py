@@ -271,8 +271,7 @@ def head_weight(params, cfg: ModelConfig):
 def head_logits(params, x, cfg: ModelConfig):
     """Float32 logits ``[..., V]`` of final hidden states ``x [..., E]`` (tied or untied head)."""
     w, vocab_axis = head_weight(params, cfg)
-    spec = "...e,ve->...v" if vocab_axis == 0 else "...e,ev->...v"
-    return jnp.einsum(spec, x, w.astype(jnp.dtype(cfg.dtype)), preferred_element_type=jnp.float32)
+    return layers.output_logits(x, w.astype(jnp.dtype(cfg.dtype)), vocab_axis)
 
 
 def hidden_states(params, batch, cfg: ModelConfig, cache=None):

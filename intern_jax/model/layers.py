@@ -84,18 +84,38 @@ def linear(x, w, b=None):
     if is_structured_weight(w):
         y = w.matmul(x)
     else:
-        y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype).reshape(w.shape[0], -1))
+        # one 2-D product: with the leading axes folded into rows, the weight gradient is a
+        # single-contraction dot, which XLA:CPU runs without a transposed copy of the activations
+        y = jnp.dot(x.reshape(-1, x.shape[-1]), w.astype(x.dtype).reshape(w.shape[0], -1))
         y = y.reshape(*x.shape[:-1], *w.shape[1:])
     if b is not None:
         y = y + b.astype(y.dtype)
     return y
 
 
+@jax.checkpoint
+def _silu_gate(gate, up):
+    # rematerialized: the backward pass keeps only ``gate`` and ``up`` and recomputes the
+    # sigmoid and product, which is cheaper on CPU than storing (and, under the layer scan,
+    # stacking) four [tokens, intermediate] intermediates per layer
+    return jax.nn.silu(gate) * up
+
+
+def output_logits(x, w, vocab_axis: int = 1):
+    """Float32 logits ``[..., V]`` of ``x [..., E]`` and a head ``w`` stored ``[E, V]`` (``vocab_axis=1``)
+    or ``[V, E]`` (tied embeddings, contracted as stored). The product runs on 2-D ``[rows, E]``, so
+    the weight gradient is a single-contraction dot (no transposed copy of the activations on XLA:CPU)."""
+    rows = x.reshape(-1, x.shape[-1])
+    spec = "ne,ev->nv" if vocab_axis == 1 else "ne,ve->nv"
+    logits = jnp.einsum(spec, rows, w.astype(x.dtype), preferred_element_type=jnp.float32)
+    return logits.reshape(*x.shape[:-1], logits.shape[-1])
+
+
 def swiglu(x, w1, w3, w2, b1=None, b3=None, b2=None):
     """``w2(silu(w1 x) * w3 x)``."""
     gate = linear(x, w1, b1)
     up = linear(x, w3, b3)
-    return linear(jax.nn.silu(gate) * up, w2, b2)
+    return linear(_silu_gate(gate, up), w2, b2)
 
 
 def attention_mask(q_segment_ids, q_positions, kv_segment_ids, kv_positions):
@@ -118,17 +138,25 @@ def attention_xla(q, k, v, mask, sm_scale=None):
     Rows with no visible key return zeros.
     """
     b, t, h, d = q.shape
-    kvh = k.shape[2]
+    s, kvh = k.shape[1], k.shape[2]
     g = h // kvh
     scale = sm_scale if sm_scale is not None else d**-0.5
-    qg = q.reshape(b, t, kvh, g, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    m = mask[:, None, None, :, :]
-    scores = jnp.where(m, scores, NEG_INF)
+    # Each kv head's G query heads are merged with the query positions into one row axis, so
+    # every product (and each of its gradients) contracts a single axis: XLA:CPU then runs
+    # them as plain batched matmuls without transposed copies of the [.., rows, s] scores.
+    qh = q.reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
+    # The mask enters as an additive bias (hidden keys get exactly zero probability), so the
+    # backward pass has no select over the scores. A row that sees no key gets a uniform
+    # softmax, and the final row factor turns its output (and gradients) to zero.
+    bias = jnp.where(mask, 0.0, NEG_INF)[:, None, None, :, :]
+    scores = (scores.reshape(b, kvh, g, t, s) * scale + bias).reshape(b, kvh, g * t, s)
     probs = jax.nn.softmax(scores, axis=-1)
-    probs = jnp.where(m, probs, 0.0)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, h, d).astype(q.dtype)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32)
+    visible = jnp.any(mask, axis=-1).astype(out.dtype)[:, None, None, :, None]
+    out = out.reshape(b, kvh, g, t, d) * visible
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)
 
 
 def attention(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions, *, impl="xla"):

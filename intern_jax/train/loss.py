@@ -6,7 +6,7 @@
 and has its own backward pass that recomputes one vocabulary chunk of logits at a time, writing
 the head's gradient in place. Peak memory is then ``chunk_tokens x chunk_vocab`` floats instead
 of ``tokens x vocab``. The sums are those of ``lm_loss_sums`` up to float rounding; this module
-does not know about models, meshes or optimizers.
+does not know about model layouts, meshes or optimizers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from intern_jax.model import layers
+
 
 @dataclasses.dataclass(frozen=True)
 class OutputHead:
@@ -28,8 +30,7 @@ class OutputHead:
     vocab_axis: int = 1
 
     def logits(self, x):
-        spec = "...e,ev->...v" if self.vocab_axis == 1 else "...e,ve->...v"
-        return jnp.einsum(spec, x, self.weight.astype(x.dtype), preferred_element_type=jnp.float32)
+        return layers.output_logits(x, self.weight, self.vocab_axis)
 
     @property
     def vocab_size(self) -> int:

@@ -4,7 +4,9 @@
 
 A small Llama-shaped model (GQA, SwiGLU, RMSNorm, untied head) in float32 on both sides,
 the same weights, the same random batches, the same AdamW (betas 0.9/0.95, eps 1e-8, weight
-decay 0.01, clipping 1.0). Each side runs warm-up steps first (our compile is reported
+decay 0.01, clipping 1.0). Ours keeps only matmul outputs for the backward pass (``--remat
+dots``, the default here) and recomputes the cheap elementwise ops: the same math, faster on
+CPU than storing them. Each side runs warm-up steps first (our compile is reported
 separately), then ``--steps`` timed steps in alternating rounds (ours, then theirs, on the
 same batches) so that load from other jobs on a shared machine falls on both sides alike.
 Prints the losses of the first step (which must agree), tokens/s per side and the ratio, as
@@ -36,6 +38,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=8000)
+    ap.add_argument("--remat", default="dots", choices=("none", "full", "dots", "dots_no_batch"),
+                    help="our rematerialization policy (same math; 'dots' recomputes the elementwise ops "
+                         "in the backward instead of storing them, which is faster on CPU)")
     args = ap.parse_args(argv)
 
     import jax
@@ -55,7 +60,7 @@ def main(argv=None) -> int:
     cfg = ModelConfig(
         name="bench-llama", vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
         num_heads=heads, num_kv_heads=max(heads // 2, 1), intermediate_size=int(args.hidden * 2.75) // 64 * 64,
-        max_position_embeddings=max(args.seq_len, 512), rope_theta=10000.0,
+        max_position_embeddings=max(args.seq_len, 512), rope_theta=10000.0, remat=args.remat,
     )
     total = args.warmup + args.steps
     opt = OptimizerConfig(learning_rate=1e-3, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.01, grad_clip=1.0)
@@ -145,7 +150,7 @@ def main(argv=None) -> int:
         "load_average": os.getloadavg()[0],
         "model": {"params": internlm2.count_params(cfg), "layers": cfg.num_layers, "hidden": cfg.hidden_size,
                   "heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads, "vocab": cfg.vocab_size},
-        "batch": args.batch, "seq_len": args.seq_len, "timed_steps": args.steps,
+        "batch": args.batch, "seq_len": args.seq_len, "timed_steps": args.steps, "remat": args.remat,
         "first_loss": {"ours": ours_first_loss, "transformers": hf_first_loss},
         "ours_tokens_per_s": tokens / ours_s,
         "transformers_tokens_per_s": tokens / hf_s,
