@@ -153,8 +153,8 @@ def _write_slots(cache, segment_ids, positions):
 # Forward
 
 
-_REMAT_POLICIES: dict[str, Callable | None] = {
-    "full": None,
+# remat="full" is remat_scan; these policies go to jax.checkpoint around each layer
+_REMAT_POLICIES: dict[str, Callable] = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
@@ -191,23 +191,23 @@ def remat_scan(layer, x, blocks):
         # gradient is kept static in the residuals' structure (None or not)
         wanted = [() if a.perturbed else None for a in leaves]
         x, leaves = x.value, [a.value for a in leaves]
-        dtype = x.dtype
 
         def step(c, p):
             return layer(c, jax.tree.unflatten(treedef, p)), _as_bits(c)
 
         y, saved = jax.lax.scan(step, x, leaves)
-        return y, (saved, leaves, wanted, jnp.zeros((), dtype))
+        return y, (saved, leaves, wanted)
 
     def bwd(res, ct):
-        saved, leaves, wanted, like = res
+        saved, leaves, wanted = res
         diff = [i for i, w in enumerate(wanted) if w is not None]
         if isinstance(ct, jax.custom_derivatives.SymbolicZero):
             ct = jnp.zeros(ct.shape, ct.dtype)
+        dtype = ct.dtype  # the layers keep x's dtype, so its cotangent has it too
 
         def step(ct_x, xs):
             bits, p = xs
-            x = _from_bits(bits, like.dtype)
+            x = _from_bits(bits, dtype)
 
             def f(x, p_diff):
                 full = list(p)
