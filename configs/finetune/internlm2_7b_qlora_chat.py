@@ -2,7 +2,8 @@
 double-quantized scales, LoRA r=64 / alpha=16 / dropout 0.1 on every matrix, bf16 compute, packed 2048-token
 rows, batch 1 x 16 accumulated micro-batches, AdamW 2e-4. scripts/bench/finetune.py measures the peak ahead
 of time: 9.25 GiB for one 2048-token step, 11.27 GiB with the 16 accumulated micro-batches on the CPU compiler
-(the accumulated gradients, and a float32 copy of the embedding table that XLA:CPU hoists out of the loop).
+(the accumulated gradients, and a float32 copy of the embedding table: XLA:CPU gathers bf16 rows through float32
+and hoists that conversion out of the accumulation loop).
 
     python scripts/finetune.py --config configs/finetune/internlm2_7b_qlora_chat.py \\
         --set base_model=/path/to/internlm2-chat-7b --set data.path=/path/to/chat.jsonl
