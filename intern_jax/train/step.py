@@ -50,7 +50,7 @@ from intern_jax import sharding as shd
 from intern_jax.config import ConfigError, ModelConfig
 from intern_jax.model import internlm2
 from intern_jax.train.config import TrainConfig
-from intern_jax.train.loss import OutputHead, chunked_lm_loss_sums, lm_loss_sums  # noqa: F401 (re-exported)
+from intern_jax.train.loss import OutputHead, chunked_lm_loss_sums
 from intern_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 BATCH_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")

@@ -198,7 +198,7 @@ def test_chunked_loss_and_grads_equal_unchunked(tied):
     """Head + cross-entropy + z-loss in chunks (T=29 not divisible by 8) match full logits, value and
     gradient, on packed segments with a partial loss mask; the reference is optax's cross-entropy."""
     from intern_jax.model import internlm2
-    from intern_jax.train.step import chunked_lm_loss_sums
+    from intern_jax.train.loss import chunked_lm_loss_sums
 
     seed = _seed()
     cfg = tiny_config(vocab_size=96, tie_word_embeddings=tied)
