@@ -36,25 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from intern_jax.config import ConfigError  # noqa: PLC0415
-    from intern_jax.train.config import with_run_flags  # noqa: PLC0415
     from intern_jax.train.finetune import compare_answers, finetune, load_finetune_config  # noqa: PLC0415
-    from intern_jax.train.loop import TrainingDiverged  # noqa: PLC0415
+    from intern_jax.train.loop import run_from_cli  # noqa: PLC0415
 
-    try:
-        cfg = load_finetune_config(args.config, args.overrides)
-        cfg = with_run_flags(cfg, steps=args.steps, save_every=args.save_every, quiet=args.quiet)
-        output = Path(args.output or Path("runs") / (cfg.name or Path(args.config).stem))
-        result = finetune(cfg, output)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"finetune.py: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"finetune.py: stopped: {e}", file=sys.stderr)
-        return 3
-    m = result.last_metrics
-    if m:
-        print(f"step {result.step}: loss {m['loss']:.4f}; run directory {output}")
+    code, output = run_from_cli("finetune.py", args, load_finetune_config, finetune)
+    if code:
+        return code
     if args.compare:
         for row in compare_answers(output, args.compare):
             print(f"\n== user: {row['question']}\n-- base:       {row['base']}\n-- fine-tuned: {row['tuned']}"

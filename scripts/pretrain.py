@@ -43,26 +43,10 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"pretrain.py: error: {e}", file=sys.stderr)
         return 2
-    from intern_jax.config import ConfigError  # noqa: PLC0415
-    from intern_jax.train.config import with_run_flags  # noqa: PLC0415
-    from intern_jax.train.loop import TrainingDiverged  # noqa: PLC0415
+    from intern_jax.train.loop import run_from_cli  # noqa: PLC0415
     from intern_jax.train.pretrain import prepare_run, pretrain  # noqa: PLC0415
 
-    try:
-        cfg = prepare_run(args.config, args.overrides)
-        cfg = with_run_flags(cfg, steps=args.steps, save_every=args.save_every, quiet=args.quiet)
-        output = Path(args.output or Path("runs") / (cfg.name or Path(args.config).stem))
-        result = pretrain(cfg, output)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"pretrain.py: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"pretrain.py: stopped: {e}", file=sys.stderr)
-        return 3
-    m = result.last_metrics
-    if m:
-        print(f"step {result.step}: loss {m['loss']:.4f}; run directory {output}")
-    return 0
+    return run_from_cli("pretrain.py", args, prepare_run, pretrain)[0]
 
 
 if __name__ == "__main__":

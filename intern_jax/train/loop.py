@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -205,3 +206,30 @@ def _log_line(step: int, total: int, record: dict) -> str:
     if record.get("skipped"):
         parts.append(f"skipped {record['skipped']}")
     return "  ".join(parts)
+
+
+def run_from_cli(prog: str, args, load: Callable, train: Callable) -> tuple[int, Path | None]:
+    """The training scripts' shared body: ``load(args.config, args.overrides)``, apply ``--steps``,
+    ``--save-every`` and ``--quiet``, ``train(cfg, output)``, print the last loss.
+
+    Returns ``(exit code, run directory)``: 0 on success, 2 for a bad config or input (the message
+    names it), 3 when the run stopped on non-finite steps.
+    """
+    from intern_jax.config import ConfigError  # noqa: PLC0415
+    from intern_jax.train.config import with_run_flags  # noqa: PLC0415
+
+    try:
+        cfg = load(args.config, args.overrides)
+        cfg = with_run_flags(cfg, steps=args.steps, save_every=args.save_every, quiet=args.quiet)
+        output = Path(args.output or Path("runs") / (cfg.name or Path(args.config).stem))
+        result = train(cfg, output)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2, None
+    except TrainingDiverged as e:
+        print(f"{prog}: stopped: {e}", file=sys.stderr)
+        return 3, None
+    m = result.last_metrics
+    if m:
+        print(f"step {result.step}: loss {m['loss']:.4f}; run directory {output}")
+    return 0, output
