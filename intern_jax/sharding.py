@@ -1,8 +1,12 @@
 """Device mesh and logical-axis rules: how named array axes map onto mesh axes.
 
 Model code names logical axes (``embed``, ``heads``, ``mlp`` ...); this module turns
-them into ``PartitionSpec``s for a mesh with axes ``("data", "fsdp", "tensor")``.
+them into ``PartitionSpec``s for a mesh with axes ``("data", "fsdp", "sequence", "tensor")``.
 Changing parallelism means changing the mesh shape or the rules, never model code.
+
+The axes are ordered outermost first: neighbouring devices (one host, one NVLink domain) share
+the inner axes, so ``tensor`` (a collective in every matmul) and ``sequence`` (the keys and
+values of every layer) get the fastest links.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None for replicated)
 DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     "batch": ("data", "fsdp"),
-    "seq": None,
+    "seq": "sequence",
     "vocab": "tensor",
     "embed": "fsdp",
     "heads": "tensor",
@@ -33,7 +37,7 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence | None = None) -> Mesh:
-    """A mesh over ``devices`` (default: all) with axes data/fsdp/tensor.
+    """A mesh over ``devices`` (default: all) with axes data/fsdp/sequence/tensor.
 
     ``shape`` may leave one axis as -1 to take the remaining devices; missing axes are 1.
     """
@@ -60,7 +64,8 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence | None =
 
 
 def logical_to_spec(axes: Sequence[str | None], rules: Mapping | None = None) -> PartitionSpec:
-    """PartitionSpec for an array whose dimensions carry these logical names.
+    """PartitionSpec for an array whose dimensions carry these logical names (or, for a dimension
+    that merges several, a tuple of names, outer first).
 
     A mesh axis is used at most once per array: a later dimension that maps to an
     already-used mesh axis stays replicated.
@@ -69,11 +74,14 @@ def logical_to_spec(axes: Sequence[str | None], rules: Mapping | None = None) ->
     used: set[str] = set()
     out = []
     for name in axes:
-        target = rules.get(name) if name is not None else None
-        if target is None:
+        names = () if name is None else (name,) if isinstance(name, str) else tuple(name)
+        targets = []
+        for n in names:  # a tuple of names: merged dimensions, outer first
+            target = rules.get(n)
+            targets += [] if target is None else [target] if isinstance(target, str) else list(target)
+        if not targets:
             out.append(None)
             continue
-        targets = (target,) if isinstance(target, str) else tuple(target)
         targets = tuple(t for t in targets if t not in used)
         used.update(targets)
         out.append(targets[0] if len(targets) == 1 else (targets or None))
@@ -99,3 +107,24 @@ def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> Partition
 
 def named_sharding(mesh: Mesh, axes, shape, rules=None) -> NamedSharding:
     return NamedSharding(mesh, fit_spec(logical_to_spec(axes, rules), shape, mesh))
+
+
+def constrain(x, axes, rules=None):
+    """``with_sharding_constraint`` of ``x`` by logical axis names, under the abstract mesh that the
+    caller is tracing with (``jax.sharding.use_abstract_mesh``; the train step sets it). Outside
+    one, ``x`` is returned as is, so model code that calls this runs anywhere."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, fit_spec(logical_to_spec(axes, rules), x.shape, mesh))
+
+
+def is_split(name: str, rules=None) -> bool:
+    """Whether logical axis ``name`` is split over more than one device under the abstract mesh
+    being traced with (False outside one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return False
+    target = (DEFAULT_RULES if rules is None else rules).get(name)
+    targets = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+    return math.prod(mesh.shape.get(t, 1) for t in targets) > 1

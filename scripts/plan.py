@@ -1,7 +1,7 @@
 """Plan before you pay: compile a run's train step for N devices and print per-device memory.
 
     python scripts/plan.py --config configs/pretrain/internlm2_7b.py --devices 8 \
-        [--mesh data=1,fsdp=8,tensor=1] [--set a.b=v ...] [--device-memory-gb 80]
+        [--mesh data=1,fsdp=8,sequence=1,tensor=1] [--set a.b=v ...] [--device-memory-gb 80]
 
 Runs on this machine's CPU with N fake devices (no weights are allocated, nothing is run);
 the numbers are XLA's for the compiled program. CPU and GPU compilers differ somewhat in
@@ -23,18 +23,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="pretrain config file")
     ap.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
-    ap.add_argument("--mesh", help="mesh shape, e.g. data=2,fsdp=4,tensor=1 (default: the config's)")
+    ap.add_argument("--mesh", help="mesh shape, e.g. data=2,fsdp=4,sequence=1,tensor=1 (default: the config's)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--device-memory-gb", type=float, default=None, help="say whether the peak fits in this much")
     return ap
 
 
 def parse_mesh(text: str) -> dict[str, int]:
+    from intern_jax.sharding import MESH_AXES  # noqa: PLC0415  (imports jax: only after the device flags are set)
+
     out = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
-        if key.strip() not in ("data", "fsdp", "tensor") or not value.strip().lstrip("-").isdigit():
-            raise ValueError(f"--mesh {text!r}: use comma-separated data=N,fsdp=N,tensor=N (one may be -1)")
+        if key.strip() not in MESH_AXES or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"--mesh {text!r}: use comma-separated {','.join(a + '=N' for a in MESH_AXES)} "
+                             "(one may be -1)")
         out[key.strip()] = int(value)
     return out
 
@@ -50,14 +53,14 @@ def main(argv=None) -> int:
     ).strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from intern_jax.config import ConfigError  # noqa: PLC0415
-    from intern_jax.sharding import make_mesh  # noqa: PLC0415
+    from intern_jax.sharding import MESH_AXES, make_mesh  # noqa: PLC0415
     from intern_jax.train.config import load_train_config  # noqa: PLC0415
     from intern_jax.train.plan import plan_memory  # noqa: PLC0415
 
     try:
         cfg = load_train_config(args.config, args.overrides)
         if args.mesh:
-            shape = {"data": 1, "fsdp": 1, "tensor": 1, **parse_mesh(args.mesh)}
+            shape = {**dict.fromkeys(MESH_AXES, 1), **parse_mesh(args.mesh)}
             cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, **shape))
         mesh = make_mesh(cfg.parallel.mesh_shape())
         plan = plan_memory(cfg, mesh)

@@ -33,6 +33,9 @@ from intern_jax import sharding as shd
 from intern_jax.config import ModelConfig
 from intern_jax.model import layers
 
+# logical axes of the hidden states [B, T, E] between layers: the embedding dimension is whole on
+# every device (FSDP shards the weights' ``embed`` axis, not the activations')
+ACTIVATION_AXES = ("batch", "seq", None)
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
@@ -303,14 +306,22 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
         return jax.tree.map(lambda w: w.astype(dtype), p, is_leaf=layers.is_structured_weight)
 
     if cache is None:
+        # Under a mesh (the train step's), activations keep their batch and sequence split, and
+        # attention gathers the keys and values of the whole sequence: context parallelism when
+        # the mesh has a ``sequence`` axis. Without one these constraints do nothing.
+        x = shd.constrain(x, ACTIVATION_AXES)
+        kv_segment_ids, kv_positions = (shd.constrain(a, ("batch", None)) for a in (segment_ids, positions))
 
         def layer(x, p):
             p = cast(p)
             q, k, v = _qkv(p, x, cos, sin, cfg)
+            q = shd.constrain(q, ("batch", "seq", "heads", None))
+            k, v = (shd.constrain(a, ("batch", None, "kv_heads", None)) for a in (k, v))
             attn = layers.attention(
                 q, k, v, segment_ids, positions, kv_segment_ids, kv_positions, impl=cfg.attention_impl
             )
-            return _finish(p, x, attn, cfg)
+            attn = shd.constrain(attn, ("batch", "seq", "heads", None))
+            return shd.constrain(_finish(p, x, attn, cfg), ACTIVATION_AXES)
 
         if cfg.remat == "full":
             x = remat_scan(layer, x, blocks)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from intern_jax import sharding as shd
+
 from intern_jax.config import ModelConfig
 
 NEG_INF = -1e30
@@ -75,6 +77,16 @@ def is_structured_weight(w) -> bool:
     return hasattr(w, "matmul")
 
 
+def rows(x, features: int = 1):
+    """``x`` with all but its last ``features`` axes folded into one row axis, for products whose
+    weight gradient is then a single-contraction dot (XLA:CPU runs that without a transposed copy of
+    the activations). Under a mesh that splits the sequence over devices ``x`` is returned unfolded:
+    rows of a split inner axis are not contiguous per device, and GSPMD would gather them."""
+    if shd.is_split("seq"):
+        return x
+    return x.reshape(-1, *x.shape[x.ndim - features:]) if features else x.reshape(-1)
+
+
 def linear(x, w, b=None):
     """``x @ w (+ b)`` with ``w`` stored ``[in, ..., out...]``; the one matmul dispatch point.
 
@@ -86,7 +98,7 @@ def linear(x, w, b=None):
     else:
         # one 2-D product: with the leading axes folded into rows, the weight gradient is a
         # single-contraction dot, which XLA:CPU runs without a transposed copy of the activations
-        y = jnp.dot(x.reshape(-1, x.shape[-1]), w.astype(x.dtype).reshape(w.shape[0], -1))
+        y = jnp.dot(rows(x), w.astype(x.dtype).reshape(w.shape[0], -1))
         y = y.reshape(*x.shape[:-1], *w.shape[1:])
     if b is not None:
         y = y + b.astype(y.dtype)
@@ -105,9 +117,8 @@ def output_logits(x, w, vocab_axis: int = 1):
     """Float32 logits ``[..., V]`` of ``x [..., E]`` and a head ``w`` stored ``[E, V]`` (``vocab_axis=1``)
     or ``[V, E]`` (tied embeddings, contracted as stored). The product runs on 2-D ``[rows, E]``, so
     the weight gradient is a single-contraction dot (no transposed copy of the activations on XLA:CPU)."""
-    rows = x.reshape(-1, x.shape[-1])
-    spec = "ne,ev->nv" if vocab_axis == 1 else "ne,ve->nv"
-    logits = jnp.einsum(spec, rows, w.astype(x.dtype), preferred_element_type=jnp.float32)
+    spec = "...e,ev->...v" if vocab_axis == 1 else "...e,ve->...v"
+    logits = jnp.einsum(spec, rows(x), w.astype(x.dtype), preferred_element_type=jnp.float32)
     return logits.reshape(*x.shape[:-1], logits.shape[-1])
 
 
@@ -144,19 +155,22 @@ def attention_xla(q, k, v, mask, sm_scale=None):
     # Each kv head's G query heads are merged with the query positions into one row axis, so
     # every product (and each of its gradients) contracts a single axis: XLA:CPU then runs
     # them as plain batched matmuls without transposed copies of the [.., rows, s] scores.
-    qh = q.reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
+    # Positions are the outer part of a row (row = position * G + head), so rows split over
+    # sequence-parallel devices exactly as the positions do.
+    qh = q.reshape(b, t, kvh, g, d).transpose(0, 2, 1, 3, 4).reshape(b, kvh, t * g, d)
+    qh = shd.constrain(qh, ("batch", "kv_heads", "seq", None))
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
     # The mask enters as an additive bias (hidden keys get exactly zero probability), so the
     # backward pass has no select over the scores. A row that sees no key gets a uniform
     # softmax, and the final row factor turns its output (and gradients) to zero.
-    bias = jnp.where(mask, 0.0, NEG_INF)[:, None, None, :, :]
-    scores = (scores.reshape(b, kvh, g, t, s) * scale + bias).reshape(b, kvh, g * t, s)
+    bias = jnp.where(mask, 0.0, NEG_INF)[:, None, :, None, :]
+    scores = (scores.reshape(b, kvh, t, g, s) * scale + bias).reshape(b, kvh, t * g, s)
     probs = jax.nn.softmax(scores, axis=-1)
     out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32)
-    visible = jnp.any(mask, axis=-1).astype(out.dtype)[:, None, None, :, None]
-    out = out.reshape(b, kvh, g, t, d) * visible
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)
+    visible = jnp.any(mask, axis=-1).astype(out.dtype)[:, None, :, None, None]
+    out = out.reshape(b, kvh, t, g, d) * visible
+    return out.transpose(0, 2, 1, 3, 4).reshape(b, t, h, d).astype(q.dtype)
 
 
 def attention(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions, *, impl="xla"):

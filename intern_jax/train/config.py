@@ -51,8 +51,10 @@ class OptimizerConfig:
 class ParallelConfig:
     """Mesh shape and how much state is sharded.
 
-    Mesh axes: ``data`` (replicas), ``fsdp`` (the group that shards state), ``tensor``
-    (heads / mlp / vocab split). One axis may be -1 (the remaining devices). ``zero``:
+    Mesh axes: ``data`` (replicas), ``fsdp`` (the group that shards state), ``sequence``
+    (context parallel: each device holds a contiguous slice of every sequence; attention
+    gathers the keys and values of the whole sequence), ``tensor`` (heads / mlp / vocab
+    split). One axis may be -1 (the remaining devices). ``zero``:
 
     - ``none``: params, grads and optimizer state replicated over data and fsdp (plain DP);
     - ``full``: all three sharded over ``fsdp`` (ZeRO-3 / FSDP; with data > 1 this is
@@ -61,12 +63,15 @@ class ParallelConfig:
       optimizer state held by, each device's shard inside its ``fsdp`` group (InternEvo's
       ``zero1`` size), replicated across the ``data`` axis.
 
-    The batch is split over ``data`` x ``fsdp`` in every mode. ``micro_batches`` splits each
-    step's batch for gradient accumulation.
+    The batch is split over ``data`` x ``fsdp`` in every mode, and its positions over
+    ``sequence``: ``seq_len`` must divide by it. Parameters and optimizer state are replicated
+    over ``sequence`` (as over ``data``); their gradients are summed over it. ``micro_batches``
+    splits each step's batch for gradient accumulation.
     """
 
     data: int = 1
     fsdp: int = -1
+    sequence: int = 1
     tensor: int = 1
     zero: str = "full"
     micro_batches: int = 1
@@ -76,12 +81,12 @@ class ParallelConfig:
             raise ConfigError(f"parallel.zero={self.zero!r}; use one of {', '.join(ZERO_MODES)}")
         if self.micro_batches < 1:
             raise ConfigError(f"parallel.micro_batches must be >= 1, got {self.micro_batches}")
-        sizes = (self.data, self.fsdp, self.tensor)
+        sizes = (self.data, self.fsdp, self.sequence, self.tensor)
         if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
             raise ConfigError(f"parallel mesh sizes {sizes}: each must be >= 1, at most one may be -1")
 
     def mesh_shape(self) -> dict[str, int]:
-        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        return {"data": self.data, "fsdp": self.fsdp, "sequence": self.sequence, "tensor": self.tensor}
 
 
 @dataclass(frozen=True)

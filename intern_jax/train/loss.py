@@ -68,7 +68,7 @@ def _chunk(x, w, start, chunk: int, vocab_axis: int):
 
 
 def _chunk_logits(x, w_c, vocab_axis: int):
-    spec = "ne,ev->nv" if vocab_axis == 1 else "ne,ve->nv"
+    spec = "...e,ev->...v" if vocab_axis == 1 else "...e,ve->...v"
     return jnp.einsum(spec, x, w_c, preferred_element_type=jnp.float32)
 
 
@@ -82,32 +82,31 @@ def _columns(i, chunk: int, last_start: int):
 def _lse_and_target(x, w, targets, chunk: int, vocab_axis: int):
     vocab = w.shape[vocab_axis]
     n_chunks, last_start = _chunk_starts(vocab, chunk)
-    rows = x.shape[0]
+    rows = x.shape[:-1]
 
     def body(i, carry):
         m, s, t = carry
         start, cols, new = _columns(i, chunk, last_start)
         xb, w_c = _chunk(x, w, start, chunk, vocab_axis)
         logits = _chunk_logits(xb, w_c, vocab_axis)
-        logits = jnp.where(new[None, :], logits, -jnp.inf)
+        logits = jnp.where(new, logits, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
-        s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[:, None]), axis=-1)
-        hit = (cols[None, :] == targets[:, None]) & new[None, :]
+        s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[..., None]), axis=-1)
+        hit = (cols == targets[..., None]) & new
         t = t + jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
         return m_new, s, t
 
-    init = (jnp.full((rows,), -jnp.inf, jnp.float32), jnp.zeros((rows,), jnp.float32),
-            jnp.zeros((rows,), jnp.float32))
+    init = (jnp.full(rows, -jnp.inf, jnp.float32), jnp.zeros(rows, jnp.float32), jnp.zeros(rows, jnp.float32))
     m, s, t = jax.lax.fori_loop(0, n_chunks, body, init)
     return m + jnp.log(s), t
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def head_cross_entropy_sums(x, w, targets, mask, chunk: int, vocab_axis: int, z_loss: float):
-    """``(sum(CE * mask), sum(z_loss * lse^2 * mask))`` of ``logits = x @ head`` over rows of ``x [N, E]``.
+    """``(sum(CE * mask), sum(z_loss * lse^2 * mask))`` of ``logits = x @ head`` over rows of ``x [..., E]``.
 
-    ``w`` is the head weight (``[E, V]`` or, with ``vocab_axis=0``, ``[V, E]``), ``targets [N]``
-    int32, ``mask [N]``. Logits exist ``chunk`` vocabulary columns at a time, in float32; the
+    ``w`` is the head weight (``[E, V]`` or, with ``vocab_axis=0``, ``[V, E]``), ``targets [...]``
+    int32, ``mask [...]``. Logits exist ``chunk`` vocabulary columns at a time, in float32; the
     backward pass recomputes them chunk by chunk (no residual is larger than ``x`` and ``w``) and
     computes the head's gradient only when ``w`` is differentiated (a frozen head costs nothing).
     """
@@ -151,14 +150,14 @@ def _head_ce_bwd(chunk, vocab_axis, z_loss, res, cts):
         start, cols, new = _columns(i, chunk, last_start)
         xb, w_c = _chunk(x, w, start, chunk, vocab_axis)
         logits = _chunk_logits(xb, w_c, vocab_axis)
-        probs = jnp.exp(logits - lse[:, None])
-        hit = (cols[None, :] == targets[:, None]).astype(jnp.float32)
-        d_logits = jnp.where(new[None, :], probs * d_lse[:, None] - hit * d_t[:, None], 0.0).astype(x.dtype)
+        probs = jnp.exp(logits - lse[..., None])
+        hit = (cols == targets[..., None]).astype(jnp.float32)
+        d_logits = jnp.where(new, probs * d_lse[..., None] - hit * d_t[..., None], 0.0).astype(x.dtype)
         w_spec = "ev" if vocab_axis == 1 else "ve"
         if want_x:
-            dx = dx + jnp.einsum(f"nv,{w_spec}->ne", d_logits, w_c, preferred_element_type=jnp.float32)
+            dx = dx + jnp.einsum(f"...v,{w_spec}->...e", d_logits, w_c, preferred_element_type=jnp.float32)
         if want_w:
-            dw_c = jnp.einsum(f"ne,nv->{w_spec}", x, d_logits, preferred_element_type=jnp.float32)
+            dw_c = jnp.einsum(f"...e,...v->{w_spec}", x, d_logits, preferred_element_type=jnp.float32)
             # overlapping columns of the last chunk got zero d_logits, so adding is exact
             old = jax.lax.dynamic_slice_in_dim(dw, start, chunk, axis=vocab_axis)
             dw = jax.lax.dynamic_update_slice_in_dim(dw, old + dw_c.astype(dw.dtype), start, axis=vocab_axis)
@@ -181,8 +180,11 @@ def chunked_lm_loss_sums(hidden, head: OutputHead | Callable, batch, z_loss: flo
     """``lm_loss_sums(logits of hidden, batch, z_loss)`` without holding ``[B, T, V]`` logits.
 
     ``head`` is an ``OutputHead`` or any ``hidden -> logits`` function. ``hidden [B, T, E]`` is
-    cut along the sequence into chunks of ``chunk_tokens`` positions (of every row; the last chunk
-    is padded with masked positions); ``lax.scan`` runs the head and the loss one chunk at a time
+    cut into ``n = ceil(T / chunk_tokens)`` chunks of ``chunk_tokens`` positions of every row,
+    strided: chunk ``j`` holds positions ``j, j + n, j + 2n, ...`` (the sequence is padded with
+    masked positions to a multiple of ``n``). A strided chunk spans the whole sequence, so when the
+    positions are split over sequence-parallel devices every device holds its share of every
+    chunk and the loop needs no communication. ``lax.scan`` runs the head and the loss one chunk at a time
     under ``jax.checkpoint``, so the backward pass recomputes each chunk's logits instead of
     storing them. With an ``OutputHead`` and ``0 < chunk_vocab < vocab``, each chunk's logits are
     further computed ``chunk_vocab`` columns at a time (``head_cross_entropy_sums``).
@@ -194,9 +196,8 @@ def chunked_lm_loss_sums(hidden, head: OutputHead | Callable, batch, z_loss: flo
 
     def sums(x, targets, m):
         if fused:
-            e = x.shape[-1]
-            return head_cross_entropy_sums(x.reshape(-1, e), head.weight.astype(x.dtype), targets.reshape(-1),
-                                           m.reshape(-1), chunk_vocab, head.vocab_axis, float(z_loss))
+            return head_cross_entropy_sums(layers.rows(x), head.weight.astype(x.dtype), layers.rows(targets, 0),
+                                           layers.rows(m, 0), chunk_vocab, head.vocab_axis, float(z_loss))
         ce, z, _ = lm_loss_sums(logits_fn(x), {"targets": targets, "loss_mask": m}, z_loss)
         return ce, z
 
@@ -210,7 +211,7 @@ def chunked_lm_loss_sums(hidden, head: OutputHead | Callable, batch, z_loss: flo
     def split(x):
         if pad:
             x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return x.reshape(b, n, chunk_tokens, *x.shape[2:]).swapaxes(0, 1)
+        return jnp.moveaxis(x.reshape(b, chunk_tokens, n, *x.shape[2:]), 2, 0)
 
     chunks = (split(hidden), split(batch["targets"]), split(mask))
     chunk_sums = jax.checkpoint(sums, prevent_cse=False)

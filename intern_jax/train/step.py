@@ -29,8 +29,15 @@ output head and the cross-entropy run in chunks of ``loss_chunk_tokens`` positio
 vocab]`` logits never exist at once); with
 ``parallel.micro_batches = k`` the batch is split into k micro-batches run under
 ``lax.scan`` whose summed gradients are divided by the total mask once, so k micro-batches
-give the gradient of one big batch. Sequence/context parallelism would add a ``sequence``
-mesh axis mapped from the ``seq`` logical axis; it is not implemented here.
+give the gradient of one big batch.
+
+Sequence (context) parallelism: the ``seq`` logical axis maps to the ``sequence`` mesh axis,
+so each device of that axis holds a contiguous slice of every row's positions, and the
+activations of every layer keep that split. Only attention needs other positions: its keys
+and values (and their segment ids and positions) are gathered over ``sequence`` in each
+layer, as in Llama 3's all-gather context parallelism; with grouped-query attention they are
+a small part of the layer's activations. The loss chunks are strided (``chunked_lm_loss_sums``)
+so every chunk stays spread over the sequence devices.
 """
 
 from __future__ import annotations
@@ -157,6 +164,13 @@ def make_train_step(
             f"batch_size {train_cfg.batch_size} must be divisible by micro_batches ({k}) x the "
             f"data x fsdp devices ({batch_ways}); change batch_size or the mesh"
         )
+    seq_ways = int(np.prod([mesh.shape[a] for a in ((batch_spec[1],) if isinstance(batch_spec[1], str)
+                                                    else batch_spec[1] or ())]))
+    if train_cfg.seq_len % seq_ways:
+        raise ConfigError(
+            f"seq_len {train_cfg.seq_len} must be divisible by the sequence devices ({seq_ways}); "
+            "change seq_len or parallel.sequence"
+        )
     batch_sharding = NamedSharding(mesh, batch_spec)
     micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_spec))
 
@@ -191,10 +205,11 @@ def make_train_step(
     def grads_of(trainable, frozen, batch, key):
         def loss_of(tr):
             params = assemble(tr, frozen, rng=key) if assemble_takes_rng else assemble(tr, frozen)
-            hidden, _ = internlm2.hidden_states(params, batch, model_cfg)
-            head = OutputHead(*internlm2.head_weight(params, model_cfg))
-            ce, z, count = chunked_lm_loss_sums(hidden, head, batch, z_coef, train_cfg.loss_chunk_tokens,
-                                                train_cfg.loss_chunk_vocab)
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's activation layout
+                hidden, _ = internlm2.hidden_states(params, batch, model_cfg)
+                head = OutputHead(*internlm2.head_weight(params, model_cfg))
+                ce, z, count = chunked_lm_loss_sums(hidden, head, batch, z_coef, train_cfg.loss_chunk_tokens,
+                                                    train_cfg.loss_chunk_vocab)
             return ce + z, (ce, z, count)
 
         (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)

@@ -58,8 +58,10 @@ def reference():
         {"fsdp": 4, "tensor": 2, "zero": "full"},
         {"data": 2, "fsdp": 2, "tensor": 2, "zero": "hybrid"},
         {"data": 8, "fsdp": 1, "zero": "none"},
+        {"data": 2, "fsdp": 1, "sequence": 2, "tensor": 2, "zero": "full"},
+        {"fsdp": 2, "sequence": 4, "zero": "hybrid"},
     ],
-    ids=["fsdp4xtp2", "hybrid_zero", "pure_dp"],
+    ids=["fsdp4xtp2", "hybrid_zero", "pure_dp", "dp2xsp2xtp2", "fsdp2xsp4"],
 )
 def test_sharded_step_matches_single_device(reference, parallel):
     seed, batches, params, want, want_params = reference
