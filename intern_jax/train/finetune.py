@@ -189,15 +189,16 @@ def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress:
     from intern_jax.data.sft import make_sft_iterator  # noqa: PLC0415
     from intern_jax.sharding import make_mesh  # noqa: PLC0415
     from intern_jax.train.loop import run_training  # noqa: PLC0415
+    from intern_jax.train.step import make_batch_sharding, process_row_block  # noqa: PLC0415
 
     progress = cfg.logging.progress if progress is None else progress
     run_dir = Path(run_dir).absolute()
     mesh = mesh if mesh is not None else make_mesh(cfg.parallel.mesh_shape())
     setup = prepare(cfg, mesh, base, progress=progress)
     train_cfg = cfg.train_config(setup.model_cfg)
+    index, count = process_row_block(make_batch_sharding(mesh), train_cfg.batch_size, train_cfg.seq_len)
     data_iterator, stats = make_sft_iterator(
-        train_cfg.data, setup.tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
-        progress=progress,
+        train_cfg.data, setup.tokenizer, process_index=index, process_count=count, progress=progress,
     )
     log.info("data: %s", stats.summary())
     if stats.skipped:

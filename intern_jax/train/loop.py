@@ -33,7 +33,7 @@ from intern_jax.sharding import make_mesh
 from intern_jax.train import metrics as M
 from intern_jax.train.checkpointing import Checkpointer, write_run_json
 from intern_jax.train.config import TrainConfig
-from intern_jax.train.step import make_train_step, shard_batch, zero_rules
+from intern_jax.train.step import make_batch_sharding, make_train_step, process_row_block, shard_batch, zero_rules
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,16 @@ class TrainResult:
     resumed_from: int | None
 
 
-def make_data_iterator(train_cfg: TrainConfig, model_cfg: ModelConfig):
-    """The iterator for ``train_cfg.data``: synthetic data, or the grain pretraining pipeline."""
+def make_data_iterator(train_cfg: TrainConfig, model_cfg: ModelConfig, mesh=None):
+    """The iterator for ``train_cfg.data``: synthetic data, or the grain pretraining pipeline.
+
+    Each process loads its block of rows of the global batch (``step.process_row_block`` over
+    ``mesh``, default the config's); processes that share rows load the same ones."""
     from intern_jax.train.synthetic import SyntheticData, make_synthetic_iterator  # noqa: PLC0415
 
-    kw = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    mesh = mesh if mesh is not None else make_mesh(train_cfg.parallel.mesh_shape())
+    index, count = process_row_block(make_batch_sharding(mesh), train_cfg.batch_size, train_cfg.seq_len)
+    kw = {"process_index": index, "process_count": count}
     if train_cfg.data is None or isinstance(train_cfg.data, SyntheticData):
         return make_synthetic_iterator(
             train_cfg.data or SyntheticData(seed=train_cfg.seed), model_cfg.vocab_size,
@@ -141,7 +146,7 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
     saved_at = start if start > 0 else None
     try:
         while step < total:
-            batch = shard_batch(next(data_iterator), ts.batch_sharding)
+            batch = shard_batch(next(data_iterator), ts.batch_sharding, (train_cfg.batch_size, train_cfg.seq_len))
             state, metrics = ts.step(state, frozen, batch)
             host = {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
             step += 1

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from intern_jax.config import ConfigError
+from intern_jax.sharding import make_mesh
 from intern_jax.train.config import TrainConfig, load_train_config
 from intern_jax.train.loop import TrainResult, make_data_iterator, run_training
 
@@ -59,7 +60,8 @@ def ensure_corpus(data) -> None:
 
 def pretrain(cfg: TrainConfig, run_dir) -> TrainResult:
     model = cfg.model_config
+    mesh = make_mesh(cfg.parallel.mesh_shape())
     return run_training(
-        model, cfg, run_dir=run_dir, data_iterator=make_data_iterator(cfg, model),
+        model, cfg, run_dir=run_dir, data_iterator=make_data_iterator(cfg, model, mesh), mesh=mesh,
         tokenizer_path=cfg.tokenizer or None,
     )

@@ -157,7 +157,8 @@ def make_train_step(
     replicated = _replicated(mesh)
 
     k = train_cfg.parallel.micro_batches
-    batch_spec = shd.logical_to_spec(("batch", "seq"), param_rules)
+    batch_sharding = make_batch_sharding(mesh)
+    batch_spec = batch_sharding.spec
     batch_ways = int(np.prod([mesh.shape[a] for a in (batch_spec[0] or ())]))
     if train_cfg.batch_size % (k * batch_ways):
         raise ConfigError(
@@ -171,7 +172,6 @@ def make_train_step(
             f"seq_len {train_cfg.seq_len} must be divisible by the sequence devices ({seq_ways}); "
             "change seq_len or parallel.sequence"
         )
-    batch_sharding = NamedSharding(mesh, batch_spec)
     micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_spec))
 
     optimizer = make_optimizer(train_cfg.optimizer, total_steps or train_cfg.steps)
@@ -302,13 +302,47 @@ def make_train_step(
     )
 
 
-def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
-    """Global arrays from this process's rows of a batch-contract dict (numpy or jax)."""
+def make_batch_sharding(mesh) -> NamedSharding:
+    """``[batch, seq]`` arrays: rows over ``data`` x ``fsdp``, positions over ``sequence``."""
+    return NamedSharding(mesh, shd.logical_to_spec(("batch", "seq")))
+
+
+def process_row_block(sharding: NamedSharding, batch_size: int, seq_len: int) -> tuple[int, int]:
+    """``(index, count)``: this process's block of the global batch's rows, of ``count`` equal blocks.
+
+    Processes whose devices hold the same rows (the mesh axes that do not split the batch, such as
+    ``sequence`` or ``tensor``, may span processes) get the same index and must load the same rows;
+    ``shard_batch`` then cuts each device's positions out of them. The data pipeline takes this
+    index and count in place of the process index and count.
+    """
+    rows_by_process: dict[int, set] = {}
+    for device, index in sharding.devices_indices_map((batch_size, seq_len)).items():
+        rows_by_process.setdefault(device.process_index, set()).add(index[0].indices(batch_size)[:2])
+    spans = {}
+    for process, rows in rows_by_process.items():
+        rows = sorted(rows)
+        if any(a[1] != b[0] for a, b in zip(rows, rows[1:])):
+            raise ValueError(f"process {process} holds rows {rows} of the batch, not one contiguous block; "
+                             "put the data and fsdp mesh axes outermost")
+        spans[process] = (rows[0][0], rows[-1][1])
+    blocks = sorted(set(spans.values()))
+    if any(a[1] != b[0] for a, b in zip(blocks, blocks[1:])) or len({b - a for a, b in blocks}) != 1:
+        raise ValueError(f"the processes' row blocks {blocks} do not split the batch of {batch_size} evenly")
+    return blocks.index(spans[jax.process_index()]), len(blocks)
+
+
+def shard_batch(batch: dict, sharding: NamedSharding, global_shape: tuple[int, int] | None = None) -> dict:
+    """Global arrays from this process's rows of a batch-contract dict (numpy or jax).
+
+    ``global_shape`` ``(batch_size, seq_len)``: the process holds whole rows (its block of
+    ``process_row_block``) and each device takes its positions from them. Without it, each
+    process holds exactly the rows and positions its devices hold.
+    """
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise ValueError(f"batch lacks {missing}; a training batch needs {', '.join(BATCH_KEYS)}")
     out = {}
     for name in BATCH_KEYS:
         want = np.float32 if name == "loss_mask" else np.int32
-        out[name] = jax.make_array_from_process_local_data(sharding, np.asarray(batch[name], want))
+        out[name] = jax.make_array_from_process_local_data(sharding, np.asarray(batch[name], want), global_shape)
     return out

@@ -92,7 +92,7 @@ def test_plan_script_compiles_for_fake_devices_it_requests(tmp_path):
         env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "fsdp=2 x tensor=2" in out.stdout and "peak / device" in out.stdout
+    assert "fsdp=2 x sequence=1 x tensor=2" in out.stdout and "peak / device" in out.stdout
 
 
 def test_unknown_and_invalid_config_keys_fail_with_the_valid_names():

@@ -82,7 +82,8 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_train_together_and_match_one_process(tmp_path):
-    """2 processes x 2 CPU devices (gloo collectives) give the losses of 1 process x 4 devices."""
+    """2 processes x 2 CPU devices (gloo collectives) give the losses of 1 process x 4 devices, with the
+    batch split over the processes and with the sequence split over them."""
     config = tmp_path / "synthetic.py"
     config.write_text(
         "from intern_jax.testing import tiny_config\n"
@@ -97,21 +98,29 @@ def test_two_processes_train_together_and_match_one_process(tmp_path):
                             text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    port = _free_port()
-    procs = [
-        subprocess.Popen([*base, "--output", str(tmp_path / "two"), "--coordinator", f"127.0.0.1:{port}",
-                          "--num-processes", "2", "--process-id", str(i)],
-                         env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    finals = [out.strip().splitlines()[-1] for out, _ in outs]
-    assert finals[0] == finals[1], finals  # both processes see the same global loss
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert sorted(two) == [1, 2, 3, 4]
-    np.testing.assert_allclose([two[s] for s in range(1, 5)], [one[s] for s in range(1, 5)], atol=1e-5, rtol=0)
-    run = json.loads((tmp_path / "two" / "run.json").read_text())
-    assert run["train_config"]["batch_size"] == 8
-    assert (tmp_path / "two" / "checkpoints" / "4").is_dir()
+    one = _losses(tmp_path / "one")
+    # fsdp over both processes (each loads half the rows); then sequence x tensor, where the
+    # sequence axis spans the processes: both load the same rows and each keeps half the positions
+    meshes = {"two": [], "two_sp": ["--set", "parallel.fsdp=1", "--set", "parallel.sequence=2",
+                                    "--set", "parallel.tensor=2"]}
+    for name, mesh in meshes.items():
+        port = _free_port()
+        procs = [
+            subprocess.Popen([*base, *mesh, "--output", str(tmp_path / name), "--coordinator", f"127.0.0.1:{port}",
+                              "--num-processes", "2", "--process-id", str(i)],
+                             env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)
+        ]
+        outs = [p.communicate(timeout=600) for p in procs]
+        for p, (_, err) in zip(procs, outs):
+            assert p.returncode == 0, f"{name}: {err[-3000:]}"
+        finals = [out.strip().splitlines()[-1] for out, _ in outs]
+        assert finals[0] == finals[1], finals  # both processes see the same global loss
+        two = _losses(tmp_path / name)
+        assert sorted(two) == [1, 2, 3, 4]
+        np.testing.assert_allclose([two[s] for s in range(1, 5)], [one[s] for s in range(1, 5)], atol=1e-5, rtol=0,
+                                   err_msg=name)
+        run = json.loads((tmp_path / name / "run.json").read_text())
+        assert run["train_config"]["batch_size"] == 8
+        assert (tmp_path / name / "checkpoints" / "4").is_dir()
+    assert run["train_config"]["parallel"]["sequence"] == 2
