@@ -25,7 +25,8 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     "batch": ("data", "fsdp"),
     "seq": "sequence",
     "vocab": "tensor",
-    "embed": "fsdp",
+    # the sequence devices hold the same weights, so ZeRO shards state over them too
+    "embed": ("fsdp", "sequence"),
     "heads": "tensor",
     "kv_heads": "tensor",
     "qkv": None,

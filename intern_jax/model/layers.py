@@ -177,9 +177,11 @@ def attention(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions,
     """Attention dispatch: the model calls only this.
 
     The Pallas flash kernel takes the self-attention case (keys are the queries' own
-    tokens, causal by index); attention over a KV cache goes through the XLA path.
+    tokens, causal by index); attention over a KV cache goes through the XLA path, and so
+    does ``auto`` when the sequence is split over devices (GSPMD partitions the XLA path;
+    the kernel would need every query on one device).
     """
-    if impl in ("pallas", "auto"):
+    if impl == "pallas" or (impl == "auto" and not shd.is_split("seq")):
         kernel = _flash_attention_or_none(impl)
         if kernel is not None:
             return kernel(q, k, v, segment_ids=q_segment_ids, causal=True)

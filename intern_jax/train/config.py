@@ -56,7 +56,7 @@ class ParallelConfig:
     gathers the keys and values of the whole sequence), ``tensor`` (heads / mlp / vocab
     split). One axis may be -1 (the remaining devices). ``zero``:
 
-    - ``none``: params, grads and optimizer state replicated over data and fsdp (plain DP);
+    - ``none``: params, grads and optimizer state replicated over data, fsdp and sequence (plain DP);
     - ``full``: all three sharded over ``fsdp`` (ZeRO-3 / FSDP; with data > 1 this is
       hybrid-sharded data parallel: sharded inside a group, replicated across groups);
     - ``hybrid``: InternEvo's Hybrid ZeRO: params replicated; gradients reduced onto, and
@@ -64,8 +64,9 @@ class ParallelConfig:
       ``zero1`` size), replicated across the ``data`` axis.
 
     The batch is split over ``data`` x ``fsdp`` in every mode, and its positions over
-    ``sequence``: ``seq_len`` must divide by it. Parameters and optimizer state are replicated
-    over ``sequence`` (as over ``data``); their gradients are summed over it. ``micro_batches``
+    ``sequence``: ``seq_len`` must divide by it. The devices of a ``sequence`` group hold the same
+    weights, so whatever ``zero`` shards over ``fsdp`` is sharded over ``fsdp`` x ``sequence``
+    (as Megatron's distributed optimizer shards over data x context-parallel ranks). ``micro_batches``
     splits each step's batch for gradient accumulation.
     """
 
