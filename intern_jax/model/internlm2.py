@@ -289,7 +289,11 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
     if segment_ids is None:
         segment_ids = jnp.ones((b, t), jnp.int32)
     dtype = jnp.dtype(cfg.dtype)
-    x = jnp.take(params["tok_embeddings"], tokens, axis=0).astype(dtype)
+    # Under a mesh the table is gathered whole for the lookup (FSDP gathers every layer's weights the
+    # same way): looking tokens up in a table split along the embedding would give activations split
+    # along it, which GSPMD moves to the batch x sequence split only by replicating them.
+    table = shd.constrain(params["tok_embeddings"], ("vocab", None))
+    x = jnp.take(table, tokens, axis=0).astype(dtype)
 
     if cache is None:
         kv_segment_ids, kv_positions = segment_ids, positions

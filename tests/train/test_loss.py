@@ -58,6 +58,26 @@ def test_vocab_chunks_give_the_full_logits_loss_and_gradients(tied, chunk):
     assert float(jnp.abs(gw).max()) > 0
 
 
+def test_rows_may_keep_leading_axes():
+    """``x [B, T, E]`` with ``targets``/``mask [B, T]`` (as under a sequence split, where rows are not
+    folded) gives the reference values and gradients of its flattened rows."""
+    seed = _seed()
+    x, w, targets, mask = _problem(seed, n=36)
+    shape = (4, 9)
+
+    def ours(x, w):
+        ce, z = head_cross_entropy_sums(x.reshape(*shape, -1), w, targets.reshape(shape), mask.reshape(shape),
+                                        24, 1, 1e-2)
+        return ce + z
+
+    got, (gx, gw) = jax.jit(jax.value_and_grad(ours, argnums=(0, 1)))(x, w)
+    want, (rgx, rgw) = jax.value_and_grad(lambda x, w: sum(_reference(x, w, targets, mask, False, 1e-2)),
+                                          argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"seed {seed}")
+    np.testing.assert_allclose(gx, rgx, atol=1e-4, rtol=1e-4, err_msg=f"seed {seed}")
+    np.testing.assert_allclose(gw, rgw, atol=1e-4, rtol=1e-4, err_msg=f"seed {seed}")
+
+
 def test_a_frozen_head_still_passes_the_gradient_to_the_hidden_states():
     """Differentiating only x (the head closed over, as in LoRA) gives the reference gradient."""
     seed = _seed()
