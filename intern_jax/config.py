@@ -63,6 +63,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots | dots_no_batch
     attention_impl: str = "xla"  # xla | pallas | auto
+    # queries per block of the XLA attention path when training (0: all at once). Blocks hold
+    # [block, keys] scores instead of [queries, keys], and the backward pass recomputes them.
+    attention_chunk: int = 0
     initializer_range: float = 0.02
     name: str = ""
 
@@ -82,6 +85,8 @@ class ModelConfig:
             raise ConfigError(f"remat={self.remat!r}; use none, full, dots or dots_no_batch")
         if self.attention_impl not in ("xla", "pallas", "auto"):
             raise ConfigError(f"attention_impl={self.attention_impl!r}; use xla, pallas or auto")
+        if self.attention_chunk < 0:
+            raise ConfigError(f"attention_chunk must be >= 0 (0: all queries at once), got {self.attention_chunk}")
 
     @property
     def q_per_kv(self) -> int:

@@ -322,7 +322,8 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
             q = shd.constrain(q, ("batch", "seq", "heads", None))
             k, v = (shd.constrain(a, ("batch", None, "kv_heads", None)) for a in (k, v))
             attn = layers.attention(
-                q, k, v, segment_ids, positions, kv_segment_ids, kv_positions, impl=cfg.attention_impl
+                q, k, v, segment_ids, positions, kv_segment_ids, kv_positions, impl=cfg.attention_impl,
+                block=cfg.attention_chunk,
             )
             attn = shd.constrain(attn, ("batch", "seq", "heads", None))
             return shd.constrain(_finish(p, x, attn, cfg), ACTIVATION_AXES)

@@ -7,6 +7,8 @@ reference every kernel is checked against. Nothing here knows about meshes or ch
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -173,18 +175,48 @@ def attention_xla(q, k, v, mask, sm_scale=None):
     return out.transpose(0, 2, 1, 3, 4).reshape(b, t, h, d).astype(q.dtype)
 
 
-def attention(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions, *, impl="xla"):
+def attention_xla_blocks(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions, block: int):
+    """``attention_xla`` over blocks of ``block`` queries, one at a time (``lax.map``), each under
+    ``jax.checkpoint``: the scores that exist at once are ``[block, kv]`` instead of ``[q, kv]``,
+    and the backward pass recomputes each block's. Blocks are strided (block ``j`` holds queries
+    ``j, j + n, j + 2n, ...``; the mask works from positions, not indices), so every block spans
+    all devices of a sequence split. Queries are padded to a multiple of the block count with
+    padding segment 0, whose rows come out as zeros and are dropped.
+    """
+    b, t, h, d = q.shape
+    n = -(-t // block)
+    pad = n * block - t
+    if pad:
+        q = jnp.pad(q, [(0, 0), (0, pad), (0, 0), (0, 0)])
+        q_segment_ids, q_positions = (jnp.pad(a, [(0, 0), (0, pad)]) for a in (q_segment_ids, q_positions))
+
+    def split(x):
+        return jnp.moveaxis(x.reshape(b, block, n, *x.shape[2:]), 2, 0)
+
+    @partial(jax.checkpoint, prevent_cse=False)
+    def one(xs):
+        qb, seg, pos = xs
+        return attention_xla(qb, k, v, attention_mask(seg, pos, kv_segment_ids, kv_positions))
+
+    out = jax.lax.map(one, (split(q), split(q_segment_ids), split(q_positions)))  # [n, b, block, h, d]
+    return jnp.moveaxis(out, 0, 2).reshape(b, n * block, h, d)[:, :t]
+
+
+def attention(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions, *, impl="xla", block=0):
     """Attention dispatch: the model calls only this.
 
     The Pallas flash kernel takes the self-attention case (keys are the queries' own
     tokens, causal by index); attention over a KV cache goes through the XLA path, and so
     does ``auto`` when the sequence is split over devices (GSPMD partitions the XLA path;
-    the kernel would need every query on one device).
+    the kernel would need every query on one device). ``block > 0`` runs the XLA path over
+    blocks of that many queries (``attention_xla_blocks``).
     """
     if impl == "pallas" or (impl == "auto" and not shd.is_split("seq")):
         kernel = _flash_attention_or_none(impl)
         if kernel is not None:
             return kernel(q, k, v, segment_ids=q_segment_ids, causal=True)
+    if 0 < block < q.shape[1]:
+        return attention_xla_blocks(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions, block)
     mask = attention_mask(q_segment_ids, q_positions, kv_segment_ids, kv_positions)
     return attention_xla(q, k, v, mask)
 

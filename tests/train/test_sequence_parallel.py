@@ -4,6 +4,7 @@ The loss and parameters of sequence-split steps against one device are in test_s
 (``dp2xsp2xtp2``, ``fsdp2xsp4``) and, across two processes, in test_processes.py.
 """
 
+import dataclasses
 import re
 
 import jax
@@ -99,3 +100,33 @@ def test_sequence_split_needs_a_divisible_length_and_the_xla_attention():
     tc = TrainConfig(model=pallas, steps=1, batch_size=2, seq_len=32, parallel=ParallelConfig(fsdp=2, sequence=4))
     with pytest.raises(ConfigError, match="does not split over the sequence"):
         make_train_step(pallas, tc, make_mesh(tc.parallel.mesh_shape()))
+
+
+def test_query_blocks_under_a_sequence_split_give_the_one_device_step():
+    """Strided query blocks (attention_chunk) on data=2 x sequence=4 follow the one-device, all-queries
+    trajectory: the blocks span the split, so each device runs its share of every block."""
+    from intern_jax.testing import random_params  # noqa: PLC0415
+    from intern_jax.train.config import OptimizerConfig  # noqa: PLC0415
+    from intern_jax.train.synthetic import SyntheticData, synthetic_batch  # noqa: PLC0415
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    cfg = tiny_config(vocab_size=128)
+    data = SyntheticData(seed=seed)
+    batches = [synthetic_batch(data, cfg.vocab_size, 4, 64, i) for i in range(3)]
+    params = random_params(cfg, seed=seed % 1000)
+
+    def run(model, parallel, devices):
+        tc = TrainConfig(model=model, steps=10, batch_size=4, seq_len=64, parallel=ParallelConfig(**parallel),
+                         optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1))
+        ts = make_train_step(model, tc, make_mesh(tc.parallel.mesh_shape(), jax.devices()[:devices]),
+                             compiler_options={"xla_backend_optimization_level": 0})
+        state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
+        losses = []
+        for b in batches:
+            state, m = ts.step(state, None, shard_batch(b, ts.batch_sharding))
+            losses.append(float(m["loss"]))
+        return losses
+
+    want = run(cfg, {"fsdp": 1}, 1)
+    got = run(dataclasses.replace(cfg, attention_chunk=8), {"data": 2, "fsdp": 1, "sequence": 4}, 8)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"seed {seed}")
