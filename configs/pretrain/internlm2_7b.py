@@ -1,7 +1,7 @@
 """InternLM2-7B pretraining (InternEvo recipe): 1024 x 4096 tokens per step, ZeRO-3 over all devices.
 
 micro_batches=128 puts one 4096-token row per device in each micro-batch on 8 devices (peak about
-52 GiB per device by scripts/plan.py); on N devices use 1024 / N.
+28 GiB per device by scripts/plan.py); on N devices use 1024 / N.
 """
 
 import sys
