@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 from intern_jax import sharding as shd
-
 from intern_jax.config import ModelConfig
 
 NEG_INF = -1e30
