@@ -37,6 +37,7 @@ from intern_jax.model import layers
 # every device (FSDP shards the weights' ``embed`` axis, not the activations')
 ACTIVATION_AXES = ("batch", "seq", None)
 
+
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
     shape: tuple[int, ...]
