@@ -80,6 +80,12 @@ def _identity_assemble(trainable, frozen):
     return trainable
 
 
+def _devices_along(mesh, entry) -> int:
+    """How many devices split an array dimension with this PartitionSpec entry."""
+    names = () if entry is None else (entry,) if isinstance(entry, str) else entry
+    return int(np.prod([mesh.shape[a] for a in names]))
+
+
 def _replicated(mesh):
     return NamedSharding(mesh, PartitionSpec())
 
@@ -159,14 +165,12 @@ def make_train_step(
     k = train_cfg.parallel.micro_batches
     batch_sharding = make_batch_sharding(mesh)
     batch_spec = batch_sharding.spec
-    batch_ways = int(np.prod([mesh.shape[a] for a in (batch_spec[0] or ())]))
+    batch_ways, seq_ways = (_devices_along(mesh, entry) for entry in batch_spec)
     if train_cfg.batch_size % (k * batch_ways):
         raise ConfigError(
             f"batch_size {train_cfg.batch_size} must be divisible by micro_batches ({k}) x the "
             f"data x fsdp devices ({batch_ways}); change batch_size or the mesh"
         )
-    seq_ways = int(np.prod([mesh.shape[a] for a in ((batch_spec[1],) if isinstance(batch_spec[1], str)
-                                                    else batch_spec[1] or ())]))
     if train_cfg.seq_len % seq_ways:
         raise ConfigError(
             f"seq_len {train_cfg.seq_len} must be divisible by the sequence devices ({seq_ways}); "
