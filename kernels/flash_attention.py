@@ -24,7 +24,7 @@ from kernels.backend import block_size, resolve_interpret, round_up, triton_para
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def attention_reference(q, k, v, *, segment_ids=None, causal=True, sm_scale=None):
+def attention_reference(q, k, v, *, segment_ids=None, kv_segment_ids=None, causal=True, sm_scale=None):
     """Plain-jnp attention with the same semantics as `flash_attention`.
 
     q: [batch, seq_q, heads, head_dim]; k, v: [batch, seq_kv, kv_heads, head_dim].
@@ -40,8 +40,8 @@ def attention_reference(q, k, v, *, segment_ids=None, causal=True, sm_scale=None
     s = s * scale
     mask = jnp.ones((batch, seq_q, seq_kv), dtype=bool)
     if segment_ids is not None:
-        seg = segment_ids
-        mask &= (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] != 0)
+        seg, kv_seg = segment_ids, segment_ids if kv_segment_ids is None else kv_segment_ids
+        mask &= (seg[:, :, None] == kv_seg[:, None, :]) & (seg[:, :, None] != 0)
     if causal:
         q_pos = jnp.arange(seq_q)[:, None] + (seq_kv - seq_q)
         mask &= (jnp.arange(seq_kv)[None, :] <= q_pos)[None]
@@ -309,15 +309,18 @@ _flash.defvjp(_flash_vjp_fwd, _flash_vjp_bwd)
 
 
 def flash_attention(
-    q, k, v, *, segment_ids=None, causal=True, sm_scale=None, interpret=None, block_q=None, block_k=None
+    q, k, v, *, segment_ids=None, kv_segment_ids=None, causal=True, sm_scale=None, interpret=None, block_q=None,
+    block_k=None,
 ):
     """Blocked attention, differentiable; same semantics as `attention_reference`.
 
     q: [batch, seq_q, heads, head_dim]; k, v: [batch, seq_kv, kv_heads, head_dim] with
     heads % kv_heads == 0 (query head h reads kv head h // (heads // kv_heads)).
     segment_ids: [batch, seq] int32 (needs seq_q == seq_kv); 0 marks padding, and a query
-    attends only to keys of its own nonzero segment. causal: query i sits at kv position
-    seq_kv - seq_q + i (ends aligned, as in prefill after a cached prefix).
+    attends only to keys of its own nonzero segment. With `kv_segment_ids` [batch, seq_kv],
+    `segment_ids` [batch, seq_q] are the queries' and these the keys' (seq_q may differ).
+    causal: query i sits at kv position seq_kv - seq_q + i (ends aligned, as in prefill
+    after a cached prefix).
     Rows that may attend to no key return 0. Softmax statistics are f32; output has q's
     dtype. interpret=None interprets off-GPU and compiles on GPU.
     """
@@ -335,7 +338,13 @@ def flash_attention(
             f"match and heads ({heads}) must be a multiple of kv_heads "
             f"({kv_heads})"
         )
-    if segment_ids is not None and (seq_q != seq_kv or segment_ids.shape != (batch, seq_q)):
+    if kv_segment_ids is not None:
+        if segment_ids is None or segment_ids.shape != (batch, seq_q) or kv_segment_ids.shape != (batch, seq_kv):
+            raise ValueError(
+                f"kv_segment_ids {kv_segment_ids.shape} needs segment_ids as well, shaped [batch, seq_q] = "
+                f"{(batch, seq_q)} and [batch, seq_kv] = {(batch, seq_kv)}"
+            )
+    elif segment_ids is not None and (seq_q != seq_kv or segment_ids.shape != (batch, seq_q)):
         raise ValueError(
             f"segment_ids {segment_ids.shape} must be [batch, seq] = "
             f"{(batch, seq_q)} with seq_q == seq_kv (got seq_kv {seq_kv})"
@@ -355,7 +364,8 @@ def flash_attention(
         q_seg = jnp.ones((batch, seq_q), jnp.int32)
         k_seg = jnp.ones((batch, seq_kv), jnp.int32)
     else:
-        q_seg = k_seg = segment_ids.astype(jnp.int32)
+        q_seg = segment_ids.astype(jnp.int32)
+        k_seg = q_seg if kv_segment_ids is None else kv_segment_ids.astype(jnp.int32)
     pad_q, pad_k = round_up(seq_q, block_q) - seq_q, round_up(seq_kv, block_k) - seq_kv
     # Padded positions get segment 0: they attend to nothing and nothing attends to them.
     q_p = jnp.pad(q, ((0, 0), (0, pad_q), (0, 0), (0, 0)))

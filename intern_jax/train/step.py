@@ -176,11 +176,6 @@ def make_train_step(
             f"seq_len {train_cfg.seq_len} must be divisible by the sequence devices ({seq_ways}); "
             "change seq_len or parallel.sequence"
         )
-    if seq_ways > 1 and model_cfg.attention_impl == "pallas":
-        raise ConfigError(
-            "model.attention_impl='pallas' does not split over the sequence mesh axis (the flash kernel "
-            "needs the whole sequence of queries); use 'xla' or 'auto' with parallel.sequence > 1"
-        )
     micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_spec))
 
     optimizer = make_optimizer(train_cfg.optimizer, total_steps or train_cfg.steps)
