@@ -2,7 +2,9 @@
 
 Each is a pure function over arrays. ``attention`` is the single dispatch point that
 kernels/ plugs into (``impl="xla" | "pallas" | "auto"``); the XLA path here is the
-reference every kernel is checked against. Nothing here knows about meshes or checkpoints.
+reference every kernel is checked against. Nothing here knows about checkpoints, and meshes
+only through ``intern_jax.sharding``'s ``constrain``/``is_split`` under the mesh a caller traces
+with (the train step's): without one, every function runs as on a single device.
 """
 
 from __future__ import annotations
@@ -242,11 +244,10 @@ def _flash_attention_on_mesh(kernel, q, k, v, q_segment_ids, kv_segment_ids):
     # the kernel pairs query head h with kv head h // G, which holds per device only if both split alike
     q_spec = jax.sharding.PartitionSpec(q_spec[0], q_spec[1], kv_spec[2], None)
     seg_q, seg_kv = jax.sharding.PartitionSpec(*q_spec[:2]), jax.sharding.PartitionSpec(kv_spec[0], None)
-    split = shd.is_split("seq")
     seq_axes = q_spec[1]
 
     def local(q, k, v, q_seg, kv_seg):
-        if not split:
+        if seq_axes is None:  # whole rows on every device
             return kernel(q, k, v, segment_ids=q_seg, causal=True)
         t, length = k.shape[1], q.shape[1]
         names = (seq_axes,) if isinstance(seq_axes, str) else tuple(seq_axes)
