@@ -108,12 +108,30 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = (), name: st
     return apply_overrides(namespace[name], overrides)
 
 
+class _Rejected(ConfigError):
+    """A value the config's own checks refuse (as opposed to an unknown key or an unparsable value)."""
+
+
 def apply_overrides(cfg, overrides: typing.Sequence[str]):
+    """Apply ``key.path=value`` overrides. Their order does not matter: one that the config rejects
+    while others are not yet applied (``batch_size`` before the ``micro_batches`` it must divide
+    by) is tried again after them, and only a value still rejected at the end is an error."""
+    pending = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, raw = item.split("=", 1)
-        cfg = _set_path(cfg, key.strip().split("."), raw.strip(), key)
+        pending.append((key, raw))
+    while pending:
+        rejected = []
+        for key, raw in pending:
+            try:
+                cfg = _set_path(cfg, key.strip().split("."), raw.strip(), key)
+            except _Rejected as e:
+                rejected.append((key, raw, e))
+        if len(rejected) == len(pending):
+            raise rejected[0][2]
+        pending = [(key, raw) for key, raw, _ in rejected]
     return cfg
 
 
@@ -136,7 +154,7 @@ def _set_path(obj, parts: list[str], raw: str, full_key: str):
     try:
         return dataclasses.replace(obj, **{head: value})
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"cannot set {full_key}={raw!r}: {e}") from e
+        raise _Rejected(f"cannot set {full_key}={raw!r}: {e}") from e
 
 
 def _coerce(raw: str, hint: Any, current: Any, key: str):

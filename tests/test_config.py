@@ -48,3 +48,16 @@ def test_missing_config_file_is_named(tmp_path):
     (tmp_path / "empty.py").write_text("x = 1\n")
     with pytest.raises(ConfigError, match="defines no top-level 'config'"):
         load_config(tmp_path / "empty.py")
+
+
+def test_overrides_apply_in_any_order():
+    """A value valid only together with a later override (batch_size 64 with micro_batches 64, from
+    a config with 128 micro-batches) is applied once the other one is; a value that stays invalid
+    is still refused, naming it."""
+    from intern_jax.train.config import load_train_config  # noqa: PLC0415
+
+    path = "configs/pretrain/internlm2_7b.py"
+    cfg = load_train_config(path, ["batch_size=64", "parallel.micro_batches=64"])
+    assert (cfg.batch_size, cfg.parallel.micro_batches) == (64, 64)
+    with pytest.raises(ConfigError, match="cannot set batch_size='63'"):
+        load_train_config(path, ["batch_size=63", "parallel.micro_batches=64"])
