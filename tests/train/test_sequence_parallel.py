@@ -18,7 +18,7 @@ from intern_jax.model import internlm2
 from intern_jax.sharding import make_mesh
 from intern_jax.testing import tiny_config
 from intern_jax.train.config import ParallelConfig, TrainConfig
-from intern_jax.train.step import make_train_step, process_row_block, shard_batch
+from intern_jax.train.step import make_batch_sharding, make_train_step, process_row_block, shard_batch
 
 # every size distinct, so a gathered array's shape says what it is
 E, H, KV, D, M, V = 192, 6, 2, 32, 384, 640
@@ -80,12 +80,12 @@ def _weight_shapes() -> set[tuple[int, ...]]:
 
 def test_one_process_holds_all_rows_and_devices_cut_their_positions():
     mesh = make_mesh({"data": 2, "sequence": 4})
-    ts_sharding = jax.sharding.NamedSharding(mesh, shd.logical_to_spec(("batch", "seq")))
-    assert process_row_block(ts_sharding, 8, 32) == (0, 1)
+    sharding = make_batch_sharding(mesh)
+    assert process_row_block(sharding, 8, 32) == (0, 1)
     rng = np.random.default_rng(0)
     batch = {k: rng.integers(1, 100, (8, 32)) for k in ("tokens", "targets", "positions", "segment_ids")}
     batch["loss_mask"] = rng.random((8, 32)).astype(np.float32)
-    out = shard_batch(batch, ts_sharding, (8, 32))
+    out = shard_batch(batch, sharding, (8, 32))
     for name, value in out.items():
         np.testing.assert_array_equal(np.asarray(value), batch[name])
         assert value.sharding.spec == P(("data", "fsdp"), "sequence")
