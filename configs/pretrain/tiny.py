@@ -6,7 +6,7 @@ from pathlib import Path
 
 from intern_jax.config import load_config
 from intern_jax.data.pipeline import DataConfig
-from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, ParallelConfig, TrainConfig
+from intern_jax.train.config import CheckpointConfig, EvalConfig, LoggingConfig, OptimizerConfig, ParallelConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 model = dataclasses.replace(load_config(ROOT / "configs/model/tiny.py"), name="tiny-pretrain", vocab_size=0)
@@ -14,7 +14,7 @@ model = dataclasses.replace(load_config(ROOT / "configs/model/tiny.py"), name="t
 config = TrainConfig(
     name="tiny",
     model=model,
-    data=DataConfig(path="runs/corpus"),
+    data=DataConfig(path="runs/corpus", holdout=0.02),  # one document in 50 held out for eval
     tokenizer="runs/corpus/tokenizer",
     steps=150,
     batch_size=8,
@@ -23,4 +23,5 @@ config = TrainConfig(
     parallel=ParallelConfig(data=1, fsdp=-1, tensor=1, zero="full"),
     checkpoint=CheckpointConfig(save_every=50, keep_last=2),
     logging=LoggingConfig(log_every=10),
+    eval=EvalConfig(every=50, max_batches=16),
 )

@@ -36,6 +36,9 @@ class DataConfig:
     (rows per step, split evenly over JAX processes). ``num_workers`` grain worker processes
     (0 = in this process) must stay the same across restarts of a run. ``prefetch`` batches are
     buffered ahead (per worker). ``packing_bins`` rows are filled first-fit at a time.
+    ``holdout``: the share of each source's documents set aside for evaluation and never trained
+    on: one document in every ``round(1 / holdout)``, the first included (``HoldoutSplit``); the
+    choice does not depend on ``seed``, so every run on a corpus holds out the same documents.
     """
 
     path: str = ""
@@ -47,6 +50,7 @@ class DataConfig:
     num_workers: int = 0
     prefetch: int = 2
     packing_bins: int = 128
+    holdout: float = 0.0
 
     def __hash__(self):  # hashable like the other configs, although ``mixture`` is a dict
         values = [getattr(self, f.name) for f in dataclasses.fields(self)]
@@ -61,6 +65,8 @@ class DataConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"data.{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.holdout, int | float) or not 0.0 <= self.holdout <= 0.5:
+            raise ConfigError(f"data.holdout must be a fraction in [0, 0.5] (0 = none), got {self.holdout!r}")
         if not isinstance(self.mixture, Mapping):
             raise ConfigError(f"data.mixture must be a dict source -> weight, got {self.mixture!r}")
         for source, weight in self.mixture.items():
@@ -116,6 +122,51 @@ def document_proportions(manifest: dict, weights: Mapping[str, float]) -> dict[s
     return {name: w * sources[name]["documents"] / sources[name]["tokens"] for name, w in weights.items()}
 
 
+def holdout_stride(fraction: float) -> int:
+    """``holdout`` as a stride m: one document in every m, ``m = round(1 / fraction)``."""
+    if not 0.0 < fraction <= 0.5:
+        raise ValueError(f"data.holdout={fraction!r}: a held-out fraction must lie in (0, 0.5]")
+    return max(2, round(1.0 / fraction))
+
+
+class HoldoutSplit:
+    """One side of a source split into held-out and training documents, without an index array.
+
+    Document ``i`` is held out when ``i % m == 0`` (``m = holdout_stride(fraction)``): a
+    systematic sample spread over the whole corpus, the same for every run and seed. The
+    ``heldout=True`` view has ``ceil(n / m)`` documents, the training view the others, in order.
+    Picklable (grain worker processes)."""
+
+    def __init__(self, source, fraction: float, *, heldout: bool):
+        self._source = source
+        self._stride = holdout_stride(fraction)
+        self._heldout = heldout
+        n = len(source)
+        held = -(-n // self._stride)
+        if not heldout and n - held <= 0:
+            raise ValueError(f"a source of {n} document(s) has none left to train on after holding out {held}")
+        self._len = held if heldout else n - held
+
+    def __len__(self) -> int:
+        return self._len
+
+    def index(self, j: int) -> int:
+        """The source index of this view's ``j``-th document."""
+        if not 0 <= j < self._len:
+            raise IndexError(f"document {j} of a split of {self._len}")
+        if self._heldout:
+            return j * self._stride
+        block, offset = divmod(j, self._stride - 1)
+        return block * self._stride + 1 + offset
+
+    def __getitem__(self, j):
+        return self._source[self.index(int(j))]
+
+    def __repr__(self) -> str:
+        side = "held-out" if self._heldout else "training"
+        return f"HoldoutSplit({self._source!r}, {side}: {self._len} documents, stride {self._stride})"
+
+
 def decode_record(record: bytes) -> dict[str, np.ndarray]:
     """One ArrayRecord record (little-endian int32 token ids) -> ``{"tokens", "token_loss"}``."""
     if len(record) % 4:
@@ -140,11 +191,16 @@ class SplitDocument(FlatMapTransform):
 
 
 def source_dataset(
-    files: Sequence[str], *, process_index: int, process_count: int, seed: int, shuffle: bool
+    files: Sequence[str], *, process_index: int, process_count: int, seed: int, shuffle: bool,
+    holdout: float = 0.0,
 ) -> grain.MapDataset:
-    """One source's documents for this host: a disjoint ``[process_index::process_count]`` slice,
-    shuffled afresh each epoch (seeded), repeated forever, decoded."""
-    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(list(files)))
+    """One source's training documents (all but the ``holdout`` ones) for this host: a disjoint
+    ``[process_index::process_count]`` slice, shuffled afresh each epoch (seeded), repeated
+    forever, decoded."""
+    records = grain.sources.ArrayRecordDataSource(list(files))
+    if holdout > 0:
+        records = HoldoutSplit(records, holdout, heldout=False)
+    ds = grain.MapDataset.source(records)
     ds = ds[process_index::process_count]
     if len(ds) == 0:
         raise ValueError(
@@ -183,7 +239,7 @@ def make_pretrain_dataset(
         files = [str(root / f) for f in manifest["sources"][name]["files"]]
         ds = source_dataset(
             files, process_index=process_index, process_count=process_count, seed=cfg.seed + 7919 * i,
-            shuffle=cfg.shuffle,
+            shuffle=cfg.shuffle, holdout=cfg.holdout,
         )
         sources[name] = ds.to_iter_dataset(read)
     ds = sources[next(iter(sources))] if len(sources) == 1 else grain.IterDataset.mix(sources, proportions)
@@ -206,6 +262,46 @@ def make_pretrain_dataset(
     elif cfg.prefetch > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.prefetch)
     return ds
+
+
+def make_eval_batches(
+    cfg: DataConfig,
+    *,
+    path: str | Path = "",
+    process_index: int = 0,
+    process_count: int = 1,
+    max_batches: int = 0,
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Evaluation batches per source, this host's rows of each (batch contract, numpy).
+
+    Without ``path``: the ``cfg.holdout`` documents of ``cfg.path`` (the ones its training
+    pipeline leaves out); with ``path``: every document of that corpus. Documents are read in
+    order (no shuffle, no repeat), split and packed as for training into ``cfg.batch_size //
+    process_count`` rows of ``cfg.seq_len``; the last batch is padded with empty rows. At most
+    ``max_batches`` per source (0: all). A host whose slice is empty gets no batches.
+    """
+    if cfg.batch_size % process_count:
+        raise ValueError(f"data.batch_size={cfg.batch_size} is not divisible by the {process_count} JAX processes")
+    if not str(path) and cfg.holdout <= 0:
+        raise ValueError("evaluation needs held-out documents: set data.holdout (e.g. 0.01) or an evaluation corpus")
+    root = Path(path or cfg.path)
+    manifest = read_manifest(root)
+    names = sorted(cfg.mixture) if cfg.mixture and not str(path) else sorted(manifest["sources"])
+    out = {}
+    for name in names:
+        records = grain.sources.ArrayRecordDataSource([str(root / f) for f in manifest["sources"][name]["files"]])
+        if not str(path):
+            records = HoldoutSplit(records, cfg.holdout, heldout=True)
+        ds = grain.MapDataset.source(records)[process_index::process_count].map(decode_record)
+        ds = FlatMapIterDataset(ds.to_iter_dataset(), SplitDocument(cfg.seq_len))
+        ds = pack_examples(ds, cfg.seq_len, cfg.batch_size // process_count, num_packing_bins=cfg.packing_bins)
+        batches = []
+        for batch in ds:
+            batches.append(batch)
+            if max_batches and len(batches) >= max_batches:
+                break
+        out[name] = batches
+    return out
 
 
 def _parse_absl_flags() -> None:
@@ -327,12 +423,15 @@ def write_token_corpus(
 
 __all__ = [
     "DataConfig",
+    "HoldoutSplit",
     "IteratorStateMismatch",
     "PipelineIterator",
     "checkpoint_restore_args",
     "checkpoint_save_args",
     "decode_record",
     "document_proportions",
+    "holdout_stride",
+    "make_eval_batches",
     "make_pretrain_dataset",
     "make_pretrain_iterator",
     "read_manifest",

@@ -121,6 +121,25 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation during training: every ``every`` steps (0: never) and after the last
+    step, the loss over at most ``max_batches`` batches per source (0: all of them). The
+    documents are the training corpus's held-out ones (``data.holdout``), or every document of
+    the corpus at ``path`` when it is set. Logged as ``eval_loss``, ``eval_ppl``,
+    ``eval_tokens`` and ``eval_loss/SOURCE`` in the step's metrics record."""
+
+    every: int = 0
+    max_batches: int = 16
+    path: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.every, int) or self.every < 0:
+            raise ConfigError(f"eval.every must be an integer >= 0 (0 = no evaluation), got {self.every!r}")
+        if not isinstance(self.max_batches, int) or self.max_batches < 0:
+            raise ConfigError(f"eval.max_batches must be an integer >= 0 (0 = all), got {self.max_batches!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run. ``model`` is a ModelConfig or the path of a model config file;
     ``data`` is the input pipeline's config (``intern_jax.data.pipeline.DataConfig``, or
@@ -146,6 +165,7 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tokenizer: str = ""
     name: str = ""
 
@@ -165,6 +185,11 @@ class TrainConfig:
             raise ConfigError(f"loss_chunk_vocab must be >= 0 (0 = whole vocabulary), got {self.loss_chunk_vocab}")
         if self.max_bad_steps < 1:
             raise ConfigError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
+        if self.eval.every and not self.eval.path and not getattr(self.data, "holdout", 0):
+            raise ConfigError(
+                f"eval.every={self.eval.every} but there is nothing to evaluate on: set data.holdout (the "
+                "fraction of documents held out of training, e.g. 0.01) or eval.path (an evaluation corpus)"
+            )
         if dataclasses.is_dataclass(self.data):
             names = {f.name for f in dataclasses.fields(self.data)}
             follow = {k: getattr(self, k) for k in ("batch_size", "seq_len") if k in names}

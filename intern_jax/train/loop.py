@@ -10,6 +10,11 @@ Fine-tuning passes ``trainable``, ``frozen``, ``assemble`` and shardings exactly
 ``data_iterator`` yields this process's rows of each global batch (batch contract);
 for checkpoints it must be a grain iterator (get_state / set_state). ``max_bad_steps``
 non-finite steps in a row save the last good state and raise ``TrainingDiverged``.
+
+``eval_batches`` (``make_eval_batches``: this process's rows of held-out batches, per source)
+are evaluated every ``eval.every`` steps and after the last one; the held-out loss goes into
+that step's metrics record. Evaluation reads the params only: training is the same with or
+without it, and its time is left out of tokens/s.
 """
 
 from __future__ import annotations
@@ -70,6 +75,68 @@ def make_data_iterator(train_cfg: TrainConfig, model_cfg: ModelConfig, mesh=None
     return make_pretrain_iterator(train_cfg.data, **kw)
 
 
+def make_eval_batches(train_cfg: TrainConfig, mesh=None) -> dict[str, list[dict]] | None:
+    """This process's rows of the held-out batches for ``train_cfg.eval`` (None when it is off).
+
+    Every process gets the same number of batches per source (a process with fewer held-out
+    rows is padded with empty batches, which add nothing), so the processes stay in step."""
+    if not train_cfg.eval.every:
+        return None
+    from intern_jax.data.pipeline import DataConfig  # noqa: PLC0415
+    from intern_jax.data.pipeline import make_eval_batches as pipeline_eval_batches  # noqa: PLC0415
+
+    data = train_cfg.data
+    if not isinstance(data, DataConfig):
+        data = DataConfig(path=train_cfg.eval.path, seq_len=train_cfg.seq_len, batch_size=train_cfg.batch_size)
+    mesh = mesh if mesh is not None else make_mesh(train_cfg.parallel.mesh_shape())
+    index, count = process_row_block(make_batch_sharding(mesh), train_cfg.batch_size, train_cfg.seq_len)
+    batches = pipeline_eval_batches(data, path=train_cfg.eval.path, process_index=index, process_count=count,
+                                    max_batches=train_cfg.eval.max_batches)
+    names = sorted(batches)
+    counts = np.array([len(batches[name]) for name in names], np.int64)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        counts = np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, len(names)).max(axis=0)
+    if not counts.sum():
+        raise ValueError("the evaluation set yields no batches; raise data.holdout or check eval.path")
+    rows = train_cfg.batch_size // count
+    empty = {key: np.zeros((rows, train_cfg.seq_len), np.float32 if key == "loss_mask" else np.int32)
+             for key in ("tokens", "targets", "positions", "segment_ids", "loss_mask")}
+    return {name: batches[name] + [empty] * int(n - len(batches[name])) for name, n in zip(names, counts)}
+
+
+def evaluate(ts, params, frozen, eval_batches: dict, global_shape: tuple[int, int], progress: bool = False) -> dict:
+    """Held-out metrics of ``params``: ``eval_loss`` (target-weighted over every source),
+    ``eval_ppl``, ``eval_tokens`` and ``eval_loss/SOURCE``."""
+    bar = None
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=sum(len(b) for b in eval_batches.values()), desc="eval", unit="batch", leave=False,
+                   dynamic_ncols=True)
+    record, loss_sum, tokens = {}, 0.0, 0.0
+    try:
+        for name, batches in eval_batches.items():
+            sums = None
+            for batch in batches:
+                out = ts.evaluate(params, frozen, shard_batch(batch, ts.batch_sharding, global_shape))
+                sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+                if bar is not None:
+                    bar.update(1)
+            if sums is None:
+                continue
+            ce, n = (float(np.asarray(v)) for v in jax.device_get((sums["loss_sum"], sums["tokens"])))
+            record[f"eval_loss/{name}"] = ce / n if n else float("nan")
+            loss_sum, tokens = loss_sum + ce, tokens + n
+    finally:
+        if bar is not None:
+            bar.close()
+    mean = loss_sum / tokens if tokens else float("nan")
+    ppl = math.exp(mean) if mean < 700 else float("inf")
+    return {"eval_loss": mean, "eval_ppl": ppl, "eval_tokens": tokens, **record}
+
+
 def _progress(total: int, initial: int, enabled: bool):
     if not enabled:
         return None
@@ -96,6 +163,7 @@ def run_training(
     run_extra: dict | None = None,
     on_step: Callable[[int, dict], Any] | None = None,
     compiler_options: dict | None = None,
+    eval_batches: dict | None = None,
 ) -> TrainResult:
     """Train to ``train_cfg.steps``; see the module docstring. ``on_step(step, metrics)`` is
     called with host metrics after every step (tests, custom logging)."""
@@ -127,15 +195,18 @@ def run_training(
         writer = M.MetricsWriter(
             run_dir, tensorboard=train_cfg.logging.tensorboard, resume_step=start, enabled=primary
         )
-        result = _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_iterator, on_step, primary)
+        result = _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_iterator, on_step, primary,
+                       eval_batches)
         result.resumed_from = start if restored is not None else None
         return result
     finally:
         ckpt.close()
 
 
-def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_iterator, on_step, primary):
+def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_iterator, on_step, primary,
+          eval_batches=None):
     total, every = train_cfg.steps, train_cfg.checkpoint.save_every
+    eval_every = train_cfg.eval.every if eval_batches else 0
     tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
     peak = M.peak_flops_per_device(override=train_cfg.logging.peak_flops)
     n_devices = ts.mesh.devices.size
@@ -171,7 +242,8 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
                     f"saved at step {step} holds the last good params. Lower optimizer.learning_rate, "
                     "check the data, or raise max_bad_steps."
                 )
-            if step % train_cfg.logging.log_every == 0 or step == total:
+            eval_now = eval_every > 0 and (step % eval_every == 0 or step == total)
+            if step % train_cfg.logging.log_every == 0 or step == total or eval_now:
                 record = dict(host)
                 record.pop("finite", None)
                 if window_losses:
@@ -183,6 +255,13 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
                     record["tokens_per_s"] = tokens_per_step / dt
                     record["mfu"] = M.mfu(tokens_per_step / dt, model_cfg, train_cfg.seq_len, n_devices, peak)
                     window_start, window_steps = now, 0
+                if eval_now:
+                    t_eval = time.perf_counter()
+                    record.update(evaluate(ts, state["params"], frozen, eval_batches,
+                                           (train_cfg.batch_size, train_cfg.seq_len), progress=bar is not None))
+                    record["eval_time_s"] = time.perf_counter() - t_eval
+                    if window_start is not None:  # the evaluation's time is not training time
+                        window_start += record["eval_time_s"]
                 writer.write(step, record)
                 if bar is None and primary and train_cfg.logging.log_every > 0:
                     print(_log_line(step, total, record), flush=True)
@@ -210,6 +289,8 @@ def _log_line(step: int, total: int, record: dict) -> str:
         parts.append(f"MFU {100 * record['mfu']:.1f}%")
     if record.get("skipped"):
         parts.append(f"skipped {record['skipped']}")
+    if "eval_loss" in record:
+        parts.append(f"held-out loss {record['eval_loss']:.4f} (ppl {record['eval_ppl']:.2f})")
     return "  ".join(parts)
 
 

@@ -112,7 +112,8 @@ class MetricsWriter:
             value = float(value)
             record[key] = value if math.isfinite(value) else str(value)
             if self._tb is not None and math.isfinite(value):
-                self._tb.add_scalar(f"train/{key}", value, int(step))
+                tag = f"eval/{key.removeprefix('eval_')}" if key.startswith("eval_") else f"train/{key}"
+                self._tb.add_scalar(tag, value, int(step))
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
@@ -139,7 +140,7 @@ def read_metrics(run_dir) -> list[dict]:
 
 
 def plot_metrics(run_dir, output_dir=None) -> list[Path]:
-    """Draw ``loss.png`` (loss, and learning rate on a second axis) and ``throughput.png``
+    """Draw ``loss.png`` (loss, held-out loss when evaluated, and learning rate on a second axis) and ``throughput.png``
     (tokens/s, and MFU when known) from a run's metrics.jsonl; returns the files written."""
     import matplotlib  # noqa: PLC0415
 
@@ -162,6 +163,11 @@ def plot_metrics(run_dir, output_dir=None) -> list[Path]:
         ax.legend(loc="upper right", fontsize=8)
     else:
         ax.plot(steps, [r["loss"] for r in records], color="tab:blue", label="loss")
+    evaluated = [r for r in records if isinstance(r.get("eval_loss"), float)]
+    if evaluated:
+        ax.plot([r["step"] for r in evaluated], [r["eval_loss"] for r in evaluated], color="tab:red",
+                marker="o", label="held-out loss")
+        ax.legend(loc="upper right", fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if any("lr" in r for r in records):

@@ -13,7 +13,7 @@ from pathlib import Path
 from intern_jax.config import ConfigError
 from intern_jax.sharding import make_mesh
 from intern_jax.train.config import TrainConfig, load_train_config
-from intern_jax.train.loop import TrainResult, make_data_iterator, run_training
+from intern_jax.train.loop import TrainResult, make_data_iterator, make_eval_batches, run_training
 
 
 def prepare_run(config_path, overrides=()) -> TrainConfig:
@@ -63,5 +63,5 @@ def pretrain(cfg: TrainConfig, run_dir) -> TrainResult:
     mesh = make_mesh(cfg.parallel.mesh_shape())
     return run_training(
         model, cfg, run_dir=run_dir, data_iterator=make_data_iterator(cfg, model, mesh), mesh=mesh,
-        tokenizer_path=cfg.tokenizer or None,
+        tokenizer_path=cfg.tokenizer or None, eval_batches=make_eval_batches(cfg, mesh),
     )

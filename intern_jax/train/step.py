@@ -22,6 +22,9 @@ Contract (shared by pretraining and fine-tuning)::
   gradient norm is not finite leaves params and optimizer state unchanged, bumps
   ``bad_steps`` (consecutive) and ``skipped`` (total). No host sync happens inside.
 - ``metrics`` = {loss, grad_norm, lr, tokens, finite, bad_steps, skipped} (+ z_loss).
+- ``ts.evaluate(state["params"], frozen, batch)`` -> {loss_sum, tokens}: the summed
+  cross-entropy and target count of a batch (same sharding and micro-batches as the step,
+  no dropout, no z-loss); held-out loss = sum of ``loss_sum`` / sum of ``tokens``.
 
 Loss: ``sum(CE * loss_mask) / max(sum(loss_mask), 1)`` over the whole global batch (the
 output head and the cross-entropy run in chunks of ``loss_chunk_tokens`` positions times
@@ -105,6 +108,7 @@ class TrainStep:
 
     step: Callable  # jitted (state, frozen, batch) -> (state, metrics); state donated
     init_state: Callable  # jitted trainable -> state
+    evaluate: Callable  # jitted (state["params"], frozen, batch) -> {loss_sum, tokens}: no update, no dropout
     state_shardings: Any
     frozen_shardings: Any
     batch_sharding: NamedSharding
@@ -206,14 +210,24 @@ def make_train_step(
             "skipped": jnp.zeros((), jnp.int32),
         }
 
+    def loss_sums(trainable, frozen, batch, key, z):
+        """(summed cross-entropy, summed z-loss, target count); ``key`` None: no dropout."""
+        params = assemble(trainable, frozen, rng=key) if assemble_takes_rng else assemble(trainable, frozen)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's activation layout
+            hidden, _ = internlm2.hidden_states(params, batch, model_cfg)
+            head = OutputHead(*internlm2.head_weight(params, model_cfg))
+            return chunked_lm_loss_sums(hidden, head, batch, z, train_cfg.loss_chunk_tokens,
+                                        train_cfg.loss_chunk_vocab)
+
+    def split_micro(batch):
+        """``[batch, ...]`` -> ``[k, batch / k, ...]``: rows j*k + i form micro-batch i, so every
+        device keeps its own rows."""
+        micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+        return jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sharding, micro))
+
     def grads_of(trainable, frozen, batch, key):
         def loss_of(tr):
-            params = assemble(tr, frozen, rng=key) if assemble_takes_rng else assemble(tr, frozen)
-            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's activation layout
-                hidden, _ = internlm2.hidden_states(params, batch, model_cfg)
-                head = OutputHead(*internlm2.head_weight(params, model_cfg))
-                ce, z, count = chunked_lm_loss_sums(hidden, head, batch, z_coef, train_cfg.loss_chunk_tokens,
-                                                    train_cfg.loss_chunk_vocab)
+            ce, z, count = loss_sums(tr, frozen, batch, key, z_coef)
             return ce + z, (ce, z, count)
 
         (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
@@ -227,9 +241,7 @@ def make_train_step(
         if k == 1:
             grads, (ce, z, count) = grads_of(params, frozen, batch, step_key)
         else:
-            # rows j*k + i form micro-batch i, so every device keeps its own rows
-            micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
-            micro = jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sharding, micro))
+            micro = split_micro(batch)
 
             def accumulate(carry, xs):
                 g_sum, sums = carry
@@ -281,6 +293,19 @@ def make_train_step(
             metrics["z_loss"] = z / denom
         return new_state, metrics
 
+    def evaluate(trainable, frozen, batch):
+        batch = {name: batch[name] for name in BATCH_KEYS}
+        if k == 1:
+            ce, _, count = loss_sums(trainable, frozen, batch, None, 0.0)
+        else:
+            def accumulate(carry, mb):
+                ce, _, count = loss_sums(trainable, frozen, mb, None, 0.0)
+                return (carry[0] + ce, carry[1] + count), None
+
+            zero = jnp.zeros((), jnp.float32)
+            (ce, count), _ = jax.lax.scan(accumulate, (zero, zero), split_micro(batch))
+        return {"loss_sum": ce, "tokens": count}
+
     if frozen_shardings is None:
         frozen_shardings = replicated
     batch_shardings = {name: batch_sharding for name in BATCH_KEYS}
@@ -293,9 +318,14 @@ def make_train_step(
         **jit_kw,
     )
     init_jit = jax.jit(init_state, in_shardings=(trainable_shardings,), out_shardings=state_shardings, **jit_kw)
+    eval_jit = jax.jit(
+        evaluate, in_shardings=(trainable_shardings, frozen_shardings, batch_shardings), out_shardings=replicated,
+        **jit_kw,
+    )
     return TrainStep(
         step=step_jit,
         init_state=init_jit,
+        evaluate=eval_jit,
         state_shardings=state_shardings,
         frozen_shardings=frozen_shardings,
         batch_sharding=batch_sharding,

@@ -11,9 +11,11 @@ from intern_jax.config import ConfigError
 from intern_jax.data.packing import PackingStats
 from intern_jax.data.pipeline import (
     DataConfig,
+    HoldoutSplit,
     IteratorStateMismatch,
     checkpoint_restore_args,
     checkpoint_save_args,
+    make_eval_batches,
     make_pretrain_iterator,
     write_token_corpus,
 )
@@ -223,5 +225,52 @@ def test_data_config_takes_overrides_and_hashes():
     cfg = apply_overrides(DataConfig(), ["mixture={'en': 0.7, 'code': 0.3}", "seq_len=128", "shuffle=false"])
     assert cfg.mixture == {"en": 0.7, "code": 0.3} and cfg.seq_len == 128 and cfg.shuffle is False
     assert hash(cfg) == hash(DataConfig(mixture={"code": 0.3, "en": 0.7}, seq_len=128, shuffle=False))
-    with pytest.raises(ConfigError, match="valid fields: batch_size, mixture, num_workers"):
+    with pytest.raises(ConfigError, match="valid fields: batch_size, holdout, mixture, num_workers"):
         apply_overrides(cfg, ["batchsize=4"])
+
+
+@pytest.mark.parametrize("n", [2, 3, 9, 10, 11, 119, 1000])
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.3, 0.5])
+def test_holdout_split_partitions_a_source_and_spreads_over_it(n, fraction):
+    records = [f"doc{i}" for i in range(n)]
+    held = list(HoldoutSplit(records, fraction, heldout=True))
+    train = list(HoldoutSplit(records, fraction, heldout=False))
+    assert sorted(held + train) == sorted(records) and not set(held) & set(train)
+    stride = round(1 / fraction)
+    assert len(held) == -(-n // stride) >= 1
+    held_index = sorted(records.index(d) for d in held)
+    assert held_index[0] == 0 and all(b - a == stride for a, b in zip(held_index, held_index[1:]))
+    assert train == [d for d in records if d not in held]  # in order
+    with pytest.raises(IndexError):
+        HoldoutSplit(records, fraction, heldout=True)[len(held)]
+
+
+def test_a_source_of_one_document_cannot_be_split():
+    with pytest.raises(ValueError, match="none left to train on"):
+        HoldoutSplit(["only"], 0.1, heldout=False)
+
+
+def test_training_never_sees_held_out_documents_and_evaluation_sees_exactly_them(corpus):
+    path, docs, _ = corpus
+    cfg = DataConfig(path=str(path), seq_len=160, batch_size=4, seed=11, holdout=0.1)
+    trained = set(segments(take(cfg, 150)))  # several epochs of every source
+    per_source = make_eval_batches(cfg)
+    assert sorted(per_source) == sorted(SOURCE_RANGES)
+    for name, source_docs in docs.items():
+        records = [d for shard in range(3) for d in source_docs[shard::3]]  # write_token_corpus's shard order
+        held = {tuple(d) for d in HoldoutSplit(records, 0.1, heldout=True)}
+        train = {tuple(d) for d in HoldoutSplit(records, 0.1, heldout=False)}
+        for batch in per_source[name]:
+            check_contract(batch, 4, 160)
+        assert sorted(segments(per_source[name])) == sorted(held)  # each held-out document once
+        lo, hi = SOURCE_RANGES[name]
+        assert {s for s in trained if lo <= s[0] < hi} == train  # every training document, nothing else
+
+    # two hosts: disjoint halves whose union is the held-out set; at most max_batches each
+    halves = [make_eval_batches(cfg, process_index=i, process_count=2) for i in range(2)]
+    for name in docs:
+        a, b = (segments(h[name]) for h in halves)
+        assert not set(a) & set(b) and sorted(a + b) == sorted(segments(per_source[name]))
+    assert all(len(v) <= 1 for v in make_eval_batches(cfg, max_batches=1).values())
+    with pytest.raises(ValueError, match="set data.holdout"):
+        make_eval_batches(DataConfig(path=str(path)))

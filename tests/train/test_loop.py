@@ -15,8 +15,17 @@ from intern_jax.data.pipeline import DataConfig, make_pretrain_iterator, write_t
 from intern_jax.sharding import make_mesh
 from intern_jax.testing import random_params, tiny_config
 from intern_jax.train.checkpointing import DAMAGED_DIR, Checkpointer
-from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, ParallelConfig, TrainConfig
-from intern_jax.train.loop import TrainingDiverged, make_data_iterator, run_training
+from intern_jax.config import ConfigError
+from intern_jax.model import internlm2
+from intern_jax.train.config import (
+    CheckpointConfig,
+    EvalConfig,
+    LoggingConfig,
+    OptimizerConfig,
+    ParallelConfig,
+    TrainConfig,
+)
+from intern_jax.train.loop import TrainingDiverged, make_data_iterator, make_eval_batches, run_training
 from intern_jax.train.metrics import read_metrics
 from intern_jax.train.synthetic import SyntheticData, synthetic_batch
 
@@ -162,3 +171,50 @@ def test_resuming_with_a_changed_model_is_an_error_and_moves_nothing(tmp_path):
     with pytest.raises(CheckpointMismatch, match="another shape.*w1"):
         _train(wider, tmp_path / "run")
     assert (tmp_path / "run" / "checkpoints" / "2").is_dir() and not (tmp_path / "run" / DAMAGED_DIR).exists()
+
+
+def _reference_eval_loss(params, cfg, batches) -> tuple[float, float]:
+    """(summed cross-entropy, targets) from the model's full logits and a numpy log-softmax."""
+    total, count = 0.0, 0.0
+    for batch in batches:
+        logits, _ = internlm2.forward_jit(params, {k: np.asarray(v) for k, v in batch.items()}, cfg.model)
+        logits = np.asarray(logits, np.float64)
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        picked = np.take_along_axis(logits, batch["targets"][..., None].astype(np.int64), -1)[..., 0]
+        total += float(((logz - picked) * batch["loss_mask"]).sum())
+        count += float(batch["loss_mask"].sum())
+    return total, count
+
+
+def test_held_out_evaluation_matches_a_reference_and_leaves_training_unchanged(tmp_path):
+    corpus = byte_corpus(tmp_path / "corpus")
+    data = DataConfig(path=str(corpus), seed=5, holdout=0.1)
+    plain = dataclasses.replace(_cfg(data, steps=10, save_every=5),
+                                parallel=ParallelConfig(fsdp=4, tensor=2, micro_batches=2))
+    evaluated = dataclasses.replace(plain, eval=EvalConfig(every=4, max_batches=3))
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    _, losses_plain = _train(plain, tmp_path / "plain", mesh=mesh)
+    result, losses_eval = _train(evaluated, tmp_path / "eval", mesh=mesh, eval_batches=make_eval_batches(evaluated))
+    assert losses_eval == losses_plain  # evaluation reads params only: the same run, bit for bit
+
+    records = {r["step"]: r for r in read_metrics(tmp_path / "eval")}
+    assert [s for s, r in sorted(records.items()) if "eval_loss" in r] == [4, 8, 10]  # every 4, and the last
+    assert not any("eval_loss" in r for r in read_metrics(tmp_path / "plain"))
+    last = records[10]
+    batches = make_eval_batches(evaluated)["code"]
+    assert len(batches) == 3
+    ce, count = _reference_eval_loss(jax.device_get(result.state["params"]), evaluated, batches)
+    assert last["eval_tokens"] == count == sum(float(b["loss_mask"].sum()) for b in batches)
+    np.testing.assert_allclose(last["eval_loss"], ce / count, rtol=1e-5)
+    np.testing.assert_allclose(last["eval_loss/code"], last["eval_loss"], rtol=1e-12)
+    np.testing.assert_allclose(last["eval_ppl"], np.exp(ce / count), rtol=1e-5)
+    assert records[4]["eval_loss"] > last["eval_loss"]  # the held-out loss falls as the model learns
+
+
+def test_evaluation_without_held_out_documents_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="set data.holdout .* or eval.path"):
+        _cfg(DataConfig(path=str(tmp_path)), steps=1, eval=EvalConfig(every=5))
+    with pytest.raises(ConfigError, match=r"data.holdout must be a fraction in \[0, 0.5\]"):
+        DataConfig(holdout=0.7)
+    with pytest.raises(ConfigError, match="eval.every must be an integer >= 0"):
+        EvalConfig(every=-1)
