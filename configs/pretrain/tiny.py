@@ -6,7 +6,14 @@ from pathlib import Path
 
 from intern_jax.config import load_config
 from intern_jax.data.pipeline import DataConfig
-from intern_jax.train.config import CheckpointConfig, EvalConfig, LoggingConfig, OptimizerConfig, ParallelConfig, TrainConfig
+from intern_jax.train.config import (
+    CheckpointConfig,
+    EvalConfig,
+    LoggingConfig,
+    OptimizerConfig,
+    ParallelConfig,
+    TrainConfig,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 model = dataclasses.replace(load_config(ROOT / "configs/model/tiny.py"), name="tiny-pretrain", vocab_size=0)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from intern_jax.checkpoint import convert_checkpoint, detect_format, load_model
+from intern_jax.config import ConfigError
 from intern_jax.data.pipeline import DataConfig, make_pretrain_iterator, write_token_corpus
+from intern_jax.model import internlm2
 from intern_jax.sharding import make_mesh
 from intern_jax.testing import random_params, tiny_config
 from intern_jax.train.checkpointing import DAMAGED_DIR, Checkpointer
-from intern_jax.config import ConfigError
-from intern_jax.model import internlm2
 from intern_jax.train.config import (
     CheckpointConfig,
     EvalConfig,
