@@ -4,7 +4,8 @@
 
 1. builds the embedded corpus (Python standard library source and docstrings -> cleaning, language
    routing, filters, dedup -> SentencePiece tokenizer -> ArrayRecord token shards) in runs/corpus;
-2. pretrains the tiny config on it (the loss falls; loss.png / throughput.png in the run directory);
+2. pretrains the tiny config on it (the training and held-out losses fall; loss.png / throughput.png
+   in the run directory);
 3. LoRA-fine-tunes the embedded SmolLM2-135M-Instruct on a generated persona set and prints
    its answers before and after;
 4. chats with SmolLM2 (streaming).
@@ -39,7 +40,7 @@ def run(args: list[str]) -> None:
 
 
 def loss_summary(run_dir: Path) -> str:
-    """A few (step, loss) points of a run's metrics.jsonl, first to last."""
+    """A few (step, loss) points of a run's metrics.jsonl, first to last, and its held-out losses."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     records = [r for r in records if "loss" in r]
     if not records:
@@ -50,7 +51,11 @@ def loss_summary(run_dir: Path) -> str:
         if r["step"] not in seen:
             seen.add(r["step"])
             points.append(f"step {r['step']}: {r.get('loss_mean', r['loss']):.2f}")
-    return "mean loss per logging window  " + "  ->  ".join(points)
+    summary = "mean loss per logging window  " + "  ->  ".join(points)
+    evaluated = [r for r in records if "eval_loss" in r]
+    if evaluated:
+        summary += "\n   held-out loss  " + "  ->  ".join(f"step {r['step']}: {r['eval_loss']:.2f}" for r in evaluated)
+    return summary
 
 
 def chat(prompt: str, max_new_tokens: int) -> None:

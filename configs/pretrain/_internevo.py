@@ -9,7 +9,14 @@ from pathlib import Path
 
 from intern_jax.config import load_config
 from intern_jax.data.pipeline import DataConfig
-from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, ParallelConfig, TrainConfig
+from intern_jax.train.config import (
+    CheckpointConfig,
+    EvalConfig,
+    LoggingConfig,
+    OptimizerConfig,
+    ParallelConfig,
+    TrainConfig,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +30,7 @@ def internevo_run(model_file: str, *, name: str, learning_rate: float, batch_siz
         name=name,
         model=model,
         # a corpus processed with the InternLM2 tokenizer (scripts/process_data.py); set data.path / tokenizer
-        data=DataConfig(path="runs/internlm2_corpus", num_workers=4),
+        data=DataConfig(path="runs/internlm2_corpus", num_workers=4, holdout=0.001),
         tokenizer="runs/internlm2_corpus/tokenizer",
         steps=steps,
         batch_size=batch_size,
@@ -35,4 +42,5 @@ def internevo_run(model_file: str, *, name: str, learning_rate: float, batch_siz
         parallel=ParallelConfig(micro_batches=micro_batches, **parallel),
         checkpoint=CheckpointConfig(save_every=1000, keep_last=3, keep_every=10_000),
         logging=LoggingConfig(log_every=10),
+        eval=EvalConfig(every=1000, max_batches=16),  # on the held-out documents (data.holdout)
     )

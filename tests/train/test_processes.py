@@ -84,14 +84,20 @@ def _free_port() -> int:
 def test_two_processes_train_together_and_match_one_process(tmp_path):
     """2 processes x 2 CPU devices (gloo collectives) give the losses of 1 process x 4 devices, with the
     batch split over the processes and with the sequence split over them."""
+    # held-out evaluation every 2 steps on a corpus of 13 documents: the processes split it unevenly,
+    # so one of them pads with empty batches
+    rng = np.random.default_rng(3)
+    eval_docs = [rng.integers(1, 128, int(n)).astype(np.int32) for n in rng.integers(5, 90, 13)]
+    write_token_corpus(tmp_path / "eval_corpus", {"text": eval_docs}, shards=2, vocab_size=128)
     config = tmp_path / "synthetic.py"
     config.write_text(
         "from intern_jax.testing import tiny_config\n"
-        "from intern_jax.train.config import LoggingConfig, OptimizerConfig, TrainConfig\n"
+        "from intern_jax.train.config import EvalConfig, LoggingConfig, OptimizerConfig, TrainConfig\n"
         "from intern_jax.train.synthetic import SyntheticData\n"
         "config = TrainConfig(model=tiny_config(vocab_size=128), data=SyntheticData(seed=7), steps=4,\n"
         "    batch_size=8, seq_len=32, optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1),\n"
-        "    logging=LoggingConfig(log_every=1, tensorboard=False, progress=False))\n"
+        "    logging=LoggingConfig(log_every=1, tensorboard=False, progress=False),\n"
+        f"    eval=EvalConfig(every=2, max_batches=0, path={str(tmp_path / 'eval_corpus')!r}))\n"
     )
     base = [sys.executable, str(SCRIPT), "--config", str(config), "--quiet"]
     single = subprocess.run([*base, "--output", str(tmp_path / "one")], env=_env(4), capture_output=True,
@@ -120,6 +126,14 @@ def test_two_processes_train_together_and_match_one_process(tmp_path):
         assert sorted(two) == [1, 2, 3, 4]
         np.testing.assert_allclose([two[s] for s in range(1, 5)], [one[s] for s in range(1, 5)], atol=1e-5, rtol=0,
                                    err_msg=name)
+        held_out = {name: {r["step"]: (r["eval_loss"], r["eval_tokens"]) for r in read_metrics(tmp_path / name)
+                           if "eval_loss" in r} for name in ("one", name)}
+        assert sorted(held_out[name]) == sorted(held_out["one"]) == [2, 4]
+        for step in (2, 4):
+            (loss_two, tokens_two), (loss_one, tokens_one) = held_out[name][step], held_out["one"][step]
+            # every target once: documents are cut into 32-token chunks, each without its last target
+            assert tokens_two == tokens_one == sum(len(d) - -(-len(d) // 32) for d in eval_docs)
+            np.testing.assert_allclose(loss_two, loss_one, atol=1e-5, rtol=0, err_msg=name)
         run = json.loads((tmp_path / name / "run.json").read_text())
         assert run["train_config"]["batch_size"] == 8
         assert (tmp_path / name / "checkpoints" / "4").is_dir()
