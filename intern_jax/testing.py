@@ -49,3 +49,18 @@ def assert_close(actual, expected, tol, name=""):
     err = np.abs(actual - expected).max()
     bound = tol * max(1.0, np.abs(expected).max())
     assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g}"
+
+
+def reference_lm_loss_sums(params, cfg: ModelConfig, batches) -> tuple[float, float]:
+    """(summed cross-entropy, target count) of contract batches from the model's full logits and
+    a float64 numpy log-softmax: an independent check of the training code's fused, chunked loss."""
+    total, count = 0.0, 0.0
+    for batch in batches:
+        logits, _ = internlm2.forward_jit(params, {k: np.asarray(v) for k, v in batch.items()}, cfg)
+        logits = np.asarray(logits, np.float64)
+        top = logits.max(-1)
+        logz = np.log(np.exp(logits - top[..., None]).sum(-1)) + top
+        picked = np.take_along_axis(logits, np.asarray(batch["targets"], np.int64)[..., None], -1)[..., 0]
+        total += float(((logz - picked) * batch["loss_mask"]).sum())
+        count += float(np.asarray(batch["loss_mask"]).sum())
+    return total, count

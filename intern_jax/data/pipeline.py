@@ -294,14 +294,21 @@ def make_eval_batches(
             records = HoldoutSplit(records, cfg.holdout, heldout=True)
         ds = grain.MapDataset.source(records)[process_index::process_count].map(decode_record)
         ds = FlatMapIterDataset(ds.to_iter_dataset(), SplitDocument(cfg.seq_len))
-        ds = pack_examples(ds, cfg.seq_len, cfg.batch_size // process_count, num_packing_bins=cfg.packing_bins)
-        batches = []
-        for batch in ds:
-            batches.append(batch)
-            if max_batches and len(batches) >= max_batches:
-                break
-        out[name] = batches
+        out[name] = packed_in_order(ds, cfg.seq_len, cfg.batch_size // process_count,
+                                    num_packing_bins=cfg.packing_bins, max_batches=max_batches)
     return out
+
+
+def packed_in_order(examples, seq_len: int, rows: int, *, num_packing_bins: int | None = None,
+                    max_batches: int = 0) -> list[dict[str, np.ndarray]]:
+    """Examples (a finite grain dataset, read once in order) packed into at most ``max_batches``
+    (0: all) contract batches of ``rows`` x ``seq_len``, the last one padded with empty rows."""
+    batches = []
+    for batch in pack_examples(examples, seq_len, rows, num_packing_bins=num_packing_bins):
+        batches.append(batch)
+        if max_batches and len(batches) >= max_batches:
+            break
+    return batches
 
 
 def _parse_absl_flags() -> None:
@@ -434,6 +441,7 @@ __all__ = [
     "make_eval_batches",
     "make_pretrain_dataset",
     "make_pretrain_iterator",
+    "packed_in_order",
     "read_manifest",
     "source_dataset",
     "token_weights",

@@ -31,7 +31,9 @@ class SFTDataConfig:
 
     ``max_length`` caps one example's tokens (0: ``seq_len``); longer ones are truncated, and a
     conversation whose first learnable token lies beyond it is skipped. ``system`` is put in front
-    of conversations that have no system message (empty: the template's default).
+    of conversations that have no system message (empty: the template's default). ``holdout``:
+    one usable example in every ``round(1 / holdout)`` (the first included) is kept out of
+    training for held-out evaluation (``make_sft_eval_batches``).
     """
 
     path: str = ""
@@ -43,10 +45,13 @@ class SFTDataConfig:
     num_packing_bins: int = 0
     batch_size: int = 8
     seq_len: int = 512
+    holdout: float = 0.0
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"data.format={self.format!r}; use one of {', '.join(FORMATS)}")
+        if not isinstance(self.holdout, int | float) or not 0.0 <= self.holdout <= 0.5:
+            raise ValueError(f"data.holdout must be a fraction in [0, 0.5] (0 = none), got {self.holdout!r}")
 
 
 @dataclasses.dataclass
@@ -393,19 +398,23 @@ def load_examples(cfg: SFTDataConfig, tokenizer, *, progress: bool = False) -> t
 
 
 def make_sft_iterator(cfg: SFTDataConfig, tokenizer, *, process_index: int = 0, process_count: int = 1,
-                      progress: bool = False):
+                      progress: bool = False, loaded: tuple[list[dict], SFTStats] | None = None):
     """(grain iterator of contract batches, stats): this process's ``batch_size // process_count`` rows.
 
-    Examples are shuffled per epoch (seeded) and repeat forever; the iterator's state goes into
-    training checkpoints, so a resumed run continues with the next batch.
+    Examples (all usable ones but the held-out ones) are shuffled per epoch (seeded) and repeat
+    forever; the iterator's state goes into training checkpoints, so a resumed run continues with
+    the next batch. ``loaded``: ``load_examples``'s result, when the caller has it already.
     """
     import grain  # noqa: PLC0415
 
     from intern_jax.data.packing import pack_examples  # noqa: PLC0415
+    from intern_jax.data.pipeline import HoldoutSplit  # noqa: PLC0415
 
     if cfg.batch_size % process_count:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {process_count} processes")
-    examples, stats = load_examples(cfg, tokenizer, progress=progress)
+    examples, stats = loaded or load_examples(cfg, tokenizer, progress=progress)
+    if cfg.holdout > 0:
+        examples = HoldoutSplit(examples, cfg.holdout, heldout=False)
     ds = grain.MapDataset.source(examples)
     if process_count > 1:
         ds = ds[process_index::process_count]
@@ -417,6 +426,33 @@ def make_sft_iterator(cfg: SFTDataConfig, tokenizer, *, process_index: int = 0, 
         num_packing_bins=cfg.num_packing_bins or None, seed=cfg.seed,
     )
     return iter(packed), stats
+
+
+def make_sft_eval_batches(cfg: SFTDataConfig, tokenizer, *, path: str = "", process_index: int = 0,
+                          process_count: int = 1, max_batches: int = 0,
+                          loaded: tuple[list[dict], SFTStats] | None = None) -> dict[str, list[dict]]:
+    """Held-out evaluation batches, ``{dataset name: this process's rows of each batch}``.
+
+    Without ``path``: the ``cfg.holdout`` examples of ``cfg.path`` (``loaded`` may hold them
+    already); with ``path``: every usable example of that file, rendered with ``cfg``'s
+    settings. Examples are packed in order, at most ``max_batches`` batches (0: all).
+    """
+    import grain  # noqa: PLC0415
+
+    from intern_jax.data.pipeline import HoldoutSplit, packed_in_order  # noqa: PLC0415
+
+    if cfg.batch_size % process_count:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {process_count} processes")
+    if path:
+        examples, _ = load_examples(dataclasses.replace(cfg, path=str(path)), tokenizer)
+    elif cfg.holdout > 0:
+        examples = HoldoutSplit((loaded or load_examples(cfg, tokenizer))[0], cfg.holdout, heldout=True)
+    else:
+        raise ValueError("evaluation needs held-out examples: set data.holdout (e.g. 0.05) or eval.path")
+    ds = grain.MapDataset.source(examples)[process_index::process_count]
+    batches = packed_in_order(ds.to_iter_dataset(), cfg.seq_len, cfg.batch_size // process_count,
+                              num_packing_bins=cfg.num_packing_bins or None, max_batches=max_batches)
+    return {Path(path or cfg.path).stem: batches}
 
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from intern_jax.config import ConfigError, load_config
 from intern_jax.data.sft import SFTDataConfig
-from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, ParallelConfig, TrainConfig
+from intern_jax.train.config import (
+    CheckpointConfig,
+    EvalConfig,
+    LoggingConfig,
+    OptimizerConfig,
+    ParallelConfig,
+    TrainConfig,
+)
 from intern_jax.train.lora import LoraConfig
 
 log = logging.getLogger(__name__)
@@ -51,7 +58,8 @@ class FinetuneConfig:
     lora or qlora. ``dtype`` is the compute dtype, ``base_dtype`` the frozen base's storage dtype
     (full mode: the trained params' dtype); ``remat`` as the model config, ``loss_chunk_tokens`` and
     ``loss_chunk_vocab`` as the train config. ``batch_size`` is global; ``parallel.micro_batches``
-    accumulates gradients as in pretraining."""
+    accumulates gradients as in pretraining. ``eval`` as in pretraining, on the examples that
+    ``data.holdout`` keeps out of training (or every example of the file ``eval.path``)."""
 
     base_model: str
     data: SFTDataConfig
@@ -73,6 +81,7 @@ class FinetuneConfig:
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=lambda: CheckpointConfig(save_every=500))
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     name: str = ""
 
     def __post_init__(self):
@@ -83,7 +92,7 @@ class FinetuneConfig:
         return TrainConfig(
             model=model_cfg, data=self.data, steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len,
             seed=self.seed, optimizer=self.optimizer, parallel=self.parallel, checkpoint=self.checkpoint,
-            logging=self.logging, name=self.name, loss_chunk_tokens=self.loss_chunk_tokens,
+            logging=self.logging, eval=self.eval, name=self.name, loss_chunk_tokens=self.loss_chunk_tokens,
             loss_chunk_vocab=self.loss_chunk_vocab,
         )
 
@@ -186,9 +195,9 @@ def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress:
     ``base`` (a LoadedModel) skips loading ``cfg.base_model``; ``mesh`` (default: all devices shaped
     by ``cfg.parallel``), ``on_step`` and ``compiler_options`` go to ``run_training``.
     """
-    from intern_jax.data.sft import make_sft_iterator  # noqa: PLC0415
+    from intern_jax.data.sft import load_examples, make_sft_eval_batches, make_sft_iterator  # noqa: PLC0415
     from intern_jax.sharding import make_mesh  # noqa: PLC0415
-    from intern_jax.train.loop import run_training  # noqa: PLC0415
+    from intern_jax.train.loop import make_eval_batches, run_training  # noqa: PLC0415
     from intern_jax.train.step import make_batch_sharding, process_row_block  # noqa: PLC0415
 
     progress = cfg.logging.progress if progress is None else progress
@@ -197,9 +206,14 @@ def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress:
     setup = prepare(cfg, mesh, base, progress=progress)
     train_cfg = cfg.train_config(setup.model_cfg)
     index, count = process_row_block(make_batch_sharding(mesh), train_cfg.batch_size, train_cfg.seq_len)
+    loaded = load_examples(train_cfg.data, setup.tokenizer, progress=progress)
     data_iterator, stats = make_sft_iterator(
-        train_cfg.data, setup.tokenizer, process_index=index, process_count=count, progress=progress,
+        train_cfg.data, setup.tokenizer, process_index=index, process_count=count, loaded=loaded,
     )
+    eval_batches = make_eval_batches(train_cfg, mesh, load=lambda i, c: make_sft_eval_batches(
+        train_cfg.data, setup.tokenizer, path=cfg.eval.path, process_index=i, process_count=c,
+        max_batches=cfg.eval.max_batches, loaded=loaded,
+    ))
     log.info("data: %s", stats.summary())
     if stats.skipped:
         print(f"data: {stats.summary()}", flush=True)
@@ -211,7 +225,7 @@ def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress:
         frozen=setup.frozen, assemble=setup.assemble, abstract_trainable=setup.abstract_trainable,
         trainable_shardings=setup.trainable_shardings, mesh=mesh, tokenizer_path=tokenizer_dir,
         trainable_kind=setup.trainable_kind, run_extra=run_record(cfg, stats), on_step=on_step,
-        compiler_options=compiler_options,
+        compiler_options=compiler_options, eval_batches=eval_batches,
     )
 
 

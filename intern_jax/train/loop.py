@@ -75,23 +75,29 @@ def make_data_iterator(train_cfg: TrainConfig, model_cfg: ModelConfig, mesh=None
     return make_pretrain_iterator(train_cfg.data, **kw)
 
 
-def make_eval_batches(train_cfg: TrainConfig, mesh=None) -> dict[str, list[dict]] | None:
-    """This process's rows of the held-out batches for ``train_cfg.eval`` (None when it is off).
-
-    Every process gets the same number of batches per source (a process with fewer held-out
-    rows is padded with empty batches, which add nothing), so the processes stay in step."""
-    if not train_cfg.eval.every:
-        return None
+def _corpus_eval_batches(train_cfg: TrainConfig, index: int, count: int) -> dict[str, list[dict]]:
     from intern_jax.data.pipeline import DataConfig  # noqa: PLC0415
     from intern_jax.data.pipeline import make_eval_batches as pipeline_eval_batches  # noqa: PLC0415
 
     data = train_cfg.data
     if not isinstance(data, DataConfig):
         data = DataConfig(path=train_cfg.eval.path, seq_len=train_cfg.seq_len, batch_size=train_cfg.batch_size)
+    return pipeline_eval_batches(data, path=train_cfg.eval.path, process_index=index, process_count=count,
+                                 max_batches=train_cfg.eval.max_batches)
+
+
+def make_eval_batches(train_cfg: TrainConfig, mesh=None, load: Callable | None = None) -> dict[str, list[dict]] | None:
+    """This process's rows of the held-out batches for ``train_cfg.eval`` (None when it is off).
+
+    ``load(process_index, process_count) -> {source: batches}`` reads them for a block of rows
+    (default: the pretraining corpus's held-out documents, or ``eval.path``). Every process gets
+    the same number of batches per source (a process with fewer held-out rows is padded with
+    empty batches, which add nothing), so the processes stay in step."""
+    if not train_cfg.eval.every:
+        return None
     mesh = mesh if mesh is not None else make_mesh(train_cfg.parallel.mesh_shape())
     index, count = process_row_block(make_batch_sharding(mesh), train_cfg.batch_size, train_cfg.seq_len)
-    batches = pipeline_eval_batches(data, path=train_cfg.eval.path, process_index=index, process_count=count,
-                                    max_batches=train_cfg.eval.max_batches)
+    batches = load(index, count) if load is not None else _corpus_eval_batches(train_cfg, index, count)
     names = sorted(batches)
     counts = np.array([len(batches[name]) for name in names], np.int64)
     if jax.process_count() > 1:

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from intern_jax.checkpoint import load_model, save_native
-from intern_jax.data.sft import SFTDataConfig
+from intern_jax.data.sft import SFTDataConfig, load_examples, make_sft_eval_batches
 from intern_jax.model import internlm2
-from intern_jax.testing import assert_close, random_params, tiny_config
+from intern_jax.testing import assert_close, random_params, reference_lm_loss_sums, tiny_config
 from intern_jax.train import finetune as F
 from intern_jax.train import lora as L
-from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig
+from intern_jax.train.config import CheckpointConfig, EvalConfig, LoggingConfig, OptimizerConfig
+from intern_jax.train.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,38 @@ def test_lora_run_checkpoints_only_adapters_records_base_and_merges_on_load(base
     # rerunning with more steps resumes from the saved adapters
     resumed = F.finetune(_cfg(base_dir, data_file, "lora", 8), run, compiler_options=FAST)
     assert resumed.resumed_from == 6 and resumed.step == 8
+
+
+def test_lora_held_out_evaluation_matches_the_merged_model_and_leaves_training_unchanged(
+        base_dir, data_file, tmp_path):
+    data = SFTDataConfig(path=str(data_file), holdout=0.25)  # 24 usable rows: 6 held out, 18 trained on
+    plain = dataclasses.replace(_cfg(base_dir, data_file, "lora", 4), data=data)
+    evaluated = dataclasses.replace(plain, eval=EvalConfig(every=2))
+    runs = {}
+    for name, cfg in (("plain", plain), ("eval", evaluated)):
+        losses = []
+        F.finetune(cfg, tmp_path / name, on_step=lambda s, m, out=losses: out.append(m["loss"]),
+                   compiler_options=FAST)
+        runs[name] = losses
+    assert runs["eval"] == runs["plain"]  # evaluation draws no randomness and changes no state
+
+    records = [r for r in read_metrics(tmp_path / "eval") if "eval_loss" in r]
+    assert [r["step"] for r in records] == [2, 4]
+    merged = load_model(tmp_path / "eval")  # base + final adapters (dropout off)
+    tokenizer = merged.tokenizer
+    train_cfg = evaluated.train_config(merged.config)
+    (name, batches), = make_sft_eval_batches(train_cfg.data, tokenizer).items()
+    assert name == "chat" and records[-1][f"eval_loss/{name}"] == records[-1]["eval_loss"]
+    ce, count = reference_lm_loss_sums(merged.params, merged.config, batches)
+    assert records[-1]["eval_tokens"] == count
+    np.testing.assert_allclose(records[-1]["eval_loss"], ce / count, rtol=1e-5)
+
+    # the held-out conversations are six of the file's, none of them trained on
+    examples, _ = load_examples(train_cfg.data, tokenizer)
+    held = [tuple(e["tokens"]) for e in examples[::4]]
+    packed = [tuple(b["tokens"][r][b["segment_ids"][r] == s]) for b in batches for r in range(b["tokens"].shape[0])
+              for s in range(1, b["segment_ids"][r].max() + 1)]
+    assert sorted(packed) == sorted(held) and len(held) == 6
 
 
 def test_qlora_run_trains_adapters_over_an_nf4_base(base_dir, data_file, tmp_path):

@@ -15,7 +15,7 @@ from intern_jax.config import ConfigError
 from intern_jax.data.pipeline import DataConfig, make_pretrain_iterator, write_token_corpus
 from intern_jax.model import internlm2
 from intern_jax.sharding import make_mesh
-from intern_jax.testing import random_params, tiny_config
+from intern_jax.testing import random_params, reference_lm_loss_sums, tiny_config
 from intern_jax.train.checkpointing import DAMAGED_DIR, Checkpointer
 from intern_jax.train.config import (
     CheckpointConfig,
@@ -149,7 +149,6 @@ def test_non_finite_steps_in_a_row_stop_with_a_checkpoint_of_the_last_good_state
 
 
 def _params_template(cfg):
-    from intern_jax.model import internlm2
 
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), internlm2.abstract(cfg.model))
 
@@ -173,19 +172,6 @@ def test_resuming_with_a_changed_model_is_an_error_and_moves_nothing(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "2").is_dir() and not (tmp_path / "run" / DAMAGED_DIR).exists()
 
 
-def _reference_eval_loss(params, cfg, batches) -> tuple[float, float]:
-    """(summed cross-entropy, targets) from the model's full logits and a numpy log-softmax."""
-    total, count = 0.0, 0.0
-    for batch in batches:
-        logits, _ = internlm2.forward_jit(params, {k: np.asarray(v) for k, v in batch.items()}, cfg.model)
-        logits = np.asarray(logits, np.float64)
-        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-        picked = np.take_along_axis(logits, batch["targets"][..., None].astype(np.int64), -1)[..., 0]
-        total += float(((logz - picked) * batch["loss_mask"]).sum())
-        count += float(batch["loss_mask"].sum())
-    return total, count
-
-
 def test_held_out_evaluation_matches_a_reference_and_leaves_training_unchanged(tmp_path):
     corpus = byte_corpus(tmp_path / "corpus")
     data = DataConfig(path=str(corpus), seed=5, holdout=0.1)
@@ -203,7 +189,7 @@ def test_held_out_evaluation_matches_a_reference_and_leaves_training_unchanged(t
     last = records[10]
     batches = make_eval_batches(evaluated)["code"]
     assert len(batches) == 3
-    ce, count = _reference_eval_loss(jax.device_get(result.state["params"]), evaluated, batches)
+    ce, count = reference_lm_loss_sums(jax.device_get(result.state["params"]), evaluated.model, batches)
     assert last["eval_tokens"] == count == sum(float(b["loss_mask"].sum()) for b in batches)
     np.testing.assert_allclose(last["eval_loss"], ce / count, rtol=1e-5)
     np.testing.assert_allclose(last["eval_loss/code"], last["eval_loss"], rtol=1e-12)
