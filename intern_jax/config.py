@@ -130,7 +130,8 @@ def apply_overrides(cfg, overrides: typing.Sequence[str]):
             except _Rejected as e:
                 rejected.append((key, raw, e))
         if len(rejected) == len(pending):
-            raise rejected[0][2]
+            error = rejected[0][2]
+            raise ConfigError(str(error)) from error.__cause__
         pending = [(key, raw) for key, raw, _ in rejected]
     return cfg
 

@@ -152,6 +152,10 @@ def test_bad_mode_and_missing_base_are_explained(base_dir, data_file, tmp_path):
 
     with pytest.raises(ConfigError, match="mode="):
         _cfg(base_dir, data_file, "adapters", 1)
+    with pytest.raises(ConfigError, match="set data.holdout .* or eval.path"):
+        _cfg(base_dir, data_file, "lora", 1, eval=EvalConfig(every=5))
+    with pytest.raises(ValueError, match=r"data.holdout must be a fraction in \[0, 0.5\]"):
+        SFTDataConfig(path=str(data_file), holdout=0.75)
     with pytest.raises(FileNotFoundError, match="base_model"):
         F.finetune(dataclasses.replace(_cfg(base_dir, data_file, "lora", 1), base_model=str(tmp_path / "nope")),
                    tmp_path / "run")
