@@ -19,12 +19,19 @@ from intern_jax.config import ConfigError, ModelConfig, apply_overrides, load_co
 ZERO_MODES = ("none", "full", "hybrid")
 
 
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW with linear warmup then cosine decay to ``learning_rate * min_lr_ratio``.
+    """AdamW with linear warmup, then a decay to ``learning_rate * min_lr_ratio`` at ``decay_steps``.
 
-    ``decay_steps`` counts from the start of training (warmup included); 0 means the
-    run's ``steps``. ``z_loss`` adds ``z_loss * logsumexp(logits)**2`` per counted token.
+    ``schedule`` after warmup: ``cosine`` (InternEvo's), ``linear``, ``constant`` (the peak, no
+    decay) or ``wsd`` (warmup-stable-decay: the peak until the last ``wsd_decay_fraction`` of
+    the post-warmup steps, then linear to the floor; a run can be extended from a checkpoint
+    taken in the stable phase). ``decay_steps`` counts from the start of training (warmup
+    included); 0 means the run's ``steps``. ``z_loss`` adds ``z_loss * logsumexp(logits)**2``
+    per counted token.
     """
 
     learning_rate: float = 3e-4
@@ -37,8 +44,14 @@ class OptimizerConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     z_loss: float = 0.0
+    schedule: str = "cosine"
+    wsd_decay_fraction: float = 0.1
 
     def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optimizer.schedule={self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if not 0.0 < self.wsd_decay_fraction <= 1.0:
+            raise ConfigError(f"optimizer.wsd_decay_fraction must be in (0, 1], got {self.wsd_decay_fraction}")
         if self.learning_rate <= 0:
             raise ConfigError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

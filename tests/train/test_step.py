@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from intern_jax.config import ConfigError
 from intern_jax.sharding import make_mesh
 from intern_jax.testing import random_params, tiny_config
 from intern_jax.train.config import OptimizerConfig, ParallelConfig, TrainConfig
@@ -143,6 +144,26 @@ def test_schedule_matches_hand_computed_warmup_cosine():
             progress = min((count - 10) / 100, 1.0)
             want = 2e-4 + 0.5 * (2e-3 - 2e-4) * (1 + math.cos(math.pi * progress))
         assert math.isclose(float(schedule(count)), want, rel_tol=1e-5, abs_tol=1e-12), count
+
+
+@pytest.mark.parametrize("kind", ["linear", "constant", "wsd"])
+def test_other_schedules_match_hand_computed_values(kind):
+    # warmup 10, decay ends at 110; wsd keeps the peak for 80 steps after warmup, then 20 linear ones
+    cfg = OptimizerConfig(learning_rate=2e-3, warmup_steps=10, min_lr_ratio=0.1, decay_steps=110, schedule=kind,
+                          wsd_decay_fraction=0.2)
+    schedule = learning_rate_schedule(cfg, total_steps=500)
+    for count in [0, 5, 10, 11, 60, 89, 90, 91, 100, 109, 110, 400]:
+        if count < 10:
+            want = 2e-3 * count / 10
+        elif kind == "linear":
+            want = 2e-3 + (2e-4 - 2e-3) * min((count - 10) / 100, 1.0)
+        elif kind == "constant":
+            want = 2e-3
+        else:
+            want = 2e-3 if count <= 90 else 2e-3 + (2e-4 - 2e-3) * min((count - 90) / 20, 1.0)
+        assert math.isclose(float(schedule(count)), want, rel_tol=1e-5, abs_tol=1e-12), (kind, count)
+    with pytest.raises(ConfigError, match="optimizer.schedule='step'; use one of cosine, linear, constant, wsd"):
+        OptimizerConfig(schedule="step")
 
 
 def test_adamw_update_matches_hand_computed_step():
