@@ -121,16 +121,25 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     """Log every ``log_every`` steps to metrics.jsonl (and TensorBoard). ``peak_flops``: the
-    per-device peak FLOP/s for MFU; 0 looks the device up in ``metrics.PEAK_FLOPS``."""
+    per-device peak FLOP/s for MFU; 0 looks the device up in ``metrics.PEAK_FLOPS``.
+    ``profile_steps`` > 0 records a JAX profiler trace of that many steps from step
+    ``profile_start`` (1-based) into ``RUN/tensorboard/plugins/profile`` (TensorBoard's Profile tab)."""
 
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
     peak_flops: float = 0.0
+    profile_start: int = 5
+    profile_steps: int = 0
 
     def __post_init__(self):
         if self.log_every < 1:
             raise ConfigError(f"logging.log_every must be >= 1, got {self.log_every}")
+        if self.profile_start < 1 or self.profile_steps < 0:
+            raise ConfigError(
+                f"logging.profile_start must be >= 1 and profile_steps >= 0 (0 = no trace), got "
+                f"{self.profile_start} and {self.profile_steps}"
+            )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ without it, and its time is left out of tokens/s.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -217,23 +218,30 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
     peak = M.peak_flops_per_device(override=train_cfg.logging.peak_flops)
     n_devices = ts.mesh.devices.size
     bar = _progress(total, start, train_cfg.logging.progress and primary)
-    window_start, window_steps, host = None, 0, {}
+    window_start, window_steps, window_data, host = None, 0, 0.0, {}
     window_losses = []  # finite losses since the last logged step: their mean is logged as loss_mean
     step = start
     saved_at = start if start > 0 else None
+    profiler = _Profiler(train_cfg.logging, ckpt.run_dir / M.TENSORBOARD_DIR)
     try:
         while step < total:
+            profiler.before(step + 1)
+            t_data = time.perf_counter()
             batch = shard_batch(next(data_iterator), ts.batch_sharding, (train_cfg.batch_size, train_cfg.seq_len))
-            state, metrics = ts.step(state, frozen, batch)
-            host = {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
+            t_data = time.perf_counter() - t_data
+            with profiler.annotate(step + 1):
+                state, metrics = ts.step(state, frozen, batch)
+                host = {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
             step += 1
+            profiler.after(step, state)
             if math.isfinite(host["loss"]):
                 window_losses.append(host["loss"])
             now = time.perf_counter()
             if window_start is None:  # the first step compiles; time from its end
-                window_start, window_steps = now, 0
+                window_start, window_steps, window_data = now, 0, 0.0
             else:
                 window_steps += 1
+                window_data += t_data
             if on_step is not None:
                 on_step(step, host)
             if bar is not None:
@@ -260,7 +268,8 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
                     record["step_time_s"] = dt
                     record["tokens_per_s"] = tokens_per_step / dt
                     record["mfu"] = M.mfu(tokens_per_step / dt, model_cfg, train_cfg.seq_len, n_devices, peak)
-                    window_start, window_steps = now, 0
+                    record["data_wait_s"] = window_data / window_steps  # of step_time_s: fetching and placing the batch
+                    window_start, window_steps, window_data = now, 0, 0.0
                 if eval_now:
                     t_eval = time.perf_counter()
                     record.update(evaluate(ts, state["params"], frozen, eval_batches,
@@ -277,10 +286,43 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
         if saved_at != step:
             ckpt.save(step, state, data_iterator)
     finally:
+        profiler.close()
         if bar is not None:
             bar.close()
         writer.close()
     return TrainResult(state=state, step=step, last_metrics=host, resumed_from=None)
+
+
+class _Profiler:
+    """A JAX profiler trace of steps ``[profile_start, profile_start + profile_steps)`` (1-based)."""
+
+    def __init__(self, cfg, directory: Path):
+        self.first, self.last = cfg.profile_start, cfg.profile_start + cfg.profile_steps - 1
+        self.enabled = cfg.profile_steps > 0
+        self.directory = directory
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if self.enabled and step == self.first and not self.active:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self.directory))
+            self.active = True
+            log.info("profiling steps %d-%d into %s", self.first, self.last, self.directory)
+
+    def annotate(self, step: int):
+        if self.active:
+            return jax.profiler.StepTraceAnnotation("train", step_num=step)
+        return contextlib.nullcontext()
+
+    def after(self, step: int, state) -> None:
+        if self.active and step >= self.last:
+            jax.block_until_ready(state)
+            self.close()
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
 
 
 def _log_line(step: int, total: int, record: dict) -> str:

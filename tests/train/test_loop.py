@@ -204,3 +204,20 @@ def test_evaluation_without_held_out_documents_is_a_config_error(tmp_path):
         DataConfig(holdout=0.7)
     with pytest.raises(ConfigError, match="eval.every must be an integer >= 0"):
         EvalConfig(every=-1)
+
+
+def test_profiler_traces_the_chosen_steps_and_data_wait_is_logged(tmp_path):
+    import gzip
+
+    cfg = dataclasses.replace(_cfg(steps=6), logging=LoggingConfig(log_every=3, progress=False, tensorboard=False,
+                                                                   profile_start=3, profile_steps=2))
+    _train(cfg, tmp_path / "run")
+    traces = list((tmp_path / "run" / "tensorboard" / "plugins" / "profile").glob("*/*.trace.json.gz"))
+    assert len(traces) == 1
+    events = json.loads(gzip.open(traces[0]).read())["traceEvents"]
+    assert sorted(int(e["args"]["step_num"]) for e in events if e.get("name") == "train") == [3, 4]
+    records = read_metrics(tmp_path / "run")
+    timed = [r for r in records if "step_time_s" in r]
+    assert timed and all(0 < r["data_wait_s"] < r["step_time_s"] for r in timed)
+    with pytest.raises(ConfigError, match="logging.profile_start must be >= 1"):
+        LoggingConfig(profile_start=0, profile_steps=2)
