@@ -65,8 +65,8 @@ class DataConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"data.{name} must be a non-negative integer, got {value!r}")
-        if not isinstance(self.holdout, int | float) or not 0.0 <= self.holdout <= 0.5:
-            raise ConfigError(f"data.holdout must be a fraction in [0, 0.5] (0 = none), got {self.holdout!r}")
+        if problem := holdout_problem(self.holdout):
+            raise ConfigError(problem)
         if not isinstance(self.mixture, Mapping):
             raise ConfigError(f"data.mixture must be a dict source -> weight, got {self.mixture!r}")
         for source, weight in self.mixture.items():
@@ -120,6 +120,13 @@ def document_proportions(manifest: dict, weights: Mapping[str, float]) -> dict[s
     """Documents to draw per source so that tokens follow ``weights``: weight / mean document length."""
     sources = manifest["sources"]
     return {name: w * sources[name]["documents"] / sources[name]["tokens"] for name, w in weights.items()}
+
+
+def holdout_problem(value) -> str | None:
+    """Why ``value`` is not a valid ``data.holdout`` (None when it is)."""
+    if not isinstance(value, int | float) or not 0.0 <= value <= 0.5:
+        return f"data.holdout must be a fraction in [0, 0.5] (0 = none), got {value!r}"
+    return None
 
 
 def holdout_stride(fraction: float) -> int:
@@ -437,6 +444,7 @@ __all__ = [
     "checkpoint_save_args",
     "decode_record",
     "document_proportions",
+    "holdout_problem",
     "holdout_stride",
     "make_eval_batches",
     "make_pretrain_dataset",

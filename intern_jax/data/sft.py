@@ -50,8 +50,10 @@ class SFTDataConfig:
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"data.format={self.format!r}; use one of {', '.join(FORMATS)}")
-        if not isinstance(self.holdout, int | float) or not 0.0 <= self.holdout <= 0.5:
-            raise ValueError(f"data.holdout must be a fraction in [0, 0.5] (0 = none), got {self.holdout!r}")
+        from intern_jax.data.pipeline import holdout_problem  # noqa: PLC0415
+
+        if problem := holdout_problem(self.holdout):
+            raise ValueError(problem)
 
 
 @dataclasses.dataclass

@@ -160,6 +160,15 @@ class EvalConfig:
         if not isinstance(self.max_batches, int) or self.max_batches < 0:
             raise ConfigError(f"eval.max_batches must be an integer >= 0 (0 = all), got {self.max_batches!r}")
 
+    def check_source(self, data, items: str = "documents", example: float = 0.01,
+                     path: str = "an evaluation corpus") -> None:
+        """A ConfigError when evaluation is on but ``data`` holds nothing out and no ``path`` is set."""
+        if self.every and not self.path and not getattr(data, "holdout", 0):
+            raise ConfigError(
+                f"eval.every={self.every} but there is nothing to evaluate on: set data.holdout (the "
+                f"fraction of {items} held out of training, e.g. {example}) or eval.path ({path})"
+            )
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -207,11 +216,7 @@ class TrainConfig:
             raise ConfigError(f"loss_chunk_vocab must be >= 0 (0 = whole vocabulary), got {self.loss_chunk_vocab}")
         if self.max_bad_steps < 1:
             raise ConfigError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
-        if self.eval.every and not self.eval.path and not getattr(self.data, "holdout", 0):
-            raise ConfigError(
-                f"eval.every={self.eval.every} but there is nothing to evaluate on: set data.holdout (the "
-                "fraction of documents held out of training, e.g. 0.01) or eval.path (an evaluation corpus)"
-            )
+        self.eval.check_source(self.data)
         if dataclasses.is_dataclass(self.data):
             names = {f.name for f in dataclasses.fields(self.data)}
             follow = {k: getattr(self, k) for k in ("batch_size", "seq_len") if k in names}

@@ -87,11 +87,7 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"mode={self.mode!r}; use one of {', '.join(MODES)}")
-        if self.eval.every and not self.eval.path and not getattr(self.data, "holdout", 0):
-            raise ConfigError(
-                f"eval.every={self.eval.every} but there is nothing to evaluate on: set data.holdout (the "
-                "fraction of conversations held out of training, e.g. 0.05) or eval.path (a chat file)"
-            )
+        self.eval.check_source(self.data, items="conversations", example=0.05, path="a chat file")
 
     def train_config(self, model_cfg) -> TrainConfig:
         return TrainConfig(

@@ -39,7 +39,14 @@ from intern_jax.sharding import make_mesh
 from intern_jax.train import metrics as M
 from intern_jax.train.checkpointing import Checkpointer, write_run_json
 from intern_jax.train.config import TrainConfig
-from intern_jax.train.step import make_batch_sharding, make_train_step, process_row_block, shard_batch, zero_rules
+from intern_jax.train.step import (
+    BATCH_KEYS,
+    make_batch_sharding,
+    make_train_step,
+    process_row_block,
+    shard_batch,
+    zero_rules,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +116,7 @@ def make_eval_batches(train_cfg: TrainConfig, mesh=None, load: Callable | None =
         raise ValueError("the evaluation set yields no batches; raise data.holdout or check eval.path")
     rows = train_cfg.batch_size // count
     empty = {key: np.zeros((rows, train_cfg.seq_len), np.float32 if key == "loss_mask" else np.int32)
-             for key in ("tokens", "targets", "positions", "segment_ids", "loss_mask")}
+             for key in BATCH_KEYS}
     return {name: batches[name] + [empty] * int(n - len(batches[name])) for name, n in zip(names, counts)}
 
 
