@@ -131,7 +131,7 @@ def tiny_llama_tensors(rng, kinds=(Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.F16, Q.BF16), tied=
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_tiny_gguf_logits_match_transformers_gguf_loader(tied, tmp_path):
+def test_tiny_gguf_logits_match_transformers_gguf_loader(tied, tmp_path, float32_parity):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     import jax.numpy as jnp
@@ -156,7 +156,7 @@ def test_tiny_gguf_logits_match_transformers_gguf_loader(tied, tmp_path):
     with torch.no_grad():
         theirs = model.eval()(torch.from_numpy(tokens)).logits.numpy()
     logits, _ = internlm2.forward(ours.params, {"tokens": jnp.asarray(tokens, jnp.int32)}, cfg)
-    np.testing.assert_allclose(np.asarray(logits), theirs, atol=1e-4, rtol=0)
+    float32_parity(logits, theirs, what="logits vs transformers")
 
 
 def test_unsupported_tensor_type_is_named_with_its_type(tmp_path):

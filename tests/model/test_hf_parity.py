@@ -47,7 +47,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_forward_matches_transformers_llama(case, tmp_path):
+def test_forward_matches_transformers_llama(case, tmp_path, float32_parity):
     cfg = tiny(**CASES[case])
     params = random_params(cfg, seed=len(case))
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, SEQ))
@@ -55,7 +55,7 @@ def test_forward_matches_transformers_llama(case, tmp_path):
     ours, _ = internlm2.forward(params, {"tokens": jnp.asarray(tokens, jnp.int32)}, cfg)
     theirs = transformers_logits(tmp_path, tokens)
     assert np.abs(np.asarray(ours)).max() > 0.1  # not a degenerate comparison
-    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=0)
+    float32_parity(ours, theirs, what=case)
 
 
 def test_dynamic_rope_parity_case_really_exceeds_max_positions():
