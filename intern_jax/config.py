@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
+import math
 import runpy
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,38 @@ class ConfigError(ValueError):
     """A config file or override that cannot be applied."""
 
 
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation that does not resolve: leave its values unchecked
+        return {}
+
+
+def check_fields(cfg, prefix: str = "", *, recursive: bool = False) -> None:
+    """A ConfigError naming ``prefix.field`` for a value of the wrong type (a string where a number
+    belongs) or a float that is NaN (``x < 0`` is False for NaN, so range checks let it through)
+    or infinite (allowed only for ``max_*`` fields, where it means no limit). ``recursive`` also
+    checks nested config groups."""
+    types = _field_types(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, hint, key = getattr(cfg, f.name), types.get(f.name), f"{prefix}{f.name}"
+        if recursive and dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_fields(value, f"{key}.", recursive=True)
+            continue
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{key} must be a number, got {value!r}")
+            if math.isnan(value) or (math.isinf(value) and not f.name.startswith("max_")):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        elif hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        elif hint is bool and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        elif hint is str and not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+
+
 @dataclass(frozen=True)
 class RopeScaling:
     """RoPE frequency scaling: ``none``, ``linear`` (positions / factor) or ``dynamic`` (NTK)."""
@@ -29,6 +63,7 @@ class RopeScaling:
     factor: float = 1.0
 
     def __post_init__(self):
+        check_fields(self, "rope_scaling.")
         if self.type not in ("none", "linear", "dynamic"):
             raise ConfigError(
                 f"rope_scaling.type={self.type!r} is not supported; use 'none', 'linear' or 'dynamic'"
@@ -70,6 +105,11 @@ class ModelConfig:
     name: str = ""
 
     def __post_init__(self):
+        check_fields(self)
+        if self.vocab_size < 0 or self.hidden_size < 1 or self.num_layers < 1 or self.num_heads < 1 \
+                or self.num_kv_heads < 1 or self.intermediate_size < 1 or self.head_dim < 0:
+            raise ConfigError("vocab_size must be >= 0 (0: take the tokenizer's), hidden_size, num_layers, num_heads, "
+                              "num_kv_heads and intermediate_size >= 1")
         if self.head_dim == 0:
             if self.hidden_size % self.num_heads:
                 raise ConfigError(
@@ -202,4 +242,7 @@ def model_config_from_dict(d: dict) -> ModelConfig:
         raise ConfigError(
             f"unknown model config fields {sorted(unknown)}; valid fields: {', '.join(sorted(valid))}"
         )
-    return ModelConfig(rope_scaling=RopeScaling(**scaling), **d)
+    try:
+        return ModelConfig(rope_scaling=RopeScaling(**scaling), **d)
+    except TypeError as e:  # a required field missing
+        raise ConfigError(f"incomplete model config: {e}") from None

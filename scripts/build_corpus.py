@@ -12,6 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
+if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+
+from intern_jax import cli  # noqa: E402  (light: no jax)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -19,17 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocab-size", type=int, default=8000, help="SentencePiece vocabulary size")
     parser.add_argument("--max-code-mb", type=float, default=6.0, help="cap on standard-library source read")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_debug_flag(parser)
     return parser
 
 
+@cli.entry("build_corpus.py")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from intern_jax.data.corpus import build_corpus  # noqa: PLC0415
+    from intern_jax.data.corpus import build_corpus, check_corpus_settings  # noqa: PLC0415
 
-    build_corpus(args.output, vocab_size=args.vocab_size, max_code_bytes=int(args.max_code_mb * (1 << 20)),
-                 progress=not args.quiet)
+    check_corpus_settings(vocab_size=args.vocab_size, max_code_mb=args.max_code_mb)
+    build_corpus(cli.output_dir(args.output), vocab_size=args.vocab_size,
+                 max_code_bytes=int(args.max_code_mb * (1 << 20)), progress=not args.quiet)
     print(f"wrote {args.output}/manifest.json")
     return 0
 

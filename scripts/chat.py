@@ -3,7 +3,9 @@
     python scripts/chat.py --model PATH [--system TEXT] [--max-new-tokens N] [--temperature T]
         [--top-k K] [--top-p P] [--seed S]
 
-Each turn prefills only the new tokens. Commands: /reset starts over, /quit (or EOF) leaves.
+Each turn prefills only the new tokens. Commands: /reset starts over, /quit (or /exit, or EOF)
+leaves; a message that starts with '/' is sent by doubling it ('//etc/hosts ...'). Bytes that
+are not valid UTF-8 are replaced (with a warning) and the conversation goes on.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from intern_jax import cli  # noqa: E402  (light: no jax)
 
+COMMANDS = {"/reset": "start a new conversation", "/quit": "leave", "/exit": "leave"}
+
+
+@cli.entry("chat.py")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="checkpoint: GGUF file, HF directory or native checkpoint")
@@ -25,21 +32,25 @@ def main(argv=None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stats", action="store_true", help="print timings after each reply (stderr)")
+    cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
 
     from intern_jax.checkpoint import load_model
-    from intern_jax.inference import ChatSession, SamplingParams, prepare_params
+    from intern_jax.inference import ChatSession, prepare_params
 
-    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                              seed=args.seed, max_new_tokens=args.max_new_tokens)
+    sampling = cli.sampling_params(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                   seed=args.seed, max_new_tokens=args.max_new_tokens)
+    system = None if args.system is None else cli.utf8_text(args.system, "--system")
     model = load_model(args.model)
     if model.tokenizer is None:
-        print(f"error: {args.model} carries no tokenizer; chat needs one", file=sys.stderr)
-        return 2
+        raise ValueError(f"--model {args.model} carries no tokenizer; chat needs one (a GGUF file or a checkpoint "
+                         "directory with tokenizer.json / tokenizer.model)")
     params, cfg = prepare_params(model.params, model.config)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # a bad byte is replaced below, not fatal to the session
 
     def new_session():
-        return ChatSession(params, cfg, model.tokenizer, sampling, system=args.system)
+        return ChatSession(params, cfg, model.tokenizer, sampling, system=system)
 
     session = new_session()
     while True:
@@ -48,20 +59,29 @@ def main(argv=None) -> int:
         except (EOFError, KeyboardInterrupt):
             print()
             return 0
-        if text.strip() in ("/quit", "/exit"):
+        command = text.strip()
+        if command in ("/quit", "/exit"):
             return 0
-        if text.strip() == "/reset":
+        if command == "/reset":
             session = new_session()
             continue
-        if not text.strip():
+        if command.startswith("/") and not command.startswith("//") and " " not in command:
+            known = ", ".join(f"{name} ({what})" for name, what in COMMANDS.items())
+            print(f"unknown command {command}; commands: {known}. To send a message that starts with '/', "
+                  "write '//'.", file=sys.stderr)
             continue
+        if command.startswith("//"):
+            text = text.replace("//", "/", 1)
+        if not command:
+            continue
+        text = cli.utf8_text(text, "this message")
         sys.stdout.write("assistant> ")
         try:
             for piece in session.send(text):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         except ValueError as e:
-            print(f"\nerror: {e}", file=sys.stderr)
+            print(f"\nerror: {e}; the conversation starts over", file=sys.stderr)
             session = new_session()
             continue
         sys.stdout.write("\n")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from intern_jax import cli  # noqa: E402  (light: no jax)
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", help="checkpoint or tokenizer directory whose tokenizer renders the rows")
     ap.add_argument("--max-length", type=int, default=0, help="token limit per example (0: no limit)")
     ap.add_argument("--limit", type=int, default=50, help="print at most this many bad rows (0: all)")
+    cli.add_debug_flag(ap)
     return ap
 
 
@@ -35,16 +38,16 @@ def load_tokenizer_of(path: str):
     return load_tokenizer(p)
 
 
+@cli.entry("check_dataset.py")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.max_length < 0 or args.limit < 0:
+        raise ValueError(f"--max-length and --limit must be >= 0 (0: no limit), got {args.max_length} and "
+                         f"{args.limit}")
     from intern_jax.data import sft  # noqa: PLC0415
 
-    try:
-        tokenizer = load_tokenizer_of(args.model) if args.model else None
-        stats, bad = sft.check_file(args.file, args.format, tokenizer, args.max_length)
-    except (FileNotFoundError, ValueError, UnicodeDecodeError) as e:
-        print(f"check_dataset.py: error: {e}", file=sys.stderr)
-        return 2
+    tokenizer = load_tokenizer_of(args.model) if args.model else None
+    stats, bad = sft.check_file(args.file, args.format, tokenizer, args.max_length, format_setting="--format")
     shown = bad if not args.limit else bad[: args.limit]
     for line, reason in shown:
         print(f"{args.file}:{line}: {reason}")

@@ -13,6 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
+if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+
+from intern_jax import cli  # noqa: E402  (light: no jax)
+
 # Kept in step with intern_jax.checkpoint.CONVERT_TARGETS (listed here so --help needs no jax import).
 TARGETS = {
     "native": "the project's orbax directory (params + model_config.json + tokenizer)",
@@ -38,21 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="dtype of the written weights (default: float32, or as stored for native input)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_debug_flag(parser)
     return parser
 
 
+@cli.entry("convert.py")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
     from intern_jax.checkpoint import convert_checkpoint  # noqa: PLC0415  (after parsing: --help stays fast)
-    from intern_jax.config import ConfigError  # noqa: PLC0415
 
-    try:
-        out = convert_checkpoint(args.input, args.output, to=args.to, dtype=args.dtype, progress=not args.quiet)
-    except (FileNotFoundError, FileExistsError, ConfigError, ValueError) as e:
-        print(f"convert.py: error: {e}", file=sys.stderr)
-        return 2
+    cli.output_dir(args.output)
+    out = convert_checkpoint(args.input, args.output, to=args.to, dtype=args.dtype, progress=not args.quiet)
     print(f"wrote {args.to} checkpoint to {out}")
     return 0
 

@@ -7,7 +7,7 @@ resumable run directory.
 Rerunning the same command resumes. The run directory holds the adapters (or full params),
 run.json (base model, LoRA and quantization settings) and metrics.jsonl; export with
 scripts/convert.py --input DIR --to {llama,internlm2,peft}. Exit status: 0 done, 2 bad
-configuration or input, 3 the run diverged (last good state saved).
+configuration or input, 3 the run diverged (last good state saved), 130 interrupted (checkpoint saved).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from intern_jax import cli  # noqa: E402  (light: no jax)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,9 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--compare", action="append", default=[], metavar="QUESTION",
                     help="after training, print the base model's and the fine-tuned model's greedy answers "
                          "(adapter runs; repeatable)")
+    cli.add_debug_flag(ap)
     return ap
 
 
+@cli.entry("finetune.py")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from intern_jax.train.finetune import compare_answers, finetune, load_finetune_config  # noqa: PLC0415

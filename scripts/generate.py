@@ -16,7 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from intern_jax import cli  # noqa: E402  (light: no jax)
 
+
+@cli.entry("generate.py")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="checkpoint: GGUF file, HF directory or native checkpoint")
@@ -31,34 +34,35 @@ def main(argv=None) -> int:
     ap.add_argument("--repetition-penalty", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stats", action="store_true", help="print a JSON line of timings to stderr")
+    cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
     if args.system is not None and args.chat is None:
         ap.error("--system needs --chat")
 
     from intern_jax.checkpoint import load_model
-    from intern_jax.inference import SamplingParams, generate_text, prepare_params
+    from intern_jax.inference import generate_text, prepare_params
 
-    try:
-        sampling = SamplingParams(
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            repetition_penalty=args.repetition_penalty, seed=args.seed, max_new_tokens=args.max_new_tokens,
-        )
-    except ValueError as e:
-        ap.error(str(e))
+    sampling = cli.sampling_params(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, seed=args.seed, max_new_tokens=args.max_new_tokens,
+    )
+    system = None if args.system is None else cli.utf8_text(args.system, "--system")
+    if args.chat is not None:
+        request = [{"role": "user", "content": cli.utf8_text(args.chat, "--chat")}]
+    else:
+        request = cli.utf8_text(args.prompt, "--prompt")
     model = load_model(args.model)
+    if model.tokenizer is None:
+        raise ValueError(f"--model {args.model} carries no tokenizer; generate.py needs one (a GGUF file or a "
+                         "checkpoint directory with tokenizer.json / tokenizer.model)")
     params, cfg = prepare_params(model.params, model.config)
     model = model._replace(params=params, config=cfg)
-    request = [{"role": "user", "content": args.chat}] if args.chat is not None else args.prompt
 
     def show(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    try:
-        _, result = generate_text(model, request, sampling, system=args.system, on_text=show)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    _, result = generate_text(model, request, sampling, system=system, on_text=show)
     sys.stdout.write("\n")
     if args.stats:
         print(json.dumps(result.stats()), file=sys.stderr)

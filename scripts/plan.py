@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from intern_jax import cli  # noqa: E402  (light: no jax)
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mesh", help="mesh shape, e.g. data=2,fsdp=4,sequence=1,tensor=1 (default: the config's)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--device-memory-gb", type=float, default=None, help="say whether the peak fits in this much")
+    cli.add_debug_flag(ap)
     return ap
 
 
@@ -42,31 +45,31 @@ def parse_mesh(text: str) -> dict[str, int]:
     return out
 
 
+@cli.entry("plan.py")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.devices < 1:
-        print("plan.py: error: --devices must be >= 1", file=sys.stderr)
-        return 2
+        raise ValueError(f"--devices must be >= 1, got {args.devices}")
+    if args.device_memory_gb is not None and not 0 < args.device_memory_gb < float("inf"):
+        raise ValueError(f"--device-memory-gb must be a positive number, got {args.device_memory_gb}")
     # fake devices must be requested before jax is imported
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
     ).strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from intern_jax.config import ConfigError  # noqa: PLC0415
     from intern_jax.sharding import MESH_AXES, make_mesh  # noqa: PLC0415
     from intern_jax.train.config import load_train_config  # noqa: PLC0415
     from intern_jax.train.plan import plan_memory  # noqa: PLC0415
+    from intern_jax.train.pretrain import resolve_vocab_size  # noqa: PLC0415
 
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-        if args.mesh:
-            shape = {**dict.fromkeys(MESH_AXES, 1), **parse_mesh(args.mesh)}
-            cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, **shape))
-        mesh = make_mesh(cfg.parallel.mesh_shape())
-        plan = plan_memory(cfg, mesh)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"plan.py: error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_train_config(args.config, args.overrides)
+    cfg = resolve_vocab_size(cfg, hint="; build it first (scripts/build_corpus.py for the embedded corpus) "
+                                       "or plan with --set model.vocab_size=N")
+    if args.mesh:
+        shape = {**dict.fromkeys(MESH_AXES, 1), **parse_mesh(args.mesh)}
+        cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, **shape))
+    mesh = make_mesh(cfg.parallel.mesh_shape())
+    plan = plan_memory(cfg, mesh)
     print(f"{cfg.name or Path(args.config).stem}: batch {cfg.batch_size} x {cfg.seq_len} tokens, "
           f"{cfg.parallel.micro_batches} micro-batches, zero={cfg.parallel.zero}, remat={cfg.model_config.remat}")
     print(plan.table(args.device_memory_gb))

@@ -14,19 +14,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from intern_jax import cli  # noqa: E402  (light: no jax)
 
+
+@cli.entry("plot_metrics.py")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="training run directory (holds metrics.jsonl)")
     ap.add_argument("--output", help="directory for the PNGs (default: RUN_DIR)")
+    cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
     from intern_jax.train.metrics import plot_metrics  # noqa: PLC0415
 
-    try:
-        files = plot_metrics(args.run_dir, args.output)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"plot_metrics.py: error: {e}", file=sys.stderr)
-        return 2
+    if args.output:
+        cli.output_dir(args.output)
+    files = plot_metrics(args.run_dir, args.output)
     for f in files:
         print(f"wrote {f}")
     return 0

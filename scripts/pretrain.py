@@ -6,7 +6,8 @@
 
 Rerunning the same command resumes from the latest checkpoint in --output. Under SLURM
 (several tasks) the process group is formed from the environment. Exit status: 0 done,
-2 bad configuration or input, 3 the run diverged (non-finite steps; last good state saved).
+2 bad configuration or input, 3 the run diverged (non-finite steps; last good state saved),
+130 interrupted (Ctrl-C: the current step finishes and a checkpoint is saved; rerun to resume).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from intern_jax import cli  # noqa: E402  (light: no jax)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,18 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-processes", type=int)
     ap.add_argument("--process-id", type=int)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_debug_flag(ap)
     return ap
 
 
+@cli.entry("pretrain.py")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from intern_jax.train import distributed  # noqa: PLC0415
 
-    try:
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    except ValueError as e:
-        print(f"pretrain.py: error: {e}", file=sys.stderr)
-        return 2
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     from intern_jax.train.loop import run_from_cli  # noqa: PLC0415
     from intern_jax.train.pretrain import prepare_run, pretrain  # noqa: PLC0415
 

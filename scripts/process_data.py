@@ -13,6 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
+if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+
+from intern_jax import cli  # noqa: E402  (light: no jax)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -22,26 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--runner", choices=("local", "beam"), help="local processes (default) or Apache Beam")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_debug_flag(parser)
     return parser
 
 
+@cli.entry("process_data.py")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
     from intern_jax.config import ConfigError, apply_overrides, load_config  # noqa: PLC0415
     from intern_jax.data.processing import runner  # noqa: PLC0415
     from intern_jax.data.processing.config import ProcessingConfig  # noqa: PLC0415
 
     overrides = [*args.set, *([f"runner={args.runner}"] if args.runner else [])]
-    try:
-        cfg = load_config(args.config, overrides) if args.config else apply_overrides(ProcessingConfig(), overrides)
-        if not isinstance(cfg, ProcessingConfig):
-            raise ConfigError(f"{args.config} binds a {type(cfg).__name__}, expected a ProcessingConfig")
-        runner.process(args.input, args.output, cfg, progress=not args.quiet)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"process_data.py: error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides) if args.config else apply_overrides(ProcessingConfig(), overrides)
+    if not isinstance(cfg, ProcessingConfig):
+        raise ConfigError(f"{args.config} binds a {type(cfg).__name__}, expected a ProcessingConfig")
+    runner.process(args.input, cli.output_dir(args.output), cfg, progress=not args.quiet)
     print(f"wrote {args.output}/manifest.json")
     return 0
 

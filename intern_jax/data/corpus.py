@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import os
 import random
 import sysconfig
@@ -27,6 +28,20 @@ from intern_jax.data.processing.config import FilterConfig, ProcessingConfig
 EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3",
                  "turtledemo", "ensurepip", "venv"}
 DEFAULT_DIR = "runs/corpus"
+VOCAB_RANGE = (512, 1 << 18)  # byte fallback alone takes 259 ids; beyond 256k the shards' int32 ids are fine but
+# the sample of a few MB cannot fill the vocabulary
+MIN_CODE_MB = 0.5  # less leaves too little text to train the tokenizer on
+
+
+def check_corpus_settings(*, vocab_size: int, max_code_mb: float) -> None:
+    """A ValueError naming the setting (and build_corpus.py's flag) before any work is done."""
+    low, high = VOCAB_RANGE
+    if not low <= vocab_size <= high:
+        raise ValueError(f"vocab_size (--vocab-size) must be between {low} and {high}, got {vocab_size}")
+    if not (math.isfinite(max_code_mb) and max_code_mb >= MIN_CODE_MB):
+        raise ValueError(f"max_code_mb (--max-code-mb) must be at least {MIN_CODE_MB} (MB of standard-library "
+                         f"source to read; default 6), got {max_code_mb}")
+
 
 
 def stdlib_dir() -> Path:
@@ -63,12 +78,12 @@ def module_docstrings(path: Path) -> str:
     return "\n\n".join(d for d in docs if d)
 
 
-def write_docstring_documents(files: list[Path], path: Path) -> Path:
+def write_docstring_documents(files: list[Path], path: Path, progress: bool = True) -> Path:
     """One JSONL record per module with docstrings: ``{"text", "id"}`` (module path as id)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for file in tqdm(files, desc="docstrings", unit="file", leave=False):
+        for file in tqdm(files, desc="docstrings", unit="file", leave=False, disable=not progress):
             text = module_docstrings(file)
             if text:
                 f.write(json.dumps({"id": str(file), "text": text}, ensure_ascii=False) + "\n")
@@ -106,7 +121,12 @@ def train_corpus_tokenizer(output: Path, vocab_size: int, sample_bytes: int, see
             size += len(piece.encode("utf-8"))
             if size >= sample_bytes:
                 break
-    tok = train_sentencepiece([sample], directory / "tokenizer", vocab_size, input_sentence_size=200_000)
+    try:
+        tok = train_sentencepiece([sample], directory / "tokenizer", vocab_size, input_sentence_size=200_000)
+    except RuntimeError as e:  # sentencepiece's own check, e.g. a vocabulary larger than the text supports
+        reason = str(e).strip().splitlines()[-1].split("] ")[-1]
+        raise ValueError(f"cannot train a {vocab_size}-token tokenizer on {size} bytes of text: {reason} "
+                         "(lower --vocab-size or read more text with --max-code-mb)") from None
     tok.save(directory)
     sample.unlink()
     shards.write_json_atomic(done, {"vocab_size": vocab_size})
@@ -116,12 +136,13 @@ def train_corpus_tokenizer(output: Path, vocab_size: int, sample_bytes: int, see
 def build_corpus(output=DEFAULT_DIR, *, vocab_size: int = 8000, max_code_bytes: int = 6 << 20,
                  sample_bytes: int = 3 << 20, cfg: ProcessingConfig | None = None, progress: bool = True) -> dict:
     """Build (or finish building) the stdlib corpus in ``output``; returns the run's stats."""
+    check_corpus_settings(vocab_size=vocab_size, max_code_mb=max_code_bytes / (1 << 20))
     output = Path(output)
     cfg = cfg or corpus_config()
     files = stdlib_sources(max_code_bytes)
     docstrings = output / "sources" / "docstrings.jsonl"
     if not docstrings.is_file():
-        write_docstring_documents(files, docstrings)
+        write_docstring_documents(files, docstrings, progress)
     runner.clean_corpus([docstrings, *files], output, cfg, progress)
     tokenizer_dir = train_corpus_tokenizer(output, vocab_size, sample_bytes)
     cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, tokenizer=str(tokenizer_dir)))

@@ -20,7 +20,7 @@ import grain
 import numpy as np
 from grain.experimental import FlatMapIterDataset, FlatMapTransform
 
-from intern_jax.config import ConfigError
+from intern_jax.config import ConfigError, check_fields
 from intern_jax.data.packing import PackingStats, pack_examples
 
 MANIFEST = "manifest.json"
@@ -57,6 +57,7 @@ class DataConfig:
         return hash(tuple(tuple(sorted(v.items())) if isinstance(v, Mapping) else v for v in values))
 
     def __post_init__(self):
+        check_fields(self, "data.")
         for name in ("seq_len", "batch_size", "packing_bins"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,9 @@ class SFTDataConfig:
     holdout: float = 0.0
 
     def __post_init__(self):
+        from intern_jax.config import check_fields  # noqa: PLC0415
+
+        check_fields(self, "data.")
         if self.format not in FORMATS:
             raise ValueError(f"data.format={self.format!r}; use one of {', '.join(FORMATS)}")
         from intern_jax.data.pipeline import holdout_problem  # noqa: PLC0415
@@ -97,21 +101,46 @@ class SFTStats:
 # Reading
 
 
-def detect_format(path) -> str:
-    """``messages``, ``alpaca`` or ``text`` from the file's extension and its first record."""
+def _check_dataset_path(path) -> Path:
     path = Path(path)
+    if not str(path) or path == Path("."):
+        raise ValueError("no dataset file given; set data.path to a JSONL, JSON or text file")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a dataset file", str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset {path} does not exist")
+    return path
+
+
+def detect_format(path, setting: str = "data.format") -> str:
+    """``messages``, ``alpaca`` or ``text`` from the file's extension and its first record (the whole
+    first line, however long). Errors name ``setting``, the knob that states the format instead."""
+    path = _check_dataset_path(path)
     if path.suffix in (".txt", ".md"):
         return "text"
-    with open(path, encoding="utf-8") as fh:
-        head = fh.read(65536).lstrip()
+    first = b""
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                first = raw
+                break
+    if not first:
+        raise ValueError(f"{path} is empty (no records); give a file with at least one record")
+    if b"\x00" in first:
+        raise ValueError(f"{path} looks like a binary file (it holds NUL bytes); datasets are UTF-8 JSON, JSONL "
+                         "or text")
+    try:
+        head = first.decode("utf-8").lstrip()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: the first record is not UTF-8 text (byte {first[e.start]:#04x}); is this a "
+                         "binary file? datasets are UTF-8 JSON, JSONL or text") from None
     if head.startswith("["):
         return "alpaca"
-    first = head.split("\n", 1)[0]
     try:
-        obj = json.loads(first)
+        obj = json.loads(head)
     except json.JSONDecodeError:
         raise ValueError(
-            f"{path}: cannot tell the format from the first line (not JSON); set data.format to "
+            f"{path}: cannot tell the format from the first record (not JSON); set {setting} to "
             "messages, alpaca or text"
         ) from None
     if isinstance(obj, dict) and "messages" in obj:
@@ -122,45 +151,61 @@ def detect_format(path) -> str:
         return "text"
     raise ValueError(
         f"{path}: the first record has keys {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}; "
-        "expected 'messages' (chat), 'instruction' (Alpaca) or 'text'; set data.format explicitly"
+        f"expected 'messages' (chat), 'instruction' (Alpaca) or 'text'; set {setting} explicitly"
     )
 
 
-def read_rows(path, fmt: str = "auto") -> Iterator[Row]:
+def _read_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """``(line number, text, None)`` per line, or ``(line number, None, reason)`` for a line that is
+    not UTF-8: one bad byte costs its row, not the file."""
+    with open(path, "rb") as fh:
+        for i, raw in enumerate(fh, start=1):
+            try:
+                yield i, raw.decode("utf-8").rstrip("\r\n"), None
+            except UnicodeDecodeError as e:
+                yield i, None, f"not UTF-8: byte {raw[e.start]:#04x} at column {e.start + 1}"
+
+
+def read_rows(path, fmt: str = "auto", setting: str = "data.format") -> Iterator[Row]:
     """Rows of ``path`` with their 1-based starting line; unparsable rows carry ``error``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset {path} does not exist")
-    fmt = detect_format(path) if fmt == "auto" else fmt
+    _check_dataset_path(path)
+    fmt = detect_format(path, setting) if fmt == "auto" else fmt
     if fmt == "text" and path.suffix in (".txt", ".md"):
         yield from _text_documents(path)
         return
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    if text.lstrip().startswith("["):
+    with open(path, "rb") as fh:
+        is_array = fh.read(4096).lstrip().startswith(b"[")
+    if is_array:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte offset {e.start}); a JSON array must be UTF-8 "
+                             "throughout") from None
         yield from _json_array(text)
         return
-    for i, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield Row(i, json.loads(line))
-        except json.JSONDecodeError as e:
-            yield Row(i, error=f"invalid JSON: {e.msg} at column {e.colno}")
+    for i, line, problem in _read_lines(path):
+        if problem:
+            yield Row(i, error=problem)
+        elif line.strip():
+            try:
+                yield Row(i, json.loads(line))
+            except json.JSONDecodeError as e:
+                yield Row(i, error=f"invalid JSON: {e.msg} at column {e.colno}")
 
 
 def _text_documents(path: Path) -> Iterator[Row]:
-    start, lines = None, []
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if line.strip():
-                start = start or i
-                lines.append(line)
-            elif lines:
-                yield Row(start, {"text": "".join(lines).rstrip("\n")})
-                start, lines = None, []
+    start, lines, bad = None, [], None
+    for i, line, problem in _read_lines(path):
+        if problem or line.strip():
+            start = start or i
+            bad = bad or (f"{problem} (line {i})" if problem else None)
+            lines.append(line or "")
+        elif lines:
+            yield Row(start, error=bad) if bad else Row(start, {"text": "\n".join(lines)})
+            start, lines, bad = None, [], None
     if lines:
-        yield Row(start, {"text": "".join(lines).rstrip("\n")})
+        yield Row(start, error=bad) if bad else Row(start, {"text": "\n".join(lines)})
 
 
 def _json_array(text: str) -> Iterator[Row]:
@@ -276,12 +321,15 @@ def row_messages(row: Row, fmt: str, system: str = "") -> tuple[list[dict] | Non
     return messages, None
 
 
-def check_file(path, fmt: str = "auto", tokenizer=None, max_length: int = 0) -> tuple[SFTStats, list[tuple[int, str]]]:
+def check_file(path, fmt: str = "auto", tokenizer=None, max_length: int = 0,
+               format_setting: str = "data.format") -> tuple[SFTStats, list[tuple[int, str]]]:
     """Every bad row of ``path`` as (line, reason), plus the stats loading would report.
 
     Without a tokenizer only the structure is checked; with one, rows are also rendered.
+    ``format_setting`` is what errors call the format knob (check_dataset.py's ``--format``).
     """
-    fmt = detect_format(path) if fmt == "auto" else fmt
+    _check_dataset_path(path)
+    fmt = detect_format(path, format_setting) if fmt == "auto" else fmt
     stats, bad = SFTStats(), []
     for row in read_rows(path, fmt):
         stats.rows += 1

@@ -11,6 +11,8 @@ This module does not run the model.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -18,6 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 
 NO_TOKEN = -1  # emitted for rows that have already finished
+SEED_LIMIT = 1 << 32  # jax.random.key keeps 32 bits of a seed (without x64): larger ones would alias
+
+
+class SamplingError(ValueError):
+    """An invalid ``SamplingParams`` value; ``field`` names the setting (scripts turn it into their flag)."""
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(f"{field} {detail}")
+        self.field, self.detail = field, detail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +50,26 @@ class SamplingParams:
 
     def __post_init__(self):
         object.__setattr__(self, "stop_ids", tuple(sorted(int(t) for t in self.stop_ids)))
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise SamplingError(name, f"must be a finite number, got {value!r}")
+        for name in ("top_k", "seed", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise SamplingError(name, f"must be an integer, got {value!r}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise SamplingError("temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+            raise SamplingError("top_k", f"must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+            raise SamplingError("top_p", f"must be in (0, 1] (1 = off), got {self.top_p}")
         if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+            raise SamplingError("repetition_penalty", f"must be > 0 (1 = off), got {self.repetition_penalty}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise SamplingError("seed", f"must be in [0, 2**32) (the PRNG key holds 32 bits), got {self.seed}")
         if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+            raise SamplingError("max_new_tokens", f"must be >= 0, got {self.max_new_tokens}")
 
     @property
     def greedy(self) -> bool:
@@ -59,7 +80,7 @@ def per_row(sampling: SamplingParams | Sequence[SamplingParams], batch_size: int
     """One ``SamplingParams`` per row. A single one is shared, with row ``b`` seeded ``seed + b``
     so that identical prompts in one batch draw different samples."""
     if isinstance(sampling, SamplingParams):
-        return [dataclasses.replace(sampling, seed=sampling.seed + b) for b in range(batch_size)]
+        return [dataclasses.replace(sampling, seed=(sampling.seed + b) % SEED_LIMIT) for b in range(batch_size)]
     rows = list(sampling)
     if len(rows) != batch_size:
         raise ValueError(f"got {len(rows)} SamplingParams for {batch_size} prompts; pass one or one per prompt")

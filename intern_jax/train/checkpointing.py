@@ -50,7 +50,7 @@ def write_run_json(run_dir, model_cfg: ModelConfig, train_cfg: TrainConfig | Non
         "format": RUN_FORMAT,
         "trainable": trainable,
         "model_config": dataclasses.asdict(model_cfg),
-        "tokenizer": str(Path(tokenizer_path).absolute()) if tokenizer_path else None,
+        "tokenizer": _relative_to(tokenizer_path, run_dir) if tokenizer_path else None,
         "train_config": train_config_to_dict(train_cfg) if train_cfg is not None else None,
         **(extra or {}),
     }
@@ -59,6 +59,26 @@ def write_run_json(run_dir, model_cfg: ModelConfig, train_cfg: TrainConfig | Non
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         tmp.replace(path)
+    return path
+
+
+def _relative_to(path, run_dir: Path) -> str:
+    """``path`` relative to the run directory when it lies inside it (the run can be moved), else absolute."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path(run_dir).absolute()))
+    except ValueError:
+        return str(path)
+
+
+def run_tokenizer_path(run_dir, record: dict) -> Path | None:
+    """The tokenizer that run.json names (relative paths are inside the run directory); an absolute
+    path that no longer exists falls back to the run's own ``tokenizer/`` copy."""
+    if not record.get("tokenizer"):
+        return None
+    path = Path(run_dir) / record["tokenizer"]
+    if not path.exists() and (Path(run_dir) / "tokenizer").exists():
+        return Path(run_dir) / "tokenizer"
     return path
 
 
@@ -73,9 +93,22 @@ def read_run_json(run_dir) -> dict:
     return record
 
 
+# orbax warnings that every normal resume or read-only load prints, and that ask nothing of the user
+_ROUTINE_ORBAX_WARNINGS = ("Metadata file does not exist", "Given directory is read only",
+                           "CheckpointManagerOptions.read_only=True")
+
+
+class _DropRoutineWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_ROUTINE_ORBAX_WARNINGS)
+
+
 def _ocp():
     import orbax.checkpoint as ocp  # noqa: PLC0415  (heavy import)
 
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropRoutineWarnings) for f in absl_logger.filters):
+        absl_logger.addFilter(_DropRoutineWarnings())
     return ocp
 
 
@@ -236,7 +269,11 @@ def load_run(run_dir, *, dtype=None, mesh=None, step: int | None = None):
             f"{run_dir} holds '{record.get('trainable')}' checkpoints, not full model params; "
             "load it with the fine-tuning tools"
         )
-    cfg = model_config_from_dict(record["model_config"])
+    try:
+        cfg = model_config_from_dict(record["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{run_dir / RUN_FILE} holds no usable model_config ({e}); is the run directory "
+                         "damaged? rerun the training command to rewrite it") from None
     ckpt = Checkpointer(run_dir, CheckpointConfig(async_save=False), read_only=True)
     try:
         steps = ckpt.all_steps()
@@ -262,8 +299,11 @@ def load_run(run_dir, *, dtype=None, mesh=None, step: int | None = None):
         params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(name), p), out_shardings=shardings)(params)
         cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
     tokenizer = None
-    if record.get("tokenizer"):
+    if (tokenizer_path := run_tokenizer_path(run_dir, record)) is not None:
         from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
 
-        tokenizer = load_tokenizer(record["tokenizer"])
+        if not tokenizer_path.exists():
+            raise FileNotFoundError(f"the tokenizer of run {run_dir}, {tokenizer_path}, does not exist; put it back "
+                                    f"or copy it to {run_dir / 'tokenizer'}")
+        tokenizer = load_tokenizer(tokenizer_path)
     return LoadedModel(cfg, params, tokenizer)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intern_jax.config import ConfigError, ModelConfig, apply_overrides, load_config
+from intern_jax.config import ConfigError, ModelConfig, apply_overrides, check_fields, load_config
 
 ZERO_MODES = ("none", "full", "hybrid")
 
@@ -48,6 +48,7 @@ class OptimizerConfig:
     wsd_decay_fraction: float = 0.1
 
     def __post_init__(self):
+        check_fields(self, "optimizer.")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optimizer.schedule={self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         if not 0.0 < self.wsd_decay_fraction <= 1.0:
@@ -91,6 +92,7 @@ class ParallelConfig:
     micro_batches: int = 1
 
     def __post_init__(self):
+        check_fields(self, "parallel.")
         if self.zero not in ZERO_MODES:
             raise ConfigError(f"parallel.zero={self.zero!r}; use one of {', '.join(ZERO_MODES)}")
         if self.micro_batches < 1:
@@ -114,6 +116,7 @@ class CheckpointConfig:
     async_save: bool = True
 
     def __post_init__(self):
+        check_fields(self, "checkpoint.")
         if self.save_every < 0 or self.keep_every < 0 or self.keep_last < 1:
             raise ConfigError("checkpoint.save_every and keep_every must be >= 0, keep_last >= 1")
 
@@ -133,6 +136,7 @@ class LoggingConfig:
     profile_steps: int = 0
 
     def __post_init__(self):
+        check_fields(self, "logging.")
         if self.log_every < 1:
             raise ConfigError(f"logging.log_every must be >= 1, got {self.log_every}")
         if self.profile_start < 1 or self.profile_steps < 0:
@@ -201,10 +205,14 @@ class TrainConfig:
     name: str = ""
 
     def __post_init__(self):
+        check_fields(self)
         if not isinstance(self.model, (ModelConfig, str, Path)):
             raise ConfigError(f"model must be a ModelConfig or a model config path, got {type(self.model).__name__}")
-        if self.steps < 0 or self.batch_size < 1 or self.seq_len < 1:
-            raise ConfigError("steps must be >= 0, batch_size and seq_len >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.seq_len < 1:
+            raise ConfigError(f"steps, batch_size and seq_len must be >= 1, got {self.steps}, {self.batch_size} and "
+                              f"{self.seq_len}")
+        if not 0 <= self.seed < 1 << 32:
+            raise ConfigError(f"seed must be in [0, 2**32) (the PRNG key holds 32 bits), got {self.seed}")
         if self.batch_size % self.parallel.micro_batches:
             raise ConfigError(
                 f"batch_size {self.batch_size} is not divisible by parallel.micro_batches "
@@ -269,8 +277,12 @@ def with_run_flags(cfg, *, steps: int | None = None, save_every: int | None = No
     ``--steps``, ``--save-every`` and ``--quiet`` (no progress bar)."""
     changes = {}
     if steps is not None:
+        if steps < 1:
+            raise ConfigError(f"--steps must be >= 1 (the total number of training steps), got {steps}")
         changes["steps"] = steps
     if save_every is not None:
+        if save_every < 0:
+            raise ConfigError(f"--save-every must be >= 0 (0: save only at the end), got {save_every}")
         changes["checkpoint"] = dataclasses.replace(cfg.checkpoint, save_every=save_every)
     if quiet:
         changes["logging"] = dataclasses.replace(cfg.logging, progress=False)

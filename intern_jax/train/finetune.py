@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from intern_jax.config import ConfigError, load_config
+from intern_jax.config import ConfigError, check_fields, load_config
 from intern_jax.data.sft import SFTDataConfig
 from intern_jax.train.config import (
     CheckpointConfig,
@@ -48,6 +48,7 @@ class QuantConfig:
     targets: str = r"layers/(wqkv|wo|w1|w2|w3)"
 
     def __post_init__(self):
+        check_fields(self, "quant.")
         if self.kind not in ("nf4", "int8"):
             raise ConfigError(f"quant.kind={self.kind!r}; use nf4 or int8")
 
@@ -85,6 +86,9 @@ class FinetuneConfig:
     name: str = ""
 
     def __post_init__(self):
+        check_fields(self)
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.mode not in MODES:
             raise ConfigError(f"mode={self.mode!r}; use one of {', '.join(MODES)}")
         self.eval.check_source(self.data, items="conversations", example=0.05, path="a chat file")
@@ -238,7 +242,7 @@ def load_adapters(run_dir, step: int | None = None):
     """(run.json record, LoadedModel of the base, LoraConfig, adapters) of an adapter run."""
     from intern_jax.checkpoint import load_model  # noqa: PLC0415
     from intern_jax.train import lora as L  # noqa: PLC0415
-    from intern_jax.train.checkpointing import Checkpointer, read_run_json  # noqa: PLC0415
+    from intern_jax.train.checkpointing import Checkpointer, read_run_json, run_tokenizer_path  # noqa: PLC0415
 
     run_dir = Path(run_dir).absolute()
     record = read_run_json(run_dir)
@@ -264,10 +268,11 @@ def load_adapters(run_dir, step: int | None = None):
     finally:
         ckpt.close()
     tokenizer = base.tokenizer
-    if record.get("tokenizer") and Path(record["tokenizer"]).exists():
+    tokenizer_path = run_tokenizer_path(run_dir, record)
+    if tokenizer_path is not None and tokenizer_path.exists():
         from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
 
-        tokenizer = load_tokenizer(record["tokenizer"])
+        tokenizer = load_tokenizer(tokenizer_path)
     return record, base._replace(tokenizer=tokenizer), lora, adapters
 
 

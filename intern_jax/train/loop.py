@@ -9,7 +9,9 @@ Fine-tuning passes ``trainable``, ``frozen``, ``assemble`` and shardings exactly
 
 ``data_iterator`` yields this process's rows of each global batch (batch contract);
 for checkpoints it must be a grain iterator (get_state / set_state). ``max_bad_steps``
-non-finite steps in a row save the last good state and raise ``TrainingDiverged``.
+non-finite steps in a row save the last good state and raise ``TrainingDiverged``. Ctrl-C (SIGINT,
+in the main thread) lets the current step finish, saves a checkpoint and raises
+``TrainingInterrupted``; a second Ctrl-C stops at once.
 
 ``eval_batches`` (``make_eval_batches``: this process's rows of held-out batches, per source)
 are evaluated every ``eval.every`` steps and after the last one; the held-out loss goes into
@@ -24,7 +26,9 @@ import dataclasses
 import functools
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +57,34 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """Too many non-finite steps in a row; the last good state was checkpointed."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; a checkpoint of the last finished step was saved."""
+
+
+class _StopOnInterrupt:
+    """The first SIGINT asks the loop to stop after the current step; a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to stop at once)", file=sys.stderr,
+              flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 @dataclasses.dataclass
@@ -230,7 +262,9 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
     step = start
     saved_at = start if start > 0 else None
     profiler = _Profiler(train_cfg.logging, ckpt.run_dir / M.TENSORBOARD_DIR)
+    stop = _StopOnInterrupt()
     try:
+        stop.__enter__()
         while step < total:
             profiler.before(step + 1)
             t_data = time.perf_counter()
@@ -290,9 +324,15 @@ def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_ite
             if every > 0 and step % every == 0:
                 ckpt.save(step, state, data_iterator)
                 saved_at = step
+            if stop.requested:
+                break
         if saved_at != step:
             ckpt.save(step, state, data_iterator)
+        if stop.requested:
+            ckpt.wait()
+            raise TrainingInterrupted(f"checkpoint saved at step {step} of {total}; rerun the same command to resume")
     finally:
+        stop.__exit__()
         profiler.close()
         if bar is not None:
             bar.close()
@@ -353,20 +393,18 @@ def run_from_cli(prog: str, args, load: Callable, train: Callable) -> tuple[int,
     """The training scripts' shared body: ``load(args.config, args.overrides)``, apply ``--steps``,
     ``--save-every`` and ``--quiet``, ``train(cfg, output)``, print the last loss.
 
-    Returns ``(exit code, run directory)``: 0 on success, 2 for a bad config or input (the message
-    names it), 3 when the run stopped on non-finite steps.
+    Returns ``(exit code, run directory)``: 0 on success, 3 when the run stopped on non-finite steps.
+    A bad config or input raises (``intern_jax.cli.entry`` turns it into one line and exit status 2),
+    and so does Ctrl-C (``TrainingInterrupted``, exit status 130, after a checkpoint is saved).
     """
-    from intern_jax.config import ConfigError  # noqa: PLC0415
+    from intern_jax.cli import output_dir  # noqa: PLC0415
     from intern_jax.train.config import with_run_flags  # noqa: PLC0415
 
+    cfg = load(args.config, args.overrides)
+    cfg = with_run_flags(cfg, steps=args.steps, save_every=args.save_every, quiet=args.quiet)
+    output = output_dir(args.output or Path("runs") / (cfg.name or Path(args.config).stem))
     try:
-        cfg = load(args.config, args.overrides)
-        cfg = with_run_flags(cfg, steps=args.steps, save_every=args.save_every, quiet=args.quiet)
-        output = Path(args.output or Path("runs") / (cfg.name or Path(args.config).stem))
         result = train(cfg, output)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2, None
     except TrainingDiverged as e:
         print(f"{prog}: stopped: {e}", file=sys.stderr)
         return 3, None

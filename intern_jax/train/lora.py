@@ -39,6 +39,9 @@ class LoraConfig:
     targets: str = r"layers/(wqkv|wo|w1|w2|w3)"
 
     def __post_init__(self):
+        from intern_jax.config import check_fields  # noqa: PLC0415
+
+        check_fields(self, "lora.")
         if self.rank < 1:
             raise ValueError(f"lora rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:

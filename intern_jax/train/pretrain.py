@@ -18,20 +18,73 @@ from intern_jax.train.loop import TrainResult, make_data_iterator, make_eval_bat
 
 def prepare_run(config_path, overrides=()) -> TrainConfig:
     """The run's config with files resolved: the embedded corpus is built if the data asks for
-    it and it is absent; a model ``vocab_size`` of 0 becomes the tokenizer's."""
+    it and it is absent; a model ``vocab_size`` of 0 becomes the tokenizer's; the corpus must have
+    been tokenized with the run's tokenizer (``check_corpus_tokenizer``)."""
     cfg = load_train_config(config_path, overrides)
     ensure_corpus(cfg.data)
-    model = cfg.model_config
-    if model.vocab_size == 0:
-        if not cfg.tokenizer:
-            raise ConfigError("model.vocab_size is 0 (take it from the tokenizer) but no tokenizer is set")
-        from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
-
-        if not Path(cfg.tokenizer).exists():
-            raise FileNotFoundError(f"tokenizer {cfg.tokenizer} does not exist")
-        vocab = load_tokenizer(cfg.tokenizer).vocab_size
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(model, vocab_size=vocab))
+    cfg = resolve_vocab_size(cfg)
+    check_corpus_tokenizer(cfg)
     return cfg
+
+
+def resolve_vocab_size(cfg: TrainConfig, hint: str = "") -> TrainConfig:
+    """``cfg`` with a model ``vocab_size`` of 0 replaced by its tokenizer's (``hint``: what to do when
+    the tokenizer is not there yet)."""
+    model = cfg.model_config
+    if model.vocab_size:
+        return cfg
+    if not cfg.tokenizer:
+        raise ConfigError("model.vocab_size is 0 (take it from the tokenizer) but no tokenizer is set; "
+                          "set tokenizer=PATH or model.vocab_size=N")
+    if not Path(cfg.tokenizer).exists():
+        raise FileNotFoundError(f"tokenizer {cfg.tokenizer} does not exist (model.vocab_size is 0: it is taken "
+                                f"from the tokenizer){hint}")
+    from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
+
+    vocab = load_tokenizer(cfg.tokenizer).vocab_size
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, vocab_size=vocab))
+
+
+def check_corpus_tokenizer(cfg: TrainConfig) -> None:
+    """A ConfigError, before any step, when the corpus at ``data.path`` holds token ids the model
+    cannot embed, or was tokenized with another tokenizer than the run's ``tokenizer`` (compared
+    by vocabulary size and by how they encode a probe text); the message says what differs."""
+    from intern_jax.data.pipeline import DataConfig, read_manifest  # noqa: PLC0415
+
+    if not isinstance(cfg.data, DataConfig):
+        return
+    manifest = read_manifest(cfg.data.path)
+    corpus_vocab = int(manifest.get("vocab_size") or 0)
+    corpus_tok = manifest.get("tokenizer")
+    corpus_tok = Path(cfg.data.path) / corpus_tok if corpus_tok else None
+    model_vocab = cfg.model_config.vocab_size
+    if corpus_vocab > model_vocab:
+        raise ConfigError(
+            f"the corpus at data.path={cfg.data.path} was tokenized with a {corpus_vocab}-token vocabulary "
+            f"({corpus_tok or 'tokenizer not recorded'}) but the model's vocab_size is {model_vocab}: its ids would "
+            "fall outside the embedding. Train with the corpus's tokenizer (--set tokenizer=... and "
+            "model.vocab_size=0), or process the corpus again with the run's tokenizer"
+        )
+    if not cfg.tokenizer or corpus_tok is None or not corpus_tok.exists():
+        return
+    from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
+
+    if Path(cfg.tokenizer).absolute().resolve() == corpus_tok.absolute().resolve():
+        return
+    ours, theirs = load_tokenizer(cfg.tokenizer), load_tokenizer(corpus_tok)
+    if ours.vocab_size != theirs.vocab_size:
+        differs = f"vocabularies of {theirs.vocab_size} and {ours.vocab_size} tokens"
+    elif ours.encode(_PROBE) != theirs.encode(_PROBE):
+        differs = f"the same vocabulary size ({ours.vocab_size}) but different token ids for the same text"
+    else:
+        return
+    raise ConfigError(
+        f"the corpus at data.path={cfg.data.path} was tokenized with {corpus_tok}, not with the run's tokenizer "
+        f"{cfg.tokenizer}: {differs}. Set tokenizer={corpus_tok}, or process the corpus again with {cfg.tokenizer}"
+    )
+
+
+_PROBE = "def main(argv=None):\n    return 0  # The quick brown fox, 1234 \u00e9t\u00e9 \u4e2d\u6587.\n"
 
 
 def ensure_corpus(data) -> None:
@@ -59,9 +112,26 @@ def ensure_corpus(data) -> None:
 
 
 def pretrain(cfg: TrainConfig, run_dir) -> TrainResult:
+    """Run ``cfg`` in ``run_dir``; the tokenizer is copied into ``run_dir/tokenizer`` (run.json names the
+    copy, so the run directory can be moved and still loads)."""
     model = cfg.model_config
     mesh = make_mesh(cfg.parallel.mesh_shape())
     return run_training(
         model, cfg, run_dir=run_dir, data_iterator=make_data_iterator(cfg, model, mesh), mesh=mesh,
-        tokenizer_path=cfg.tokenizer or None, eval_batches=make_eval_batches(cfg, mesh),
+        tokenizer_path=copy_tokenizer(cfg.tokenizer, run_dir) if cfg.tokenizer else None,
+        eval_batches=make_eval_batches(cfg, mesh),
     )
+
+
+def copy_tokenizer(path, run_dir) -> Path:
+    """``run_dir/tokenizer``: the tokenizer at ``path`` saved there once (by process 0)."""
+    import jax  # noqa: PLC0415
+
+    target = Path(run_dir) / "tokenizer"
+    if jax.process_index() == 0 and not target.exists():
+        from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
+
+        tmp = target.with_name("tokenizer.tmp")
+        load_tokenizer(path).save(tmp)
+        tmp.replace(target)
+    return target

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from intern_jax.config import ConfigError
+from intern_jax.config import ConfigError, check_fields
 
 # Source-code file extensions routed to the ``code`` source without language identification.
 CODE_EXTENSIONS = (
@@ -130,6 +130,7 @@ class ProcessingConfig:
     runner: str = "local"  # local | beam
 
     def __post_init__(self):
+        check_fields(self, recursive=True)
         if self.runner not in ("local", "beam"):
             raise ConfigError(f"runner={self.runner!r}; use 'local' or 'beam'")
         if not 0.0 < self.dedup.threshold <= 1.0:

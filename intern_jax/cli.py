@@ -1,0 +1,122 @@
+"""The scripts' shared command-line entry: a user's mistake ends in one clear line, not a traceback.
+
+``@entry("generate.py")`` wraps a script's ``main(argv) -> int``. Errors that describe bad input
+(``ConfigError`` and other ``ValueError``s, missing, unreadable or misplaced files: ``OSError``;
+undecodable text: ``UnicodeError``) print ``generate.py: error: <message>`` on stderr and return 2;
+Ctrl-C returns 130. ``--debug`` (``add_debug_flag``; every script has it) or ``INTERN_JAX_DEBUG=1``
+lets the exception through with its traceback. The checks several scripts share live here too
+(``output_dir``, ``utf8_text``). This module imports nothing heavy and knows no script's own flags.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+DEBUG_ENV = "INTERN_JAX_DEBUG"
+BAD_INPUT = 2
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+_OS_HINTS = {
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENOSPC: "the disk is full; free space or choose another path",
+    errno.EISDIR: "a file was expected here",
+    errno.ENOTDIR: "a directory was expected here (or a parent of the path is a file)",
+}
+
+
+def add_debug_flag(parser) -> None:
+    """The ``--debug`` flag that ``entry`` reads (listed in every script's ``--help``)."""
+    parser.add_argument("--debug", action="store_true",
+                        help=f"on an error, show the full traceback (also: {DEBUG_ENV}=1)")
+
+
+def debug_requested(argv) -> bool:
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def describe(error: BaseException) -> str:
+    """One line for a user: the project's own messages as they are, OS errors with their path and a hint."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        text = f"{error.filename}: {error.strerror.lower()}"
+        if error.filename2 is not None:
+            text = f"{error.filename} -> {error.filename2}: {error.strerror.lower()}"
+        hint = _OS_HINTS.get(error.errno)
+        return f"{text}; {hint}" if hint else text
+    if isinstance(error, UnicodeDecodeError):
+        return (f"input is not valid UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+                "convert it to UTF-8")
+    return str(error) or type(error).__name__
+
+
+def entry(prog: str) -> Callable:
+    """Decorate ``main(argv=None) -> int``: bad input -> one line and exit status 2, Ctrl-C -> 130."""
+
+    def wrap(main: Callable) -> Callable:
+        @functools.wraps(main)
+        def run(argv=None) -> int:
+            if debug_requested(sys.argv[1:] if argv is None else list(argv)):
+                return main(argv)
+            try:
+                return main(argv)
+            except KeyboardInterrupt as e:
+                print(f"\n{prog}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+                return INTERRUPTED
+            except (ValueError, OSError, UnicodeError) as e:  # ConfigError is a ValueError
+                print(f"{prog}: error: {describe(e)}", file=sys.stderr)
+                return BAD_INPUT
+
+        return run
+
+    return wrap
+
+
+def output_dir(path, flag: str = "--output") -> Path:
+    """``path`` checked as a directory to write into (it may not exist yet): not a file, no file among
+    its parents, writable. The error names ``flag`` and what to do."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a directory; give a directory (new or existing)")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, not a directory; give a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {existing} is not writable; choose a directory you can write to")
+    return path
+
+
+def utf8_text(text: str, what: str) -> str:
+    """``text`` with bytes that were not valid UTF-8 (Python keeps them in command-line arguments
+    and stdin as lone surrogates) replaced by U+FFFD, with a warning naming ``what``; valid text
+    comes back unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # lone surrogates that did not come from undecodable bytes
+        fixed = text.encode("utf-8", "replace").decode("utf-8")
+    count = sum(1 for c in text if "\ud800" <= c <= "\udfff")
+    print(f"warning: {what} is not valid UTF-8: {count} byte(s) replaced with U+FFFD", file=sys.stderr)
+    return fixed
+
+
+def sampling_params(**values):
+    """``SamplingParams(**values)`` for the scripts whose flags carry the same names (``top_k`` is
+    ``--top-k``): an invalid value names its flag."""
+    from intern_jax.inference.sampling import SamplingError, SamplingParams  # noqa: PLC0415  (imports jax)
+
+    try:
+        return SamplingParams(**values)
+    except SamplingError as e:
+        raise ValueError(f"--{e.field.replace('_', '-')} {e.detail}") from None
