@@ -42,7 +42,9 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, overrides) if args.config else apply_overrides(ProcessingConfig(), overrides)
     if not isinstance(cfg, ProcessingConfig):
         raise ConfigError(f"{args.config} binds a {type(cfg).__name__}, expected a ProcessingConfig")
-    runner.process(args.input, cli.output_dir(args.output), cfg, progress=not args.quiet)
+    stats = runner.process(args.input, cli.output_dir(args.output), cfg, progress=not args.quiet)
+    for problem in runner.read_problems(stats, args.output, cfg.readers.text_field):
+        print(f"process_data.py: warning: dropped {problem}", file=sys.stderr)
     print(f"wrote {args.output}/manifest.json")
     return 0
 

@@ -365,7 +365,47 @@ def collect_stats(output) -> dict:
 
 
 def process(inputs, output, cfg: ProcessingConfig | None = None, progress: bool = True) -> dict:
-    """The whole pipeline: ``inputs`` (files / directories) -> token shards under ``output``."""
+    """The whole pipeline: ``inputs`` (files / directories) -> token shards under ``output``.
+    A run that keeps no document at all is a ValueError that says why (``read_problems``)."""
     cfg = cfg or ProcessingConfig()
     clean_corpus(inputs, output, cfg, progress)
-    return write_token_shards(output, cfg, progress=progress)
+    stats = write_token_shards(output, cfg, progress=progress)
+    if not sum(source["documents"] for source in stats.get("manifest", {}).values()):
+        problems = read_problems(stats, output, cfg.readers.text_field) or ["the inputs hold no documents"]
+        raise ValueError(f"no documents were kept from {', '.join(map(str, inputs))}: {'; '.join(problems)}; "
+                         f"the counts per stage are in {Path(output) / 'stats.json'}")
+    return stats
+
+
+# Why the read stage drops what it drops, and what to do about it.
+READ_DROP_HINTS = {
+    "missing_text_field": "records without the text field '{text_field}' (set readers.text_field to the field that "
+                          "holds the text)",
+    "malformed_json": "JSONL lines that are not JSON",
+    "invalid_utf8": "files that are not UTF-8 text (binary files?)",
+    "unreadable_file": "files that could not be read (check their permissions)",
+    "missing_file": "files that disappeared before they were read",
+    "missing_path": "input paths that do not exist",
+    "file_too_large": "files larger than readers.max_file_bytes",
+    "unsupported_file_type": "files of a type no reader handles",
+    "no_main_text": "HTML pages without main text",
+}
+
+
+def read_problems(stats: dict, output=None, text_field: str = "text") -> list[str]:
+    """One phrase per reason the read stage dropped something (``stats`` as ``process`` returns it),
+    naming the files that could not be read (from ``output``'s work list) and the setting to change."""
+    drops = stats.get("stages", {}).get("read", {}).get("drops", {})
+    problems = []
+    for reason, n in sorted(drops.items()):
+        text = f"{n} x " + READ_DROP_HINTS.get(reason, reason).format(text_field=text_field)
+        if reason in ("unreadable_file", "missing_file") and output is not None:
+            try:
+                files = [f for s in load_shard_list(output) for f in s.files]
+            except (OSError, ValueError, KeyError):
+                files = []
+            named = [f for f in files if not os.access(f, os.R_OK) or not os.path.isfile(f)]
+            if named:
+                text += ": " + ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+        problems.append(text)
+    return problems
