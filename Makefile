@@ -4,9 +4,22 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint lock clean
+.PHONY: setup system-deps demo test lint lock clean
 
-setup: $(STAMP)
+setup: system-deps $(STAMP)
+
+# OCR of scanned PDF pages needs Debian's tesseract with English and Simplified Chinese data.
+# Installed here when missing and running as root; otherwise this says what to install.
+TESSERACT_DEBS := tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim
+system-deps:
+	@if command -v tesseract >/dev/null 2>&1 && tesseract --list-langs 2>/dev/null | grep -qx chi_sim \
+	    && tesseract --list-langs 2>/dev/null | grep -qx eng; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing $(TESSERACT_DEBS) (OCR of scanned PDF pages)"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TESSERACT_DEBS) >/dev/null; \
+	else \
+	    echo "OCR of scanned PDF pages needs: sudo apt-get install $(TESSERACT_DEBS)" >&2; \
+	fi
 
 # constraints.txt pins every package to the versions the suite was last green with, so a fresh
 # clone installs what CI saw; `make lock` adopts new upstream releases on purpose.

@@ -21,12 +21,33 @@ CODE_EXTENSIONS = (
 
 
 @dataclass(frozen=True)
+class DocumentConfig:
+    """PDF, EPUB and DOCX extraction to Markdown (``readers.documents``)."""
+
+    pdf_backend: str = "pymupdf"  # pymupdf (built-in layout) | pymupdf4llm (layout model, slow) | mineru
+    ocr: str = "auto"  # auto: pages with no usable text layer; force: every page; off: never
+    ocr_languages: str = "eng+chi_sim"  # tesseract language data to use
+    ocr_dpi: int = 200  # page rendering resolution for OCR
+    image_dir: str = ""  # where embedded images are written (PNG); empty: only their captions are kept
+    min_image_points: float = 36.0  # images smaller than this (PDF points, either side) are not recorded
+
+    def __post_init__(self):
+        if self.pdf_backend not in ("pymupdf", "pymupdf4llm", "mineru"):
+            raise ConfigError(f"pdf_backend={self.pdf_backend!r}; use 'pymupdf', 'pymupdf4llm' or 'mineru'")
+        if self.ocr not in ("auto", "force", "off"):
+            raise ConfigError(f"ocr={self.ocr!r}; use 'auto', 'force' or 'off'")
+        if self.ocr_dpi < 50:
+            raise ConfigError(f"ocr_dpi={self.ocr_dpi} is too low to read text; use 150-300")
+
+
+@dataclass(frozen=True)
 class ReaderConfig:
     text_field: str = "text"  # JSONL / Parquet column holding the document
     id_field: str = "id"  # optional column copied into the document's metadata
     code_extensions: tuple[str, ...] = CODE_EXTENSIONS
     max_file_bytes: int = 4 << 30  # larger files are skipped (reason: file_too_large)
     max_invalid_utf8_fraction: float = 0.01  # more undecodable bytes than this: document dropped
+    documents: DocumentConfig = field(default_factory=DocumentConfig)  # PDF, EPUB, DOCX
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class StageStats:
     drops: collections.Counter = field(default_factory=collections.Counter)
     counts: collections.Counter = field(default_factory=collections.Counter)  # e.g. emails replaced
     off: str = ""  # why the stage was skipped (documents pass through unchanged); empty: it ran
+    failures: list = field(default_factory=list)  # {"path", "reason", "message"[, "page"]}: files not read
 
     def seen(self, doc: Document) -> None:
         self.docs_in += 1
@@ -52,6 +53,7 @@ class StageStats:
         self.drops.update(other.drops)
         self.counts.update(other.counts)
         self.off = self.off or other.off
+        self.failures.extend(other.failures)
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +61,7 @@ class StageStats:
             "bytes_out": self.bytes_out, "tokens": self.tokens, "seconds": round(self.seconds, 3),
             "drops": dict(sorted(self.drops.items())), "counts": dict(sorted(self.counts.items())),
             **({"off": self.off} if self.off else {}),
+            **({"failures": list(self.failures)} if self.failures else {}),
         }
 
     @classmethod
@@ -69,6 +72,7 @@ class StageStats:
         s.drops.update(d.get("drops", {}))
         s.counts.update(d.get("counts", {}))
         s.off = d.get("off", "")
+        s.failures = list(d.get("failures", []))
         return s
 
 

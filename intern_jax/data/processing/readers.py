@@ -1,9 +1,11 @@
-"""Readers: JSONL, plain text / Markdown, source-code trees, HTML (trafilatura) and Parquet.
+"""Readers: JSONL, plain text / Markdown, source-code trees, HTML (trafilatura), Parquet, and PDF,
+EPUB and DOCX documents (to Markdown, through ``extract``).
 
 ``list_inputs`` expands paths into supported files; ``read_file`` yields ``Document``s from
 one file. Bad records (malformed JSON, undecodable bytes, missing text field, unreadable or
-missing files) are counted by reason in the ``read`` stage's stats, never raised. Readers do
-not clean text: that is ``normalise``.
+missing files) are counted by reason in the ``read`` stage's stats, never raised. Documents
+have their own ``extract`` stage stats: pages, OCR'd pages, tables, images, and each file or
+page that could not be read, by name and reason. Readers do not clean text: that is ``normalise``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from intern_jax.data.processing import extract
 from intern_jax.data.processing.config import ReaderConfig
 from intern_jax.data.processing.documents import Document, StageStats
 
@@ -25,13 +28,15 @@ SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", "
 
 
 def file_kind(path: str | Path, cfg: ReaderConfig) -> str | None:
-    """``jsonl``, ``text``, ``html``, ``parquet``, ``code`` or None (unsupported)."""
+    """``jsonl``, ``text``, ``html``, ``parquet``, ``code``, ``pdf``, ``epub``, ``docx`` or None
+    (unsupported). By extension; a file with another extension is sniffed for PDF/EPUB/DOCX content."""
     name = str(path).lower()
     for kind, exts in (("jsonl", JSONL_EXTENSIONS), ("parquet", PARQUET_EXTENSIONS),
-                       ("html", HTML_EXTENSIONS), ("text", TEXT_EXTENSIONS), ("code", cfg.code_extensions)):
+                       ("html", HTML_EXTENSIONS), ("text", TEXT_EXTENSIONS), ("code", cfg.code_extensions),
+                       ("pdf", (".pdf",)), ("epub", (".epub",)), ("docx", (".docx",))):
         if name.endswith(tuple(exts)):
             return kind
-    return None
+    return extract.sniff_kind(path)
 
 
 def list_inputs(paths, cfg: ReaderConfig, stats: StageStats) -> list[str]:
@@ -74,15 +79,23 @@ def decode_text(raw: bytes, cfg: ReaderConfig, stats: StageStats) -> str | None:
     return text
 
 
-def read_file(path: str, cfg: ReaderConfig, stats: StageStats) -> Iterator[Document]:
-    """Documents of one file; ``Document.id`` is left empty for the caller to number."""
+def read_file(path: str, cfg: ReaderConfig, stats: StageStats,
+              extract_stats: StageStats | None = None) -> Iterator[Document]:
+    """Documents of one file; ``Document.id`` is left empty for the caller to number. PDF, EPUB and
+    DOCX files are counted in ``extract_stats`` (``stats`` when not given) and then in ``stats``."""
     kind = file_kind(path, cfg)
     try:
         size = os.path.getsize(path)
         if size > cfg.max_file_bytes:
             stats.drop("file_too_large")
             return
-        if kind == "jsonl":
+        if kind in ("pdf", "epub", "docx"):
+            doc = read_document(path, kind, cfg, extract_stats or stats)
+            if doc is not None:
+                stats.docs_in += 1
+                stats.bytes_in += len(doc.text.encode("utf-8", "surrogatepass"))
+                yield doc
+        elif kind == "jsonl":
             yield from _read_jsonl(path, cfg, stats)
         elif kind == "parquet":
             yield from _read_parquet(path, cfg, stats)
@@ -161,3 +174,37 @@ def _html_main_text(html: str) -> str | None:
         return trafilatura.extract(html, include_comments=False, include_tables=True) or None
     except Exception:  # noqa: BLE001  (lxml raises many types on broken markup)
         return None
+
+
+def read_document(path: str, kind: str, cfg: ReaderConfig, stats: StageStats) -> Document | None:
+    """One PDF / EPUB / DOCX as a Markdown ``Document``; a file that cannot be read, or a page that
+    cannot, is counted and listed with its reason in ``stats.failures``."""
+    import time  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    stats.docs_in += 1
+    stats.bytes_in += os.path.getsize(path)
+    try:
+        ex = extract.extract_document(path, cfg.documents, kind)
+    except extract.DocumentError as e:
+        stats.drop(f"{kind}_{e.reason}")
+        stats.failures.append({"path": path, "reason": e.reason, "message": str(e)})
+        return None
+    finally:
+        stats.seconds += time.perf_counter() - t0
+    stats.counts[f"{kind}_documents"] += 1
+    stats.counts[f"{kind}_pages"] += ex.pages
+    for name, n in (("ocr_pages", len(ex.ocr_pages)), ("tables", ex.tables), ("images", len(ex.images)),
+                    ("unreadable_pages", len(ex.unreadable_pages)), ("header_footer_lines_removed", ex.removed_lines)):
+        if n:
+            stats.counts[f"{kind}_{name}"] += n
+    for bad in ex.unreadable_pages:
+        stats.failures.append({"path": path, **bad})
+    if not ex.markdown.strip():
+        stats.drop(f"{kind}_no_text")
+        stats.failures.append({"path": path, "reason": "no_text", "message": f"{path}: no text was extracted"})
+        return None
+    stats.kept(Document(id="", text=ex.markdown, path=path))
+    meta = {"format": kind, "pages": ex.pages, "ocr_pages": ex.ocr_pages, "tables": ex.tables,
+            "images": [{"page": im["page"], "caption": im["caption"]} for im in ex.images if im["caption"]]}
+    return Document(id="", text=ex.markdown, path=path, meta=meta)

@@ -31,7 +31,8 @@ from intern_jax.data.processing.config import ProcessingConfig
 from intern_jax.data.processing.documents import Document, StageStats, merge_stats
 
 CLEAN_STAGES = ("read", "normalise", "language", "filter", "pii")
-STAGES = (*CLEAN_STAGES, "dedup_exact", "dedup_near", "quality", "tokenise")
+STAGES = ("extract", *CLEAN_STAGES, "dedup_exact", "dedup_near", "quality", "tokenise")
+DOCUMENT_SHARD_WEIGHT = 64  # a PDF/EPUB/DOCX byte costs about this many text bytes to read (shard planning)
 GLOBAL_FORMAT = 2  # bumped when global.json changes meaning: older caches are recomputed
 
 
@@ -64,6 +65,8 @@ def plan_shards(inputs, cfg: ProcessingConfig, read_stats: StageStats) -> list[W
             n = os.path.getsize(f)
         except OSError:
             n = 0
+        if readers.file_kind(f, cfg.readers) in ("pdf", "epub", "docx"):
+            n *= DOCUMENT_SHARD_WEIGHT  # extraction is slow: fewer documents per shard, more parallelism
         if current and size + n > cfg.shard_bytes:
             groups.append(current)
             current, size = [], 0
@@ -87,10 +90,11 @@ def plan_shards(inputs, cfg: ProcessingConfig, read_stats: StageStats) -> list[W
 # ---- phase 1: clean one shard --------------------------------------------------------------------
 
 
-def read_shard(shard: WorkShard, cfg: ProcessingConfig, stats: StageStats) -> Iterator[Document]:
+def read_shard(shard: WorkShard, cfg: ProcessingConfig, stats: StageStats,
+               extract_stats: StageStats | None = None) -> Iterator[Document]:
     n = 0
     for path in shard.files:
-        for doc in readers.read_file(path, cfg.readers, stats):
+        for doc in readers.read_file(path, cfg.readers, stats, extract_stats):
             doc.id = f"{shard.id}-{n:08d}"
             n += 1
             stats.kept(doc)
@@ -112,12 +116,12 @@ def clean_shard(shard: WorkShard, work: Path, cfg: ProcessingConfig) -> str:
     if marker.is_file() and marker.read_text().strip() == fp:
         return "skipped"
     out.mkdir(parents=True, exist_ok=True)
-    stats = {name: StageStats(name) for name in CLEAN_STAGES}
+    stats = {name: StageStats(name) for name in ("extract", *CLEAN_STAGES)}
     t0 = time.perf_counter()
     tmp_docs = out / f".{shard.id}.jsonl.tmp"
     signatures = []
     with open(tmp_docs, "w", encoding="utf-8") as f:
-        for doc in clean_documents(read_shard(shard, cfg, stats["read"]), cfg, stats):
+        for doc in clean_documents(read_shard(shard, cfg, stats["read"], stats["extract"]), cfg, stats):
             t1 = time.perf_counter()
             row = {"id": doc.id, "source": doc.source, "path": doc.path, "text": doc.text,
                    "hash": dedup.content_hash(doc.text), "meta": doc.meta}
@@ -358,6 +362,8 @@ def collect_stats(output) -> dict:
         if done.is_file():
             groups.append({"tokenise": StageStats.from_dict("tokenise", json.loads(done.read_text())["stats"])})
     merged = merge_stats(*groups)
+    if "extract" in merged and not merged["extract"].docs_in:
+        del merged["extract"]  # no PDF, EPUB or DOCX input
     if "dedup_exact" in merged:
         merged["dedup_exact"].seconds += signature_seconds  # hashing and MinHash ran during phase 1
     return {"stages": {k: merged[k].to_dict() for k in STAGES if k in merged}, "quality_model": glob["quality"],

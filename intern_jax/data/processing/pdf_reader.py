@@ -1,0 +1,536 @@
+"""PDF to Markdown: reading order, headings, lists, ruled tables, captions, running headers removed, OCR.
+
+Built on PyMuPDF's span geometry (``page.get_text("dict")``, ``get_drawings``, ``get_image_info``,
+page rendering): lines are put in reading order by a recursive XY-cut (columns first, then the
+widest horizontal gap), headings come from font size against the body size, lists from their
+markers, ruled tables from the page's line drawings (cells = the grid's cells, filled with the
+words inside them), lines that repeat at the top or bottom of most pages and page numbers are
+removed, words hyphenated across a line end are made whole. Pages without a usable text layer
+are rendered and OCR'd (``ocr``). Unruled (whitespace-aligned) tables stay text lines; formulas
+stay text; OCR'd pages become plain paragraphs.
+
+Why PyMuPDF, measured on this repository's synthetic papers (``scripts/bench/data.py``), 2 cores:
+pypdf (BSD) ~300 pages/s but no reading order across interleaved columns, no tables, no headings;
+pdfplumber (MIT) gives char boxes and tables but is pure Python over pdfminer, ~10x slower than
+pypdf before any layout work; pymupdf4llm with its bundled layout model (``pdf_backend=pymupdf4llm``)
+reads everything right but at ~2.5 pages/s (ONNX model per page), its model-free mode interleaves
+columns and its ``find_tables`` costs 0.5-1 s per page; PyMuPDF's raw span dict costs ~1.5 ms per
+page, so our layout on top of it stays within a small factor of pypdf. MuPDF also renders pages for
+OCR and opens damaged files. Licence: PyMuPDF is AGPL-3.0 (or Artifex's commercial licence);
+using it in a service that others reach over a network carries the AGPL's source obligations.
+``pdf_backend=mineru`` calls MinerU's CLI where it and its models are installed (not here).
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from intern_jax.data.processing.config import DocumentConfig
+from intern_jax.data.processing.extract import DocumentError, Extraction, describe_bytes, join_lines, markdown_table
+
+BULLET_RE = re.compile(r"^[\u2022\u25e6\u25aa\u25ab\u25cf\u25cb\u25a0\u25a1\u2023\u2043\u2219\u00b7*"
+                       r"\u2013\u2014-]\s+(.*)$")
+NUMBERED_RE = re.compile(r"^(\(?\d{1,3}[.)]|\([a-z]\)|[a-z]\))\s+(.*)$")
+PAGE_NUMBER_RE = re.compile(r"^(page\s+)?[-\u2013\u2014\s]*(\d{1,4}|[ivxlcdm]{1,7})"
+                            r"([-\u2013\u2014\s]*|\s*(/|of)\s*\d{1,4})$", re.IGNORECASE)
+CAPTION_RE = re.compile(r"^(fig\.|figure|table|image|photo|chart|plate|\u56fe|\u8868)\s*[\dA-Za-z\u4e00-\u9fff]",
+                        re.IGNORECASE)
+BAND = 0.1  # top and bottom tenth of a page: where running headers, footers and page numbers live
+
+
+@dataclass
+class Line:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    text: str
+    size: float
+    bold: bool = False
+
+    @property
+    def bbox(self):
+        return (self.x0, self.y0, self.x1, self.y1)
+
+
+@dataclass
+class Table:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    rows: list[list[str]]
+
+
+@dataclass
+class PageContent:
+    number: int  # 1-based
+    height: float
+    lines: list[Line] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)
+    ocr_text: str | None = None  # set for OCR'd pages
+
+
+# ---- opening -------------------------------------------------------------------------------------
+
+
+def open_pdf(path):
+    """A PyMuPDF document, or ``DocumentError`` naming what is wrong with the file."""
+    import pymupdf  # noqa: PLC0415
+
+    with open(path, "rb") as f:
+        head = f.read(1024)
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - 2048))
+        tail = f.read()
+    if b"%PDF-" not in head:
+        raise DocumentError("not_a_pdf", f"{path} is not a PDF: {describe_bytes(head)}")
+    if b"%%EOF" not in tail:
+        raise DocumentError("truncated", f"{path} is truncated (no %%EOF at its end; an interrupted download?); "
+                                         "fetch it again")
+    try:
+        doc = pymupdf.open(str(path), filetype="pdf")
+    except Exception as e:  # noqa: BLE001  (MuPDF raises several types for damaged files)
+        raise DocumentError("damaged_pdf", f"{path} cannot be opened as a PDF: {e}") from e
+    if doc.needs_pass and not doc.authenticate(""):
+        doc.close()
+        raise DocumentError("encrypted", f"{path} is encrypted with a password; decrypt it first "
+                                         "(e.g. qpdf --decrypt --password=... in.pdf out.pdf)")
+    if doc.page_count == 0:
+        doc.close()
+        raise DocumentError("no_pages", f"{path} has no pages")
+    return doc
+
+
+def extract_pdf(path, cfg: DocumentConfig) -> Extraction:
+    if cfg.pdf_backend == "mineru":
+        return _extract_mineru(path, cfg)
+    doc = open_pdf(path)
+    try:
+        if cfg.pdf_backend == "pymupdf4llm":
+            return _extract_pymupdf4llm(doc, cfg)
+        return _extract_pymupdf(path, doc, cfg)
+    finally:
+        doc.close()
+
+
+# ---- one page's content -------------------------------------------------------------------------------
+
+
+def page_lines(page) -> list[Line]:
+    """Text lines with their box, font size and boldness; fragments on one baseline merged."""
+    import pymupdf  # noqa: PLC0415
+
+    d = page.get_text("dict", flags=pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES)
+    lines = []
+    for block in d["blocks"]:
+        for ln in block.get("lines", ()):
+            spans = [s for s in ln["spans"] if s["text"]]
+            text = "".join(s["text"] for s in spans).strip()
+            if not text:
+                continue
+            weights = collections.Counter()
+            for s in spans:
+                weights[round(s["size"], 1)] += len(s["text"].strip())
+            bold = all((s["flags"] & 16) or "bold" in s["font"].lower() for s in spans if s["text"].strip())
+            x0, y0, x1, y1 = ln["bbox"]
+            lines.append(Line(x0, y0, x1, y1, text, weights.most_common(1)[0][0], bold))
+    lines.sort(key=lambda ln: (round(ln.y1), ln.x0))
+    merged: list[Line] = []
+    for ln in lines:
+        prev = merged[-1] if merged else None
+        if (prev and abs(prev.y1 - ln.y1) < 0.3 * ln.size and 0 <= ln.x0 - prev.x1 < 1.0 * ln.size
+                and abs(prev.size - ln.size) < 0.5):
+            space = "" if ln.x0 - prev.x1 < 0.15 * ln.size else " "
+            merged[-1] = Line(prev.x0, min(prev.y0, ln.y0), ln.x1, max(prev.y1, ln.y1), prev.text + space + ln.text,
+                              prev.size, prev.bold and ln.bold)
+        else:
+            merged.append(ln)
+    return merged
+
+
+def _segments(page):
+    """Horizontal ``(x0, x1, y)`` and vertical ``(x, y0, y1)`` rules drawn on the page."""
+    h, v = [], []
+    for d in page.get_drawings():
+        for item in d["items"]:
+            if item[0] == "l":
+                p, q = item[1], item[2]
+                if abs(p.y - q.y) < 1 and abs(p.x - q.x) > 3:
+                    h.append((min(p.x, q.x), max(p.x, q.x), (p.y + q.y) / 2))
+                elif abs(p.x - q.x) < 1 and abs(p.y - q.y) > 3:
+                    v.append(((p.x + q.x) / 2, min(p.y, q.y), max(p.y, q.y)))
+            elif item[0] == "re":
+                r = item[1]
+                if r.height < 3 and r.width > 3:
+                    h.append((r.x0, r.x1, (r.y0 + r.y1) / 2))
+                elif r.width < 3 and r.height > 3:
+                    v.append(((r.x0 + r.x1) / 2, r.y0, r.y1))
+                elif r.width > 3 and r.height > 3 and "s" in (d.get("type") or ""):  # stroked box: four rules
+                    h += [(r.x0, r.x1, r.y0), (r.x0, r.x1, r.y1)]
+                    v += [(r.x0, r.y0, r.y1), (r.x1, r.y0, r.y1)]
+    return h, v
+
+
+def _cluster(values, tol: float = 2.0) -> list[float]:
+    out: list[float] = []
+    for x in sorted(values):
+        if not out or x - out[-1] > tol:
+            out.append(x)
+    return out
+
+
+def find_tables(page) -> list[Table]:
+    """Ruled tables: connected groups of horizontal and vertical rules forming at least a 2x2 grid,
+    each cell filled with the words whose centre lies in it."""
+    h, v = _segments(page)
+    if len(h) < 2 or len(v) < 2:
+        return []
+    segs = [("h", s) for s in h] + [("v", s) for s in v]
+    parent = list(range(len(segs)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    tol = 2.0
+    for i, (ki, si) in enumerate(segs):
+        if ki != "h":
+            continue
+        for j, (kj, sj) in enumerate(segs):
+            if kj == "v" and si[0] - tol <= sj[0] <= si[1] + tol and sj[1] - tol <= si[2] <= sj[2] + tol:
+                parent[find(i)] = find(j)
+    groups = collections.defaultdict(list)
+    for i, seg in enumerate(segs):
+        groups[find(i)].append(seg)
+    words = page.get_text("words")
+    tables = []
+    for group in groups.values():
+        xs = _cluster([s[0] for k, s in group if k == "v"])
+        ys = _cluster([s[2] for k, s in group if k == "h"])
+        if len(xs) < 3 and len(ys) < 3 or len(xs) < 2 or len(ys) < 2:
+            continue
+        cells = [[[] for _ in range(len(xs) - 1)] for _ in range(len(ys) - 1)]
+        for w in words:
+            cx, cy = (w[0] + w[2]) / 2, (w[1] + w[3]) / 2
+            if xs[0] < cx < xs[-1] and ys[0] < cy < ys[-1]:
+                c = max(i for i, x in enumerate(xs[:-1]) if x <= cx)
+                r = max(i for i, y in enumerate(ys[:-1]) if y <= cy)
+                cells[r][c].append(w)
+        rows = [[_cell_text(c) for c in row] for row in cells]
+        rows = [r for r in rows if any(r)]
+        if len(rows) >= 1 and sum(1 for r in rows for c in r if c) >= 2:
+            tables.append(Table(xs[0], ys[0], xs[-1], ys[-1], rows))
+    return tables
+
+
+def _cell_text(words) -> str:
+    lines = collections.defaultdict(list)
+    for w in sorted(words, key=lambda w: (round(w[3] / 3), w[0])):
+        lines[round(w[3] / 3)].append(w[4])
+    return join_lines(" ".join(ws) for _, ws in sorted(lines.items()))
+
+
+def _broken_text(text: str) -> bool:
+    """Text layers of bad producers: mostly replacement characters, private-use glyph codes or controls."""
+    chars = [c for c in text if not c.isspace()]
+    bad = sum(1 for c in chars if c == "\ufffd" or "\ue000" <= c <= "\uf8ff" or ord(c) < 32)
+    return bool(chars) and bad > 0.3 * len(chars)
+
+
+def read_page(page, number: int, cfg: DocumentConfig) -> PageContent:
+    content = PageContent(number, page.rect.height)
+    lines = page_lines(page)
+    images = [im for im in page.get_image_info(xrefs=True)
+              if min(im["bbox"][2] - im["bbox"][0], im["bbox"][3] - im["bbox"][1]) >= cfg.min_image_points]
+    text = "".join(ln.text for ln in lines)
+    needs_ocr = cfg.ocr == "force" or (cfg.ocr == "auto" and (_broken_text(text) or (not text.strip() and images)))
+    if needs_ocr:
+        content.ocr_text = ocr_page(page, cfg)
+        return content
+    content.tables = find_tables(page) if lines else []
+    in_table = lambda ln: any(t.x0 <= (ln.x0 + ln.x1) / 2 <= t.x1 and t.y0 <= (ln.y0 + ln.y1) / 2 <= t.y1
+                              for t in content.tables)
+    content.lines = [ln for ln in lines if not in_table(ln)]
+    content.images = [{"bbox": tuple(round(v, 1) for v in im["bbox"]), "xref": im.get("xref", 0)} for im in images]
+    return content
+
+
+def ocr_page(page, cfg: DocumentConfig) -> str:
+    import pymupdf  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    from intern_jax.data.processing import ocr  # noqa: PLC0415
+
+    problem = ocr.ocr_problem(cfg.ocr_languages)
+    if problem:
+        raise DocumentError("ocr_unavailable", f"page needs OCR but {problem}")
+    pix = page.get_pixmap(dpi=cfg.ocr_dpi, colorspace=pymupdf.csGRAY)
+    image = Image.frombytes("L", (pix.width, pix.height), pix.samples)
+    return ocr.ocr_image(image, cfg.ocr_languages)
+
+
+# ---- running headers, footers, page numbers ---------------------------------------------------------
+
+
+def _furniture_key(text: str) -> str:
+    return re.sub(r"\d+", "#", " ".join(text.lower().split()))
+
+
+def _band_lines(p: PageContent) -> list[str]:
+    if p.ocr_text is not None:
+        lines = [ln.strip() for ln in p.ocr_text.splitlines() if ln.strip()]
+        return lines[:2] + lines[-2:]
+    return [ln.text for ln in p.lines if ln.y1 < BAND * p.height or ln.y0 > (1 - BAND) * p.height]
+
+
+def furniture_keys(pages: list[PageContent]) -> set[str]:
+    """Keys of lines in the top/bottom band that repeat on at least 2 pages and 40% of them
+    (digits folded, so "Page 3" and "Page 4" repeat)."""
+    counts = collections.Counter()
+    for p in pages:
+        counts.update({_furniture_key(t) for t in _band_lines(p)})
+    need = max(2, 0.4 * len(pages))
+    return {k for k, n in counts.items() if n >= need}
+
+
+def _is_furniture(text: str, keys: set[str]) -> bool:
+    return _furniture_key(text) in keys or bool(PAGE_NUMBER_RE.match(text.strip()))
+
+
+# ---- reading order and Markdown ---------------------------------------------------------------------
+
+
+def _split(items, lo, hi, min_gap: float, widest_only: bool):
+    """Split boxes into runs separated along one axis by empty gaps of at least ``min_gap``."""
+    items = sorted(items, key=lo)
+    runs, gaps, end = [[items[0]]], [], hi(items[0])
+    for it in items[1:]:
+        if lo(it) - end >= min_gap:
+            gaps.append(lo(it) - end)
+            runs.append([it])
+        else:
+            runs[-1].append(it)
+        end = max(end, hi(it))
+    if widest_only and len(runs) > 2:
+        widest, out = max(gaps), [runs[0]]
+        for gap, run in zip(gaps, runs[1:]):
+            if gap >= widest - 1:
+                out.append(run)
+            else:
+                out[-1] = out[-1] + run
+        runs = out
+    return runs
+
+
+def reading_order(items, col_gap: float, row_gap: float) -> list[list]:
+    """Recursive XY-cut over boxes (``x0 y0 x1 y1`` attributes): split into columns where a vertical
+    gap runs the whole height, else at the widest horizontal gap; leaves top to bottom."""
+    if len(items) <= 1:
+        return [items] if items else []
+    cols = _split(items, lambda b: b.x0, lambda b: b.x1, col_gap, False)
+    if len(cols) > 1:
+        return [leaf for c in cols for leaf in reading_order(c, col_gap, row_gap)]
+    rows = _split(items, lambda b: b.y0, lambda b: b.y1, row_gap, True)
+    if len(rows) > 1:
+        return [leaf for r in rows for leaf in reading_order(r, col_gap, row_gap)]
+    return [sorted(items, key=lambda b: (b.y0, b.x0))]
+
+
+def _blocks_of(leaf: list, body: float, heading_sizes: list[float]) -> list[tuple[str, str, tuple]]:
+    """(kind, markdown, bbox) paragraphs of one reading-order leaf: heading, item, para or table."""
+    out, para, kind = [], [], "para"
+
+    def flush():
+        nonlocal para
+        if para:
+            text = join_lines(ln.text for ln in para)
+            if kind == "para" and (level := _heading_level(para, body, heading_sizes)):
+                out.append(("heading", "#" * level + " " + text, para[0].bbox))
+            else:
+                out.append((kind, text, para[0].bbox))
+        para = []
+
+    for it in leaf:
+        if isinstance(it, Table):
+            flush()
+            out.append(("table", markdown_table(it.rows), (it.x0, it.y0, it.x1, it.y1)))
+            continue
+        marker = BULLET_RE.match(it.text) or NUMBERED_RE.match(it.text)
+        prev = para[-1] if para else None
+        new = (prev is None or marker or abs(prev.size - it.size) > 0.6 or prev.bold != it.bold
+               or it.y0 - prev.y1 > 0.6 * it.size or (kind == "item" and it.x0 < para[0].x0 + 2))
+        if new:
+            flush()
+            kind = "item" if marker else "para"
+            if marker:
+                num = marker.group(1)
+                it = Line(it.x0, it.y0, it.x1, it.y1, (f"{num} " if NUMBERED_RE.match(it.text)
+                                                        and num[0].isdigit() else "- ") + marker.group(
+                    marker.lastindex), it.size, it.bold)
+        para.append(it)
+    flush()
+    return out
+
+
+def _heading_level(para: list[Line], body: float, heading_sizes: list[float]) -> int:
+    size = min(ln.size for ln in para)
+    if not _heading_like(" ".join(ln.text for ln in para)) or len(para) > 3:
+        return 0
+    if size >= body * 1.15 and heading_sizes:
+        return 1 + min(range(len(heading_sizes)), key=lambda i: abs(heading_sizes[i] - size))
+    if all(ln.bold for ln in para):
+        return min(len(heading_sizes) + 1, 6)
+    return 0
+
+
+def _heading_like(text: str) -> bool:
+    """Short, and not ending like a sentence or clause."""
+    return len(text.split()) <= 20 and len(text) <= 120 and not text.rstrip().endswith(
+        (".", ":", ",", ";", "!", "?", "\u3002", "\uff0c", "\uff1b", "\uff1a", "\uff01", "\uff1f"))
+
+
+def _body_and_heading_sizes(pages: list[PageContent]) -> tuple[float, list[float]]:
+    weights, short = collections.Counter(), set()
+    for p in pages:
+        for ln in p.lines:
+            weights[ln.size] += len(ln.text)
+            if _heading_like(ln.text):
+                short.add(ln.size)
+    if not weights:
+        return 10.0, []
+    body = weights.most_common(1)[0][0]
+    sizes = sorted({round(s * 2) / 2 for s in short if s >= body * 1.15}, reverse=True)
+    return body, sizes[:5]
+
+
+def page_markdown(p: PageContent, keys: set[str], body: float, heading_sizes: list[float]) -> tuple[list, int]:
+    """(kind, text, bbox) blocks of one page in reading order, and how many furniture lines were removed."""
+    if p.ocr_text is not None:
+        lines = p.ocr_text.splitlines()
+        nonempty = [i for i, ln in enumerate(lines) if ln.strip()]
+        removed = [i for i in dict.fromkeys(nonempty[:2] + nonempty[-2:]) if _is_furniture(lines[i], keys)]
+        for i in removed:
+            lines[i] = ""
+        paras = re.split(r"\n\s*\n", "\n".join(lines))
+        return [("para", join_lines(t.splitlines()), (0, 0, 0, 0)) for t in paras if t.strip()], len(removed)
+    lines = [ln for ln in p.lines if not ((ln.y1 < BAND * p.height or ln.y0 > (1 - BAND) * p.height)
+                                          and _is_furniture(ln.text, keys))]
+    items = lines + p.tables
+    blocks = []
+    for leaf in reading_order(items, col_gap=max(6.0, 1.0 * body), row_gap=0.6 * body):
+        blocks += _blocks_of(leaf, body, heading_sizes)
+    return blocks, len(p.lines) - len(lines)
+
+
+def assemble(blocks: list[tuple]) -> str:
+    """Markdown from (kind, text, bbox) blocks; a paragraph ending in a hyphenated word continues
+    into the next one when that starts in lower case (a column or page break inside a word)."""
+    parts: list[tuple[str, str]] = []
+    for kind, text, _ in blocks:
+        if (parts and kind == "para" and parts[-1][0] == "para" and re.search(r"[^\W\d_]-$", parts[-1][1])
+                and text[:1].islower()):
+            parts[-1] = ("para", join_lines([parts[-1][1], text]))
+            continue
+        parts.append((kind, text))
+    out = ""
+    for i, (kind, text) in enumerate(parts):
+        if i:
+            out += "\n" if kind == "item" and parts[i - 1][0] == "item" else "\n\n"
+        out += text
+    return out + "\n" if out else ""
+
+
+def _captions(p: PageContent, blocks: list[tuple]) -> list[str]:
+    """Caption of each image: the paragraph just below it (or above it) that reads like one."""
+    out = []
+    for im in p.images:
+        x0, y0, x1, y1 = im["bbox"]
+        best = ""
+        for kind, text, (bx0, by0, bx1, by1) in blocks:
+            overlaps = bx0 < x1 and bx1 > x0
+            below, above = 0 <= by0 - y1 <= 40, 0 <= y0 - by1 <= 40
+            if kind in ("para", "item") and overlaps and (below or above) and CAPTION_RE.match(text):
+                best = text
+                break
+        out.append(best)
+    return out
+
+
+def _extract_pymupdf(path, doc, cfg: DocumentConfig) -> Extraction:
+    ex = Extraction("", "pdf", "pymupdf", pages=doc.page_count)
+    pages: list[PageContent] = []
+    for i in range(doc.page_count):
+        try:
+            pages.append(read_page(doc[i], i + 1, cfg))
+        except DocumentError as e:
+            ex.unreadable_pages.append({"page": i + 1, "reason": e.reason, "message": str(e)})
+        except Exception as e:  # noqa: BLE001  (a damaged page must not lose the document)
+            ex.unreadable_pages.append({"page": i + 1, "reason": "damaged_page", "message": f"{type(e).__name__}: {e}"})
+    keys = furniture_keys(pages)
+    body, heading_sizes = _body_and_heading_sizes(pages)
+    blocks_all = []
+    for p in pages:
+        blocks, removed = page_markdown(p, keys, body, heading_sizes)
+        ex.removed_lines += removed
+        if p.ocr_text is not None:
+            ex.ocr_pages.append(p.number)
+        ex.tables += len(p.tables)
+        for im, caption in zip(p.images, _captions(p, blocks)):
+            ex.images.append({"page": p.number, "bbox": list(im["bbox"]), "caption": caption,
+                              "file": _save_image(doc, path, p.number, im, cfg, len(ex.images))})
+        blocks_all += blocks
+    ex.markdown = assemble(blocks_all)
+    return ex
+
+
+def _save_image(doc, path, page: int, im: dict, cfg: DocumentConfig, index: int) -> str:
+    if not cfg.image_dir or not im.get("xref"):
+        return ""
+    data = doc.extract_image(im["xref"])
+    if not data:
+        return ""
+    out = Path(cfg.image_dir) / f"{Path(path).stem}-p{page}-{index}.{data['ext']}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data["image"])
+    return str(out)
+
+
+# ---- other backends --------------------------------------------------------------------------------
+
+
+def _extract_pymupdf4llm(doc, cfg: DocumentConfig) -> Extraction:
+    import pymupdf4llm  # noqa: PLC0415
+
+    chunks = pymupdf4llm.to_markdown(doc, page_chunks=True, header=False, footer=False,
+                                     ocr_language=cfg.ocr_languages, ocr_dpi=cfg.ocr_dpi, show_progress=False)
+    md = "\n\n".join(c["text"].strip() for c in chunks if c["text"].strip())
+    tables = len(re.findall(r"^\|(?:\s*:?-+:?\s*\|)+\s*$", md, flags=re.MULTILINE))
+    return Extraction(md + "\n", "pdf", "pymupdf4llm", pages=doc.page_count, tables=tables)
+
+
+def _extract_mineru(path, cfg: DocumentConfig) -> Extraction:
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    open_pdf(path).close()  # the same checks and reasons as the default backend
+    exe = shutil.which("mineru")
+    if not exe:
+        raise DocumentError("backend_unavailable", "pdf_backend=mineru but the mineru command is not installed "
+                                                   "(pip install mineru, then fetch its models)")
+    with tempfile.TemporaryDirectory() as tmp:
+        run = subprocess.run([exe, "-p", str(path), "-o", tmp], capture_output=True, text=True)
+        found = sorted(Path(tmp).rglob("*.md"))
+        if run.returncode != 0 or not found:
+            raise DocumentError("backend_failed", f"mineru failed on {path}: {(run.stderr or '').strip()[-500:]}")
+        md = found[0].read_text(encoding="utf-8")
+    return Extraction(md, "pdf", "mineru", pages=0, tables=md.count("<table"))
+
