@@ -119,6 +119,15 @@ def extract_document(path, cfg: DocumentConfig | None = None, kind: str | None =
     return out
 
 
+def check_backend(cfg: DocumentConfig) -> None:
+    """A ValueError up front when the chosen PDF backend is not installed here."""
+    import shutil  # noqa: PLC0415
+
+    if cfg.pdf_backend == "mineru" and shutil.which("mineru") is None:
+        raise ValueError("pdf_backend=mineru, but the mineru command is not installed; pip install mineru and "
+                         "download its layout and formula models, or use the default pdf_backend=pymupdf")
+
+
 # ---- Markdown helpers shared by the readers -------------------------------------------------
 
 

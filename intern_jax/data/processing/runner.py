@@ -375,12 +375,11 @@ def process(inputs, output, cfg: ProcessingConfig | None = None, progress: bool 
     A run that keeps no document at all is a ValueError that says why (``read_problems``)."""
     cfg = cfg or ProcessingConfig()
     clean_corpus(inputs, output, cfg, progress)
-    stats = write_token_shards(output, cfg, progress=progress)
-    if not sum(source["documents"] for source in stats.get("manifest", {}).values()):
-        problems = read_problems(stats, output, cfg.readers.text_field) or ["the inputs hold no documents"]
-        raise ValueError(f"no documents were kept from {', '.join(map(str, inputs))}: {'; '.join(problems)}; "
-                         f"the counts per stage are in {Path(output) / 'stats.json'}")
-    return stats
+    if next(kept_documents(output), None) is None:  # before tokenising: nothing to write
+        problems = read_problems(collect_stats(output), output, cfg.readers.text_field)
+        raise ValueError(f"no documents were kept from {', '.join(map(str, inputs))}: "
+                         f"{'; '.join(problems) or 'the inputs hold no documents, or the filters dropped them all'}")
+    return write_token_shards(output, cfg, progress=progress)
 
 
 # Why the read stage drops what it drops, and what to do about it.
@@ -414,4 +413,9 @@ def read_problems(stats: dict, output=None, text_field: str = "text") -> list[st
             if named:
                 text += ": " + ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
         problems.append(text)
+    failures = stats.get("stages", {}).get("extract", {}).get("failures", [])
+    if failures:
+        named = ", ".join(f"{f['path']} ({f['reason']})" for f in failures[:5])
+        problems.append(f"{len(failures)} x documents or pages that could not be extracted: {named}"
+                        + (f" and {len(failures) - 5} more" if len(failures) > 5 else ""))
     return problems
