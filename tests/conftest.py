@@ -1,4 +1,9 @@
-"""Test session setup: 8 fake CPU devices for sharded code, float32 matmuls at full precision."""
+"""Test session setup: 8 fake CPU devices for sharded code, float32 matmuls at full precision, one seed.
+
+Every random test input comes from one session seed, ``TEST_SEED``: fresh each run (so runs explore
+new inputs), fixed with ``INTERN_JAX_TEST_SEED=N``, shown in pytest's header and in the report of every
+failed test that drew from it (the ``seed`` / ``rng`` fixtures, and hypothesis tests, which it seeds).
+"""
 
 import os
 
@@ -10,6 +15,50 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+SEED_VARIABLE = "INTERN_JAX_TEST_SEED"
+TEST_SEED = int(os.environ.get(SEED_VARIABLE) or np.random.SeedSequence().entropy % 2**31)
+
+
+def _rerun_hint() -> str:
+    return f"test seed {TEST_SEED}; rerun with {SEED_VARIABLE}={TEST_SEED}"
+
+
+def pytest_report_header(config):
+    return _rerun_hint()
+
+
+def pytest_collection_modifyitems(items):
+    """Hypothesis draws its examples from the session seed too (``hypothesis.seed``)."""
+    import hypothesis
+
+    for item in items:
+        function = getattr(item, "function", None)
+        if getattr(function, "is_hypothesis_test", False):
+            hypothesis.seed(TEST_SEED)(function)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that drew from the session seed says which seed, in its own report."""
+    report = yield
+    uses_seed = {"seed", "rng"} & set(getattr(item, "fixturenames", ())) or getattr(
+        getattr(item, "function", None), "is_hypothesis_test", False)
+    if report.failed and uses_seed:
+        report.sections.append(("test seed", _rerun_hint()))
+    return report
+
+
+@pytest.fixture(scope="session")
+def seed() -> int:
+    """The session seed (``TEST_SEED``): derive every random input of a test from it."""
+    return TEST_SEED
+
+
+@pytest.fixture
+def rng(seed) -> np.random.Generator:
+    """``np.random.default_rng(seed)``."""
+    return np.random.default_rng(seed)
 
 
 def assert_float32_parity(ours, reference, *, rel: float = 1e-5, what: str = "") -> None:

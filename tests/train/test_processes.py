@@ -40,6 +40,10 @@ def _losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir)}
 
 
+def _grad_norms(run_dir) -> dict[int, float]:
+    return {r["step"]: r["grad_norm"] for r in read_metrics(run_dir) if "grad_norm" in r}
+
+
 @pytest.mark.slow
 def test_sigkill_at_a_random_step_then_rerun_gives_bit_identical_losses(tmp_path):
     corpus = _byte_corpus(tmp_path / "corpus")
@@ -82,8 +86,9 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_train_together_and_match_one_process(tmp_path):
-    """2 processes x 2 CPU devices (gloo collectives) give the losses of 1 process x 4 devices, with the
-    batch split over the processes and with the sequence split over them."""
+    """2 processes x 2 CPU devices (gloo collectives) give the losses and gradient norms of 1 process x 4
+    devices, with the batch split over the processes and with the sequence split over them. (The norms
+    show a sum over processes where a mean belongs; clipping and Adam hide it from the losses.)"""
     # held-out evaluation every 2 steps on a corpus of 13 documents: the processes split it unevenly,
     # so one of them pads with empty batches
     rng = np.random.default_rng(3)
@@ -126,6 +131,10 @@ def test_two_processes_train_together_and_match_one_process(tmp_path):
         assert sorted(two) == [1, 2, 3, 4]
         np.testing.assert_allclose([two[s] for s in range(1, 5)], [one[s] for s in range(1, 5)], atol=1e-5, rtol=0,
                                    err_msg=name)
+        norms_one, norms_two = _grad_norms(tmp_path / "one"), _grad_norms(tmp_path / name)
+        assert sorted(norms_two) == sorted(norms_one) == [1, 2, 3, 4]
+        np.testing.assert_allclose([norms_two[s] for s in range(1, 5)], [norms_one[s] for s in range(1, 5)],
+                                   rtol=1e-5, err_msg=f"{name}: grad_norm")
         held_out = {name: {r["step"]: (r["eval_loss"], r["eval_tokens"]) for r in read_metrics(tmp_path / name)
                            if "eval_loss" in r} for name in ("one", name)}
         assert sorted(held_out[name]) == sorted(held_out["one"]) == [2, 4]

@@ -1,7 +1,7 @@
 """Sequence (context) parallelism: logical-axis helpers, the compiled step's communication, rows per process.
 
-The loss and parameters of sequence-split steps against one device are in test_step.py
-(``dp2xsp2xtp2``, ``fsdp2xsp4``) and, across two processes, in test_processes.py.
+The losses, parameters and gradient norms of sequence-split steps against one device are in
+test_step.py (``dp2xsp2xtp2``, ``fsdp2xsp4``) and, across two processes, in test_processes.py.
 """
 
 import dataclasses
@@ -99,16 +99,16 @@ def test_sequence_split_needs_a_divisible_length():
 
 
 @pytest.mark.parametrize("variant", ["query_blocks", "pallas"])
-def test_sequence_split_attention_variants_give_the_one_device_step(variant):
+def test_sequence_split_attention_variants_give_the_one_device_losses_and_grad_norms(variant, seed):
     """On data=2 x sequence=4 (and tensor=2 for the kernel) both follow the one-device XLA trajectory:
     strided query blocks (attention_chunk), which span the split so each device runs its share of
     every block; and the Pallas flash kernel (interpreted here) per device under shard_map, on its
-    queries against the rotated, gathered keys."""
+    queries against the rotated, gathered keys. Gradient norms too: a constant gradient scale would
+    hide behind clipping and Adam in the losses."""
     from intern_jax.testing import random_params  # noqa: PLC0415
     from intern_jax.train.config import OptimizerConfig  # noqa: PLC0415
     from intern_jax.train.synthetic import SyntheticData, synthetic_batch  # noqa: PLC0415
 
-    seed = int(np.random.SeedSequence().entropy % 2**31)
     cfg = tiny_config(vocab_size=128)
     data = SyntheticData(seed=seed)
     batches = [synthetic_batch(data, cfg.vocab_size, 4, 64, i) for i in range(3)]
@@ -120,11 +120,12 @@ def test_sequence_split_attention_variants_give_the_one_device_step(variant):
         ts = make_train_step(model, tc, make_mesh(tc.parallel.mesh_shape(), jax.devices()[:devices]),
                              compiler_options={"xla_backend_optimization_level": 0})
         state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
-        losses = []
+        losses, grad_norms = [], []
         for b in batches:
             state, m = ts.step(state, None, shard_batch(b, ts.batch_sharding))
             losses.append(float(m["loss"]))
-        return losses
+            grad_norms.append(float(m["grad_norm"]))
+        return losses, grad_norms
 
     want = run(cfg, {"fsdp": 1}, 1)
     if variant == "pallas":
@@ -132,4 +133,5 @@ def test_sequence_split_attention_variants_give_the_one_device_step(variant):
                                                                      "tensor": 2}, 8)
     else:
         got = run(dataclasses.replace(cfg, attention_chunk=8), {"data": 2, "fsdp": 1, "sequence": 4}, 8)
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"seed {seed}")
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5, rtol=0, err_msg=f"seed {seed}: losses")
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, err_msg=f"seed {seed}: grad_norm")

@@ -1,6 +1,7 @@
 """Train step: sharding-invariance, gradient accumulation, NaN guard, frozen/assemble hook, optimizer."""
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -22,35 +23,44 @@ CFG = tiny_config(vocab_size=128)
 B, T = 8, 32
 
 
-def _seed():
-    return int(np.random.SeedSequence().entropy % 2**31)
-
-
 def _train_cfg(**parallel):
     return TrainConfig(model=CFG, steps=50, batch_size=B, seq_len=T, parallel=ParallelConfig(**parallel),
                        optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1))
 
 
-def _run(parallel: dict, n_devices: int, batches, params):
-    tc = _train_cfg(**parallel)
+def _run(parallel: dict, n_devices: int, batches, params, train_cfg=None):
+    """(losses, final params, last metrics, grad norms) of one step per batch."""
+    tc = train_cfg or _train_cfg(**parallel)
     mesh = make_mesh(tc.parallel.mesh_shape(), jax.devices()[:n_devices])
     ts = make_train_step(CFG, tc, mesh, compiler_options=FAST)
     state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
-    losses = []
+    losses, grad_norms = [], []
     for b in batches:
         state, m = ts.step(state, None, shard_batch(b, ts.batch_sharding))
         losses.append(float(m["loss"]))
-    return losses, jax.device_get(state["params"]), m
+        grad_norms.append(float(m["grad_norm"]))
+    return losses, jax.device_get(state["params"]), m, grad_norms
 
 
 @pytest.fixture(scope="module")
-def reference():
-    seed = _seed()
+def reference(seed):
     data = SyntheticData(seed=seed)
     batches = [synthetic_batch(data, CFG.vocab_size, B, T, i) for i in range(3)]
     params = random_params(CFG, seed=seed % 1000)
-    losses, final, _ = _run({"fsdp": 1}, 1, batches, params)
-    return seed, batches, params, losses, final
+    losses, final, _, grad_norms = _run({"fsdp": 1}, 1, batches, params)
+    return seed, batches, params, losses, final, grad_norms
+
+
+def _assert_same_trajectory(got, reference, seed):
+    """Losses and params (atol 1e-5) and the reported gradient norms (rtol 1e-5) of every step. The norms
+    matter: clipping plus Adam cancel a constant gradient scale, so losses and params alone would not
+    show a sum where a mean belongs."""
+    losses, params, _, grad_norms = got
+    _, _, _, want, want_params, want_norms = reference
+    np.testing.assert_allclose(losses, want, atol=1e-5, rtol=0, err_msg=f"seed {seed}: losses")
+    np.testing.assert_allclose(grad_norms, want_norms, rtol=1e-5, err_msg=f"seed {seed}: grad_norm")
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want_params)):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"seed {seed}: params")
 
 
 @pytest.mark.parametrize(
@@ -64,27 +74,67 @@ def reference():
     ],
     ids=["fsdp4xtp2", "hybrid_zero", "pure_dp", "dp2xsp2xtp2", "fsdp2xsp4"],
 )
-def test_sharded_step_matches_single_device(reference, parallel):
-    seed, batches, params, want, want_params = reference
-    got, got_params, _ = _run(parallel, 8, batches, params)
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"seed {seed}")
-    for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
-        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"seed {seed}")
+def test_sharded_step_matches_single_device_losses_params_and_grad_norms(reference, parallel):
+    _assert_same_trajectory(_run(parallel, 8, reference[1], reference[2]), reference, reference[0])
 
 
-def test_grad_accumulation_equals_one_big_batch(reference):
-    seed, batches, params, want, want_params = reference
-    got, got_params, _ = _run({"fsdp": 1, "micro_batches": 4}, 1, batches, params)
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"seed {seed}")
-    for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
-        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"seed {seed}")
+def test_grad_accumulation_equals_one_big_batch_losses_params_and_grad_norms(reference):
+    _assert_same_trajectory(_run({"fsdp": 1, "micro_batches": 4}, 1, reference[1], reference[2]), reference,
+                            reference[0])
+
+
+def _independent_gradient(params, batch):
+    """Gradient of the masked-mean cross-entropy (optax) over the full logits: none of the step's loss code."""
+    from intern_jax.model import internlm2
+
+    def loss(p):
+        logits, _ = internlm2.forward(p, {k: jnp.asarray(batch[k]) for k in ("tokens", "positions", "segment_ids")},
+                                      CFG)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(batch["targets"]))
+        return (ce * batch["loss_mask"]).sum() / batch["loss_mask"].sum()
+
+    return jax.jit(jax.grad(loss))(params)
+
+
+SGD_LR = 0.5
+
+
+@pytest.mark.parametrize(
+    "parallel,devices",
+    [({"fsdp": 1}, 1), ({"fsdp": 1, "micro_batches": 4}, 1),
+     ({"data": 2, "fsdp": 2, "tensor": 2, "zero": "hybrid"}, 8)],
+    ids=["one_device", "micro_batches4", "dp2xfsdp2xtp2"],
+)
+def test_sgd_without_clipping_moves_params_by_minus_lr_times_the_independent_gradient(reference, parallel, devices,
+                                                                                      monkeypatch):
+    """Plain SGD, no clipping: the update is proportional to the gradient, so a gradient scaled anywhere
+    between the loss and the optimizer (a sum over micro-batches, devices or processes where a mean
+    belongs) moves params by that factor. The expected gradient is jax.grad of an optax cross-entropy."""
+    from intern_jax.train import step as step_module
+
+    seed, batches, params = reference[:3]
+    monkeypatch.setattr(step_module, "make_optimizer", lambda cfg, total_steps: optax.sgd(SGD_LR))
+    tc = dataclasses.replace(_train_cfg(**parallel), optimizer=OptimizerConfig(learning_rate=SGD_LR, warmup_steps=0,
+                                                                               grad_clip=0.0, weight_decay=0.0))
+    _, got, _, (grad_norm,) = _run(parallel, devices, batches[:1], params, train_cfg=tc)
+    want_grad = _independent_gradient(params, batches[0])
+    want_norm = math.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in jax.tree.leaves(want_grad)))
+    assert math.isclose(grad_norm, want_norm, rel_tol=1e-5), f"seed {seed}: grad_norm {grad_norm} vs {want_norm}"
+    for path, new in jax.tree_util.tree_leaves_with_path(got):
+        old = functools.reduce(lambda t, k: t[k.key], path, params)
+        g = np.asarray(functools.reduce(lambda t, k: t[k.key], path, want_grad), np.float64)
+        step = np.asarray(new, np.float64) - np.asarray(old, np.float64)
+        # float32 params carry the step to within an ulp of their own size
+        bound = 1e-5 * SGD_LR * np.abs(g).max() + 2 * np.finfo(np.float32).eps * np.abs(np.asarray(old)).max()
+        np.testing.assert_allclose(step, -SGD_LR * g, rtol=0, atol=bound,
+                                   err_msg=f"seed {seed}: {jax.tree_util.keystr(path)}")
 
 
 def test_loss_is_masked_token_mean_of_cross_entropy(reference):
     """The step's loss equals an independent optax cross-entropy over the masked tokens."""
     from intern_jax.model import internlm2
 
-    seed, batches, params, want, _ = reference
+    seed, batches, params, want = reference[:4]
     b = batches[0]
     logits, _ = internlm2.forward(params, {k: jnp.asarray(b[k]) for k in ("tokens", "positions", "segment_ids")}, CFG)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(b["targets"]))
@@ -93,7 +143,7 @@ def test_loss_is_masked_token_mean_of_cross_entropy(reference):
 
 
 def test_non_finite_step_is_skipped_and_counted(reference):
-    seed, batches, params, _, _ = reference
+    seed, batches, params = reference[:3]
     tc = _train_cfg(fsdp=1)
     ts = make_train_step(CFG, tc, make_mesh({"fsdp": 1}, jax.devices()[:1]), compiler_options=FAST)
     state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
@@ -112,7 +162,7 @@ def test_non_finite_step_is_skipped_and_counted(reference):
 
 def test_frozen_params_are_not_updated_or_in_optimizer_state(reference):
     """The fine-tuning hook: only `trainable` is optimised; `frozen` flows in through `assemble`."""
-    seed, batches, params, _, _ = reference
+    seed, batches, params = reference[:3]
     trainable = {"norm": params["norm"], "output": params["output"]}
     frozen = {k: v for k, v in params.items() if k not in trainable}
     mesh = make_mesh({"fsdp": 1}, jax.devices()[:1])
@@ -166,9 +216,8 @@ def test_other_schedules_match_hand_computed_values(kind):
         OptimizerConfig(schedule="step")
 
 
-def test_adamw_update_matches_hand_computed_step():
+def test_adamw_update_matches_hand_computed_step(rng):
     """Clipping, bias-corrected Adam and decoupled decay that skips norm scales, written out by hand."""
-    rng = np.random.default_rng(_seed())
     params = {"w": rng.standard_normal((3, 4)).astype(np.float32), "norm": rng.standard_normal(4).astype(np.float32)}
     grads = {k: 3.0 * rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
     cfg = OptimizerConfig(learning_rate=1e-2, warmup_steps=0, weight_decay=0.1, grad_clip=1.0)
@@ -195,7 +244,7 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
 def test_remat_and_mixed_precision_keep_the_fp32_trajectory(reference, variant):
     """remat changes memory, not numbers; bf16 compute over fp32 master weights stays close and
     keeps params and optimizer state in float32. (z-loss rides along on the bf16 variant.)"""
-    seed, batches, params, want, _ = reference
+    seed, batches, params, want = reference[:4]
     model = dataclasses.replace(CFG, remat="full") if variant == "remat_full" else \
         dataclasses.replace(CFG, dtype="bfloat16", param_dtype="float32")
     z = 0.0 if variant == "remat_full" else 1e-4
@@ -217,13 +266,12 @@ def test_remat_and_mixed_precision_keep_the_fp32_trajectory(reference, variant):
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied_head", "tied_head"])
-def test_chunked_loss_and_grads_equal_unchunked(tied):
+def test_chunked_loss_and_grads_equal_unchunked(tied, seed):
     """Head + cross-entropy + z-loss in chunks (T=29 not divisible by 8) match full logits, value and
     gradient, on packed segments with a partial loss mask; the reference is optax's cross-entropy."""
     from intern_jax.model import internlm2
     from intern_jax.train.loss import chunked_lm_loss_sums
 
-    seed = _seed()
     cfg = tiny_config(vocab_size=96, tie_word_embeddings=tied)
     params = random_params(cfg, seed=seed % 1000, scale=0.3)
     rng = np.random.default_rng(seed)
@@ -270,7 +318,7 @@ def test_chunked_loss_and_grads_equal_unchunked(tied):
 def test_train_step_with_loss_chunks_follows_the_unchunked_trajectory(reference):
     """The config options end to end: chunks of 7 positions (T=32) x 48 vocabulary columns (V=128) give
     the same losses and params."""
-    seed, batches, params, want, want_params = reference
+    seed, batches, params, want, want_params = reference[:5]
     tc = dataclasses.replace(_train_cfg(fsdp=1), loss_chunk_tokens=7, loss_chunk_vocab=48)
     ts = make_train_step(CFG, tc, make_mesh({"fsdp": 1}, jax.devices()[:1]), compiler_options=FAST)
     state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
