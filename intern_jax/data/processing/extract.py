@@ -44,10 +44,12 @@ class Extraction:
     unreadable_pages: list[dict] = field(default_factory=list)  # {"page", "reason"}
     removed_lines: int = 0  # running headers, footers and page numbers taken out
     seconds: float = 0.0
+    page_texts: list[str] = field(default_factory=list, repr=False)  # PDF: each page's Markdown (benchmarks)
 
     def sidecar(self, path: str) -> dict:
         d = asdict(self)
         d.pop("markdown")
+        d.pop("page_texts")
         return {"path": path, **d, "seconds": round(self.seconds, 3), "chars": len(self.markdown)}
 
 

@@ -9,14 +9,15 @@ removed, words hyphenated across a line end are made whole. Pages without a usab
 are rendered and OCR'd (``ocr``). Unruled (whitespace-aligned) tables stay text lines; formulas
 stay text; OCR'd pages become plain paragraphs.
 
-Why PyMuPDF, measured on this repository's synthetic papers (``scripts/bench/data.py``), 2 cores:
-pypdf (BSD) ~300 pages/s but no reading order across interleaved columns, no tables, no headings;
-pdfplumber (MIT) gives char boxes and tables but is pure Python over pdfminer, ~10x slower than
-pypdf before any layout work; pymupdf4llm with its bundled layout model (``pdf_backend=pymupdf4llm``)
-reads everything right but at ~2.5 pages/s (ONNX model per page), its model-free mode interleaves
-columns and its ``find_tables`` costs 0.5-1 s per page; PyMuPDF's raw span dict costs ~1.5 ms per
-page, so our layout on top of it stays within a small factor of pypdf. MuPDF also renders pages for
-OCR and opens damaged files. Licence: PyMuPDF is AGPL-3.0 (or Artifex's commercial licence);
+Why PyMuPDF, measured on this repository's generated papers (``scripts/bench/data.py``), 2 cores:
+pypdf 7.1 (BSD) ~250 pages/s but follows the content stream (interleaved columns come out mixed,
+CER 0.71), no tables, headings or furniture removal; pdfplumber 0.11 (MIT) has char boxes and
+tables but is pure Python over pdfminer, 20-30 pages/s before any layout work; pymupdf4llm 2.0
+with its bundled layout model (``pdf_backend=pymupdf4llm``) reads these pages right but at 1-2.5
+pages/s (an ONNX model per page), its model-free mode mixes interleaved columns, and PyMuPDF 2.0's
+``find_tables`` costs 0.5-1 s per page. PyMuPDF's span dict costs ~1.5 ms per page, so this layout
+on top of it runs at pypdf's speed (docs/benchmarks.md). MuPDF also renders pages for OCR and
+opens damaged files. Licence: PyMuPDF is AGPL-3.0 (or Artifex's commercial licence);
 using it in a service that others reach over a network carries the AGPL's source obligations.
 ``pdf_backend=mineru`` calls MinerU's CLI where it and its models are installed (not here).
 """
@@ -38,6 +39,7 @@ PAGE_NUMBER_RE = re.compile(r"^(page\s+)?[-\u2013\u2014\s]*(\d{1,4}|[ivxlcdm]{1,
                             r"([-\u2013\u2014\s]*|\s*(/|of)\s*\d{1,4})$", re.IGNORECASE)
 CAPTION_RE = re.compile(r"^(fig\.|figure|table|image|photo|chart|plate|\u56fe|\u8868)\s*[\dA-Za-z\u4e00-\u9fff]",
                         re.IGNORECASE)
+MAX_RULE_PAIRS = 250_000  # more horizontal x vertical rules than this on a page: a vector figure, not tables
 BAND = 0.1  # top and bottom tenth of a page: where running headers, footers and page numbers live
 
 
@@ -189,7 +191,7 @@ def find_tables(page) -> list[Table]:
     """Ruled tables: connected groups of horizontal and vertical rules forming at least a 2x2 grid,
     each cell filled with the words whose centre lies in it."""
     h, v = _segments(page)
-    if len(h) < 2 or len(v) < 2:
+    if len(h) < 2 or len(v) < 2 or len(h) * len(v) > MAX_RULE_PAIRS:  # no grid, or a vector drawing
         return []
     segs = [("h", s) for s in h] + [("v", s) for s in v]
     parent = list(range(len(segs)))
@@ -487,6 +489,7 @@ def _extract_pymupdf(path, doc, cfg: DocumentConfig) -> Extraction:
             ex.images.append({"page": p.number, "bbox": list(im["bbox"]), "caption": caption,
                               "file": _save_image(doc, path, p.number, im, cfg, len(ex.images))})
         blocks_all += blocks
+        ex.page_texts.append(assemble(blocks))
     ex.markdown = assemble(blocks_all)
     return ex
 
