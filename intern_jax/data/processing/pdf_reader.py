@@ -39,6 +39,7 @@ PAGE_NUMBER_RE = re.compile(r"^(page\s+)?[-\u2013\u2014\s]*(\d{1,4}|[ivxlcdm]{1,
                             r"([-\u2013\u2014\s]*|\s*(/|of)\s*\d{1,4})$", re.IGNORECASE)
 CAPTION_RE = re.compile(r"^(fig\.|figure|table|image|photo|chart|plate|\u56fe|\u8868)\s*[\dA-Za-z\u4e00-\u9fff]",
                         re.IGNORECASE)
+MONO_FONT_RE = re.compile(r"mono|courier|typewriter|consol|menlo|\bcode|sfmono|cmtt|inconsolata", re.IGNORECASE)
 MAX_RULE_PAIRS = 250_000  # more horizontal x vertical rules than this on a page: a vector figure, not tables
 BAND = 0.1  # top and bottom tenth of a page: where running headers, footers and page numbers live
 
@@ -52,6 +53,7 @@ class Line:
     text: str
     size: float
     bold: bool = False
+    mono: bool = False  # all in a monospaced font: a code line, kept as it is
 
     @property
     def bbox(self):
@@ -139,9 +141,12 @@ def page_lines(page) -> list[Line]:
             weights = collections.Counter()
             for s in spans:
                 weights[round(s["size"], 1)] += len(s["text"].strip())
-            bold = all((s["flags"] & 16) or "bold" in s["font"].lower() for s in spans if s["text"].strip())
+            visible = [s for s in spans if s["text"].strip()]
+            bold = all((s["flags"] & 16) or "bold" in s["font"].lower() for s in visible)
+            mono = all((s["flags"] & 8) or MONO_FONT_RE.search(s["font"]) for s in visible)
             x0, y0, x1, y1 = ln["bbox"]
-            lines.append(Line(x0, y0, x1, y1, text, weights.most_common(1)[0][0], bold))
+            text = "".join(s["text"] for s in spans).rstrip() if mono else text
+            lines.append(Line(x0, y0, x1, y1, text, weights.most_common(1)[0][0], bold, mono))
     lines.sort(key=lambda ln: (round(ln.y1), ln.x0))
     merged: list[Line] = []
     for ln in lines:
@@ -150,7 +155,7 @@ def page_lines(page) -> list[Line]:
                 and abs(prev.size - ln.size) < 0.5):
             space = "" if ln.x0 - prev.x1 < 0.15 * ln.size else " "
             merged[-1] = Line(prev.x0, min(prev.y0, ln.y0), ln.x1, max(prev.y1, ln.y1), prev.text + space + ln.text,
-                              prev.size, prev.bold and ln.bold)
+                              prev.size, prev.bold and ln.bold, prev.mono and ln.mono)
         else:
             merged.append(ln)
     return merged
@@ -321,7 +326,7 @@ def _split(items, lo, hi, min_gap: float, widest_only: bool):
         else:
             runs[-1].append(it)
         end = max(end, hi(it))
-    if widest_only and len(runs) > 2:
+    if widest_only and len(runs) > 2:  # cut only at the widest gaps: a title's, not a paragraph's
         widest, out = max(gaps), [runs[0]]
         for gap, run in zip(gaps, runs[1:]):
             if gap >= widest - 1:
@@ -352,7 +357,11 @@ def _blocks_of(leaf: list, body: float, heading_sizes: list[float]) -> list[tupl
 
     def flush():
         nonlocal para
-        if para:
+        if para and kind == "code":
+            left, width = min(ln.x0 for ln in para), 0.6 * para[0].size  # monospace advance ~0.6 em
+            body_lines = [" " * round((ln.x0 - left) / width) + ln.text for ln in para]
+            out.append(("code", "```\n" + "\n".join(body_lines) + "\n```", para[0].bbox))
+        elif para:
             text = join_lines(ln.text for ln in para)
             if kind == "para" and (level := _heading_level(para, body, heading_sizes)):
                 out.append(("heading", "#" * level + " " + text, para[0].bbox))
@@ -365,13 +374,17 @@ def _blocks_of(leaf: list, body: float, heading_sizes: list[float]) -> list[tupl
             flush()
             out.append(("table", markdown_table(it.rows), (it.x0, it.y0, it.x1, it.y1)))
             continue
-        marker = BULLET_RE.match(it.text) or NUMBERED_RE.match(it.text)
+        marker = None if it.mono else BULLET_RE.match(it.text) or NUMBERED_RE.match(it.text)
         prev = para[-1] if para else None
+        if prev is not None and prev.mono and it.mono and it.y0 - prev.y1 < 1.5 * it.size:
+            para.append(it)  # code keeps its lines (and blank lines between them)
+            continue
         new = (prev is None or marker or abs(prev.size - it.size) > 0.6 or prev.bold != it.bold
-               or it.y0 - prev.y1 > 0.6 * it.size or (kind == "item" and it.x0 < para[0].x0 + 2))
+               or prev.mono != it.mono or it.y0 - prev.y1 > 0.6 * it.size
+               or (kind == "item" and it.x0 < para[0].x0 + 2))
         if new:
             flush()
-            kind = "item" if marker else "para"
+            kind = "code" if it.mono else "item" if marker else "para"
             if marker:
                 num = marker.group(1)
                 it = Line(it.x0, it.y0, it.x1, it.y1, (f"{num} " if NUMBERED_RE.match(it.text)

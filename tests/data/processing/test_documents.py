@@ -171,3 +171,18 @@ def test_extract_only_writes_markdown_and_sidecar_per_document(corpus_with_bad_f
     assert (tmp_path / "x" / "good.pdf.md").read_text().startswith("# Layout Extraction")
     assert json.loads((tmp_path / "x" / "page.pdf.json").read_text())["error"] == "not_a_pdf"
     assert not (tmp_path / "x" / "notes.txt.json").exists()
+
+
+def test_monospaced_lines_become_a_code_block_with_indentation(tmp_path):
+    from reportlab.pdfgen import canvas
+
+    c = canvas.Canvas(str(tmp_path / "code.pdf"))
+    c.setFont("Helvetica", 10)
+    c.drawString(56, 760, "The function below adds one to its argument and returns the result.")
+    code = ["def add_one(x):", "    return x + 1"]
+    c.setFont("Courier", 10)
+    for i, line in enumerate(code):
+        c.drawString(56 + 6 * (len(line) - len(line.lstrip())), 740 - 12 * i, line.lstrip())
+    c.save()
+    md = extract.extract_document(tmp_path / "code.pdf").markdown
+    assert "```\n" + "\n".join(code) + "\n```" in md, md
