@@ -186,3 +186,15 @@ def test_monospaced_lines_become_a_code_block_with_indentation(tmp_path):
     c.save()
     md = extract.extract_document(tmp_path / "code.pdf").markdown
     assert "```\n" + "\n".join(code) + "\n```" in md, md
+
+
+def test_beam_runner_extracts_the_same_documents_and_failures(corpus_with_bad_files, tmp_path):
+    cfg = ProcessingConfig(filters=FilterConfig(enabled=False), language=LanguageConfig(threshold=0.0),
+                           dedup=DedupConfig(near=False), num_workers=1)
+    runs = {}
+    for name, c in (("local", cfg), ("beam", replace(cfg, runner="beam"))):
+        runner.clean_corpus([corpus_with_bad_files], tmp_path / name, c, progress=False)
+        failures = runner.collect_stats(tmp_path / name)["stages"]["extract"]["failures"]
+        runs[name] = ([(d.path, d.text) for d in runner.kept_documents(tmp_path / name)],
+                      sorted((f["path"], f["reason"]) for f in failures))
+    assert runs["beam"] == runs["local"] and len(runs["local"][0]) == 4 and len(runs["local"][1]) == 4
