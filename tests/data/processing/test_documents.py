@@ -198,3 +198,24 @@ def test_beam_runner_extracts_the_same_documents_and_failures(corpus_with_bad_fi
         runs[name] = ([(d.path, d.text) for d in runner.kept_documents(tmp_path / name)],
                       sorted((f["path"], f["reason"]) for f in failures))
     assert runs["beam"] == runs["local"] and len(runs["local"][0]) == 4 and len(runs["local"][1]) == 4
+
+
+def test_page_that_cannot_be_read_is_counted_and_named(tmp_path):
+    import pymupdf
+
+    from intern_jax.data.processing import readers
+    from intern_jax.data.processing.config import ReaderConfig
+    from intern_jax.data.processing.documents import StageStats
+
+    sample = ds.write_article_pdf(tmp_path / "text.pdf", seed=2, chinese=False)
+    mixed = ds.rasterise_pdf(sample.path, tmp_path / "mixed.pdf", dpi=72, pages=[0])
+    with pymupdf.open(str(mixed)) as doc, pymupdf.open(str(sample.path)) as text:  # page 2 keeps its text
+        doc.insert_pdf(text, from_page=1, to_page=1)
+        doc.save(str(tmp_path / "mixed2.pdf"))
+    cfg = ReaderConfig(documents=DocumentConfig(ocr_languages="eng+nosuchlang"))
+    stats = StageStats("extract")
+    doc = readers.read_document(str(tmp_path / "mixed2.pdf"), "pdf", cfg, stats)
+    assert doc is not None and ds.CAPTION in doc.text
+    assert stats.counts["pdf_unreadable_pages"] == 1
+    [failure] = stats.failures
+    assert failure["page"] == 1 and failure["reason"] == "ocr_unavailable" and "nosuchlang" in failure["message"]
