@@ -83,8 +83,7 @@ def check_contract(batch, seq_len, batch_size):
 
 
 @pytest.mark.parametrize("bins", [1, 3, 16])
-def test_first_fit_rows_match_brute_force_and_keep_every_token_once(bins):
-    rng = np.random.default_rng()
+def test_first_fit_rows_match_brute_force_and_keep_every_token_once(bins, rng):
     seq_len, batch_size = int(rng.integers(16, 40)), 4
     examples = random_examples(rng, 90, seq_len)
     batches = pack_list(examples, seq_len, batch_size, num_packing_bins=bins)
@@ -110,8 +109,7 @@ def test_first_fit_rows_match_brute_force_and_keep_every_token_once(bins):
     assert all(batch["segment_ids"].any(axis=1).all() for batch in batches[:-1])
 
 
-def test_overlong_examples_are_truncated_or_dropped_and_counted():
-    rng = np.random.default_rng()
+def test_overlong_examples_are_truncated_or_dropped_and_counted(rng):
     seq_len = 12
     examples = random_examples(rng, 60, 2 * seq_len)
     examples.append({"tokens": np.zeros(0, np.int32), "token_loss": np.zeros(0, np.float32)})
@@ -135,8 +133,7 @@ def test_overlong_examples_are_truncated_or_dropped_and_counted():
     assert stats.truncated_examples == 0
 
 
-def test_shuffled_rows_are_a_seeded_permutation_of_the_unshuffled_ones():
-    rng = np.random.default_rng()
+def test_shuffled_rows_are_a_seeded_permutation_of_the_unshuffled_ones(rng):
     examples = random_examples(rng, 50, 20)
     plain = pack_list(examples, 20, 5, num_packing_bins=10)
     shuffled = pack_list(examples, 20, 5, num_packing_bins=10, shuffle_rows=True, seed=7)
@@ -146,8 +143,7 @@ def test_shuffled_rows_are_a_seeded_permutation_of_the_unshuffled_ones():
     assert Counter(rows(shuffled)) == Counter(rows(plain)) and rows(shuffled) != rows(plain)
 
 
-def test_missing_token_loss_means_every_token_is_a_target():
-    rng = np.random.default_rng()
+def test_missing_token_loss_means_every_token_is_a_target(rng):
     examples = [{"tokens": e["tokens"]} for e in random_examples(rng, 20, 10)]
     for batch in pack_list(examples, 16, 2):
         has_next = np.zeros_like(batch["segment_ids"], bool)
@@ -157,9 +153,8 @@ def test_missing_token_loss_means_every_token_is_a_target():
         np.testing.assert_array_equal(batch["loss_mask"], has_next.astype(np.float32))
 
 
-def test_packed_rows_give_each_example_the_loss_it_has_alone():
+def test_packed_rows_give_each_example_the_loss_it_has_alone(rng):
     """The model sees packed examples as if alone: per-token losses equal those of unpacked forwards."""
-    rng = np.random.default_rng()
     cfg = tiny_config(vocab_size=97, max_position_embeddings=64)
     params = random_params(cfg, seed=int(rng.integers(1 << 30)))
     seq_len = 32

@@ -132,10 +132,9 @@ def test_causal_with_longer_kv_aligns_query_ends():
     assert_close(out[:, :1], first, 1e-5, "first query")
 
 
-def test_separate_query_and_key_segments_match_reference():
+def test_separate_query_and_key_segments_match_reference(rng):
     """kv_segment_ids [batch, seq_kv] with segment_ids [batch, seq_q] (seq_q < seq_kv, causal,
     keys of segment 0 hidden): outputs and gradients equal the reference's."""
-    rng = np.random.default_rng(int(np.random.SeedSequence().entropy % 2**31))
     q = jnp.asarray(rng.standard_normal((2, 24, 4, 64)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((2, 56, 2, 64)), jnp.float32)
     v = jnp.asarray(rng.standard_normal((2, 56, 2, 64)), jnp.float32)
@@ -160,3 +159,50 @@ def test_flash_attention_rejects_bad_shapes():
         )
     with pytest.raises(ValueError, match="kv_segment_ids"):
         flash_attention(q, jnp.ones((1, 9, 1, 64)), jnp.ones((1, 9, 1, 64)), kv_segment_ids=jnp.ones((1, 9), jnp.int32))
+
+
+# ------------------------------------------------------------------ the reference against jax.nn
+
+
+def row_relative_error(ours, theirs):
+    """Per output row ([..., head_dim] vectors): |ours - theirs| / |theirs| (L2), the largest over rows."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    return float((np.linalg.norm(ours - theirs, axis=-1) / np.linalg.norm(theirs, axis=-1)).max())
+
+
+def jax_nn_attention(q, k, v, visible):
+    """jax.nn.dot_product_attention (XLA) in float32 with an explicit mask [batch, seq_q, seq_kv]."""
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    return jax.nn.dot_product_attention(f32(q), f32(k), f32(v), mask=jnp.asarray(visible)[:, None],
+                                        implementation="xla")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("layout", ["causal_longer_kv", "packed_causal", "packed_bidirectional"])
+def test_attention_reference_matches_jax_nn_dot_product_attention(layout, dtype, rng, seed):
+    """The kernels' jnp reference against jax.nn.dot_product_attention, grouped-query (6 heads over 2),
+    end-aligned causal mask, packed segments with padding. The mask is built here from its definition.
+    bf16 inputs: the reference (f32 accumulation, bf16 output) against jax.nn on the same values in f32,
+    relative error per row, so small rows count as much as large ones."""
+    batch, heads, kv_heads, d = 2, 6, 2, 64
+    seq_q, seq_kv = (13, 40) if layout == "causal_longer_kv" else (37, 37)
+    q = jnp.asarray(rng.standard_normal((batch, seq_q, heads, d)), dtype)
+    k = jnp.asarray(rng.standard_normal((batch, seq_kv, kv_heads, d)), dtype)
+    v = jnp.asarray(rng.standard_normal((batch, seq_kv, kv_heads, d)), dtype)
+    causal = layout != "packed_bidirectional"
+    segment_ids = None
+    visible = np.ones((batch, seq_q, seq_kv), bool)
+    if causal:  # query i sits at key position seq_kv - seq_q + i
+        visible &= np.arange(seq_kv)[None, None, :] <= (np.arange(seq_q) + seq_kv - seq_q)[None, :, None]
+    if layout != "causal_longer_kv":
+        seg = np.asarray(random_segments(rng, batch, seq_q, with_padding=True))
+        visible &= (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] != 0)
+        segment_ids = jnp.asarray(seg)
+    ours = fast_jit(lambda q, k, v: attention_reference(q, k, v, segment_ids=segment_ids, causal=causal))(q, k, v)
+    theirs = jax_nn_attention(q, k, v, visible)
+    assert ours.dtype == q.dtype
+    rows = visible.any(-1)  # [batch, seq_q]; a query that sees no key gives 0 in ours
+    assert rows.any() and np.all(np.asarray(ours, np.float32)[~rows] == 0), f"seed {seed}"
+    error = row_relative_error(np.asarray(ours, np.float32)[rows], np.asarray(theirs)[rows])
+    bound = 2e-6 if dtype == "float32" else 8e-3  # bf16 output: half an ulp is 2**-9 ~ 2e-3 of each value
+    assert error <= bound, f"seed {seed}: {layout} {dtype}: largest per-row relative error {error:.3g} > {bound}"

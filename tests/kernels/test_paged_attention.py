@@ -1,5 +1,6 @@
 """Paged decode / chunked-prefill attention against the jnp references, interpret mode."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -157,3 +158,37 @@ def test_paged_attention_rejects_bad_inputs():
         paged_decode_attention(q, pages, pages, tables[:1], lengths)
     with pytest.raises(ValueError, match="head_dim"):
         paged_decode_attention(jnp.ones((2, 4, 32)), pages, pages, tables, lengths)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_paged_prefill_reference_matches_jax_nn_dot_product_attention(dtype, rng, seed):
+    """The paged reference against jax.nn.dot_product_attention on keys and values gathered here, page by
+    page, from the block tables: ragged lengths, a chunk of q_lengths new queries at the end of each
+    sequence, grouped-query heads. Relative error per output row."""
+    batch, kv_heads, groups, d, page, pages_per_seq, chunk = 3, 2, 3, 64, 16, 4, 9
+    k, v, tables, lengths, _ = make_cache(rng, batch, kv_heads, d, page, pages_per_seq, jnp.dtype(dtype), False)
+    lengths = np.asarray(lengths)
+    q_lengths = np.array([rng.integers(min(n, 1), min(n, chunk) + 1) for n in lengths])  # >= 1 where n > 0
+    q = jnp.asarray(rng.standard_normal((batch, chunk, kv_heads * groups, d)), dtype)
+    ours = fast_jit(paged_prefill_reference)(q, k, v, tables, jnp.asarray(lengths), q_lengths=jnp.asarray(q_lengths))
+
+    span = pages_per_seq * page
+    dense_k, dense_v = (np.zeros((batch, span, kv_heads, d), np.float32) for _ in range(2))
+    for b in range(batch):
+        for slot in range(-(-lengths[b] // page)):  # the pages this sequence fills
+            rows = slice(slot * page, (slot + 1) * page)
+            dense_k[b, rows] = np.asarray(k[:, tables[b, slot]], np.float32).transpose(1, 0, 2)
+            dense_v[b, rows] = np.asarray(v[:, tables[b, slot]], np.float32).transpose(1, 0, 2)
+    query_pos = lengths[:, None] - q_lengths[:, None] + np.arange(chunk)[None]  # [batch, chunk]
+    visible = (np.arange(span)[None, None] <= query_pos[:, :, None]) & (np.arange(span)[None, None] < lengths[:, None,
+                                                                                                             None])
+    visible &= (np.arange(chunk)[None] < q_lengths[:, None])[:, :, None]
+    theirs = jax.nn.dot_product_attention(jnp.asarray(q, jnp.float32), jnp.asarray(dense_k), jnp.asarray(dense_v),
+                                          mask=jnp.asarray(visible)[:, None], implementation="xla")
+    rows = visible.any(-1)
+    ours = np.asarray(ours, np.float32)
+    assert rows.sum() > 0 and np.all(ours[~rows] == 0), f"seed {seed}"
+    theirs = np.asarray(theirs)[rows]
+    error = float((np.linalg.norm(ours[rows] - theirs, axis=-1) / np.linalg.norm(theirs, axis=-1)).max())
+    bound = 2e-6 if dtype == "float32" else 8e-3
+    assert error <= bound, f"seed {seed}: {dtype}: largest per-row relative error {error:.3g} > {bound}"

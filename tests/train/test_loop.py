@@ -41,10 +41,12 @@ def byte_corpus(directory: Path, max_files: int = 40) -> Path:
     return directory
 
 
-def _cfg(data=None, *, steps, save_every=0, lr=3e-3, keep_last=3, **kw):
+def _cfg(data=None, *, steps, data_seed=None, save_every=0, lr=3e-3, keep_last=3, **kw):
+    """A tiny run's config; without ``data``, synthetic batches from ``data_seed`` (the test's seed)."""
+    assert data is not None or data_seed is not None, "synthetic data takes the test's seed"
     model = tiny_config(vocab_size=BYTE_VOCAB if isinstance(data, DataConfig) else 128)
     return TrainConfig(
-        model=model, data=data or SyntheticData(seed=int(np.random.SeedSequence().entropy % 2**31)),
+        model=model, data=data or SyntheticData(seed=data_seed),
         steps=steps, batch_size=8, seq_len=64,
         optimizer=OptimizerConfig(learning_rate=lr, warmup_steps=5, decay_steps=100),  # schedule independent of steps
         parallel=ParallelConfig(fsdp=-1),
@@ -93,9 +95,9 @@ def test_loss_falls_on_real_text_and_run_directory_is_complete(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_restore_onto_other_meshes_continues_the_same_run(tmp_path):
+def test_restore_onto_other_meshes_continues_the_same_run(tmp_path, seed):
     """8 devices (fsdp x tensor) -> 4 devices -> 1 device gives the losses of one run on 1 device."""
-    cfg = _cfg(steps=6, save_every=2)
+    cfg = _cfg(data_seed=seed, steps=6, save_every=2)
     _, want = _train(cfg, tmp_path / "ref")
     _, got = _train(dataclasses.replace(cfg, steps=2), tmp_path / "run", mesh=make_mesh({"fsdp": 4, "tensor": 2}))
     four = make_mesh({"fsdp": 4}, jax.devices()[:4])
@@ -111,8 +113,8 @@ def _largest_file(directory: Path) -> Path:
     return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
-def test_damaged_latest_checkpoint_falls_back_to_previous_with_warning(tmp_path):
-    cfg = _cfg(steps=4, save_every=2)
+def test_damaged_latest_checkpoint_falls_back_to_previous_with_warning(tmp_path, seed):
+    cfg = _cfg(data_seed=seed, steps=4, save_every=2)
     _, want = _train(cfg, tmp_path / "run")
     victim = _largest_file(tmp_path / "run" / "checkpoints" / "4" / "params")
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
@@ -124,8 +126,8 @@ def test_damaged_latest_checkpoint_falls_back_to_previous_with_warning(tmp_path)
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
 
 
-def test_non_finite_steps_in_a_row_stop_with_a_checkpoint_of_the_last_good_state(tmp_path):
-    cfg = _cfg(steps=20, save_every=2, max_bad_steps=3, keep_last=5)
+def test_non_finite_steps_in_a_row_stop_with_a_checkpoint_of_the_last_good_state(tmp_path, seed):
+    cfg = _cfg(data_seed=seed, steps=20, save_every=2, max_bad_steps=3, keep_last=5)
     data = cfg.data
 
     def make(i):
@@ -161,10 +163,10 @@ def test_pipeline_iterator_batches_follow_the_train_config(tmp_path):
     assert batch["tokens"].shape == (8, 32)
 
 
-def test_resuming_with_a_changed_model_is_an_error_and_moves_nothing(tmp_path):
+def test_resuming_with_a_changed_model_is_an_error_and_moves_nothing(tmp_path, seed):
     from intern_jax.train.checkpointing import CheckpointMismatch
 
-    cfg = _cfg(steps=2, save_every=2)
+    cfg = _cfg(data_seed=seed, steps=2, save_every=2)
     _train(cfg, tmp_path / "run")
     wider = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, intermediate_size=64), steps=4)
     with pytest.raises(CheckpointMismatch, match="another shape.*w1"):
@@ -206,11 +208,11 @@ def test_evaluation_without_held_out_documents_is_a_config_error(tmp_path):
         EvalConfig(every=-1)
 
 
-def test_profiler_traces_the_chosen_steps_and_data_wait_is_logged(tmp_path):
+def test_profiler_traces_the_chosen_steps_and_data_wait_is_logged(tmp_path, seed):
     import gzip
 
-    cfg = dataclasses.replace(_cfg(steps=6), logging=LoggingConfig(log_every=3, progress=False, tensorboard=False,
-                                                                   profile_start=3, profile_steps=2))
+    logging = LoggingConfig(log_every=3, progress=False, tensorboard=False, profile_start=3, profile_steps=2)
+    cfg = dataclasses.replace(_cfg(data_seed=seed, steps=6), logging=logging)
     _train(cfg, tmp_path / "run")
     traces = list((tmp_path / "run" / "tensorboard" / "plugins" / "profile").glob("*/*.trace.json.gz"))
     assert len(traces) == 1

@@ -41,8 +41,8 @@ def _brute_duplicate_ngram_fraction(ws, n):
     return sum(len(ws[i]) for i in covered) / sum(map(len, ws))
 
 
-def test_duplicate_ngram_fraction_matches_brute_force_on_random_texts():
-    rng = random.Random()
+def test_duplicate_ngram_fraction_matches_brute_force_on_random_texts(seed):
+    rng = random.Random(seed)
     for _ in range(50):
         ws = [rng.choice(["a", "bb", "ccc", "dd", "e"]) for _ in range(rng.randint(6, 40))]
         for n in (2, 3, 5):
@@ -68,9 +68,9 @@ def test_prose_rules_name_the_reason():
     assert filters.prose_drop_reason(_prose(rng, 100) + " xxxl", "en", cfg) is None  # whole words only
 
 
-def test_blocklist_drops_web_spam_but_not_programmer_markers_or_identifiers():
+def test_blocklist_drops_web_spam_but_not_programmer_markers_or_identifiers(seed):
     cfg = FilterConfig()
-    rng = random.Random()
+    rng = random.Random(seed)
     for spam in ("Watch free XXX videos here", "the best porn site", "XXX\n  Movies all night", "色情网站"):
         assert filters.blocklisted(spam, cfg.blocklist), spam
         assert filters.prose_drop_reason(_prose(rng, 80) + " " + spam, "en", cfg) == "blocklist"
