@@ -140,6 +140,9 @@ class ModelConfig:
 def load_config(path: str | Path, overrides: typing.Sequence[str] = (), name: str = "config"):
     """Run a Python config file, take its ``config`` object and apply ``a.b=value`` overrides."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give a Python config file (e.g. "
+                          "configs/pretrain/tiny.py)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     namespace = runpy.run_path(str(path))

@@ -1,0 +1,317 @@
+"""Bad input, tried as a new user would: every script answers with one clear line and exit status 2
+(no traceback), or does the right thing, and nothing valid is lost.
+
+Each case runs a script as a subprocess. The cases that load no model and train nothing are listed
+in ``CASES`` and run two at a time from one session fixture; the few that need a model or a
+training run (chat, Ctrl-C, the corpus checks) are tests of their own on tiny data.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs/pretrain/tiny.py"
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("INTERN_JAX_DEBUG", "XLA_FLAGS")}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_backend_optimization_level=0", **extra)
+    return env
+
+
+def _run(script: str, *args, stdin: bytes | None = None, cwd=ROOT, env=None, timeout: int = 300):
+    cmd = [sys.executable, str(ROOT / "scripts" / script), *map(str, args)]
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, cwd=cwd, env=env or _env(), timeout=timeout)
+    return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+
+
+def _byte_docs(n: int = 6) -> list[np.ndarray]:
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:n]
+    return [np.concatenate([[1], np.frombuffer(f.read_bytes()[:8000], np.uint8).astype(np.int32) + 3, [2]])
+            for f in files]
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """Every bad (and some good) input the cases below point at."""
+    from safetensors.numpy import save_file
+
+    from intern_jax.checkpoint import embedded_model_path
+    from intern_jax.data.pipeline import write_token_corpus
+
+    d = tmp_path_factory.mktemp("bad_input")
+    p = {"dir": d, "file": d / "a_file"}
+    p["file"].write_text("not a directory\n")
+    # models: a truncated GGUF, a directory of nothing, a Hugging Face directory with a truncated
+    # safetensors file, a run without a finished checkpoint, a run with a damaged run.json
+    p["gguf"] = d / "truncated.gguf"
+    with open(embedded_model_path(), "rb") as fh:
+        p["gguf"].write_bytes(fh.read(1 << 20))
+    (p.setdefault("empty_dir", d / "empty_dir")).mkdir()
+    (hf := d / "hf").mkdir()
+    (hf / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 32}))
+    save_file({"model.embed_tokens.weight": np.zeros((64, 16), np.float32)}, str(hf / "model.safetensors"))
+    data = (hf / "model.safetensors").read_bytes()
+    (hf / "model.safetensors").write_bytes(data[: len(data) // 2])
+    p["hf"] = hf
+    (run := d / "run_unfinished").mkdir()
+    (run / "checkpoints").mkdir()
+    model_config = {"vocab_size": 64, "hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
+                    "intermediate_size": 32}
+    (run / "run.json").write_text(json.dumps({"format": "intern-jax-run", "trainable": "model",
+                                              "model_config": model_config, "tokenizer": None}))
+    p["run_unfinished"] = run
+    (damaged := d / "run_damaged").mkdir()
+    (damaged / "run.json").write_text('{"format": "intern-jax-run", "model_con')
+    p["run_damaged"] = damaged
+    # chat data: a valid JSONL whose first line is longer than 64 KiB, an empty file, a binary file,
+    # one bad byte on line 3, a first line that is not JSON
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    good = json.dumps({"messages": chat})
+    long_first = json.dumps({"messages": [{"role": "user", "content": "x" * 70000}, chat[1]]})
+    (p.setdefault("long_jsonl", d / "long_first_line.jsonl")).write_text(f"{long_first}\n{good}\n")
+    (p.setdefault("empty_jsonl", d / "empty.jsonl")).write_text("")
+    (p.setdefault("binary", d / "binary.jsonl")).write_bytes(bytes(range(256)) * 8)
+    bad_byte = good.replace("hi", "caf\udce9").encode("utf-8", "surrogateescape")
+    lines = [good.encode(), good.encode(), bad_byte, good.encode()]
+    (p.setdefault("bad_byte", d / "bad_byte.jsonl")).write_bytes(b"\n".join(lines) + b"\n")
+    (p.setdefault("not_json", d / "notes.jsonl")).write_text("just some notes\n")
+    # processing inputs: JSONL without the text field, an empty file
+    (p.setdefault("no_text_field", d / "no_text_field.jsonl")).write_text(json.dumps({"content": "words " * 40}) + "\n")
+    # token corpora: bytes (vocabulary 260) and the same ids claimed to come from a 49,152-token vocabulary
+    write_token_corpus(d / "corpus", {"code": _byte_docs()}, shards=1, vocab_size=260)
+    write_token_corpus(d / "corpus_49k", {"code": _byte_docs()}, shards=1, vocab_size=49152)
+    p["corpus"], p["corpus_49k"] = d / "corpus", d / "corpus_49k"
+    return p
+
+
+@pytest.fixture(scope="session")
+def tokenizers(tmp_path_factory) -> dict[str, Path]:
+    """Two small SentencePiece tokenizers (400 and 420 pieces) trained on the same text."""
+    from intern_jax.tokenizer import train_sentencepiece
+
+    d = tmp_path_factory.mktemp("tokenizers")
+    text = d / "text.txt"
+    text.write_text("\n".join(f.read_text(encoding="utf-8", errors="replace")
+                              for f in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:4]))
+    out = {}
+    for name, vocab in (("a", 400), ("b", 420)):
+        out[name] = d / name
+        train_sentencepiece([text], d / f"{name}.model", vocab).save(out[name])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizers, tmp_path_factory) -> Path:
+    """A native checkpoint of the tiny model (random weights) with tokenizer ``a``: quick to load and compile."""
+    import dataclasses
+
+    import jax
+
+    from intern_jax.checkpoint import save_native
+    from intern_jax.config import load_config
+    from intern_jax.model import internlm2
+    from intern_jax.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizers["a"])
+    cfg = dataclasses.replace(load_config(ROOT / "configs/model/tiny.py"), vocab_size=tokenizer.vocab_size)
+    path = tmp_path_factory.mktemp("tiny_model") / "model"
+    save_native(path, cfg, internlm2.init(cfg, jax.random.key(0)), tokenizer)
+    return path
+
+
+PRETRAIN = ["--config", TINY, "--quiet", "--set", "data.path={corpus}", "--set", "model.vocab_size=260",
+            "--set", "tokenizer=", "--set", "seq_len=32", "--set", "batch_size=2", "--set", "data.holdout=0",
+            "--set", "eval.every=0", "--set", "logging.tensorboard=false", "--set", "logging.log_every=1"]
+
+# (id, script, args, exit status, phrases that must appear in stdout + stderr)
+CASES = [
+    # 1. NaN and infinity are rejected, naming the setting
+    ("generate-temperature-nan", "generate.py", ["--model", "{gguf}", "--prompt", "hi", "--temperature", "nan"],
+     2, ["--temperature must be a finite number, got nan"]),
+    ("generate-repetition-penalty-nan", "generate.py",
+     ["--model", "{gguf}", "--prompt", "hi", "--repetition-penalty", "nan"], 2,
+     ["--repetition-penalty must be a finite"]),
+    ("chat-temperature-inf", "chat.py", ["--model", "{gguf}", "--temperature", "inf"], 2, ["--temperature must be a"]),
+    ("pretrain-learning-rate-nan", "pretrain.py", [*PRETRAIN, "--set", "optimizer.learning_rate=nan"], 2,
+     ["optimizer.learning_rate must be a finite number, got nan"]),
+    ("finetune-lora-alpha-nan", "finetune.py",
+     ["--config", ROOT / "configs/finetune/smollm2_lora_sft.py", "--set", "lora.alpha=nan"], 2,
+     ["lora.alpha must be a finite number"]),
+    # 3. an overflowing seed names --seed
+    ("generate-seed-overflow", "generate.py", ["--model", "{gguf}", "--prompt", "hi", "--seed", "9" * 23], 2,
+     ["--seed must be in [0, 2**32)"]),
+    # 2. non-UTF-8 prompt bytes are replaced with a warning (the model path is missing: nothing is loaded)
+    ("generate-prompt-not-utf8", "generate.py", ["--model", "{dir}/missing", "--prompt", "caf\udce9 \udcff\udcfe hi"],
+     2, ["warning: --prompt is not valid UTF-8: 3 byte(s) replaced", "checkpoint path", "does not exist"]),
+    # 4. chat-data format detection reads the whole first line and names the script's flag
+    ("check-dataset-long-first-line", "check_dataset.py", ["{long_jsonl}"], 0, ["2/2 rows kept"]),
+    ("check-dataset-not-json-names-format", "check_dataset.py", ["{not_json}"], 2, ["set --format to"]),
+    ("check-dataset-empty", "check_dataset.py", ["{empty_jsonl}"], 2, ["empty.jsonl is empty (no records)"]),
+    ("check-dataset-binary", "check_dataset.py", ["{binary}"], 2, ["binary.jsonl looks like a binary file"]),
+    ("check-dataset-bad-byte-line-3", "check_dataset.py", ["{bad_byte}"], 1,
+     ["bad_byte.jsonl:3: not UTF-8: byte 0xe9", "3/4 rows kept"]),
+    ("check-dataset-directory", "check_dataset.py", ["{dir}"], 2, ["is a directory, not a dataset file"]),
+    # 5. the tiny config's vocab_size=0 without its tokenizer (a fresh clone) is a clear error, not an IndexError
+    ("plan-tiny-without-tokenizer", "plan.py", ["--config", TINY, "--devices", "2", "--set", "tokenizer={dir}/no_tok"],
+     2, ["no_tok does not exist (model.vocab_size is 0", "--set model.vocab_size=N"]),
+    ("plan-devices-0", "plan.py", ["--config", TINY, "--devices", "0"], 2, ["--devices must be >= 1"]),
+    # 6. a corpus tokenized with a larger vocabulary than the run's model: refused before the first step
+    ("pretrain-corpus-vocab-49k", "pretrain.py", [*PRETRAIN, "--set", "data.path={corpus_49k}"], 2,
+     ["was tokenized with a 49152-token vocabulary", "model's vocab_size is 260"]),
+    # 7. build_corpus checks its settings before doing any work
+    ("build-corpus-max-code-mb-0", "build_corpus.py", ["--output", "{dir}/corpus_a", "--max-code-mb", "0"], 2,
+     ["--max-code-mb) must be at least"]),
+    ("build-corpus-vocab-size-0", "build_corpus.py", ["--output", "{dir}/corpus_b", "--vocab-size", "0"], 2,
+     ["--vocab-size) must be between"]),
+    ("build-corpus-vocab-too-large", "build_corpus.py",
+     ["--output", "{dir}/corpus_c", "--vocab-size", "200000", "--max-code-mb", "0.5", "--quiet"], 2,
+     ["cannot train a 200000-token tokenizer", "Please set it to a value <="]),
+    # loading errors in generate.py / chat.py: one line each
+    ("generate-model-not-a-model", "generate.py", ["--model", "{empty_dir}", "--prompt", "hi"], 2,
+     ["holds no recognisable checkpoint"]),
+    ("generate-truncated-gguf", "generate.py", ["--model", "{gguf}", "--prompt", "hi"], 2,
+     ["truncated.gguf is not a readable GGUF file"]),
+    ("chat-truncated-safetensors", "chat.py", ["--model", "{hf}"], 2, ["model.safetensors is not a readable"]),
+    ("chat-run-without-checkpoint", "chat.py", ["--model", "{run_unfinished}"], 2, ["holds no finished checkpoint"]),
+    ("generate-damaged-run-json", "generate.py", ["--model", "{run_damaged}", "--prompt", "hi"], 2,
+     ["run.json is not a readable run description"]),
+    # --output that is an existing file
+    ("pretrain-output-is-a-file", "pretrain.py", [*PRETRAIN, "--output", "{file}"], 2,
+     ["--output", "a_file is a file, not a directory"]),
+    ("process-data-output-is-a-file", "process_data.py", ["--input", "{no_text_field}", "--output", "{file}"], 2,
+     ["a_file is a file, not a directory"]),
+    ("build-corpus-output-under-a-file", "build_corpus.py", ["--output", "{file}/corpus"], 2,
+     ["a_file is a file, not a directory"]),
+    ("convert-output-is-a-file", "convert.py", ["--input", "{gguf}", "--output", "{file}", "--to", "llama"], 2,
+     ["a_file is a file, not a directory"]),
+    # process_data.py: nothing kept is an error that says why
+    ("process-data-no-text-field", "process_data.py", ["--input", "{no_text_field}", "--output", "{dir}/pd_a",
+                                                       "--quiet"], 2, ["no documents were kept", "readers.text_field"]),
+    ("process-data-empty-file", "process_data.py", ["--input", "{empty_jsonl}", "--output", "{dir}/pd_b", "--quiet"], 2,
+     ["no documents were kept", "empty.jsonl"]),
+    # pretrain.py: --steps 0 and wrong types
+    ("pretrain-steps-0", "pretrain.py", [*PRETRAIN, "--steps", "0", "--output", "{dir}/pt_steps0"], 2,
+     ["--steps must be >= 1"]),
+    ("pretrain-wrong-type", "pretrain.py", [*PRETRAIN, "--set", "optimizer.learning_rate=fast"], 2,
+     ["optimizer.learning_rate expects a number, got 'fast'"]),
+    ("pretrain-config-is-a-directory", "pretrain.py", ["--config", "{dir}"], 2,
+     ["is a directory; give a Python config"]),
+]
+
+
+@pytest.fixture(scope="session")
+def results(inputs) -> dict:
+    """Every case of ``CASES``, two subprocesses at a time."""
+    def one(case):
+        _, script, args, _, _ = case
+        return _run(script, *[a.format(**inputs) if isinstance(a, str) else a for a in args])
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        return dict(zip([c[0] for c in CASES], pool.map(one, CASES)))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_clear_line(case, results):
+    name, script, _, want_code, phrases = case
+    code, out, err = results[name]
+    assert "Traceback" not in err, err[-3000:]
+    assert code == want_code, f"exit status {code}, wanted {want_code}\n{out[-1500:]}\n{err[-3000:]}"
+    for phrase in phrases:
+        assert phrase in out + err, f"{phrase!r} not in the output:\n{out[-1500:]}\n{err[-3000:]}"
+    if want_code == 2:
+        assert err.strip().splitlines()[-1].startswith(f"{script}: error: "), err
+
+
+def test_build_corpus_checks_before_writing_anything(inputs, results):
+    assert results["build-corpus-max-code-mb-0"][0] == 2
+    assert not (inputs["dir"] / "corpus_a").exists() and not (inputs["dir"] / "corpus_b").exists()
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_shows_the_traceback(how, inputs):
+    args = ["--model", inputs["gguf"], "--prompt", "hi", "--temperature", "nan"]
+    code, _, err = _run("generate.py", *args, *(["--debug"] if how == "flag" else []),
+                        env=_env(INTERN_JAX_DEBUG="1") if how == "env" else None)
+    assert code == 1 and "Traceback" in err and "--temperature must be a finite number" in err
+
+
+def test_chat_session_survives_bad_bytes_and_unknown_commands(tiny_model):
+    """One line with bytes that are not UTF-8 is answered (bytes replaced, with a warning), an unknown
+    /command is not sent to the model, and the conversation goes on to the next message."""
+    stdin = b"caf\xe9 \xff\xfe hello\n/frobnicate\nHi\n/quit\n"
+    code, out, err = _run("chat.py", "--model", tiny_model, "--max-new-tokens", "2", stdin=stdin)
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err
+    assert "warning: this message is not valid UTF-8: 3 byte(s) replaced" in err
+    assert "unknown command /frobnicate" in err
+    assert out.count("assistant> ") == 2, out  # the bad-bytes line and "Hi"; not the command
+
+
+def test_pretrain_ctrl_c_saves_a_checkpoint_exits_130_and_the_rerun_resumes(inputs, tmp_path):
+    args = [sys.executable, str(ROOT / "scripts/pretrain.py"),
+            *[a.format(**inputs) if isinstance(a, str) else str(a) for a in PRETRAIN],
+            "--save-every", "0", "--output", str(tmp_path / "run")]
+    proc = subprocess.Popen([*args, "--steps", "100000"], env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    step = int(err.split("checkpoint saved at step ")[1].split()[0])
+    assert step >= 2 and (tmp_path / "run" / "checkpoints" / str(step)).is_dir(), err
+    again = subprocess.run([*args, "--steps", str(step + 1)], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"step {step + 1}/{step + 1}" in again.stdout and f"step {step}/" not in again.stdout
+    assert "Metadata file does not exist" not in again.stderr  # routine orbax warnings stay quiet
+
+
+def test_pretrain_refuses_a_corpus_tokenized_with_another_tokenizer(inputs, tokenizers, tmp_path):
+    """The manifest's tokenizer is compared with the run's before the first step, and the message
+    says what differs."""
+    from intern_jax.data.pipeline import write_token_corpus
+
+    write_token_corpus(tmp_path / "corpus", {"code": _byte_docs(2)}, shards=1, vocab_size=260,
+                       tokenizer=str(tokenizers["b"]))
+    args = [a.format(**{**inputs, "corpus": tmp_path / "corpus"}) if isinstance(a, str) else a for a in PRETRAIN]
+    code, _, err = _run("pretrain.py", *args, "--set", f"tokenizer={tokenizers['a']}", "--set", "model.vocab_size=0",
+                        "--output", tmp_path / "run")
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert "not with the run's tokenizer" in err and "vocabularies of 420 and 400 tokens" in err, err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_moved_run_directory_still_finds_its_tokenizer(tmp_path):
+    """run.json names the tokenizer copied into the run relative to the run directory."""
+    from intern_jax.config import ModelConfig
+    from intern_jax.train.checkpointing import read_run_json, run_tokenizer_path, write_run_json
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=32)
+    (tmp_path / "run" / "tokenizer").mkdir(parents=True)
+    write_run_json(tmp_path / "run", cfg, None, tmp_path / "run" / "tokenizer")
+    (tmp_path / "run").rename(tmp_path / "moved")
+    record = read_run_json(tmp_path / "moved")
+    assert record["tokenizer"] == "tokenizer"
+    assert run_tokenizer_path(tmp_path / "moved", record) == tmp_path / "moved" / "tokenizer"
