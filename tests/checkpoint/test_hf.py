@@ -69,6 +69,67 @@ def test_internlm2_wqkv_rows_are_llama_qkv_grouped_per_kv_head(tiny, make_params
     np.testing.assert_array_equal(packed["output.weight"], split["lm_head.weight"])
 
 
+def internlm2_to_llama_state(states: dict, num_heads: int, num_kv_heads: int, head_dim: int) -> dict:
+    """InternLM's own InternLM2 -> Llama conversion (``tools/convert2llama.py`` in the InternLM repository),
+    restated in torch: wqkv rows are ``(h gs d)`` with h the kv heads and gs = G + 2 (G query heads, then
+    one key head, then one value head); w1/w3/w2 are gate/up/down; attention_norm/ffn_norm the input and
+    post-attention norms; tok_embeddings the embedding and output the head."""
+    import torch
+
+    groups = num_heads // num_kv_heads
+    names = {"attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
+             "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
+             "ffn_norm": "post_attention_layernorm"}
+    out = {}
+    for key, value in states.items():
+        value = torch.as_tensor(value)
+        if "wqkv" in key:
+            grouped = value.reshape(num_kv_heads, groups + 2, head_dim, value.shape[-1])
+            wq, wk, wv = torch.split(grouped, [groups, 1, 1], dim=1)
+            prefix = key.split("attention")[0]
+            for name, w in (("q_proj", wq), ("k_proj", wk), ("v_proj", wv)):
+                out[f"{prefix}self_attn.{name}.weight"] = w.reshape(-1, value.shape[-1])
+        elif key == "model.tok_embeddings.weight":
+            out["model.embed_tokens.weight"] = value
+        elif key == "output.weight":
+            out["lm_head.weight"] = value
+        else:
+            old = next((n for n in names if n in key), None)
+            out[key.replace(old, names[old]) if old else key] = value
+    return out
+
+
+@pytest.mark.parametrize("kv_heads", [2, 6], ids=["gqa", "mha"])
+def test_internlm2_export_logits_match_transformers_llama_after_internlm_conversion(kv_heads, tiny, make_params,
+                                                                                   tmp_path, float32_parity, rng):
+    """An InternLM2-layout export, converted by InternLM's documented wqkv split and name map (above, not our
+    reader), runs in transformers' LlamaForCausalLM with the logits of our forward."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = tiny(hidden_size=96, num_heads=6, num_kv_heads=kv_heads, num_layers=2)
+    params = make_params(cfg, seed=int(rng.integers(1 << 30)))
+    save_hf(tmp_path, cfg, params, layout="internlm2")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["InternLM2ForCausalLM"] and config["bias"] is False
+    state = internlm2_to_llama_state(load_file(tmp_path / SINGLE_FILE), config["num_attention_heads"],
+                                     config["num_key_value_heads"],
+                                     config["hidden_size"] // config["num_attention_heads"])
+    # as convert2llama does with the config: drop the InternLM2-only keys, bias -> attention_bias
+    for key in ("_name_or_path", "auto_map", "transformers_version", "model_type", "architectures",
+                "tokenizer_class", "attn_implementation"):
+        config.pop(key, None)
+    config["attention_bias"] = config.pop("bias")
+    model = transformers.LlamaForCausalLM._from_config(transformers.LlamaConfig(**config),
+                                                       attn_implementation="eager", dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    tokens = rng.integers(0, cfg.vocab_size, (2, 17))
+    with torch.no_grad():
+        theirs = model.eval()(torch.from_numpy(tokens)).logits.numpy()
+    ours, _ = internlm2.forward(load_model(tmp_path).params, {"tokens": tokens.astype(np.int32)}, cfg)
+    float32_parity(ours, theirs, what="InternLM2 export via InternLM's conversion vs transformers Llama")
+
+
 def test_export_writes_configs_transformers_reads(tiny, make_params, tmp_path):
     cfg = tiny(rope_scaling=RopeScaling("linear", 2.0), attention_bias=True)
     save_hf(tmp_path / "i", cfg, make_params(cfg), layout="internlm2")
