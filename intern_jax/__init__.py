@@ -2,7 +2,7 @@
 
 The public face is small: ``load_model`` (any supported checkpoint format), ``generate`` /
 ``stream_generate`` / ``generate_text`` (the one decoding implementation), ``SamplingParams``,
-``ChatSession`` and ``load_config``. Everything else lives in the sub-packages.
+``Decoder`` (what they all drive), ``ChatSession`` and ``load_config``. Everything else lives in the sub-packages.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _EXPORTS = {
     "generate_text": "intern_jax.inference",
     "SamplingParams": "intern_jax.inference",
     "ChatSession": "intern_jax.inference",
+    "Decoder": "intern_jax.inference",
     "load_config": "intern_jax.config",
     "ModelConfig": "intern_jax.config",
     "load_tokenizer": "intern_jax.tokenizer",

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from intern_jax.checkpoint import load_model
-    from intern_jax.inference import ChatSession, prepare_params
+    from intern_jax.inference import ChatSession, Decoder
 
     sampling = cli.sampling_params(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                    seed=args.seed, max_new_tokens=args.max_new_tokens)
@@ -45,12 +45,12 @@ def main(argv=None) -> int:
     if model.tokenizer is None:
         raise ValueError(f"--model {args.model} carries no tokenizer; chat needs one (a GGUF file or a checkpoint "
                          "directory with tokenizer.json / tokenizer.model)")
-    params, cfg = prepare_params(model.params, model.config)
+    decoder = Decoder.from_model(model)  # shared by every session: compiled once
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # a bad byte is replaced below, not fatal to the session
 
     def new_session():
-        return ChatSession(params, cfg, model.tokenizer, sampling, system=system)
+        return ChatSession(decoder, sampling, system=system)
 
     session = new_session()
     while True:

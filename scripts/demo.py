@@ -61,13 +61,12 @@ def loss_summary(run_dir: Path) -> str:
 def chat(prompt: str, max_new_tokens: int) -> None:
     sys.path.insert(0, str(ROOT))
     import intern_jax as ij  # noqa: PLC0415  (jax is imported only for this stage)
-    from intern_jax.inference import prepare_params  # noqa: PLC0415
 
     path = ij.embedded_model_path()
     start = time.perf_counter()
     model = ij.load_model(path)
-    params, cfg = prepare_params(model.params, model.config)  # the fast decode layout
-    model = model._replace(params=params, config=cfg)
+    cfg = model.config
+    model = ij.Decoder.from_model(model)
     print(f"   {path.name}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}; "
           f"loaded in {time.perf_counter() - start:.1f}s", flush=True)
     print(f"== user: {prompt}\n== assistant: ", end="", flush=True)

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         ap.error("--system needs --chat")
 
     from intern_jax.checkpoint import load_model
-    from intern_jax.inference import generate_text, prepare_params
+    from intern_jax.inference import Decoder, generate_text
 
     sampling = cli.sampling_params(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -55,8 +55,7 @@ def main(argv=None) -> int:
     if model.tokenizer is None:
         raise ValueError(f"--model {args.model} carries no tokenizer; generate.py needs one (a GGUF file or a "
                          "checkpoint directory with tokenizer.json / tokenizer.model)")
-    params, cfg = prepare_params(model.params, model.config)
-    model = model._replace(params=params, config=cfg)
+    model = Decoder.from_model(model)
 
     def show(piece: str) -> None:
         sys.stdout.write(piece)

@@ -1,25 +1,22 @@
-"""Inference: sampling, ``prefill`` / ``decode_step`` over a KV cache, ``generate`` and chat sessions.
+"""Inference: the KV-cache decoder, sampling, ``generate`` / ``stream_generate`` and chat sessions.
 
-``generate`` (and its streaming twin) is the only decoding implementation in the project;
-evaluation, agents and the serving engine call it or the two jitted steps beneath it.
+``Decoder`` is the only decoding implementation in the project: ``generate``, ``stream_generate``,
+``generate_text``, ``ChatSession``, the serving engine and evaluation's scorer all drive it.
 """
 
 from intern_jax.inference.chat import ChatSession
+from intern_jax.inference.decoder import DecodeBatch, Decoder, PagedLayout, StepOutput
 from intern_jax.inference.generate import (
     GenerationResult,
-    bucket,
-    decode_step,
     encode_prompt,
     generate,
     generate_text,
-    grow_cache,
-    prefill,
-    prepare_params,
     stream_generate,
 )
-from intern_jax.inference.sampling import NO_TOKEN, SamplingParams, init_state, sample
+from intern_jax.inference.sampling import SamplingParams
+from intern_jax.inference.stop import StopStrings
 
 __all__ = [
-    "ChatSession", "NO_TOKEN", "GenerationResult", "SamplingParams", "bucket", "decode_step", "encode_prompt",
-    "generate", "generate_text", "grow_cache", "init_state", "prefill", "prepare_params", "sample", "stream_generate",
+    "ChatSession", "DecodeBatch", "Decoder", "GenerationResult", "PagedLayout", "SamplingParams", "StepOutput",
+    "StopStrings", "encode_prompt", "generate", "generate_text", "stream_generate",
 ]

@@ -1,68 +1,46 @@
 """Multi-turn chat over one KV cache: each turn prefills only the tokens the cache lacks.
 
 ``ChatSession.respond(ids)`` takes the whole conversation as token ids, keeps the longest
-prefix already in the cache, prefills the rest and streams the continuation through the
-same ``prefill`` / ``decode_step`` as ``generate``. ``send(text)`` wraps it with the chat
-template and incremental detokenization. One conversation (batch 1) per session.
+prefix already in the cache, prefills the rest into its one-slot decode batch and streams
+the continuation. ``send(text)`` wraps it with the chat template, incremental detokenization
+and stop strings. One conversation per session; the serving engine keeps many.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import time
 from collections.abc import Iterator, Sequence
 
-import jax.numpy as jnp
-import numpy as np
-
-from intern_jax.inference import sampling as smp
+from intern_jax.inference.decoder import Decoder
+from intern_jax.inference.generate import GenerationResult, default_stop_ids, stream_text
 from intern_jax.inference.sampling import NO_TOKEN, SamplingParams
-from intern_jax.model import internlm2
-
-# The module, not the package attribute of the same name (which is the function).
-_gen = importlib.import_module("intern_jax.inference.generate")
 
 
 class ChatSession:
     """A conversation whose KV cache persists across turns.
 
-    ``params``/``cfg`` as for ``generate`` (``prepare_params`` output decodes faster);
-    ``tokenizer`` is needed only for ``send``.
+    ``model``: a ``Decoder`` or a loaded model (``params``, ``config``, ``tokenizer``); the
+    tokenizer is needed only for ``send``.
     """
 
-    def __init__(self, params, cfg, tokenizer=None, sampling: SamplingParams | None = None,
-                 system: str | None = None):
-        self.params, self.cfg, self.tokenizer = params, cfg, tokenizer
+    def __init__(self, model, sampling: SamplingParams | None = None, system: str | None = None):
+        self.decoder = Decoder.from_model(model)
+        self.tokenizer = self.decoder.tokenizer
         sampling = sampling or SamplingParams()
-        if tokenizer is not None and not sampling.stop_ids:
-            sampling = dataclasses.replace(sampling, stop_ids=_gen.default_stop_ids(tokenizer))
+        if self.tokenizer is not None and not sampling.stop_ids:
+            sampling = dataclasses.replace(sampling, stop_ids=default_stop_ids(self.tokenizer))
         self.sampling = sampling
         self.messages: list[dict] = [] if system is None else [{"role": "system", "content": system}]
-        self.cache = internlm2.init_cache(cfg, 1, _gen.bucket(256))
+        self.batch = self.decoder.new_batch(1, 256)
         self.cached_ids: list[int] = []  # exactly the tokens whose keys/values are in the cache
-        self.last_result: _gen.GenerationResult | None = None
+        self.last_result: GenerationResult | None = None
         self.prefilled_tokens = 0  # tokens prefilled by the last turn (the reuse is the rest)
 
-    def _truncate(self, keep: int) -> None:
-        """Forget cached tokens from ``keep`` on (their slots become padding)."""
-        slots = jnp.arange(self.cache["segment_ids"].shape[1])[None, :]
-        self.cache = {
-            **self.cache,
-            "segment_ids": jnp.where(slots < keep, self.cache["segment_ids"], 0),
-            "lengths": jnp.full_like(self.cache["lengths"], keep),
-        }
-        self.cached_ids = self.cached_ids[:keep]
-
-    def respond(self, ids: Sequence[int], sampling: SamplingParams | None = None) -> Iterator[int]:
-        """Stream the continuation of the conversation ``ids`` (all turns so far, as token ids).
-
-        Yields token ids (a final stop token included); afterwards ``last_result`` holds the
-        ``GenerationResult``. The cache then holds ``ids`` plus the reply (its last token is
-        fed on the next turn).
-        """
+    def _start_turn(self, ids: Sequence[int], sampling: SamplingParams):
+        """Prefill what the cache lacks of ``ids``; the first reply token's ``StepOutput`` and the budget."""
         ids = [int(t) for t in ids]
-        sampling = sampling or self.sampling
-        context = self.cfg.max_position_embeddings
+        context = self.decoder.config.max_position_embeddings
         if len(ids) >= context:
             raise ValueError(
                 f"the conversation has {len(ids)} tokens, but the model's context is {context} tokens; "
@@ -74,71 +52,62 @@ class ChatSession:
                 break
             common += 1
         common = min(common, len(ids) - 1)  # the last token is always fed: its logits pick the next
-        if common < len(self.cached_ids):
-            self._truncate(common)
-        new = ids[common:]
         budget = min(sampling.max_new_tokens, context - len(ids))
-        t = _gen.bucket(len(new))
-        self.cache = _gen.grow_cache(self.cache, _gen.bucket(common + t + budget + 1))
-        tokens = np.zeros((1, t), np.int32)
-        tokens[0, : len(new)] = new
-        segment_ids = (np.arange(t) < len(new)).astype(np.int32)[None, :]
         row = dataclasses.replace(sampling, max_new_tokens=budget)
-        full = np.asarray([ids], np.int32)
-        state = smp.init_state([row], self.cfg.vocab_size, full, None, [budget],
-                               stop_width=_gen.bucket(len(row.stop_ids), 4))
-        batch = {"tokens": jnp.asarray(tokens), "segment_ids": jnp.asarray(segment_ids)}
-        self.prefilled_tokens = len(new)
-
-        start, compile_s = _gen._executable(_gen._start, {"cfg": self.cfg}, (2, 3), self.params, batch,
-                                            self.cache, state)
-        timer = _gen._Timer()
-        with timer:
-            token, self.cache, state = start(self.params, batch, self.cache, state)
-            first = int(np.asarray(token)[0])
-        prefill_s = timer.seconds
+        self.prefilled_tokens = len(ids) - common
+        first = self.batch.insert([0], [ids[common:]], [row], keep=[common], history=[ids])
         self.cached_ids = list(ids)
-        reply: list[int] = []
-        step, compile_step = _gen._executable(_gen._decode_step, {"cfg": self.cfg}, (2, 3), self.params, token,
-                                              self.cache, state)
-        decode = _gen._Timer()
-        current = first
-        while current != NO_TOKEN:
-            reply.append(current)
-            yield current
-            if bool(np.asarray(state["done"])[0]):
+        return first, budget
+
+    def respond(self, ids: Sequence[int], sampling: SamplingParams | None = None) -> Iterator[int]:
+        """Stream the continuation of the conversation ``ids`` (all turns so far, as token ids).
+
+        Yields token ids (a final stop token included); afterwards ``last_result`` holds the
+        ``GenerationResult``. The cache then holds ``ids`` plus the reply (its last token is
+        fed on the next turn).
+        """
+        sampling = sampling or self.sampling
+        compiled_before = self.decoder.compile_seconds
+        t0 = time.perf_counter()
+        out, budget = self._start_turn(ids, sampling)
+        prefill_s = time.perf_counter() - t0
+        reply, logprobs, decode_s = [], [], 0.0
+        while int(out.tokens[0]) != NO_TOKEN:
+            reply.append(int(out.tokens[0]))
+            logprobs.append(float(out.logprobs[0]))
+            yield reply[-1]
+            if self.batch.done()[0]:
                 break
-            with decode:
-                token, self.cache, state = step(self.params, token, self.cache, state)
-                current = int(np.asarray(token)[0])
-            self.cached_ids.append(reply[-1])
-        reason = "stop" if bool(np.asarray(state["stopped"])[0]) else "length"
-        self.last_result = _gen.GenerationResult(
-            [reply], [reason], [len(ids)], prefill_s=prefill_s, decode_s=decode.seconds,
-            compile_s=compile_s + compile_step,
-        )
+            self.cached_ids.append(reply[-1])  # fed by the next step
+            t0 = time.perf_counter()
+            out = self.batch.step()
+            decode_s += time.perf_counter() - t0
+        self._record(ids, reply, logprobs, prefill_s, decode_s, compiled_before,
+                     "stop" if self.batch.stopped()[0] else "length")
+
+    def _record(self, ids, reply, logprobs, prefill_s, decode_s, compiled_before, reason):
+        compile_s = self.decoder.compile_seconds - compiled_before
+        self.last_result = GenerationResult(
+            [reply], [reason], [len(ids)], prefill_s=max(prefill_s - compile_s, 0.0), decode_s=decode_s,
+            compile_s=compile_s, logprobs=[logprobs])
 
     def send(self, text: str, sampling: SamplingParams | None = None) -> Iterator[str]:
-        """Add a user turn, stream the assistant's reply as text pieces, and record it."""
-        from intern_jax.tokenizer import StreamDecoder
+        """Add a user turn, stream the assistant's reply as text pieces, and record it.
 
+        ``sampling.stop`` strings end the reply where they first appear."""
         if self.tokenizer is None:
             raise ValueError("ChatSession.send needs a tokenizer; use respond() with token ids instead")
+        sampling = sampling or self.sampling
         self.messages.append({"role": "user", "content": text})
         prompt = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True)
         ids = self.tokenizer.encode(prompt, add_bos=False)
-        stops = set((sampling or self.sampling).stop_ids)
-        decoder = StreamDecoder(self.tokenizer)
-        pieces = []
-        for token in self.respond(ids, sampling):
-            if token in stops:
-                continue
-            piece = decoder.push(token)
-            if piece:
-                pieces.append(piece)
-                yield piece
-        tail = decoder.flush()
-        if tail:
-            pieces.append(tail)
-            yield tail
-        self.messages.append({"role": "assistant", "content": "".join(pieces)})
+        compiled_before = self.decoder.compile_seconds
+        t0 = time.perf_counter()
+        first, budget = self._start_turn(ids, sampling)
+        prefill_s = time.perf_counter() - t0
+        reply_text, tokens, logprobs, by_string, decode_s = yield from stream_text(
+            self.batch, 0, first, self.tokenizer, set(sampling.stop_ids), sampling.stop, budget - 1)
+        self.cached_ids.extend(tokens[:-1])  # every reply token but the last was fed into the cache
+        self.messages.append({"role": "assistant", "content": reply_text})
+        self._record(ids, tokens, logprobs, prefill_s, decode_s, compiled_before,
+                     "stop" if by_string or self.batch.stopped()[0] else "length")

@@ -37,7 +37,8 @@ class SamplingParams:
 
     ``temperature`` 0 is greedy; ``top_k`` 0 and ``top_p`` 1.0 switch those filters off;
     ``repetition_penalty`` 1.0 is off (applied over prompt and generated tokens).
-    Generation of a row ends at a token in ``stop_ids`` or after ``max_new_tokens``.
+    Generation of a row ends at a token in ``stop_ids``, after ``max_new_tokens``, or (text drivers)
+    where one of the ``stop`` strings appears in the decoded text.
     """
 
     temperature: float = 0.0
@@ -47,9 +48,14 @@ class SamplingParams:
     seed: int = 0
     max_new_tokens: int = 128
     stop_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()  # stop strings, matched on the decoded text (not part of it)
 
     def __post_init__(self):
         object.__setattr__(self, "stop_ids", tuple(sorted(int(t) for t in self.stop_ids)))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(s, str) and s for s in stop):
+            raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", stop)
         for name in ("temperature", "top_p", "repetition_penalty"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):

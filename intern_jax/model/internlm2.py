@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from intern_jax import sharding as shd
 from intern_jax.config import ModelConfig
-from intern_jax.model import layers
+from intern_jax.model import kv_cache, layers
 
 # logical axes of the hidden states [B, T, E] between layers: the embedding dimension is whole on
 # every device (FSDP shards the weights' ``embed`` axis, not the activations')
@@ -114,43 +114,6 @@ def init(cfg: ModelConfig, key, mesh=None, rules=None) -> dict:
 
     out_shardings = param_shardings(cfg, mesh, rules) if mesh is not None else None
     return jax.jit(make, out_shardings=out_shardings)(key)
-
-
-# ---------------------------------------------------------------------------
-# KV cache
-
-
-def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
-    """An empty KV cache for ``batch_size`` rows of up to ``max_len`` tokens.
-
-    ``segment_ids``/``positions`` describe each slot (segment 0 = empty), so the same
-    mask rule as training applies; ``lengths`` is where each row writes next.
-    """
-    dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-    return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
-        "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32),
-        "positions": jnp.zeros((batch_size, max_len), jnp.int32),
-        "lengths": jnp.zeros((batch_size,), jnp.int32),
-    }
-
-
-def _write_slots(cache, segment_ids, positions):
-    """Slot indices ``[B, T]`` for new tokens and the cache with their metadata written.
-
-    Tokens land at ``lengths[b] + t``; ``lengths`` advances by the row's non-padding
-    count, so right-padding is overwritten by the next call. Out-of-range slots are dropped.
-    """
-    b, t = segment_ids.shape
-    slots = cache["lengths"][:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
-    rows = jnp.arange(b)[:, None]
-    cache = dict(cache)
-    cache["segment_ids"] = cache["segment_ids"].at[rows, slots].set(segment_ids, mode="drop")
-    cache["positions"] = cache["positions"].at[rows, slots].set(positions, mode="drop")
-    cache["lengths"] = cache["lengths"] + jnp.sum(segment_ids != 0, axis=1, dtype=jnp.int32)
-    return slots, cache
 
 
 # ---------------------------------------------------------------------------
@@ -297,11 +260,12 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
     x = jnp.take(table, tokens, axis=0).astype(dtype)
 
     if cache is None:
-        kv_segment_ids, kv_positions = segment_ids, positions
+        seq_len = jnp.max(jnp.where(segment_ids != 0, positions, 0), axis=1) + 1
     else:
-        slots, cache = _write_slots(cache, segment_ids, positions)
-        kv_segment_ids, kv_positions = cache["segment_ids"], cache["positions"]
-    seq_len = jnp.max(jnp.where(kv_segment_ids != 0, kv_positions, 0), axis=1) + 1
+        step = kv_cache.begin(cache, segment_ids)
+        if batch.get("positions") is None:
+            positions = step.slots
+        seq_len = step.lengths
     cos, sin = layers.rope_tables(positions, cfg, seq_len)
     blocks = params["layers"]
 
@@ -329,7 +293,10 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
             attn = shd.constrain(attn, ("batch", "seq", "heads", None))
             return shd.constrain(_finish(p, x, attn, cfg), ACTIVATION_AXES)
 
-        if cfg.remat == "full":
+        if isinstance(blocks, (list, tuple)):  # per-layer weights (the decoder's layout)
+            for p in blocks:
+                x = layer(x, p)
+        elif cfg.remat == "full":
             x = remat_scan(layer, x, blocks)
         else:
             body = lambda x, p: (layer(x, p), None)  # noqa: E731
@@ -337,30 +304,25 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
                 body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
             x, _ = jax.lax.scan(body, x, blocks)
     else:
-        rows = jnp.arange(b)[:, None]
-
+        # The cache owns its layout: each layer hands it the new keys and values and gets the
+        # attention over everything cached so far (kv_cache.DenseKV / PagedKV).
         def body(carry, p):
-            x, k_all, v_all, i = carry
+            x, cache, i = carry
             p = cast(p)
             q, k, v = _qkv(p, x, cos, sin, cfg)
-            k_all = k_all.at[i, rows, slots].set(k.astype(k_all.dtype), mode="drop")
-            v_all = v_all.at[i, rows, slots].set(v.astype(v_all.dtype), mode="drop")
-            attn = layers.attention(
-                q, k_all[i].astype(dtype), v_all[i].astype(dtype),
-                segment_ids, positions, kv_segment_ids, kv_positions, impl="xla",
-            )
-            return (_finish(p, x, attn, cfg), k_all, v_all, i + 1), None
+            attn, cache = cache.write_and_attend(i, step, q, k, v, impl=cfg.attention_impl)
+            return (_finish(p, x, attn, cfg), cache, i + 1), None
 
         if isinstance(blocks, (list, tuple)):
-            # Per-layer weights (inference.prepare_params): a Python loop reads each layer's
-            # weights in place, where scan would copy its slice of the stacked arrays every step.
-            carry = (x, cache["k"], cache["v"], 0)
+            # Per-layer weights (the decoder's layout): a Python loop reads each layer's weights
+            # in place, where scan would copy its slice of the stacked arrays every step.
+            carry = (x, cache, 0)
             for p in blocks:
                 carry, _ = body(carry, p)
-            x, k_all, v_all, _ = carry
+            x, cache, _ = carry
         else:
-            (x, k_all, v_all, _), _ = jax.lax.scan(body, (x, cache["k"], cache["v"], 0), blocks)
-        cache = {**cache, "k": k_all, "v": v_all}
+            (x, cache, _), _ = jax.lax.scan(body, (x, cache, 0), blocks)
+        cache = kv_cache.finish(cache, step)
 
     x = layers.rms_norm(x, params["norm"].astype(dtype), cfg.rms_norm_eps)
     return x, cache

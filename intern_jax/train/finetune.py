@@ -300,7 +300,7 @@ def compare_answers(run_dir, questions, *, max_new_tokens: int = 48) -> list[dic
     fine-tuned answer ended on a stop token (``<|im_end|>``) rather than the token limit.
     """
     from intern_jax.checkpoint import load_model  # noqa: PLC0415
-    from intern_jax.inference import SamplingParams, generate_text, prepare_params  # noqa: PLC0415
+    from intern_jax.inference import Decoder, SamplingParams, generate_text  # noqa: PLC0415
     from intern_jax.train.checkpointing import read_run_json  # noqa: PLC0415
 
     record = read_run_json(run_dir)
@@ -308,8 +308,7 @@ def compare_answers(run_dir, questions, *, max_new_tokens: int = 48) -> list[dic
     sampling = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     out = [{"question": q} for q in questions]
     for label, model in models.items():
-        params, cfg = prepare_params(model.params, model.config)
-        model = model._replace(params=params, config=cfg)
+        model = Decoder.from_model(model)
         for row in out:
             text, result = generate_text(model, [{"role": "user", "content": row["question"]}], sampling)
             row[label] = text

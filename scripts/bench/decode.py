@@ -45,24 +45,24 @@ def main(argv=None) -> int:
     import torch
 
     from intern_jax.checkpoint import embedded_model_path, load_model
-    from intern_jax.inference import SamplingParams, encode_prompt, generate, prepare_params
+    from intern_jax.inference import Decoder, SamplingParams, encode_prompt, generate
     from intern_jax.inference.hf_reference import load_transformers_gguf
 
     path = Path(args.model) if args.model else embedded_model_path()
     n = args.new_tokens
     model = load_model(path, dtype="float32")
-    params, cfg = prepare_params(model.params, model.config)
+    decoder = Decoder.from_model(model)
     tok = model.tokenizer
     prompts = [encode_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
     greedy = SamplingParams(max_new_tokens=n)  # no stop ids: exactly n tokens
 
-    compile_b1 = generate(params, cfg, [prompts[0]], greedy).compile_s
+    compile_b1 = generate(decoder, [prompts[0]], greedy).compile_s
     ours, ours_prefill, agree = [], [], []
     hf = load_transformers_gguf(path)
     torch.set_num_threads(os.cpu_count() or 1)
     theirs = []
     for p in prompts[: args.prompts]:
-        r = generate(params, cfg, [p], greedy)
+        r = generate(decoder, [p], greedy)
         ours.append(r.decode_tokens_per_s)
         ours_prefill.append(r.prefill_tokens_per_s)
         ids = torch.tensor([p])
@@ -76,9 +76,9 @@ def main(argv=None) -> int:
         theirs.append((n - 1) / ((t2 - t1) - (t1 - t0)))
         agree.append(out[0, len(p):].tolist() == r.tokens[0])
 
-    batch8 = generate(params, cfg, prompts[:8], greedy)  # compile
+    batch8 = generate(decoder, prompts[:8], greedy)  # compile
     compile_b8 = batch8.compile_s
-    batch8 = generate(params, cfg, prompts[:8], greedy)
+    batch8 = generate(decoder, prompts[:8], greedy)
     report = {
         "model": path.name,
         "dtype": "float32",

@@ -32,7 +32,7 @@ def test_smollm2_greedy_chat_continuations_equal_transformers():
     prompts = [encode_prompt(model.tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
     n = 28
     stops = tuple(sorted(model.tokenizer.stop_ids))
-    ours = generate(model.params, model.config, prompts, SamplingParams(max_new_tokens=n, stop_ids=stops))
+    ours = generate(model, prompts, SamplingParams(max_new_tokens=n, stop_ids=stops))
     hf = load_transformers_gguf(path)
     for prompt, tokens in zip(prompts, ours.tokens):
         with torch.no_grad():

@@ -10,8 +10,14 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from intern_jax.inference import SamplingParams, init_state, sample
-from intern_jax.inference.sampling import NO_TOKEN, filter_top_k_top_p, process_logits
+from intern_jax.inference.sampling import (
+    NO_TOKEN,
+    SamplingParams,
+    filter_top_k_top_p,
+    init_state,
+    process_logits,
+    sample,
+)
 
 V = 211
 

@@ -10,6 +10,7 @@ import pytest
 from intern_jax import testing
 from intern_jax.config import ModelConfig, RopeScaling
 from intern_jax.model import internlm2
+from intern_jax.model.kv_cache import DenseKV
 from intern_jax.sharding import make_mesh
 from intern_jax.testing import tiny_config
 
@@ -37,7 +38,7 @@ def test_kv_cache_decode_matches_full_forward(scaling):
     toks = tokens(cfg, (2, 11))
     full, _ = fwd(params, {"tokens": toks}, cfg)
 
-    cache = internlm2.init_cache(cfg, batch_size=2, max_len=16)
+    cache = DenseKV.init(cfg, batch_size=2, capacity=16)
     pieces = []
     logits, cache = fwd(params, {"tokens": toks[:, :6]}, cfg, cache)
     pieces.append(logits)
@@ -46,7 +47,7 @@ def test_kv_cache_decode_matches_full_forward(scaling):
         logits, cache = fwd(params, batch, cfg, cache)
         pieces.append(logits)
     np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=1e-5, rtol=1e-5)
-    np.testing.assert_array_equal(cache["lengths"], [11, 11])
+    np.testing.assert_array_equal(cache.lengths, [11, 11])
 
 
 def test_packed_rows_equal_documents_run_separately():
@@ -83,7 +84,7 @@ def test_cache_rows_of_different_lengths_continue_independently():
     a, b = tokens(cfg, (4,), seed=1), tokens(cfg, (7,), seed=2)
     prompt = jnp.stack([jnp.pad(a, (0, 3)), b])
     seg = jnp.array([[1] * 4 + [0] * 3, [1] * 7], jnp.int32)
-    cache = internlm2.init_cache(cfg, 2, 12)
+    cache = DenseKV.init(cfg, 2, 12)
     _, cache = fwd(params, {"tokens": prompt, "segment_ids": seg}, cfg, cache)
     nxt = jnp.array([[5], [6]], jnp.int32)
     step, cache = fwd(params, {"tokens": nxt, "positions": jnp.array([[4], [7]])}, cfg, cache)

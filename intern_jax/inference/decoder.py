@@ -1,0 +1,389 @@
+"""The decoder: one object that owns decoding for a model, and the batches of sequences it decodes.
+
+``Decoder(params, config)`` lays the parameters out for decoding once (layers unstacked so each
+is read in place, a tied head given its own ``[E, V]`` copy; callers never see this) and holds
+the compiled functions, one per shape bucket (rows, new tokens, cache capacity), in a
+lock-guarded table of its own, so it may be shared between threads. It knows three things:
+
+- ``DecodeBatch`` (``decoder.new_batch``): a fixed number of slots over one KV cache (dense, or
+  paged with block tables set by the caller), with ``insert`` (prefill sequences into slots and
+  sample their first tokens), ``step`` (one token for every live slot), ``run`` (up to N steps
+  in one ``while_loop``) and ``release``. ``generate``, ``stream_generate``, ``ChatSession`` and
+  the serving engine are drivers over it.
+- per-token log-probabilities of each chosen token under the model's distribution (before any
+  sampling filter), with the top-k alternatives when asked for;
+- ``score``: the log-probability of each continuation token given its context (one forward,
+  no cache), for evaluation and the corpus quality filter.
+
+It does not schedule requests (the engine does) nor turn tokens into text (``generate_text``
+and ``ChatSession.send`` do, stop strings included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from intern_jax.config import ModelConfig
+from intern_jax.inference import sampling as smp
+from intern_jax.inference.sampling import NO_TOKEN, SamplingParams
+from intern_jax.model import internlm2
+from intern_jax.model.kv_cache import DenseKV, PagedKV
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """``n`` rounded up to a power of two, at least ``minimum``."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def decode_layout(params, cfg: ModelConfig):
+    """``(params, cfg)`` laid out for decoding: same model, same outputs.
+
+    Layers become a list of per-layer trees (the cached forward then reads each weight in place
+    instead of copying its slice out of the stacked array every step), and a tied output head gets
+    its own ``[E, V]`` copy (a plain matrix-vector product per token).
+    """
+    out = dict(params)
+    if isinstance(params["layers"], dict):
+        out["layers"] = [jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(cfg.num_layers)]
+    if cfg.tie_word_embeddings:
+        out["output"] = jnp.transpose(params["tok_embeddings"])
+        cfg = dataclasses.replace(cfg, tie_word_embeddings=False)
+    return out, cfg
+
+
+# ---------------------------------------------------------------------------
+# The compiled pieces (pure functions; the decoder compiles them per shape bucket)
+
+
+def _last_logits(params, tokens, segment_ids, cache, cfg: ModelConfig):
+    """Append ``tokens [B, T]`` (right padding: segment 0) to the cache; logits ``[B, V]`` at each row's last token."""
+    logits, cache = internlm2.forward(params, {"tokens": tokens, "segment_ids": segment_ids}, cfg, cache)
+    last = jnp.maximum(jnp.sum(segment_ids != 0, axis=1) - 1, 0)
+    return jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0], cache
+
+
+def _pick(logits, state, num_top: int):
+    """Sample one token per row; its log-probability under the model and the top ``num_top`` alternatives."""
+    tokens, state = smp.sample(logits, state)
+    logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    info = {"logprob": jnp.take_along_axis(logprobs, jnp.maximum(tokens, 0)[:, None], axis=1)[:, 0]}
+    if num_top:
+        info["top_logprobs"], info["top_ids"] = jax.lax.top_k(logprobs, num_top)
+    return tokens, info, state
+
+
+def _insert(params, cache, state, rows, tokens, segment_ids, keep, row_state, cfg: ModelConfig, num_top: int):
+    """Prefill ``tokens [n, T]`` into slots ``rows [n]`` after their first ``keep [n]`` cached tokens."""
+    part = cache.rows(rows).with_lengths(keep)
+    logits, part = _last_logits(params, tokens, segment_ids, part, cfg)
+    first, info, row_state = _pick(logits, row_state, num_top)
+    cache = cache.set_rows(rows, part)
+    state = jax.tree.map(lambda a, r: a.at[rows].set(r, mode="drop"), state, row_state)
+    return first, info, cache, state
+
+
+def _step(params, cache, state, tokens, cfg: ModelConfig, num_top: int):
+    """Feed each live slot its last token ``[B]`` and pick the next; done slots emit ``NO_TOKEN``."""
+    done = state["done"] | (cache.lengths >= cache.capacity)
+    state = {**state, "done": done}
+    segment_ids = (~done).astype(jnp.int32)[:, None]
+    logits, cache = _last_logits(params, jnp.maximum(tokens, 0)[:, None], segment_ids, cache, cfg)
+    tokens, info, state = _pick(logits, state, num_top)
+    return tokens, info, cache, state
+
+
+def _run(params, cache, state, tokens, cfg: ModelConfig, num_top: int, num_steps: int):
+    """Up to ``num_steps`` steps in one ``while_loop``, ending early once every slot is done.
+
+    Returns ``tokens [B, num_steps]`` (``NO_TOKEN`` where nothing was emitted), their infos
+    ``[B, num_steps, ...]``, the cache and the state.
+    """
+    b = tokens.shape[0]
+    out = jnp.full((b, num_steps), NO_TOKEN, jnp.int32)
+    infos = {"logprob": jnp.zeros((b, num_steps), jnp.float32)}
+    if num_top:
+        infos["top_logprobs"] = jnp.zeros((b, num_steps, num_top), jnp.float32)
+        infos["top_ids"] = jnp.zeros((b, num_steps, num_top), jnp.int32)
+
+    def cond(carry):
+        i, _, _, state, _, _ = carry
+        return (i < num_steps) & ~jnp.all(state["done"])
+
+    def body(carry):
+        i, tokens, cache, state, out, infos = carry
+        tokens, info, cache, state = _step(params, cache, state, tokens, cfg, num_top)
+        out = out.at[:, i].set(tokens)
+        infos = {k: infos[k].at[:, i].set(v) for k, v in info.items()}
+        return i + 1, tokens, cache, state, out, infos
+
+    _, _, cache, state, out, infos = jax.lax.while_loop(
+        cond, body, (jnp.int32(0), tokens, cache, state, out, infos))
+    return out, infos, cache, state
+
+
+def _token_logprobs(params, tokens, segment_ids, cfg: ModelConfig):
+    """``log p(tokens[:, t + 1] | tokens[:, :t + 1])`` ``[B, T - 1]`` and whether each was the argmax."""
+    logits, _ = internlm2.forward(params, {"tokens": tokens, "segment_ids": segment_ids}, cfg)
+    logprobs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    target = tokens[:, 1:]
+    chosen = jnp.take_along_axis(logprobs, target[:, :, None], axis=2)[:, :, 0]
+    return chosen, jnp.argmax(logprobs, axis=-1) == target
+
+
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PagedLayout:
+    """A paged cache: ``num_pages`` pages of ``page_size`` tokens; each slot addresses up to
+    ``pages_per_slot`` of them through its block table."""
+
+    num_pages: int
+    page_size: int = 64
+    pages_per_slot: int = 0  # 0: enough for the model's context
+
+
+class Decoder:
+    """Decoding for one model: prepared parameters and the compiled functions, shared by its batches.
+
+    ``Decoder(params, config, tokenizer=None)``, or ``Decoder.from_model(load_model(path))``.
+    ``config`` stays the model's own; the decode layout is private.
+    """
+
+    def __init__(self, params, config: ModelConfig, tokenizer=None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.params, self._cfg = decode_layout(params, config)
+        self._executables: dict = {}
+        self._lock = threading.Lock()
+        self.compile_seconds = 0.0
+
+    @classmethod
+    def from_model(cls, model) -> Decoder:
+        """A decoder for a loaded model (anything with ``params``, ``config`` and ``tokenizer``)."""
+        if isinstance(model, Decoder):
+            return model
+        return cls(model.params, model.config, getattr(model, "tokenizer", None))
+
+    @property
+    def num_executables(self) -> int:
+        return len(self._executables)
+
+    def compiled(self, fn, static: dict, donate: tuple[int, ...], *args):
+        """``fn`` compiled for these argument shapes (once per shape), and the seconds spent compiling now."""
+        leaves, treedef = jax.tree.flatten(args)
+        key = (fn, tuple(sorted(static.items())), treedef,
+               tuple((x.shape, x.dtype, getattr(x, "sharding", None)) for x in leaves))
+        with self._lock:
+            exe = self._executables.get(key)
+            if exe is not None:
+                return exe, 0.0
+            t0 = time.perf_counter()
+            exe = jax.jit(lambda *a: fn(*a, **static), donate_argnums=donate).lower(*args).compile()
+            seconds = time.perf_counter() - t0
+            self._executables[key] = exe
+            self.compile_seconds += seconds
+            return exe, seconds
+
+    def new_batch(self, slots: int, capacity: int | None = None, *, paged: PagedLayout | None = None,
+                  kv_int8: bool = False, num_top_logprobs: int = 0, stop_width: int = 4) -> DecodeBatch:
+        """An empty batch of ``slots`` sequences.
+
+        Dense: each slot holds ``capacity`` tokens (default: the model's context; the batch grows
+        it when an insert needs more). Paged: ``paged`` sizes the page pool; slot ``i`` is given
+        pages ``i * pages_per_slot ...`` until the caller sets its own block tables.
+        """
+        cfg = self.config
+        context = cfg.max_position_embeddings
+        if paged is None:
+            cache = DenseKV.init(cfg, slots, bucket(capacity or context), int8=kv_int8)
+        else:
+            per_slot = paged.pages_per_slot or -(-context // paged.page_size)
+            cache = PagedKV.init(cfg, paged.num_pages, paged.page_size, slots, per_slot, int8=kv_int8)
+            tables = np.arange(slots * per_slot, dtype=np.int32).reshape(slots, per_slot) % paged.num_pages
+            cache = cache.with_block_tables(tables)
+        return DecodeBatch(self, cache, num_top_logprobs, stop_width)
+
+    def score(self, sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each token sequence, the log-probability of every token from index ``start`` on given
+        the tokens before it, and whether it was the model's greedy choice: ``[(logprobs, is_greedy)]``."""
+        out = []
+        for seq, start in zip(sequences, starts, strict=True):
+            if not 1 <= start <= len(seq):
+                raise ValueError(f"score: start {start} must be in [1, {len(seq)}] (at least one context token)")
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        results: list = [None] * len(sequences)
+        for lo in range(0, len(order), 8):
+            chunk = order[lo: lo + 8]
+            t = bucket(max(len(sequences[i]) for i in chunk))
+            tokens = np.zeros((bucket(len(chunk), 1), t), np.int32)
+            segments = np.zeros_like(tokens)
+            for r, i in enumerate(chunk):
+                tokens[r, : len(sequences[i])] = sequences[i]
+                segments[r, : len(sequences[i])] = 1
+            exe, _ = self.compiled(_token_logprobs, {"cfg": self._cfg}, (), self.params, jnp.asarray(tokens),
+                                   jnp.asarray(segments))
+            logprobs, greedy = (np.asarray(a) for a in exe(self.params, jnp.asarray(tokens), jnp.asarray(segments)))
+            for r, i in enumerate(chunk):
+                n = len(sequences[i])
+                results[i] = (logprobs[r, starts[i] - 1: n - 1], greedy[r, starts[i] - 1: n - 1])
+        out.extend(results)
+        return out
+
+
+@dataclasses.dataclass
+class StepOutput:
+    """One token per slot (``NO_TOKEN`` where none), its log-probability, and top alternatives if asked for."""
+
+    tokens: np.ndarray  # [B] int
+    logprobs: np.ndarray  # [B] float
+    top_ids: np.ndarray | None = None  # [B, k]
+    top_logprobs: np.ndarray | None = None  # [B, k]
+
+
+class DecodeBatch:
+    """Slots over one KV cache, decoded together: ``insert``, ``step`` / ``run``, ``release``.
+
+    Not thread-safe: one driver owns a batch. Slot ``i``'s state: its cache row (or block table),
+    its sampling state, its last token (fed at the next step), and whether it is done.
+    """
+
+    def __init__(self, decoder: Decoder, cache, num_top: int, stop_width: int):
+        self.decoder = decoder
+        self.cache = cache
+        self.num_top = num_top
+        slots = cache.batch_size
+        idle = [SamplingParams(max_new_tokens=0)] * slots
+        self.state = smp.init_state(idle, decoder.config.vocab_size, stop_width=bucket(stop_width, 4))
+        self.last = np.full(slots, NO_TOKEN, np.int32)
+
+    @property
+    def slots(self) -> int:
+        return self.cache.batch_size
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.asarray(self.cache.lengths)
+
+    def done(self) -> np.ndarray:
+        return np.asarray(self.state["done"])
+
+    def stopped(self) -> np.ndarray:
+        """Per slot: finished on a stop token (rather than its budget or the cache's end)."""
+        return np.asarray(self.state["stopped"])
+
+    def set_block_tables(self, slots: Sequence[int], tables) -> None:
+        """Paged caches: the pages each of ``slots`` addresses, ``[len(slots), pages_per_slot]``."""
+        if not isinstance(self.cache, PagedKV):
+            raise TypeError("set_block_tables needs a paged batch (new_batch(..., paged=PagedLayout(...)))")
+        all_tables = np.asarray(self.cache.block_tables).copy()
+        all_tables[np.asarray(slots)] = np.asarray(tables)
+        self.cache = self.cache.with_block_tables(all_tables)
+
+    def _widen_stops(self, width: int) -> None:
+        have = self.state["stop_ids"].shape[1]
+        if width > have:
+            pad = bucket(width, 4) - have
+            self.state = {**self.state, "stop_ids": jnp.pad(self.state["stop_ids"], [(0, 0), (0, pad)],
+                                                           constant_values=NO_TOKEN)}
+
+    def insert(self, slots: Sequence[int], prompts: Sequence[Sequence[int]],
+               sampling: Sequence[SamplingParams], *, keep: Sequence[int] | None = None,
+               history: Sequence[Sequence[int]] | None = None) -> StepOutput:
+        """Prefill ``prompts`` into ``slots`` after their first ``keep`` cached tokens (default 0: a new
+        sequence) and pick each one's first token, which is returned and fed at the next step.
+
+        ``sampling[i].max_new_tokens`` is the slot's budget (the caller clamps it to the context);
+        ``history[i]`` (default: the prompt) seeds the repetition penalty: pass the whole sequence
+        when ``keep`` > 0. Returns a ``StepOutput`` over the inserted slots, in order.
+        """
+        n = len(slots)
+        if not (n == len(prompts) == len(sampling)):
+            raise ValueError(f"insert: {n} slots, {len(prompts)} prompts and {len(sampling)} sampling params")
+        keep = [0] * n if keep is None else [int(k) for k in keep]
+        history = prompts if history is None else history
+        need = max(k + len(p) + s.max_new_tokens for k, p, s in zip(keep, prompts, sampling))
+        if isinstance(self.cache, DenseKV) and need > self.cache.capacity:
+            self.cache = self.cache.grown(bucket(need))
+        rows = bucket(n, 1)
+        t = bucket(max(len(p) for p in prompts))
+        tokens = np.zeros((rows, t), np.int32)
+        segments = np.zeros((rows, t), np.int32)
+        for i, p in enumerate(prompts):
+            tokens[i, : len(p)] = p
+            segments[i, : len(p)] = 1
+        index = np.full(rows, self.slots, np.int32)  # padding rows: out of range, never written back
+        index[:n] = slots
+        keep_rows = np.zeros(rows, np.int32)
+        keep_rows[:n] = keep
+        padded = list(sampling) + [SamplingParams(max_new_tokens=0)] * (rows - n)
+        self._widen_stops(max(len(s.stop_ids) for s in padded))
+        width = self.state["stop_ids"].shape[1]
+        hist = np.zeros((rows, bucket(max(len(h) for h in history))), np.int32)
+        hist_mask = np.zeros(hist.shape, bool)
+        for i, h in enumerate(history):
+            hist[i, : len(h)] = h
+            hist_mask[i, : len(h)] = True
+        row_state = smp.init_state(padded, self.decoder.config.vocab_size, hist, hist_mask, stop_width=width)
+        d = self.decoder
+        args = (d.params, self.cache, self.state, jnp.asarray(index), jnp.asarray(tokens), jnp.asarray(segments),
+                jnp.asarray(keep_rows), row_state)
+        exe, _ = d.compiled(_insert, {"cfg": d._cfg, "num_top": self.num_top}, (1, 2), *args)
+        first, info, self.cache, self.state = exe(*args)
+        out = _to_host(first, info)
+        self.last[np.asarray(slots)] = out.tokens[:n]
+        return _rows(out, slice(0, n))
+
+    def step(self) -> StepOutput:
+        """One token for every live slot (``NO_TOKEN`` for done or empty ones)."""
+        d = self.decoder
+        args = (d.params, self.cache, self.state, jnp.asarray(self.last))
+        exe, _ = d.compiled(_step, {"cfg": d._cfg, "num_top": self.num_top}, (1, 2), *args)
+        tokens, info, self.cache, self.state = exe(*args)
+        out = _to_host(tokens, info)
+        self.last = out.tokens.copy()
+        return out
+
+    def run(self, num_steps: int) -> StepOutput:
+        """Up to ``num_steps`` steps on the device in one loop; arrays gain a step axis ``[B, num_steps]``."""
+        d = self.decoder
+        args = (d.params, self.cache, self.state, jnp.asarray(self.last))
+        static = {"cfg": d._cfg, "num_top": self.num_top, "num_steps": int(num_steps)}
+        exe, _ = d.compiled(_run, static, (1, 2), *args)
+        tokens, infos, self.cache, self.state = exe(*args)
+        out = _to_host(tokens, infos)
+        emitted = out.tokens != NO_TOKEN
+        has = emitted.any(axis=1)
+        last_index = np.where(has, emitted.shape[1] - 1 - np.argmax(emitted[:, ::-1], axis=1), 0)
+        self.last = np.where(has, out.tokens[np.arange(self.slots), last_index], self.last).astype(np.int32)
+        return out
+
+    def release(self, slots: Sequence[int]) -> None:
+        """Free ``slots``: they stop decoding and their cached tokens are forgotten."""
+        index = jnp.asarray(np.asarray(slots, np.int32))
+        self.state = {**self.state, "done": self.state["done"].at[index].set(True)}
+        self.cache = self.cache.with_lengths(self.cache.lengths.at[index].set(0))
+        self.last[np.asarray(slots)] = NO_TOKEN
+
+    def truncate(self, slot: int, keep: int) -> None:
+        """Forget slot ``slot``'s cached tokens from ``keep`` on."""
+        self.cache = self.cache.with_lengths(self.cache.lengths.at[slot].set(keep))
+
+
+def _to_host(tokens, info) -> StepOutput:
+    return StepOutput(np.asarray(tokens), np.asarray(info["logprob"]),
+                      np.asarray(info["top_ids"]) if "top_ids" in info else None,
+                      np.asarray(info["top_logprobs"]) if "top_logprobs" in info else None)
+
+
+def _rows(out: StepOutput, rows) -> StepOutput:
+    return StepOutput(out.tokens[rows], out.logprobs[rows],
+                      None if out.top_ids is None else out.top_ids[rows],
+                      None if out.top_logprobs is None else out.top_logprobs[rows])
