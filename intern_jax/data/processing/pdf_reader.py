@@ -4,10 +4,10 @@ Built on PyMuPDF's span geometry (``page.get_text("dict")``, ``get_drawings``, `
 page rendering): lines are put in reading order by a recursive XY-cut (columns first, then the
 widest horizontal gap), headings come from font size against the body size, lists from their
 markers, ruled tables from the page's line drawings (cells = the grid's cells, filled with the
-words inside them), lines that repeat at the top or bottom of most pages and page numbers are
+words inside them), unruled tables from columns whose lines share baselines, monospaced lines as
+fenced code blocks (alignment kept), lines that repeat at the top or bottom of most pages and page numbers are
 removed, words hyphenated across a line end are made whole. Pages without a usable text layer
-are rendered and OCR'd (``ocr``). Unruled (whitespace-aligned) tables stay text lines; formulas
-stay text; OCR'd pages become plain paragraphs.
+are rendered and OCR'd (``ocr``). Formulas stay text; OCR'd pages become plain paragraphs.
 
 Why PyMuPDF, measured on this repository's generated papers (``scripts/bench/data.py``), 2 cores:
 pypdf 7.1 (BSD) ~250 pages/s but follows the content stream (interleaved columns come out mixed,
@@ -39,7 +39,7 @@ PAGE_NUMBER_RE = re.compile(r"^(page\s+)?[-\u2013\u2014\s]*(\d{1,4}|[ivxlcdm]{1,
                             r"([-\u2013\u2014\s]*|\s*(/|of)\s*\d{1,4})$", re.IGNORECASE)
 CAPTION_RE = re.compile(r"^(fig\.|figure|table|image|photo|chart|plate|\u56fe|\u8868)\s*[\dA-Za-z\u4e00-\u9fff]",
                         re.IGNORECASE)
-MONO_FONT_RE = re.compile(r"mono|courier|typewriter|consol|menlo|\bcode|sfmono|cmtt|inconsolata", re.IGNORECASE)
+MONO_FONT_RE = re.compile(r"mono|nimbusmon|courier|typewriter|consol|menlo|\bcode|cmtt|inconsolata", re.IGNORECASE)
 MAX_RULE_PAIRS = 250_000  # more horizontal x vertical rules than this on a page: a vector figure, not tables
 BAND = 0.1  # top and bottom tenth of a page: where running headers, footers and page numbers live
 
@@ -151,9 +151,11 @@ def page_lines(page) -> list[Line]:
     merged: list[Line] = []
     for ln in lines:
         prev = merged[-1] if merged else None
-        if (prev and abs(prev.y1 - ln.y1) < 0.3 * ln.size and 0 <= ln.x0 - prev.x1 < 1.0 * ln.size
-                and abs(prev.size - ln.size) < 0.5):
-            space = "" if ln.x0 - prev.x1 < 0.15 * ln.size else " "
+        gap = ln.x0 - prev.x1 if prev else -1.0
+        code = prev is not None and prev.mono and ln.mono and gap < 0.4 * page.rect.width  # aligned code columns
+        if (prev and abs(prev.y1 - ln.y1) < 0.3 * ln.size and abs(prev.size - ln.size) < 0.5
+                and (0 <= gap < 1.0 * ln.size or code and gap >= 0)):
+            space = " " * max(1, round(gap / (0.6 * ln.size))) if code else "" if gap < 0.15 * ln.size else " "
             merged[-1] = Line(prev.x0, min(prev.y0, ln.y0), ln.x1, max(prev.y1, ln.y1), prev.text + space + ln.text,
                               prev.size, prev.bold and ln.bold, prev.mono and ln.mono)
         else:
@@ -337,6 +339,42 @@ def _split(items, lo, hi, min_gap: float, widest_only: bool):
     return runs
 
 
+def aligned_table(cols: list[list]) -> Table | None:
+    """Columns that are really an unruled table: most lines of every column sit on a baseline shared
+    with another column, and some column is ragged (cells, not justified prose). Rows are the shared
+    baselines; a row with an empty first cell continues the row above (a wrapped cell)."""
+    if any(not isinstance(it, Line) for c in cols for it in c):
+        return None
+    col_of = {id(ln): i for i, c in enumerate(cols) for ln in c}
+    rows: list[list[Line]] = []
+    for ln in sorted((ln for c in cols for ln in c), key=lambda ln: ln.y1):
+        if rows and abs(rows[-1][-1].y1 - ln.y1) < 0.4 * ln.size:
+            rows[-1].append(ln)
+        else:
+            rows.append([ln])
+    shared = {id(ln) for r in rows if len({col_of[id(x)] for x in r}) > 1 for ln in r}
+    if sum(1 for r in rows if len({col_of[id(x)] for x in r}) > 1) < 2:
+        return None
+    if any(sum(id(ln) in shared for ln in c) < 0.6 * len(c) for c in cols):
+        return None
+    width = lambda c: max(ln.x1 for ln in c) - min(ln.x0 for ln in c)
+    ragged = any(sorted(ln.x1 - ln.x0 for ln in c)[len(c) // 2] < 0.6 * width(c) for c in cols if len(c) > 1)
+    if not ragged:
+        return None
+    cells: list[list[str]] = []
+    for r in rows:
+        row = [""] * len(cols)
+        for ln in sorted(r, key=lambda ln: ln.x0):
+            row[col_of[id(ln)]] = (row[col_of[id(ln)]] + " " + ln.text).strip()
+        if cells and not row[0]:
+            cells[-1] = [join_lines([a, b]) for a, b in zip(cells[-1], row)]
+        else:
+            cells.append(row)
+    items = [ln for c in cols for ln in c]
+    return Table(min(ln.x0 for ln in items), min(ln.y0 for ln in items), max(ln.x1 for ln in items),
+                 max(ln.y1 for ln in items), cells)
+
+
 def reading_order(items, col_gap: float, row_gap: float) -> list[list]:
     """Recursive XY-cut over boxes (``x0 y0 x1 y1`` attributes): split into columns where a vertical
     gap runs the whole height, else at the widest horizontal gap; leaves top to bottom."""
@@ -344,6 +382,9 @@ def reading_order(items, col_gap: float, row_gap: float) -> list[list]:
         return [items] if items else []
     cols = _split(items, lambda b: b.x0, lambda b: b.x1, col_gap, False)
     if len(cols) > 1:
+        table = aligned_table(cols)
+        if table is not None:
+            return [[table]]
         return [leaf for c in cols for leaf in reading_order(c, col_gap, row_gap)]
     rows = _split(items, lambda b: b.y0, lambda b: b.y1, row_gap, True)
     if len(rows) > 1:
@@ -497,7 +538,7 @@ def _extract_pymupdf(path, doc, cfg: DocumentConfig) -> Extraction:
         ex.removed_lines += removed
         if p.ocr_text is not None:
             ex.ocr_pages.append(p.number)
-        ex.tables += len(p.tables)
+        ex.tables += sum(1 for b in blocks if b[0] == "table")  # ruled and unruled
         for im, caption in zip(p.images, _captions(p, blocks)):
             ex.images.append({"page": p.number, "bbox": list(im["bbox"]), "caption": caption,
                               "file": _save_image(doc, path, p.number, im, cfg, len(ex.images))})

@@ -219,3 +219,21 @@ def test_page_that_cannot_be_read_is_counted_and_named(tmp_path):
     assert stats.counts["pdf_unreadable_pages"] == 1
     [failure] = stats.failures
     assert failure["page"] == 1 and failure["reason"] == "ocr_unavailable" and "nosuchlang" in failure["message"]
+
+
+def test_unruled_table_between_paragraphs_becomes_markdown_table(tmp_path):
+    from reportlab.pdfgen import canvas
+
+    c = canvas.Canvas(str(tmp_path / "booktabs.pdf"))
+    c.setFont("Helvetica", 10)
+    c.drawString(56, 760, "The measured densities and melting points of three metals are listed below.")
+    c.line(56, 745, 400, 745)  # horizontal rules only, as LaTeX's booktabs draws them
+    for r, row in enumerate(ds.TABLE):
+        for j, cell in enumerate(row):
+            c.drawString(56 + 130 * j, 730 - 16 * r, cell)
+    c.line(56, 730 - 16 * len(ds.TABLE) + 8, 400, 730 - 16 * len(ds.TABLE) + 8)
+    c.drawString(56, 640, "Gold melts at a lower temperature than copper although it is much denser.")
+    c.save()
+    ex = extract.extract_document(tmp_path / "booktabs.pdf")
+    assert _table_rows(ex.markdown) == ds.TABLE, ex.markdown
+    assert ex.markdown.index("listed below") < ex.markdown.index("| Metal") < ex.markdown.index("Gold melts")
