@@ -30,8 +30,8 @@ def random_documents(rng, count, lo, hi, max_len):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = np.random.default_rng()
+def corpus(tmp_path_factory, seed):
+    rng = np.random.default_rng(seed)
     lengths = {"en": 60, "code": 150, "math": 30}
     docs = {name: random_documents(rng, 120, lo, hi, lengths[name]) for name, (lo, hi) in SOURCE_RANGES.items()}
     path = tmp_path_factory.mktemp("corpus")
@@ -201,22 +201,16 @@ def test_bad_settings_fail_with_clear_messages(corpus, tmp_path):
         DataConfig(path=str(path), mixture={"en": 0.0})
 
 
-@pytest.mark.slow
-def test_loader_benchmark_reports_efficiency_and_ratio_on_a_small_corpus(corpus):
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "scripts" / "bench" / "data_loader.py"
-    spec = importlib.util.spec_from_file_location("data_loader_bench", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    path, _, _ = corpus
-    result = bench.bench_loader(path, seq_len=64, batch_size=2, steps=5, train_steps=1, workers=(0,))
-    (loader,) = result["loaders"]
-    assert 0.5 < loader["packing_efficiency"] <= 1.0
-    assert loader["ratio_vs_train_step"] == pytest.approx(
-        loader["tokens_per_s"] / result["train_step"]["tokens_per_s"]
-    )
+def test_packing_fills_at_least_95_percent_of_positions_on_a_fixed_corpus(tmp_path):
+    """First-fit over 128 bins: 40 batches of 4 x 128 from a fixed corpus (400 documents of 2-60 tokens,
+    200 of 2-150, split at the row length) are at least 95% tokens, at most 5% padding. (Filling one row
+    at a time gives ~88% here.)"""
+    rng = np.random.default_rng(0)
+    docs = {"en": random_documents(rng, 400, 1000, 2000, 60), "code": random_documents(rng, 200, 2000, 3000, 150)}
+    write_token_corpus(tmp_path, docs, shards=2)
+    batches = take(DataConfig(path=str(tmp_path), seq_len=128, batch_size=4), 40)
+    filled = float(np.mean([np.mean(b["segment_ids"] != 0) for b in batches]))
+    assert filled >= 0.95, f"packing efficiency {filled:.3f}"
 
 
 def test_data_config_takes_overrides_and_hashes():
