@@ -152,15 +152,20 @@ def write_article_pdf(path, *, seed: int = 0, row_major: bool = False, chinese: 
 
 
 def _red_square_png():
+    from reportlab.lib.utils import ImageReader  # noqa: PLC0415
+
+    return ImageReader(_png_stream())
+
+
+def _png_stream():
     import io  # noqa: PLC0415
 
     from PIL import Image  # noqa: PLC0415
-    from reportlab.lib.utils import ImageReader  # noqa: PLC0415
 
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (220, 30, 30)).save(buf, format="PNG")
     buf.seek(0)
-    return ImageReader(buf)
+    return buf
 
 
 def rasterise_pdf(src, dst, *, dpi: int = 150, pages=None) -> Path:
@@ -186,7 +191,7 @@ def write_encrypted_pdf(src, dst, password: str = "secret") -> Path:
 
 
 def write_docx(path) -> Path:
-    """Heading, two paragraphs, a bulleted list and the 4x3 table."""
+    """Heading, two paragraphs, a bulleted list, the 4x3 table and a picture with its caption."""
     import docx  # noqa: PLC0415
 
     d = docx.Document()
@@ -200,13 +205,16 @@ def write_docx(path) -> Path:
     for r, row in enumerate(TABLE):
         for j, cell in enumerate(row):
             table.cell(r, j).text = cell
+    d.add_picture(_png_stream())
+    d.add_paragraph(CAPTION, style="Caption")
     d.add_paragraph(CHINESE)
     d.save(str(path))
     return Path(path)
 
 
 def write_epub(path) -> Path:
-    """Two chapters: a heading with paragraphs and a list, then the 4x3 table and Chinese text."""
+    """Two chapters: a heading with paragraphs and a list, then the 4x3 table, a figure with its
+    caption and Chinese text."""
     from ebooklib import epub  # noqa: PLC0415
 
     book = epub.EpubBook()
@@ -219,8 +227,11 @@ def write_epub(path) -> Path:
     chapters = [
         ("chap1.xhtml", "Chapter One", f"<h1>Chapter One</h1><p>The opening paragraph of the book sets the "
          f"scene in a quiet town.</p><ul>{items}</ul>"),
-        ("chap2.xhtml", "Chapter Two", f"<h1>Chapter Two</h1><table>{rows}</table><p>{CHINESE}</p>"),
+        ("chap2.xhtml", "Chapter Two", f"<h1>Chapter Two</h1><table>{rows}</table><figure>"
+         f'<img src="red.png" alt="a red square"/><figcaption>{CAPTION}</figcaption></figure><p>{CHINESE}</p>'),
     ]
+    book.add_item(epub.EpubItem(uid="red", file_name="red.png", media_type="image/png",
+                                content=_png_stream().getvalue()))
     spine = []
     for name, title, body in chapters:
         ch = epub.EpubHtml(title=title, file_name=name, lang="en")

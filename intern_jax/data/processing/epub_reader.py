@@ -45,9 +45,10 @@ def extract_epub(path, cfg: DocumentConfig) -> Extraction:
                  if ref.get("idref") in manifest]
         ex = Extraction("", "epub", "lxml")
         parts = []
-        for number, item in enumerate(spine, start=1):
+        for item in spine:
             if "nav" in (item.get("properties") or "").split():
                 continue
+            number = ex.pages + len(ex.unreadable_pages) + 1  # content documents, 1-based
             name = posixpath.normpath(posixpath.join(base, item.get("href")))
             try:
                 md = html_to_markdown(z.read(name), ex, number)

@@ -117,7 +117,8 @@ def test_docx_to_markdown(tmp_path):
     assert "# Document Title" in lines and "## Section Two" in lines
     assert [ln for ln in lines if ln.startswith("- ")] == [f"- {t}" for t in ds.LIST_ITEMS]
     assert _table_rows(ex.markdown) == ds.TABLE and ex.tables == 1
-    assert ds.CHINESE in ex.markdown
+    assert ds.CHINESE in ex.markdown and ds.CAPTION in ex.markdown
+    assert [im["caption"] for im in ex.images] == [ds.CAPTION]
 
 
 def test_epub_to_markdown(tmp_path):
@@ -126,7 +127,8 @@ def test_epub_to_markdown(tmp_path):
     assert lines.index("# Chapter One") < lines.index("# Chapter Two")
     assert [ln for ln in lines if ln.startswith("- ")] == [f"- {t}" for t in ds.LIST_ITEMS]
     assert _table_rows(ex.markdown) == ds.TABLE and ex.pages == 2
-    assert ds.CHINESE in ex.markdown
+    assert ds.CHINESE in ex.markdown and ds.CAPTION in ex.markdown
+    assert [(im["page"], im["caption"], im["file"]) for im in ex.images] == [(2, ds.CAPTION, "red.png")]
 
 
 @pytest.fixture(scope="module")
