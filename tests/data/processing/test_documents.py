@@ -239,3 +239,17 @@ def test_unruled_table_between_paragraphs_becomes_markdown_table(tmp_path):
     ex = extract.extract_document(tmp_path / "booktabs.pdf")
     assert _table_rows(ex.markdown) == ds.TABLE, ex.markdown
     assert ex.markdown.index("listed below") < ex.markdown.index("| Metal") < ex.markdown.index("Gold melts")
+
+
+def test_documents_without_their_extension_are_detected_by_content(corpus_with_bad_files, tmp_path):
+    from intern_jax.data.processing import readers
+    from intern_jax.data.processing.config import ReaderConfig
+    from intern_jax.data.processing.documents import StageStats
+
+    for src, name in (("good.pdf", "download"), ("report.docx", "report.zip"), ("book.epub", "book.bin")):
+        (tmp_path / name).write_bytes((corpus_with_bad_files / src).read_bytes())
+    (tmp_path / "data.bin").write_bytes(b"\x00\x01 not a document")
+    cfg = ReaderConfig()
+    found = {p.rsplit("/", 1)[1]: readers.file_kind(p, cfg) for p in readers.list_inputs([tmp_path], cfg,
+                                                                                         StageStats("read"))}
+    assert found == {"download": "pdf", "report.zip": "docx", "book.bin": "epub"}
