@@ -145,7 +145,14 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = (), name: st
                           "configs/pretrain/tiny.py)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    namespace = runpy.run_path(str(path))
+    try:
+        namespace = runpy.run_path(str(path))
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path} is not valid Python: {e.msg} (line {e.lineno})") from e
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001  (any failure while running the file is a problem of that file)
+        raise ConfigError(f"config file {path} failed while running: {type(e).__name__}: {e}") from e
     if name not in namespace:
         raise ConfigError(f"config file {path} defines no top-level '{name}'")
     return apply_overrides(namespace[name], overrides)

@@ -272,17 +272,22 @@ def train_config_to_dict(cfg: TrainConfig) -> dict:
     return convert(cfg)
 
 
+def check_run_flags(*, steps: int | None = None, save_every: int | None = None) -> None:
+    """A ConfigError naming the flag, before any config file is read or corpus built."""
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be >= 1 (the total number of training steps), got {steps}")
+    if save_every is not None and save_every < 0:
+        raise ConfigError(f"--save-every must be >= 0 (0: save only at the end), got {save_every}")
+
+
 def with_run_flags(cfg, *, steps: int | None = None, save_every: int | None = None, quiet: bool = False):
     """``cfg`` (a TrainConfig or FinetuneConfig) with the scripts' common flags applied:
     ``--steps``, ``--save-every`` and ``--quiet`` (no progress bar)."""
+    check_run_flags(steps=steps, save_every=save_every)
     changes = {}
     if steps is not None:
-        if steps < 1:
-            raise ConfigError(f"--steps must be >= 1 (the total number of training steps), got {steps}")
         changes["steps"] = steps
     if save_every is not None:
-        if save_every < 0:
-            raise ConfigError(f"--save-every must be >= 0 (0: save only at the end), got {save_every}")
         changes["checkpoint"] = dataclasses.replace(cfg.checkpoint, save_every=save_every)
     if quiet:
         changes["logging"] = dataclasses.replace(cfg.logging, progress=False)

@@ -398,8 +398,11 @@ def run_from_cli(prog: str, args, load: Callable, train: Callable) -> tuple[int,
     and so does Ctrl-C (``TrainingInterrupted``, exit status 130, after a checkpoint is saved).
     """
     from intern_jax.cli import output_dir  # noqa: PLC0415
-    from intern_jax.train.config import with_run_flags  # noqa: PLC0415
+    from intern_jax.train.config import check_run_flags, with_run_flags  # noqa: PLC0415
 
+    check_run_flags(steps=args.steps, save_every=args.save_every)  # before a config can start building a corpus
+    if args.output:
+        output_dir(args.output)
     cfg = load(args.config, args.overrides)
     cfg = with_run_flags(cfg, steps=args.steps, save_every=args.save_every, quiet=args.quiet)
     output = output_dir(args.output or Path("runs") / (cfg.name or Path(args.config).stem))

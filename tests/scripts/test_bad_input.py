@@ -90,6 +90,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     lines = [good.encode(), good.encode(), bad_byte, good.encode()]
     (p.setdefault("bad_byte", d / "bad_byte.jsonl")).write_bytes(b"\n".join(lines) + b"\n")
     (p.setdefault("not_json", d / "notes.jsonl")).write_text("just some notes\n")
+    (p.setdefault("syntax_error", d / "syntax_error.py")).write_text("config = (\n")
     # processing inputs: JSONL without the text field, an empty file
     (p.setdefault("no_text_field", d / "no_text_field.jsonl")).write_text(json.dumps({"content": "words " * 40}) + "\n")
     # token corpora: bytes (vocabulary 260) and the same ids claimed to come from a 49,152-token vocabulary
@@ -209,6 +210,10 @@ CASES = [
      ["--steps must be >= 1"]),
     ("pretrain-wrong-type", "pretrain.py", [*PRETRAIN, "--set", "optimizer.learning_rate=fast"], 2,
      ["optimizer.learning_rate expects a number, got 'fast'"]),
+    ("pretrain-config-syntax-error", "pretrain.py", ["--config", "{syntax_error}"], 2,
+     ["syntax_error.py is not valid Python: '(' was never closed (line 1)"]),
+    ("pretrain-save-every-negative", "pretrain.py", ["--config", TINY, "--save-every", "-1"], 2,
+     ["--save-every must be >= 0"]),
     ("pretrain-config-is-a-directory", "pretrain.py", ["--config", "{dir}"], 2,
      ["is a directory; give a Python config"]),
 ]
