@@ -4,7 +4,8 @@
 
 Writes DIR/device_suite.json (every number, part by part, rewritten after each part),
 DIR/device_suite.md (the table for docs/benchmarks.md, with device, jax version and date) and
-DIR/device_suite.log (each part's own output). The parts, in order:
+DIR/device_suite.log (each part's own output). The parts, in the order they run (cheapest
+first, so that a slow compile near the end of the budget costs the fewest figures):
 
   calibration  bf16 matmul TFLOP/s (8192^3) and device-to-device copy GB/s, the ceilings below;
   flash        kernels/flash_attention.py fwd and fwd+bwd against jax.nn.dot_product_attention
@@ -14,12 +15,12 @@ DIR/device_suite.log (each part's own output). The parts, in order:
                a share of the copy bandwidth (the jnp gather reference timed beside it);
   qmatmul      kernels/quantized_matmul.py W4A16 / W8A16 at M = 1, 16, 64 against bf16 jnp.dot,
                4096x4096 and 4096x14336;
-  train        one InternLM2-1.8B train step at seq 4096 on synthetic tokens (the project's train
-               step, the pretraining recipe's model settings), XLA and Pallas attention: tokens/s, MFU;
   qlora        device peak memory of one InternLM2-7B QLoRA step at seq 2048 (the fine-tuning
                recipe), beside the CPU plan's 9.25 GiB;
   decode       decode step time of the InternLM2-1.8B shape through the public ``generate`` at
-               batch 1 and 64, against the HBM roofline (weight + KV bytes per step / copy bandwidth).
+               batch 1 and 64, against the HBM roofline (weight + KV bytes per step / copy bandwidth);
+  train        one InternLM2-1.8B train step at seq 4096 on synthetic tokens (the project's train
+               step, the pretraining recipe's model settings), XLA and Pallas attention: tokens/s, MFU.
 
 Each part runs in its own Python process under its own time box, inside a budget for the whole
 suite (8 minutes wall on a device, compiles included): a part that raises, fails a correctness

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "scripts/bench/device_suite.py"
-PARTS = ("calibration", "flash", "paged", "qmatmul", "train", "qlora", "decode")
+PARTS = ("calibration", "flash", "paged", "qmatmul", "qlora", "decode", "train")
 
 # Absent on the GPU machine's image, named in the suite's brief.
 ABSENT = ("grain", "array_record", "tensorflow_datasets", "gguf", "datasketch", "trafilatura", "apache_beam")
