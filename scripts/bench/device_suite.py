@@ -81,14 +81,17 @@ def _run_part(name: str, box: float, smoke: bool, calibration: dict, scratch: Pa
     log.write(f"\n===== {name} (time box {box:.0f} s) =====\n")
     log.flush()
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+    # its own process group (not session), so that it and whatever it starts can be stopped together, and
+    # a caller that ends this process's session ends them too
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, process_group=0)
     timed_out = False
     try:
         proc.wait(timeout=box)
     except subprocess.TimeoutExpired:
         timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    finally:  # past its time box, or this process interrupted: the part stops too
+        if proc.poll() is None:
+            _kill_group(proc)
     wall = time.perf_counter() - start
     try:
         record = json.loads(path.read_text())
@@ -106,6 +109,22 @@ def _run_part(name: str, box: float, smoke: bool, calibration: dict, scratch: Pa
                                                         f"see device_suite.log"})
     record.update(wall_s=round(wall, 1), time_box_s=round(box, 1))
     return record
+
+
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended meanwhile
+        pass
+    proc.wait()
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT reached the suite: the running part is stopped and the report written."""
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
 
 
 def to_markdown(report: dict) -> str:
@@ -132,6 +151,17 @@ def to_markdown(report: dict) -> str:
             message = first["error"].splitlines()[0][:200].replace("|", "/") if first["error"] else ""
             lines.append(f"| {name} | **{record['status']}** ({record.get('wall_s', 0):.0f} s) | {message} | |")
     return "\n".join(lines) + "\n"
+
+
+def _not_run(name: str, status: str, why: str) -> dict:
+    return {"status": status, "results": {}, "rows": [], "summary": [], "warnings": {},
+            "errors": [{"what": name, "error": why}], "wall_s": 0.0}
+
+
+def _finish(out: Path, report: dict, start: float):
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    report["failed"] = sum(r["status"] != "ok" for r in report["parts"].values())
+    _write(out, report)
 
 
 def _write(out: Path, report: dict):
@@ -180,27 +210,33 @@ def main(argv=None) -> int:
         "smoke": args.smoke, "budget_s": budget, "wall_s": 0.0, "failed": 0, "env": {}, "parts": {},
     }
     calibration: dict = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
     with tempfile.TemporaryDirectory() as scratch, open(out / "device_suite.log", "w") as log:
-        for name in names:
-            left = budget - (time.perf_counter() - start)
-            own_box = args.time_box_s or PARTS[name][2 if args.smoke else 1]
-            box = min(own_box, left)
-            if box < min(MIN_PART_S, own_box):
-                record = {"status": "skipped", "results": {}, "rows": [], "summary": [], "warnings": {},
-                          "errors": [{"what": name, "error": f"not run: {max(left, 0):.0f} s of the suite's "
-                                                             f"{budget:.0f} s budget left"}], "wall_s": 0.0}
-            else:
-                record = _run_part(name, box, args.smoke, calibration, Path(scratch), log)
-            report["parts"][name] = record
-            if name == "calibration" and record["status"] == "ok":
-                calibration = record["results"]
-            report["env"] = report["env"] or record.get("env") or {}
-            report["wall_s"] = round(time.perf_counter() - start, 1)
-            report["failed"] = sum(r["status"] != "ok" for r in report["parts"].values())
-            _write(out, report)
-            errors = "; ".join(e["error"].splitlines()[0][:160] for e in record["errors"][:3])
-            print(f"[{name}] {record['status']} in {record['wall_s']:.1f} s" + (f": {errors}" if errors else ""),
-                  flush=True)
+        try:
+            for name in names:
+                left = budget - (time.perf_counter() - start)
+                own_box = args.time_box_s or PARTS[name][2 if args.smoke else 1]
+                box = min(own_box, left)
+                if box < min(MIN_PART_S, own_box):
+                    record = _not_run(name, "skipped", f"not run: {max(left, 0):.0f} s of the suite's {budget:.0f} s "
+                                                       "budget left")
+                else:
+                    record = _run_part(name, box, args.smoke, calibration, Path(scratch), log)
+                report["parts"][name] = record
+                if name == "calibration" and record["status"] == "ok":
+                    calibration = record["results"]
+                report["env"] = report["env"] or record.get("env") or {}
+                _finish(out, report, start)
+                errors = "; ".join(e["error"].splitlines()[0][:160] for e in record["errors"][:3])
+                print(f"[{name}] {record['status']} in {record['wall_s']:.1f} s" + (f": {errors}" if errors else ""),
+                      flush=True)
+        except Interrupted as e:  # the running part was stopped; the rest are not run
+            for name in names:
+                report["parts"].setdefault(name, _not_run(name, "interrupted", f"{e} stopped the suite"))
+            _finish(out, report, start)
+            print(f"interrupted by {e}; wrote what was measured to {out}", flush=True)
+            return report["failed"]
     print()
     print(to_markdown(report))
     print(f"wrote {out / 'device_suite.json'}, {out / 'device_suite.md'} and {out / 'device_suite.log'}")

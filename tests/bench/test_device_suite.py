@@ -12,8 +12,10 @@ import dataclasses
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,6 +121,25 @@ def test_a_part_past_its_time_box_is_stopped_and_counted(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert report["parts"]["flash"]["status"] == "timeout"
     assert "time box" in report["parts"]["flash"]["errors"][-1]["error"]
+
+
+def test_an_interrupted_suite_stops_its_part_and_writes_what_it_has(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {**os.environ, "PYTHONPATH": str(site), "JAX_PLATFORMS": "cpu"}
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(SUITE), "--smoke", "--parts", "flash", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    log = out / "device_suite.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "===== flash" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    report = json.loads((out / "device_suite.json").read_text())
+    assert proc.returncode == 1, output
+    assert report["parts"]["flash"]["status"] == "interrupted" and "SIGTERM" in output
 
 
 def test_parts_that_need_the_ceilings_bring_calibration_and_bad_flags_are_refused(tmp_path):
