@@ -29,9 +29,11 @@ def extract_docx(path, cfg: DocumentConfig) -> Extraction:
     if head.startswith(b"\xd0\xcf\x11\xe0"):
         raise DocumentError("encrypted", f"{path} is an OLE container, not a DOCX: a password-protected Word file "
                                          "or a legacy .doc; save it as an unprotected .docx")
+    from lxml import etree  # noqa: PLC0415
+
     try:
         d = docx.Document(str(path))
-    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+    except (zipfile.BadZipFile, KeyError, ValueError, etree.XMLSyntaxError) as e:
         raise DocumentError("damaged_docx", f"{path} is not a readable DOCX: {describe_bytes(head)} ({e})") from e
     ex = Extraction("", "docx", "python-docx", pages=1)
     blocks: list[tuple[str, str]] = []

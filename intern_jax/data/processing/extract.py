@@ -189,6 +189,8 @@ def extract_to_dir(paths, outdir, cfg: DocumentConfig, root_inputs=()) -> list[d
             row = ex.sidecar(str(path))
         except DocumentError as e:
             row = {"path": str(path), "error": e.reason, "message": str(e)}
+        except Exception as e:  # noqa: BLE001  (as in the pipeline: one odd file is reported, the rest go on)
+            row = {"path": str(path), "error": "extraction_error", "message": f"{type(e).__name__}: {e}"}
         (outdir / f"{stem}.json").write_text(json.dumps(row, ensure_ascii=False, indent=1), encoding="utf-8")
         rows.append(row)
     return rows

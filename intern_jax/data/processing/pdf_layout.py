@@ -21,6 +21,7 @@ PAGE_NUMBER_RE = re.compile(r"^(page\s+)?[-\u2013\u2014\s]*(\d{1,4}|[ivxlcdm]{1,
                             r"([-\u2013\u2014\s]*|\s*(/|of)\s*\d{1,4})$", re.IGNORECASE)
 CAPTION_RE = re.compile(r"^(fig\.|figure|table|image|photo|chart|plate|\u56fe|\u8868)\s*[\dA-Za-z\u4e00-\u9fff]",
                         re.IGNORECASE)
+MAX_CUT_DEPTH = 200  # deeper XY-cut nesting (thousands of lines on a page) reads the rest top to bottom
 BAND = 0.1  # top and bottom tenth of a page: where running headers, footers and page numbers live
 
 
@@ -148,20 +149,20 @@ def aligned_table(cols: list[list]) -> Table | None:
                  max(ln.y1 for ln in items), cells)
 
 
-def reading_order(items, col_gap: float, row_gap: float) -> list[list]:
+def reading_order(items, col_gap: float, row_gap: float, depth: int = 0) -> list[list]:
     """Recursive XY-cut over boxes (``x0 y0 x1 y1`` attributes): split into columns where a vertical
     gap runs the whole height, else at the widest horizontal gap; leaves top to bottom."""
-    if len(items) <= 1:
-        return [items] if items else []
+    if len(items) <= 1 or depth > MAX_CUT_DEPTH:
+        return [sorted(items, key=lambda b: (b.y0, b.x0))] if items else []
     cols = _split(items, lambda b: b.x0, lambda b: b.x1, col_gap, False)
     if len(cols) > 1:
         table = aligned_table(cols)
         if table is not None:
             return [[table]]
-        return [leaf for c in cols for leaf in reading_order(c, col_gap, row_gap)]
+        return [leaf for c in cols for leaf in reading_order(c, col_gap, row_gap, depth + 1)]
     rows = _split(items, lambda b: b.y0, lambda b: b.y1, row_gap, True)
     if len(rows) > 1:
-        return [leaf for r in rows for leaf in reading_order(r, col_gap, row_gap)]
+        return [leaf for r in rows for leaf in reading_order(r, col_gap, row_gap, depth + 1)]
     return [sorted(items, key=lambda b: (b.y0, b.x0))]
 
 

@@ -266,7 +266,12 @@ def _extract_pymupdf(path, doc, cfg: DocumentConfig) -> Extraction:
     body, heading_sizes = body_and_heading_sizes(pages)
     blocks_all = []
     for p in pages:
-        blocks, removed = page_markdown(p, keys, body, heading_sizes)
+        try:
+            blocks, removed = page_markdown(p, keys, body, heading_sizes)
+        except Exception as e:  # noqa: BLE001  (a page whose layout defeats us must not lose the document)
+            ex.unreadable_pages.append({"page": p.number, "reason": "layout_error",
+                                        "message": f"{type(e).__name__}: {e}"})
+            continue
         ex.removed_lines += removed
         if p.ocr_text is not None:
             ex.ocr_pages.append(p.number)

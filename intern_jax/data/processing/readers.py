@@ -190,6 +190,10 @@ def read_document(path: str, kind: str, cfg: ReaderConfig, stats: StageStats) ->
         stats.drop(f"{kind}_{e.reason}")
         stats.failures.append({"path": path, "reason": e.reason, "message": str(e)})
         return None
+    except Exception as e:  # noqa: BLE001  (a library failing on one odd file must not stop the run)
+        stats.drop(f"{kind}_extraction_error")
+        stats.failures.append({"path": path, "reason": "extraction_error", "message": f"{type(e).__name__}: {e}"})
+        return None
     finally:
         stats.seconds += time.perf_counter() - t0
     stats.counts[f"{kind}_documents"] += 1

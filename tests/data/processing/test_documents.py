@@ -253,3 +253,25 @@ def test_documents_without_their_extension_are_detected_by_content(corpus_with_b
     found = {p.rsplit("/", 1)[1]: readers.file_kind(p, cfg) for p in readers.list_inputs([tmp_path], cfg,
                                                                                          StageStats("read"))}
     assert found == {"download": "pdf", "report.zip": "docx", "book.bin": "epub"}
+
+
+def test_damaged_docx_and_unexpected_library_errors_are_reported_not_raised(tmp_path, monkeypatch):
+    import zipfile
+
+    from intern_jax.data.processing import pdf_reader, readers
+    from intern_jax.data.processing.config import ReaderConfig
+    from intern_jax.data.processing.documents import StageStats
+
+    good = ds.write_docx(tmp_path / "good.docx")
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(tmp_path / "cut.docx", "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            zout.writestr(item, data[: len(data) // 2] if item.filename == "word/document.xml" else data)
+    ds.write_article_pdf(tmp_path / "odd.pdf", seed=1, chinese=False)
+    monkeypatch.setattr(pdf_reader, "extract_pdf", lambda path, cfg: 1 / 0)
+    stats = StageStats("extract")
+    for name, kind in (("cut.docx", "docx"), ("odd.pdf", "pdf"), ("good.docx", "docx")):
+        readers.read_document(str(tmp_path / name), kind, ReaderConfig(), stats)
+    assert [(f["path"].rsplit("/", 1)[1], f["reason"]) for f in stats.failures] == [
+        ("cut.docx", "damaged_docx"), ("odd.pdf", "extraction_error")]
+    assert "ZeroDivisionError" in stats.failures[1]["message"] and stats.docs_out == 1
