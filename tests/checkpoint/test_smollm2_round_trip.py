@@ -1,8 +1,8 @@
 """The real embedded model (SmolLM2-135M, Q4_1 GGUF) through every format, checked by logits.
 
-GGUF -> native -> HF InternLM2 -> native -> HF Llama must keep config, params, tokenizer and
-logits bit-identical (conversions are pure relayouts in float32). The final Llama export is
-then run by transformers' LlamaForCausalLM as the independent reference.
+GGUF -> native -> HF InternLM2 -> native -> HF Llama must keep config, params and tokenizer
+bit-identical (conversions are pure relayouts in float32). That check is against our own reader
+and writer; the independent one is the final Llama export run by transformers' LlamaForCausalLM.
 """
 
 import numpy as np
@@ -76,7 +76,10 @@ def test_smollm2_completes_capital_of_france_with_paris(smollm2):
     assert tok.decode([int(logits_of(smollm2, ids)[0, -1].argmax())]).strip() == "Paris"
 
 
-def test_every_format_in_the_chain_gives_identical_logits(chain, smollm2, trees_equal):
+def test_every_format_in_the_chain_keeps_config_params_and_tokenizer_bit_identical(chain, smollm2, trees_equal):
+    """Each stage reloads the same config, bitwise-equal params and a tokenizer that encodes, templates and
+    marks bos/eos alike. Equal logits then follow from equal params and config; comparing them only shows
+    that nothing else feeds the forward. Whether the exported layout is right is the next test's question."""
     _, stages = chain
     tok = smollm2.tokenizer
     text = tok.apply_chat_template(PROMPT, add_generation_prompt=True)
