@@ -1,6 +1,5 @@
 """The fused head + cross-entropy over vocabulary chunks against full float32 logits (optax as reference)."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -9,10 +8,6 @@ import optax
 import pytest
 
 from intern_jax.train.loss import OutputHead, chunked_lm_loss_sums, head_cross_entropy_sums
-
-
-def _seed():
-    return int(os.environ.get("TEST_SEED", np.random.SeedSequence().entropy % 2**31))
 
 
 def _problem(seed, n=37, e=16, v=96, tied=False):
@@ -33,10 +28,9 @@ def _reference(x, w, targets, mask, tied, z_loss):
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 @pytest.mark.parametrize("chunk", [1, 7, 40, 95])
-def test_vocab_chunks_give_the_full_logits_loss_and_gradients(tied, chunk):
+def test_vocab_chunks_give_the_full_logits_loss_and_gradients(tied, chunk, seed):
     """Values and gradients (x and head) equal full logits for chunks that do not divide V=96
     (the last chunk overlaps the previous one), with masked rows and a z-loss."""
-    seed = _seed()
     x, w, targets, mask = _problem(seed, tied=tied)
     z_loss = 1e-2
     axis = 0 if tied else 1
@@ -58,10 +52,9 @@ def test_vocab_chunks_give_the_full_logits_loss_and_gradients(tied, chunk):
     assert float(jnp.abs(gw).max()) > 0
 
 
-def test_rows_may_keep_leading_axes():
+def test_rows_may_keep_leading_axes(seed):
     """``x [B, T, E]`` with ``targets``/``mask [B, T]`` (as under a sequence split, where rows are not
     folded) gives the reference values and gradients of its flattened rows."""
-    seed = _seed()
     x, w, targets, mask = _problem(seed, n=36)
     shape = (4, 9)
 
@@ -78,9 +71,8 @@ def test_rows_may_keep_leading_axes():
     np.testing.assert_allclose(gw, rgw, atol=1e-4, rtol=1e-4, err_msg=f"seed {seed}")
 
 
-def test_a_frozen_head_still_passes_the_gradient_to_the_hidden_states():
+def test_a_frozen_head_still_passes_the_gradient_to_the_hidden_states(seed):
     """Differentiating only x (the head closed over, as in LoRA) gives the reference gradient."""
-    seed = _seed()
     x, w, targets, mask = _problem(seed)
 
     def ours(x):
@@ -92,9 +84,8 @@ def test_a_frozen_head_still_passes_the_gradient_to_the_hidden_states():
 
 
 @pytest.mark.parametrize("chunk_tokens,chunk_vocab", [(0, 0), (5, 0), (5, 24), (0, 24), (5, 200)])
-def test_sequence_and_vocab_chunks_compose(chunk_tokens, chunk_vocab):
+def test_sequence_and_vocab_chunks_compose(chunk_tokens, chunk_vocab, seed):
     """``chunked_lm_loss_sums`` with an OutputHead over [B, T] (T=13, padded last chunk) matches full logits."""
-    seed = _seed()
     rng = np.random.default_rng(seed)
     b, t, e, v = 2, 13, 8, 50
     hidden = jnp.asarray(rng.normal(size=(b, t, e)), jnp.float32)
