@@ -208,6 +208,19 @@ class _HFBackend:
         return self.tok
 
 
+def _valid_text(text: str) -> str:
+    """``text``, or a ValueError when it holds a lone surrogate (undecodable bytes that Python kept as
+    U+DC80..U+DCFF, or a JSON ``\\udXXX`` escape): such a string is not Unicode and cannot be encoded."""
+    if not isinstance(text, str):
+        raise TypeError(f"text to encode must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text holds a lone surrogate (U+{ord(text[e.start]):04X} at character {e.start}), so it is "
+                         "not valid Unicode: bytes that were not UTF-8? decode them with errors='replace'") from None
+    return text
+
+
 class Tokenizer:
     """Text <-> token ids for one model, with its special tokens and chat template."""
 
@@ -366,7 +379,7 @@ class Tokenizer:
     # ---- encode / decode ------------------------------------------------------------------
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        ids, _ = self._backend.encode_with_starts(text)
+        ids, _ = self._backend.encode_with_starts(_valid_text(text))
         return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
@@ -419,7 +432,7 @@ class Tokenizer:
             turn = renders[i][len(prompt) :]
             end = max((turn.rfind(t) + len(t) for t in end_tokens if t and t in turn), default=len(turn))
             regions.append((len(prompt), len(prompt) + end))
-        ids, starts = self._backend.encode_with_starts(full)
+        ids, starts = self._backend.encode_with_starts(_valid_text(full))
         mask = [any(a <= s < b for a, b in regions) for s in starts]
         return ids, mask
 

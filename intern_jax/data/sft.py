@@ -346,7 +346,10 @@ def _row_problem(row, fmt, tokenizer, max_length, stats, system="", out=None):
             return row.error
         if not isinstance(row.value, dict) or not isinstance(row.value.get("text"), str) or not row.value["text"]:
             return "bad text row: expected a non-empty 'text' string"
-        example = render_text(tokenizer, row.value["text"]) if tokenizer is not None else None
+        try:
+            example = render_text(tokenizer, row.value["text"]) if tokenizer is not None else None
+        except ValueError as e:  # text that is not valid Unicode
+            return f"bad text: {e}"
     else:
         messages, reason = row_messages(row, fmt, system)
         if reason:

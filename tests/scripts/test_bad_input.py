@@ -91,6 +91,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     (p.setdefault("bad_byte", d / "bad_byte.jsonl")).write_bytes(b"\n".join(lines) + b"\n")
     (p.setdefault("not_json", d / "notes.jsonl")).write_text("just some notes\n")
     (p.setdefault("syntax_error", d / "syntax_error.py")).write_text("config = (\n")
+    (p.setdefault("surrogate", d / "surrogate.jsonl")).write_text('{"text": "caf\\udce9"}\n{"text": "fine"}\n')
     # processing inputs: JSONL without the text field, an empty file
     (p.setdefault("no_text_field", d / "no_text_field.jsonl")).write_text(json.dumps({"content": "words " * 40}) + "\n")
     # token corpora: bytes (vocabulary 260) and the same ids claimed to come from a 49,152-token vocabulary
@@ -166,6 +167,8 @@ CASES = [
     ("check-dataset-binary", "check_dataset.py", ["{binary}"], 2, ["binary.jsonl looks like a binary file"]),
     ("check-dataset-bad-byte-line-3", "check_dataset.py", ["{bad_byte}"], 1,
      ["bad_byte.jsonl:3: not UTF-8: byte 0xe9", "3/4 rows kept"]),
+    ("check-dataset-lone-surrogate", "check_dataset.py", ["{surrogate}", "--model", "{tok_a}", "--format", "text"], 1,
+     ["surrogate.jsonl:1: bad text: text holds a lone surrogate", "1/2 rows kept"]),
     ("check-dataset-directory", "check_dataset.py", ["{dir}"], 2, ["is a directory, not a dataset file"]),
     # 5. the tiny config's vocab_size=0 without its tokenizer (a fresh clone) is a clear error, not an IndexError
     ("plan-tiny-without-tokenizer", "plan.py", ["--config", TINY, "--devices", "2", "--set", "tokenizer={dir}/no_tok"],
@@ -220,11 +223,13 @@ CASES = [
 
 
 @pytest.fixture(scope="session")
-def results(inputs) -> dict:
+def results(inputs, tokenizers) -> dict:
     """Every case of ``CASES``, two subprocesses at a time."""
+    paths = {**inputs, "tok_a": tokenizers["a"]}
+
     def one(case):
         _, script, args, _, _ = case
-        return _run(script, *[a.format(**inputs) if isinstance(a, str) else a for a in args])
+        return _run(script, *[a.format(**paths) if isinstance(a, str) else a for a in args])
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         return dict(zip([c[0] for c in CASES], pool.map(one, CASES)))
