@@ -14,9 +14,18 @@ import re
 import zipfile
 
 from intern_jax.data.processing.config import DocumentConfig
-from intern_jax.data.processing.extract import DocumentError, Extraction, describe_bytes, join_lines, markdown_table
+from intern_jax.data.processing.extract import (
+    DocumentError,
+    Extraction,
+    describe_bytes,
+    join_lines,
+    markdown_table,
+    save_image,
+)
 
 W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+NS = {"a": "http://schemas.openxmlformats.org/drawingml/2006/main", "v": "urn:schemas-microsoft-com:vml",
+      "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships"}
 
 
 def extract_docx(path, cfg: DocumentConfig) -> Extraction:
@@ -35,14 +44,19 @@ def extract_docx(path, cfg: DocumentConfig) -> Extraction:
         d = docx.Document(str(path))
     except (zipfile.BadZipFile, KeyError, ValueError, etree.XMLSyntaxError) as e:
         raise DocumentError("damaged_docx", f"{path} is not a readable DOCX: {describe_bytes(head)} ({e})") from e
+    pictures = etree.XPath(".//a:blip/@r:embed | .//v:imagedata/@r:id", namespaces=NS)  # image part ids
     ex = Extraction("", "docx", "python-docx", pages=1)
     blocks: list[tuple[str, str]] = []
     for child in d.element.body.iterchildren():
         if child.tag == W + "p":
             para = Paragraph(child, d)
             kind, text = _paragraph(para)
-            if child.findall(f".//{W}drawing") or child.findall(".//{urn:schemas-microsoft-com:vml}imagedata"):
-                ex.images.append({"page": 1, "bbox": None, "caption": "", "file": ""})
+            for rid in pictures(child):
+                part = d.part.related_parts.get(rid)
+                data = getattr(part, "blob", b"")
+                ext = str(getattr(part, "partname", "")).rsplit(".", 1)[-1]
+                ex.images.append({"page": 1, "bbox": None, "caption": "",
+                                  "file": save_image(cfg, path, 1, len(ex.images), data, ext)})
             if kind == "caption" and ex.images:
                 ex.images[-1]["caption"] = text
                 kind = "para"

@@ -13,7 +13,14 @@ import posixpath
 import zipfile
 
 from intern_jax.data.processing.config import DocumentConfig
-from intern_jax.data.processing.extract import DocumentError, Extraction, describe_bytes, join_lines, markdown_table
+from intern_jax.data.processing.extract import (
+    DocumentError,
+    Extraction,
+    describe_bytes,
+    join_lines,
+    markdown_table,
+    save_image,
+)
 
 OPF_NS = {"c": "urn:oasis:names:tc:opendocument:xmlns:container", "o": "http://www.idpf.org/2007/opf"}
 BLOCK_TAGS = {"p", "div", "section", "article", "header", "footer", "aside", "body", "main", "nav", "figure"}
@@ -50,12 +57,17 @@ def extract_epub(path, cfg: DocumentConfig) -> Extraction:
                 continue
             number = ex.pages + len(ex.unreadable_pages) + 1  # content documents, 1-based
             name = posixpath.normpath(posixpath.join(base, item.get("href")))
+            first_image = len(ex.images)
             try:
                 md = html_to_markdown(z.read(name), ex, number)
             except (KeyError, ValueError, etree.ParserError, zipfile.BadZipFile) as e:
                 ex.unreadable_pages.append({"page": number, "reason": "damaged_chapter", "message": f"{name}: {e}"})
                 continue
             ex.pages += 1
+            for i, im in enumerate(ex.images[first_image:], start=first_image):
+                src = posixpath.normpath(posixpath.join(posixpath.dirname(name), im["file"].split("#")[0]))
+                if cfg.image_dir and src in names:
+                    im["file"] = save_image(cfg, path, number, i, z.read(src), posixpath.splitext(src)[1])
             if md.strip():
                 parts.append(md.strip())
     ex.markdown = "\n\n".join(parts) + ("\n" if parts else "")

@@ -130,6 +130,16 @@ def check_backend(cfg: DocumentConfig) -> None:
                          "download its layout and formula models, or use the default pdf_backend=pymupdf")
 
 
+def save_image(cfg: DocumentConfig, doc_path, page: int, index: int, data: bytes, ext: str) -> str:
+    """Write an embedded image to ``cfg.image_dir`` (when set) as ``<doc>-p<page>-<index>.<ext>``."""
+    if not cfg.image_dir or not data:
+        return ""
+    out = Path(cfg.image_dir) / f"{Path(doc_path).stem}-p{page}-{index}.{ext.lstrip('.').lower() or 'bin'}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return str(out)
+
+
 # ---- Markdown helpers shared by the readers -------------------------------------------------
 
 

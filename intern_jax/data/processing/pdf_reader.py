@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 
 from intern_jax.data.processing.config import DocumentConfig
-from intern_jax.data.processing.extract import DocumentError, Extraction, describe_bytes, join_lines
+from intern_jax.data.processing.extract import DocumentError, Extraction, describe_bytes, join_lines, save_image
 from intern_jax.data.processing.pdf_layout import (
     Line,
     PageContent,
@@ -288,13 +288,8 @@ def _extract_pymupdf(path, doc, cfg: DocumentConfig) -> Extraction:
 def _save_image(doc, path, page: int, im: dict, cfg: DocumentConfig, index: int) -> str:
     if not cfg.image_dir or not im.get("xref"):
         return ""
-    data = doc.extract_image(im["xref"])
-    if not data:
-        return ""
-    out = Path(cfg.image_dir) / f"{Path(path).stem}-p{page}-{index}.{data['ext']}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data["image"])
-    return str(out)
+    data = doc.extract_image(im["xref"]) or {}
+    return save_image(cfg, path, page, index, data.get("image", b""), data.get("ext", "bin"))
 
 
 # ---- other backends --------------------------------------------------------------------------------

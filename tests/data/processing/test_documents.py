@@ -112,23 +112,25 @@ def test_ocr_off_reports_scanned_page_as_without_text(tmp_path):
 
 
 def test_docx_to_markdown(tmp_path):
-    ex = extract.extract_document(ds.write_docx(tmp_path / "d.docx"))
+    ex = extract.extract_document(ds.write_docx(tmp_path / "d.docx"), DocumentConfig(image_dir=str(tmp_path / "im")))
     lines = ex.markdown.splitlines()
     assert "# Document Title" in lines and "## Section Two" in lines
     assert [ln for ln in lines if ln.startswith("- ")] == [f"- {t}" for t in ds.LIST_ITEMS]
     assert _table_rows(ex.markdown) == ds.TABLE and ex.tables == 1
     assert ds.CHINESE in ex.markdown and ds.CAPTION in ex.markdown
     assert [im["caption"] for im in ex.images] == [ds.CAPTION]
+    assert open(ex.images[0]["file"], "rb").read(4) == b"\x89PNG"
 
 
 def test_epub_to_markdown(tmp_path):
-    ex = extract.extract_document(ds.write_epub(tmp_path / "b.epub"))
+    ex = extract.extract_document(ds.write_epub(tmp_path / "b.epub"), DocumentConfig(image_dir=str(tmp_path / "im")))
     lines = ex.markdown.splitlines()
     assert lines.index("# Chapter One") < lines.index("# Chapter Two")
     assert [ln for ln in lines if ln.startswith("- ")] == [f"- {t}" for t in ds.LIST_ITEMS]
     assert _table_rows(ex.markdown) == ds.TABLE and ex.pages == 2
     assert ds.CHINESE in ex.markdown and ds.CAPTION in ex.markdown
-    assert [(im["page"], im["caption"], im["file"]) for im in ex.images] == [(2, ds.CAPTION, "red.png")]
+    assert [(im["page"], im["caption"]) for im in ex.images] == [(2, ds.CAPTION)]
+    assert open(ex.images[0]["file"], "rb").read(4) == b"\x89PNG"
 
 
 @pytest.fixture(scope="module")
