@@ -277,3 +277,14 @@ def test_damaged_docx_and_unexpected_library_errors_are_reported_not_raised(tmp_
     assert [(f["path"].rsplit("/", 1)[1], f["reason"]) for f in stats.failures] == [
         ("cut.docx", "damaged_docx"), ("odd.pdf", "extraction_error")]
     assert "ZeroDivisionError" in stats.failures[1]["message"] and stats.docs_out == 1
+
+
+def test_reading_order_over_boxes_title_then_three_columns_top_to_bottom():
+    from intern_jax.data.processing.pdf_layout import Line, reading_order
+
+    title = Line(50, 40, 550, 60, "Title", 18)
+    columns = [[Line(50 + 170 * c, 80 + 14 * i, 200 + 170 * c, 92 + 14 * i, f"c{c}l{i}", 10) for i in range(5)]
+               for c in range(3)]
+    interleaved = [ln for row in zip(*columns) for ln in row]  # stream order: across the columns
+    leaves = reading_order([*reversed(interleaved), title], col_gap=10, row_gap=6)
+    assert [ln.text for leaf in leaves for ln in leaf] == ["Title"] + [ln.text for col in columns for ln in col]
