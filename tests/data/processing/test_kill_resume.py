@@ -23,8 +23,7 @@ WORDS = ("harbour lantern orchard meadow thunder copper velvet glacier saddle pa
 NUM_FILES = 12
 
 
-def _corpus(root: Path) -> Path:
-    rng = random.Random()  # fresh each run: the property holds for any input
+def _corpus(root: Path, rng: random.Random) -> Path:
     root.mkdir()
     for f in range(NUM_FILES):
         with open(root / f"part{f:02d}.jsonl", "w") as fh:
@@ -46,10 +45,11 @@ def _markers(out: Path) -> dict[str, tuple[int, str]]:
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_without_redoing_finished_shards(tmp_path):
-    raw = _corpus(tmp_path / "raw")
+def test_sigkilled_run_resumes_without_redoing_finished_shards(tmp_path, seed):
+    rng = random.Random(seed)  # fresh each run (the property holds for any input), reproducible from the seed
+    raw = _corpus(tmp_path / "raw", rng)
     text = tmp_path / "tok.txt"
-    text.write_text("\n".join(" ".join(random.sample(WORDS, 10)) for _ in range(200)))
+    text.write_text("\n".join(" ".join(rng.sample(WORDS, 10)) for _ in range(200)))
     tok = train_sentencepiece([text], tmp_path / "sp", 300)
     tok.save(tmp_path / "tokenizer")
     sets = ["num_workers=2", "shard_bytes=1", f"output.tokenizer={tmp_path / 'tokenizer'}"]
