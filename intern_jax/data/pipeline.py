@@ -89,7 +89,12 @@ def read_manifest(path: str | Path) -> dict:
             f"{manifest_path} does not exist; data.path must be a corpus directory written by "
             "scripts/process_data.py (or scripts/build_corpus.py)"
         )
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{manifest_path} is damaged ({e}); rerun the command that wrote the corpus") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{manifest_path} is not a corpus manifest (a JSON object); rebuild the corpus")
     sources = manifest.get("sources")
     if not isinstance(sources, dict) or not sources:
         raise ValueError(f"{manifest_path} lists no sources; rebuild the corpus")

@@ -97,6 +97,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     # token corpora: bytes (vocabulary 260) and the same ids claimed to come from a 49,152-token vocabulary
     write_token_corpus(d / "corpus", {"code": _byte_docs()}, shards=1, vocab_size=260)
     write_token_corpus(d / "corpus_49k", {"code": _byte_docs()}, shards=1, vocab_size=49152)
+    (d / "corpus_damaged").mkdir()
+    (d / "corpus_damaged" / "manifest.json").write_text('{"tokenizer": "", "sources": {')
     p["corpus"], p["corpus_49k"] = d / "corpus", d / "corpus_49k"
     return p
 
@@ -177,6 +179,8 @@ CASES = [
     # 6. a corpus tokenized with a larger vocabulary than the run's model: refused before the first step
     ("pretrain-corpus-vocab-49k", "pretrain.py", [*PRETRAIN, "--set", "data.path={corpus_49k}"], 2,
      ["was tokenized with a 49152-token vocabulary", "model's vocab_size is 260"]),
+    ("pretrain-corpus-manifest-damaged", "pretrain.py", [*PRETRAIN, "--set", "data.path={dir}/corpus_damaged"], 2,
+     ["corpus_damaged/manifest.json is damaged"]),
     # 7. build_corpus checks its settings before doing any work
     ("build-corpus-max-code-mb-0", "build_corpus.py", ["--output", "{dir}/corpus_a", "--max-code-mb", "0"], 2,
      ["--max-code-mb) must be at least"]),
@@ -247,9 +251,22 @@ def test_bad_input_gives_one_clear_line(case, results):
         assert err.strip().splitlines()[-1].startswith(f"{script}: error: "), err
 
 
-def test_build_corpus_checks_before_writing_anything(inputs, results):
+def test_build_corpus_checks_before_writing_anything_and_quiet_is_quiet(inputs, results):
     assert results["build-corpus-max-code-mb-0"][0] == 2
     assert not (inputs["dir"] / "corpus_a").exists() and not (inputs["dir"] / "corpus_b").exists()
+    assert "it/s" not in results["build-corpus-vocab-too-large"][2]  # --quiet: no progress bar
+
+
+@pytest.mark.parametrize("error, message", [
+    (PermissionError(13, "Permission denied", "/runs/x"), "/runs/x: permission denied; check its permissions"),
+    (OSError(30, "Read-only file system", "/mnt/ro/run"), "/mnt/ro/run: read-only file system; the file system is"),
+    (IsADirectoryError(21, "Is a directory", "/data"), "/data: is a directory; a file was expected here"),
+])
+def test_os_errors_become_one_line_with_the_path_and_what_to_do(error, message):
+    """Read-only or unwritable output (not reproducible as root in a subprocess): the line the entry prints."""
+    from intern_jax.cli import describe
+
+    assert describe(error).startswith(message)
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
