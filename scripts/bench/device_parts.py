@@ -485,6 +485,7 @@ def train(part: Part):
         cfg = _model_config("internlm2_1_8b.py", part.smoke, **PRETRAIN_MODEL, attention_impl=attention)
         tc = TrainConfig(model=cfg, steps=1000, batch_size=batch, seq_len=seq,
                          parallel=ParallelConfig(fsdp=1, micro_batches=batch))
+        state = step = None
         try:
             ts = make_train_step(cfg, tc, mesh)
             start = time.perf_counter()
@@ -502,10 +503,11 @@ def train(part: Part):
                 jax.block_until_ready(state)
                 times.append(time.perf_counter() - start)
             loss = float(metrics["loss"])
-            del state, step
         except Exception as e:  # noqa: BLE001 - the other attention path still runs
             part.error(f"train step, {attention} attention", e)
             continue
+        finally:
+            state = step = None  # the next variant gets the whole device
         if not np.isfinite(loss):
             part.error(f"train step, {attention} attention", message=f"loss is {loss}")
         t = statistics.median(times)
@@ -543,7 +545,7 @@ def _filled(abstract, salt: int):
         i = i ^ (i >> 13)
         if jnp.issubdtype(dtype, jnp.integer):
             lo, hi = (0, 255) if dtype == jnp.uint8 else (-127, 127)
-            values = (lo + (i >> 8) % (hi - lo + 1)).astype(dtype)
+            values = (((i >> 8) % (hi - lo + 1)).astype(jnp.int32) + lo).astype(dtype)
         else:
             values = (0.005 + 0.02 * (i >> 8).astype(jnp.float32) / 2**24).astype(dtype)
         return values.reshape(shape)

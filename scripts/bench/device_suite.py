@@ -131,7 +131,7 @@ def to_markdown(report: dict) -> str:
     env = report.get("env") or {}
     ceilings = report["parts"].get("calibration", {}).get("results", {})
     lines = [
-        f"### Device suite{' (smoke: tiny shapes, timings mean nothing)' if report['smoke'] else ''}: "
+        f"#### Device suite{' (smoke: tiny shapes, timings mean nothing)' if report['smoke'] else ''}: "
         f"{env.get('device', 'unknown device')}, jax {env.get('jax', '?')}, {report['date']}",
         "",
         f"- Command: `{report['command']}`; wall {report['wall_s']:.0f} s (budget {report['budget_s']:.0f} s); "
