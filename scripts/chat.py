@@ -3,9 +3,10 @@
     python scripts/chat.py --model PATH [--system TEXT] [--max-new-tokens N] [--temperature T]
         [--top-k K] [--top-p P] [--seed S]
 
-Each turn prefills only the new tokens. Commands: /reset starts over, /quit (or /exit, or EOF)
-leaves; a message that starts with '/' is sent by doubling it ('//etc/hosts ...'). Bytes that
-are not valid UTF-8 are replaced (with a warning) and the conversation goes on.
+Each turn prefills only the new tokens. Commands: /reset starts over, /quit (or /exit, EOF, or
+Ctrl-C at the prompt) leaves; Ctrl-C during a reply stops it (the conversation starts over). A
+message that starts with '/' is sent by doubling it ('//etc/hosts ...'). Bytes that are not valid
+UTF-8 are replaced (with a warning) and the conversation goes on.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def main(argv=None) -> int:
                 sys.stdout.flush()
         except ValueError as e:
             print(f"\nerror: {e}; the conversation starts over", file=sys.stderr)
+            session = new_session()
+            continue
+        except KeyboardInterrupt:  # Ctrl-C stops a reply, not the program (Ctrl-C at the prompt leaves)
+            print("\n[reply stopped; the conversation starts over]", file=sys.stderr)
             session = new_session()
             continue
         sys.stdout.write("\n")
