@@ -10,6 +10,7 @@ model's shardings. Nothing here runs the model.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -122,20 +123,30 @@ def load_model(path, *, dtype=None, mesh=None, progress: bool = False) -> Loaded
 
 
 def convert_checkpoint(src, dst, *, to: str, dtype=None, progress: bool = False) -> Path:
-    """Load ``src`` (any format) and write it to the empty or new directory ``dst`` as ``to``."""
+    """Load ``src`` (any format) and write it to the empty or new directory ``dst`` as ``to``.
+
+    The files are written into ``.<dst>.partial`` beside it and renamed into place when complete, so
+    an interrupted conversion leaves no half-written ``dst``; rerunning it starts that part over."""
     if to not in CONVERT_TARGETS:
         raise ValueError(f"unknown conversion target {to!r}; choose one of {', '.join(CONVERT_TARGETS)}")
     dst = Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(f"output {dst} exists and is not an empty directory; choose a new one")
+    partial = dst.with_name(f".{dst.name}.partial")
+    if partial.exists():  # left by an interrupted conversion
+        shutil.rmtree(partial)
     if to == "peft":
         from intern_jax.checkpoint.peft import export_peft_run  # noqa: PLC0415
 
         if detect_format(src) != "run":
             raise ValueError(f"--to peft exports the adapters of a LoRA run directory; {src} is not a run directory")
-        return export_peft_run(src, dst, dtype=dtype)
-    model = load_model(src, dtype=dtype, progress=progress)
-    CONVERT_TARGETS[to](dst, model.config, model.params, model.tokenizer, progress)
+        export_peft_run(src, partial, dtype=dtype)
+    else:
+        model = load_model(src, dtype=dtype, progress=progress)
+        CONVERT_TARGETS[to](partial, model.config, model.params, model.tokenizer, progress)
+    if dst.exists():
+        dst.rmdir()  # empty (checked above)
+    partial.rename(dst)
     return dst
 
 

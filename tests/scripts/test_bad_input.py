@@ -289,6 +289,21 @@ def test_chat_session_survives_bad_bytes_and_unknown_commands(tiny_model):
     assert out.count("assistant> ") == 2, out  # the bad-bytes line and "Hi"; not the command
 
 
+def test_convert_rerun_after_an_interruption_starts_over(tiny_model, tmp_path):
+    """An interrupted conversion leaves only ``.<out>.partial`` (never a half-written output that would
+    block the rerun); the rerun replaces it and the result loads."""
+    partial = tmp_path / ".out.partial"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half a file")
+    code, out, err = _run("convert.py", "--input", tiny_model, "--output", tmp_path / "out", "--to", "native",
+                          "--quiet")
+    assert code == 0, err[-3000:]
+    assert not partial.exists() and "wrote native checkpoint" in out
+    from intern_jax.checkpoint import load_model
+
+    assert load_model(tmp_path / "out").config.vocab_size == load_model(tiny_model).config.vocab_size
+
+
 def test_pretrain_ctrl_c_saves_a_checkpoint_exits_130_and_the_rerun_resumes(inputs, tmp_path):
     args = [sys.executable, str(ROOT / "scripts/pretrain.py"),
             *[a.format(**inputs) if isinstance(a, str) else str(a) for a in PRETRAIN],
