@@ -83,9 +83,14 @@ def test_grad_accumulation_equals_one_big_batch_losses_params_and_grad_norms(ref
                             reference[0])
 
 
-def _independent_gradient(params, batch):
-    """Gradient of the masked-mean cross-entropy (optax) over the full logits: none of the step's loss code."""
+@pytest.fixture(scope="module")
+def independent_gradient(reference):
+    """Gradient on the first batch of the masked-mean cross-entropy (optax) over the full logits: none of
+    the step's loss code."""
     from intern_jax.model import internlm2
+
+    _, batches, params = reference[:3]
+    batch = batches[0]
 
     def loss(p):
         logits, _ = internlm2.forward(p, {k: jnp.asarray(batch[k]) for k in ("tokens", "positions", "segment_ids")},
@@ -93,7 +98,7 @@ def _independent_gradient(params, batch):
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(batch["targets"]))
         return (ce * batch["loss_mask"]).sum() / batch["loss_mask"].sum()
 
-    return jax.jit(jax.grad(loss))(params)
+    return jax.device_get(jax.jit(jax.grad(loss))(params))
 
 
 SGD_LR = 0.5
@@ -106,6 +111,7 @@ SGD_LR = 0.5
     ids=["one_device", "micro_batches4", "dp2xfsdp2xtp2"],
 )
 def test_sgd_without_clipping_moves_params_by_minus_lr_times_the_independent_gradient(reference, parallel, devices,
+                                                                                      independent_gradient,
                                                                                       monkeypatch):
     """Plain SGD, no clipping: the update is proportional to the gradient, so a gradient scaled anywhere
     between the loss and the optimizer (a sum over micro-batches, devices or processes where a mean
@@ -117,7 +123,7 @@ def test_sgd_without_clipping_moves_params_by_minus_lr_times_the_independent_gra
     tc = dataclasses.replace(_train_cfg(**parallel), optimizer=OptimizerConfig(learning_rate=SGD_LR, warmup_steps=0,
                                                                                grad_clip=0.0, weight_decay=0.0))
     _, got, _, (grad_norm,) = _run(parallel, devices, batches[:1], params, train_cfg=tc)
-    want_grad = _independent_gradient(params, batches[0])
+    want_grad = independent_gradient
     want_norm = math.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in jax.tree.leaves(want_grad)))
     assert math.isclose(grad_norm, want_norm, rel_tol=1e-5), f"seed {seed}: grad_norm {grad_norm} vs {want_norm}"
     for path, new in jax.tree_util.tree_leaves_with_path(got):
