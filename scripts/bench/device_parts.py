@@ -41,6 +41,13 @@ QLORA = {
     "lora": {"rank": 64, "alpha": 16.0, "dropout": 0.1, "targets": r"layers/(wqkv|wo|w1|w2|w3)"},
     "dtype": "bfloat16", "base_dtype": "bfloat16", "remat": "full", "seq_len": 2048,
 }
+# Kernel shapes on a device and with --smoke (tests/bench lowers the device ones for CUDA on a CPU).
+FLASH = {"device": {"heads": 32, "kv_heads": 8, "head_dim": 128, "seq_batch": ((2048, 4), (8192, 1))},
+         "smoke": {"heads": 4, "kv_heads": 2, "head_dim": 32, "seq_batch": ((128, 1),)}}
+PAGED = {"device": {"batch": 64, "context": 4096, "heads": 32, "kv_heads": 8, "head_dim": 128, "page": 16},
+         "smoke": {"batch": 2, "context": 64, "heads": 4, "kv_heads": 2, "head_dim": 32, "page": 16}}
+QMATMUL = {"device": {"shapes": ((4096, 4096), (4096, 14336)), "ms": (1, 16, 64), "chain": 32},
+           "smoke": {"shapes": ((128, 256),), "ms": (1, 16), "chain": 2}}
 TINY_MODEL = {"vocab_size": 512, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
               "intermediate_size": 128}
 
@@ -254,8 +261,8 @@ def flash(part: Part):
 
     from kernels import flash_attention
 
-    heads, kv_heads, head_dim = (4, 2, 32) if part.smoke else (32, 8, 128)
-    shapes = [(128, 1)] if part.smoke else [(2048, 4), (8192, 1)]  # (seq, batch)
+    shape = FLASH["smoke" if part.smoke else "device"]
+    heads, kv_heads, head_dim, shapes = shape["heads"], shape["kv_heads"], shape["head_dim"], shape["seq_batch"]
     reps = 2 if part.smoke else 10
     on_gpu = jax.default_backend() == "gpu"
     impls = {
@@ -266,13 +273,6 @@ def flash(part: Part):
     if not on_gpu:
         del impls["cudnn"]
         part.results["cudnn"] = "not measured: cuDNN needs a GPU"
-
-    def fwd_bwd(attn):
-        def run(q, k, v, do):
-            out, vjp = jax.vjp(attn, q, k, v)
-            return out, vjp(do)
-
-        return run
 
     programs, inputs = {}, {}
     for seq, batch in shapes:
@@ -329,8 +329,9 @@ def paged(part: Part):
 
     from kernels import paged_decode_attention, paged_decode_reference, quantize_kv_int8
 
-    batch, context, heads, kv_heads, head_dim, page = (2, 64, 4, 2, 32, 16) if part.smoke else (
-        64, 4096, 32, 8, 128, 16)
+    shape = PAGED["smoke" if part.smoke else "device"]
+    batch, context, heads, kv_heads, head_dim, page = (
+        shape[k] for k in ("batch", "context", "heads", "kv_heads", "head_dim", "page"))
     reps = 2 if part.smoke else 10
     copy = part.calibration.get("copy_gb_per_s")
     pages_per_seq = context // page
@@ -381,26 +382,36 @@ def paged(part: Part):
                       f"{share}; {ours / peer:.2f}x the jnp gather")
 
 
+def chained(product, d_in: int, chain: int):
+    """``chain`` dependent products in one program (each output's first ``d_in`` columns feed the next
+    input), so that launch overhead does not swamp microsecond kernels; one call site, compiled once."""
+    from jax import lax
+
+    def run(x, *weights):
+        return lax.fori_loop(0, chain, lambda i, x: product(x, *weights)[:, :d_in], x)
+
+    return run
+
+
+def fwd_bwd(attn):
+    """(q, k, v, do) -> (out, (dq, dk, dv)) of an attention function."""
+    import jax
+
+    def run(q, k, v, do):
+        out, vjp = jax.vjp(attn, q, k, v)
+        return out, vjp(do)
+
+    return run
+
+
 def qmatmul(part: Part):
     import jax.numpy as jnp
-    from jax import lax
 
     from kernels import quantize_w4, quantize_w8, quantized_matmul, quantized_matmul_reference
 
-    shapes = [(128, 256)] if part.smoke else [(4096, 4096), (4096, 14336)]
-    ms = (1, 16) if part.smoke else (1, 16, 64)
-    chain = 2 if part.smoke else 32
+    shapes, ms, chain = (QMATMUL["smoke" if part.smoke else "device"][k] for k in ("shapes", "ms", "chain"))
     reps = 2 if part.smoke else 10
     copy = part.calibration.get("copy_gb_per_s")
-
-    def chained(product, d_in):
-        """``chain`` dependent products in one program (each output feeds the next input), so that
-        launch overhead does not swamp microsecond kernels; returns the last output."""
-
-        def run(x, *weights):
-            return lax.fori_loop(0, chain, lambda i, x: product(x, *weights)[:, :d_in], x)
-
-        return run
 
     impls = {
         "bf16": lambda x, w: jnp.dot(x, w),
@@ -415,7 +426,7 @@ def qmatmul(part: Part):
             nbytes[d_in, d_out, impl] = sum(a.size * a.dtype.itemsize for a in ws)
             for m in ms:
                 x = _random(m, (m, d_in), jnp.bfloat16)
-                programs[d_in, d_out, m, impl] = (chained(impls[impl], d_in), (x, *ws))
+                programs[d_in, d_out, m, impl] = (chained(impls[impl], d_in, chain), (x, *ws))
             if impl != "bf16":  # one product against the jnp reference, at M = 16
                 bits = 8 if impl == "w8" else 4
                 programs[d_in, d_out, "check", impl] = (impls[impl], (_random(16, (16, d_in), jnp.bfloat16), *ws))
@@ -425,7 +436,7 @@ def qmatmul(part: Part):
                     (_random(16, (16, d_in), jnp.bfloat16), *ws))
     # the loop's own cost per call (a one-element update in place of the product), to read the M=1 times against
     floor_x = _random(0, (1, shapes[0][0]), jnp.bfloat16)
-    programs["loop floor"] = (chained(lambda x: x.at[0, 0].add(1), shapes[0][0]), (floor_x,))
+    programs["loop floor"] = (chained(lambda x: x.at[0, 0].add(1), shapes[0][0], chain), (floor_x,))
     compiled = _compile_all(part, programs)
     if "loop floor" in compiled:
         fn, compile_s = compiled["loop floor"]

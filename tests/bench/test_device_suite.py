@@ -150,16 +150,66 @@ def test_parts_that_need_the_ceilings_bring_calibration_and_bad_flags_are_refuse
     assert proc.returncode == 2 and "unknown part(s) nonsense" in proc.stderr
 
 
+def load_parts():
+    spec = importlib.util.spec_from_file_location("device_parts", SUITE.with_name("device_parts.py"))
+    parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parts)
+    return parts
+
+
+def test_the_kernel_programs_lower_to_triton_at_the_device_shapes():
+    """What the flash, paged and qmatmul parts compile on a GPU lowers for CUDA (no GPU needed): one Triton
+    call per kernel, one call site in the matmul loop."""
+    import jax
+    import jax.numpy as jnp
+
+    from kernels import flash_attention, paged_decode_attention, quantized_matmul
+
+    parts = load_parts()
+    S, bf16 = jax.ShapeDtypeStruct, jnp.bfloat16
+
+    def triton_calls(f, *args):
+        check = jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+        exported = jax.export.export(jax.jit(f), platforms=["cuda"], disabled_checks=[check])(*args)
+        return exported.mlir_module().count("__gpu$xla.gpu.triton")
+
+    flash = parts.FLASH["device"]
+    attn = parts.fwd_bwd(lambda q, k, v: flash_attention(q, k, v, causal=True, interpret=False))
+    for seq, batch in flash["seq_batch"]:
+        q = S((batch, seq, flash["heads"], flash["head_dim"]), bf16)
+        kv = S((batch, seq, flash["kv_heads"], flash["head_dim"]), bf16)
+        assert triton_calls(attn, q, kv, kv, q) == 3  # forward, dK/dV, dQ
+
+    p = parts.PAGED["device"]
+    pages_per_seq = p["context"] // p["page"]
+    shape = (p["kv_heads"], p["batch"] * pages_per_seq, p["page"], p["head_dim"])
+    q = S((p["batch"], p["heads"], p["head_dim"]), bf16)
+    tables, lengths = S((p["batch"], pages_per_seq), jnp.int32), S((p["batch"],), jnp.int32)
+    decode = lambda q, k, v, t, n, ks=None, vs=None: paged_decode_attention(q, k, v, t, n, k_scales=ks, v_scales=vs,
+                                                                            interpret=False)
+    assert triton_calls(decode, q, S(shape, bf16), S(shape, bf16), tables, lengths) == 1
+    scales = S(shape[:3], jnp.float32)
+    assert triton_calls(decode, q, S(shape, jnp.int8), S(shape, jnp.int8), tables, lengths, scales, scales) == 1
+
+    mm = parts.QMATMUL["device"]
+    w8 = lambda x, w, s: quantized_matmul(x, w, s, bits=8, interpret=False)
+    w4 = lambda x, w, s, z: quantized_matmul(x, w, s, z, bits=4, group_size=128, interpret=False)
+    for d_in, d_out in mm["shapes"]:
+        for m in mm["ms"]:
+            x, groups = S((m, d_in), bf16), (d_in // 128, d_out)
+            assert triton_calls(parts.chained(w8, d_in, mm["chain"]), x, S((d_in, d_out), jnp.int8),
+                                S((d_out,), bf16)) == 1
+            assert triton_calls(parts.chained(w4, d_in, mm["chain"]), x, S((d_in // 2, d_out), jnp.uint8),
+                                S(groups, bf16), S(groups, jnp.uint8)) == 1
+
+
 def test_suite_settings_are_the_recipes():
     """The suite restates the recipes' model settings (their config files import grain); they must agree."""
     from intern_jax.config import load_config
     from intern_jax.train.config import load_train_config
     from intern_jax.train.finetune import load_finetune_config
 
-    spec = importlib.util.spec_from_file_location("device_parts", SUITE.with_name("device_parts.py"))
-    suite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(suite)
-
+    suite = load_parts()
     pretrain = load_train_config(ROOT / "configs/pretrain/internlm2_1_8b.py")
     ours = dataclasses.replace(load_config(ROOT / "configs/model/internlm2_1_8b.py"), **suite.PRETRAIN_MODEL)
     assert ours == pretrain.model
