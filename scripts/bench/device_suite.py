@@ -142,6 +142,12 @@ def to_markdown(report: dict) -> str:
     if ceilings.get("matmul_tflops"):
         lines.append(f"- Ceilings measured in this run: bf16 matmul {ceilings['matmul_tflops']:.1f} TFLOP/s, "
                      f"copy {ceilings['copy_gb_per_s']:.0f} GB/s.")
+    seen: dict[str, list[str]] = {}
+    for name, record in report["parts"].items():
+        for text in record.get("warnings", {}):
+            seen.setdefault(text, []).append(name)
+    for text, names in list(seen.items())[:5]:
+        lines.append(f"- Warning ({', '.join(names)}): {text[:200]}")
     lines += ["", "| part | figure | value | against |", "|---|---|---|---|"]
     for name, record in report["parts"].items():
         for figure, value, against in record.get("summary", []):
