@@ -25,6 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from intern_jax import cli  # noqa: E402  (light: no jax)
+
 STAGES = ("corpus", "pretrain", "finetune", "chat")
 
 
@@ -59,7 +63,6 @@ def loss_summary(run_dir: Path) -> str:
 
 
 def chat(prompt: str, max_new_tokens: int) -> None:
-    sys.path.insert(0, str(ROOT))
     import intern_jax as ij  # noqa: PLC0415  (jax is imported only for this stage)
 
     path = ij.embedded_model_path()
@@ -80,12 +83,14 @@ def chat(prompt: str, max_new_tokens: int) -> None:
           f"prefill {s['prefill_tokens_per_s']:.1f} tok/s, compile {s['compile_s']:.1f}s", flush=True)
 
 
+@cli.entry("demo.py")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(STAGES), help=f"comma-separated stages out of {STAGES}")
     parser.add_argument("--runs", default="runs", help="directory for the corpus and the run directories")
     parser.add_argument("--prompt", default="Explain in two sentences what a KV cache is in a language model.")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     stages = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
