@@ -263,6 +263,9 @@ class DecodeBatch:
         idle = [SamplingParams(max_new_tokens=0)] * slots
         self.state = smp.init_state(idle, decoder.config.vocab_size, stop_width=bucket(stop_width, 4))
         self.last = np.full(slots, NO_TOKEN, np.int32)
+        # paged: every slot's whole block table, kept here; each call sees only as many pages per slot
+        # (a power of two) as its longest sequence needs, so attention gathers no unused pages
+        self.tables = np.asarray(cache.block_tables).copy() if isinstance(cache, PagedKV) else None
 
     @property
     def slots(self) -> int:
@@ -283,9 +286,16 @@ class DecodeBatch:
         """Paged caches: the pages each of ``slots`` addresses, ``[len(slots), pages_per_slot]``."""
         if not isinstance(self.cache, PagedKV):
             raise TypeError("set_block_tables needs a paged batch (new_batch(..., paged=PagedLayout(...)))")
-        all_tables = np.asarray(self.cache.block_tables).copy()
-        all_tables[np.asarray(slots)] = np.asarray(tables)
-        self.cache = self.cache.with_block_tables(all_tables)
+        tables = np.asarray(tables, np.int32)
+        self.tables[np.asarray(slots), : tables.shape[1]] = tables
+
+    def _fit_tables(self, tokens: int) -> None:
+        """Paged: hand the cache block tables wide enough for ``tokens`` tokens per slot."""
+        if self.tables is None:
+            return
+        page = self.cache.page_size
+        width = min(self.tables.shape[1], bucket(-(-int(tokens) // page), 1))  # a full slot ends ("length")
+        self.cache = self.cache.with_block_tables(self.tables[:, :width])
 
     def _widen_stops(self, width: int) -> None:
         have = self.state["stop_ids"].shape[1]
@@ -312,6 +322,7 @@ class DecodeBatch:
         need = max(k + len(p) + s.max_new_tokens for k, p, s in zip(keep, prompts, sampling))
         if isinstance(self.cache, DenseKV) and need > self.cache.capacity:
             self.cache = self.cache.grown(bucket(need))
+        self._fit_tables(max(k + len(p) for k, p in zip(keep, prompts)))
         rows = bucket(n, 1)
         t = bucket(max(len(p) for p in prompts))
         tokens = np.zeros((rows, t), np.int32)
@@ -344,6 +355,7 @@ class DecodeBatch:
     def step(self) -> StepOutput:
         """One token for every live slot (``NO_TOKEN`` for done or empty ones)."""
         d = self.decoder
+        self._fit_tables(self._longest_live() + 1)
         args = (d.params, self.cache, self.state, jnp.asarray(self.last))
         exe, _ = d.compiled(_step, {"cfg": d._cfg, "num_top": self.num_top}, (1, 2), *args)
         tokens, info, self.cache, self.state = exe(*args)
@@ -354,6 +366,7 @@ class DecodeBatch:
     def run(self, num_steps: int) -> StepOutput:
         """Up to ``num_steps`` steps on the device in one loop; arrays gain a step axis ``[B, num_steps]``."""
         d = self.decoder
+        self._fit_tables(self._longest_live() + num_steps)
         args = (d.params, self.cache, self.state, jnp.asarray(self.last))
         static = {"cfg": d._cfg, "num_top": self.num_top, "num_steps": int(num_steps)}
         exe, _ = d.compiled(_run, static, (1, 2), *args)
@@ -364,6 +377,12 @@ class DecodeBatch:
         last_index = np.where(has, emitted.shape[1] - 1 - np.argmax(emitted[:, ::-1], axis=1), 0)
         self.last = np.where(has, out.tokens[np.arange(self.slots), last_index], self.last).astype(np.int32)
         return out
+
+    def _longest_live(self) -> int:
+        if self.tables is None:
+            return 0
+        live = ~self.done()
+        return int(self.lengths[live].max()) if live.any() else 0
 
     def release(self, slots: Sequence[int]) -> None:
         """Free ``slots``: they stop decoding and their cached tokens are forgotten."""

@@ -1,0 +1,391 @@
+"""The serving engine: continuous batching over a paged KV cache, on the one decoder.
+
+``Engine(model, EngineConfig(...))`` owns a ``Decoder``, one paged ``DecodeBatch`` of
+``max_batch_size`` slots, a ``BlockPool`` and a ``Scheduler``. Each ``step``: the scheduler picks
+the decoding sequences and the prefill chunks that fit the token budget; the batch decodes one
+token for every decoding slot, then prefills the chunks (a sequence whose prompt completes
+samples its first token there); new tokens are detokenized, checked against stop strings, and
+reported as ``Increment``s. Requests join and leave at every step.
+
+Two ways in: ``engine.generate(prompts, sampling)`` for offline batches (like LMDeploy's
+``pipeline``), and ``await engine.submit(...)`` + ``engine.abort(id)`` for a server, served by
+a background thread started with ``engine.start()``. The engine never runs a model function of
+its own: every token comes from the decoder's ``insert`` / ``step``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+
+from intern_jax.inference.decoder import Decoder, PagedLayout
+from intern_jax.inference.generate import default_stop_ids, encode_prompt
+from intern_jax.inference.sampling import NO_TOKEN, SamplingParams
+from intern_jax.inference.stop import StopStrings
+from intern_jax.serve.block_pool import BlockPool
+from intern_jax.serve.scheduler import Scheduler
+from intern_jax.serve.scheduler import Sequence as Seq
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """``num_blocks`` 0 sizes the pool for ``max_batch_size`` sequences of a quarter of ``max_model_len``
+    each; ``max_model_len`` 0 is the model's context; ``num_top_logprobs`` is the most alternatives a
+    request may ask for (one compiled width for all)."""
+
+    max_batch_size: int = 64
+    max_num_tokens: int = 512
+    block_size: int = 64
+    num_blocks: int = 0
+    max_model_len: int = 0
+    enable_prefix_caching: bool = True
+    kv_int8: bool = False
+    num_top_logprobs: int = 0
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_num_tokens", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_blocks", "max_model_len", "num_top_logprobs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"EngineConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class Increment:
+    """What one request gained in one step (and, when ``finished``, how it ended)."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    top_logprobs: list[list[tuple[int, float]]] | None
+    finished: bool = False
+    finish_reason: str | None = None  # stop | length | abort | error
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclasses.dataclass
+class Result:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str | None
+    error: str | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class _Request:
+    seq: Seq
+    stop_ids: frozenset
+    stops: StopStrings
+    detok: object | None
+    top: int
+
+
+class Engine:
+    def __init__(self, model, config: EngineConfig = EngineConfig()):
+        self.decoder = Decoder.from_model(model)
+        self.tokenizer = self.decoder.tokenizer
+        self.config = config
+        context = self.decoder.config.max_position_embeddings
+        self.max_model_len = min(config.max_model_len or context, context)
+        per_seq = -(-self.max_model_len // config.block_size)
+        num_blocks = config.num_blocks or max(per_seq, config.max_batch_size * max(1, per_seq // 4))
+        self.pool = BlockPool(num_blocks, config.block_size, prefix_caching=config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.pool, max_batch_size=config.max_batch_size,
+                                   max_num_tokens=config.max_num_tokens, max_model_len=self.max_model_len)
+        self.batch = self.decoder.new_batch(
+            config.max_batch_size, paged=PagedLayout(num_blocks, config.block_size, per_seq),
+            kv_int8=config.kv_int8, num_top_logprobs=config.num_top_logprobs)
+        self.requests: dict[str, _Request] = {}
+        self._pending: list[_Request] = []
+        self._aborts: set[str] = set()
+        self._lock = threading.Lock()  # guards _pending / _aborts (any thread)
+        self._step_lock = threading.Lock()  # one step at a time
+        self._wake = threading.Condition(self._lock)
+        self._sinks: dict = {}  # request id -> callable receiving its increments
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.generated_tokens = 0
+        self.busy_seconds = 0.0
+        self.steps = 0
+
+    # -- requests in ---------------------------------------------------------------------------
+
+    def _request(self, prompt, sampling: SamplingParams, request_id: str | None, *, top_logprobs: int = 0,
+                 ignore_eos: bool = False) -> _Request:
+        """Validate and wrap one request; a bad one raises ``ValueError`` naming the field."""
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)):
+            if self.tokenizer is None:
+                raise ValueError("prompt: text prompts need a model with a tokenizer; pass token ids")
+            prompt = encode_prompt(self.tokenizer, prompt)
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise ValueError("prompt: empty; a request needs at least one token")
+        vocab = self.decoder.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt):
+            raise ValueError(f"prompt: token ids outside the vocabulary [0, {vocab})")
+        if len(prompt) >= self.max_model_len:
+            raise ValueError(f"prompt: {len(prompt)} tokens, but the engine's context is {self.max_model_len} "
+                             "tokens (max_model_len), leaving no room to generate")
+        if sampling.max_new_tokens < 1:
+            raise ValueError(f"max_tokens: must be >= 1, got {sampling.max_new_tokens}")
+        if not 0 <= top_logprobs <= self.config.num_top_logprobs:
+            raise ValueError(f"top_logprobs: must be in [0, {self.config.num_top_logprobs}] (the engine's "
+                             f"num_top_logprobs), got {top_logprobs}")
+        stop_ids = set(sampling.stop_ids)
+        if not ignore_eos and self.tokenizer is not None:
+            stop_ids |= set(default_stop_ids(self.tokenizer))
+        budget = min(sampling.max_new_tokens, self.max_model_len - len(prompt))
+        sampling = dataclasses.replace(sampling, max_new_tokens=budget, stop_ids=tuple(sorted(stop_ids)))
+        seq = Seq(prompt, sampling) if request_id is None else Seq(prompt, sampling, request_id=request_id)
+        if seq.request_id in self.requests:
+            raise ValueError(f"request_id: {seq.request_id!r} is already running")
+        detok = None
+        if self.tokenizer is not None:
+            from intern_jax.tokenizer import StreamDecoder
+
+            detok = StreamDecoder(self.tokenizer)
+        return _Request(seq, frozenset(stop_ids), StopStrings(sampling.stop), detok, top_logprobs)
+
+    def add_request(self, prompt, sampling: SamplingParams = SamplingParams(), request_id: str | None = None,
+                    sink=None, **options) -> str:
+        """Queue a request (text, chat messages or token ids); returns its id. ``sink(increment)`` is called
+        with each of its increments (from the thread that runs the step). Options: ``top_logprobs``,
+        ``ignore_eos``."""
+        req = self._request(prompt, sampling, request_id, **options)
+        with self._wake:
+            if sink is not None:
+                self._sinks[req.seq.request_id] = sink
+            self._pending.append(req)
+            self._wake.notify()
+        return req.seq.request_id
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request; its pages and slot are freed at the next step. Unknown ids raise ``KeyError``."""
+        with self._wake:
+            if request_id not in self.requests and all(r.seq.request_id != request_id for r in self._pending):
+                raise KeyError(f"no running request {request_id!r}")
+            self._aborts.add(request_id)
+            self._wake.notify()
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def step(self) -> list[Increment]:
+        """Run one scheduling step; the increments of every request that moved."""
+        with self._step_lock:
+            t0 = time.perf_counter()
+            with self._lock:
+                pending, self._pending = self._pending, []
+                aborts, self._aborts = self._aborts, set()
+            out: dict[str, Increment] = {}
+            for req in pending:
+                self.requests[req.seq.request_id] = req
+                self.scheduler.add(req.seq)
+            for rid in aborts:
+                if rid in self.requests:
+                    self._finish(self.requests[rid], out, "abort")
+            plan = self.scheduler.schedule()
+            for seq in plan.failed:
+                self._finish(self.requests[seq.request_id], out, "error", error=seq.error, scheduled=False)
+            if plan.freed_slots:
+                self.batch.release(plan.freed_slots)
+            running = [s for s in self.scheduler.running if s.slot is not None]
+            if running:
+                self.batch.set_block_tables([s.slot for s in running], _tables(running))
+            try:
+                if plan.decode:
+                    result = self.batch.step()
+                    for seq in plan.decode:
+                        seq.computed += 1
+                        self._take(self.requests[seq.request_id], result, seq.slot, out)
+                if plan.prefill:
+                    self._prefill(plan.prefill, out)
+            except Exception as e:  # noqa: BLE001 - a failed step fails its requests, not the engine
+                for seq in plan.decode + [c.seq for c in plan.prefill]:
+                    if seq.request_id in self.requests:
+                        self._finish(self.requests[seq.request_id], out, "error", error=f"{type(e).__name__}: {e}")
+            self.steps += 1
+            self.busy_seconds += time.perf_counter() - t0
+            return list(out.values())
+
+    def _prefill(self, chunks, out) -> None:
+        slots, pieces, samplings, keep, history = [], [], [], [], []
+        for c in chunks:
+            seq = c.seq
+            slots.append(seq.slot)
+            pieces.append(seq.tokens[c.start: c.end])
+            keep.append(c.start)
+            history.append(seq.tokens[: c.end])
+            left = seq.sampling.max_new_tokens - len(seq.output)
+            samplings.append(dataclasses.replace(seq.sampling, max_new_tokens=left if c.last else 0))
+        result = self.batch.insert(slots, pieces, samplings, keep=keep, history=history)
+        for i, c in enumerate(chunks):
+            seq = c.seq
+            seq.computed = c.end
+            self.pool.register(seq.blocks, seq.tokens[: seq.computed])
+            if c.last:
+                seq.decoding = True
+                self._take(self.requests[seq.request_id], result, i, out)
+
+    def _take(self, req: _Request, result, row: int, out) -> None:
+        """Record the token ``result`` holds for ``req`` at ``row``; finish the request if it is done."""
+        seq = req.seq
+        try:
+            token = int(result.tokens[row])
+            inc = out.setdefault(seq.request_id, _increment(req))
+            if token == NO_TOKEN:
+                self._finish(req, out, "length")
+                return
+            seq.output.append(token)
+            self.generated_tokens += 1
+            inc.token_ids.append(token)
+            inc.logprobs.append(float(result.logprobs[row]))
+            if req.top and result.top_ids is not None:
+                inc.top_logprobs.append([(int(i), float(lp)) for i, lp in
+                                         zip(result.top_ids[row][: req.top], result.top_logprobs[row][: req.top])])
+            if req.detok is not None and token not in req.stop_ids:
+                inc.text += req.stops.push(req.detok.push(token))
+            if req.stops.stopped or token in req.stop_ids:
+                self._finish(req, out, "stop")
+            elif len(seq.output) >= seq.sampling.max_new_tokens or len(seq.tokens) >= self.max_model_len:
+                self._finish(req, out, "length")
+        except Exception as e:  # noqa: BLE001 - one request's failure is reported to it alone
+            self._finish(req, out, "error", error=f"{type(e).__name__}: {e}")
+
+    def _finish(self, req: _Request, out, reason: str, *, error: str | None = None, scheduled: bool = True) -> None:
+        seq = req.seq
+        inc = out.setdefault(seq.request_id, _increment(req))
+        if reason in ("length",) and req.detok is not None and not req.stops.stopped:
+            inc.text += req.stops.push(req.detok.flush()) + req.stops.flush()
+        slot = seq.slot
+        if scheduled:
+            self.scheduler.finish(seq)
+        if slot is not None:
+            self.batch.release([slot])
+        seq.finish_reason, seq.error = reason, error
+        inc.finished, inc.finish_reason, inc.error = True, reason, error
+        inc.completion_tokens = len(seq.output)
+        self.requests.pop(seq.request_id, None)
+
+    # -- offline batches -----------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence, sampling: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+                 **options) -> list[Result]:
+        """Run ``prompts`` (text, chat message lists or token ids) to completion; one ``Result`` each, in order.
+
+        ``sampling``: one for all (request ``i`` seeded ``seed + i``) or one per prompt.
+        """
+        if isinstance(sampling, SamplingParams):
+            sampling = [dataclasses.replace(sampling, seed=sampling.seed + i) for i in range(len(prompts))]
+        results: dict[str, Result] = {}
+        all_done = threading.Event()
+
+        def collect(inc: Increment) -> None:
+            r = results[inc.request_id]
+            r.text += inc.text
+            r.token_ids += inc.token_ids
+            r.logprobs += inc.logprobs
+            if inc.finished:
+                r.finish_reason, r.error = inc.finish_reason, inc.error
+                if all(x.finish_reason is not None for x in results.values()):
+                    all_done.set()
+
+        ids = []
+        for p, s in zip(prompts, sampling, strict=True):
+            rid = self._request(p, s, None, **options).seq.request_id  # validate every prompt first
+            ids.append(rid)
+        for p, s, rid in zip(prompts, sampling, ids):
+            results[rid] = Result(rid, "", [], [], None)
+            self.add_request(p, s, rid, sink=collect, **options)
+        while not all_done.is_set():
+            if self._thread is not None and self._thread.is_alive():
+                all_done.wait(timeout=1.0)
+            else:
+                for inc in self.step():
+                    self._dispatch(inc)
+        return [results[i] for i in ids]
+
+    # -- serving -------------------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        """Run steps on a background thread whenever there is work (for ``submit``)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="intern-jax-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._closed or self._pending or self._aborts or self.scheduler.has_work()):
+                    self._wake.wait()
+                if self._closed:
+                    return
+            for inc in self.step():
+                self._dispatch(inc)
+
+    def _dispatch(self, inc: Increment) -> None:
+        sink = self._sinks.get(inc.request_id)
+        if sink is not None:
+            if inc.finished:
+                self._sinks.pop(inc.request_id, None)
+            sink(inc)
+
+    async def submit(self, prompt, sampling: SamplingParams = SamplingParams(), request_id: str | None = None,
+                     **options) -> AsyncIterator[Increment]:
+        """Queue a request and iterate over its increments as the background loop produces them."""
+        self.start()
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.add_request(prompt, sampling, request_id,
+                         sink=lambda inc: loop.call_soon_threadsafe(queue.put_nowait, inc), **options)
+        while True:
+            inc = await queue.get()
+            yield inc
+            if inc.finished:
+                return
+
+    def stats(self) -> dict:
+        s = self.scheduler
+        return {
+            "running": len(s.running),
+            "waiting": len(s.waiting),
+            "preempted": s.num_preemptions,
+            "free_blocks": self.pool.num_free,
+            "total_blocks": self.pool.num_blocks,
+            "prefix_hit_rate": round(self.pool.hit_rate, 4),
+            "generated_tokens": self.generated_tokens,
+            "tokens_per_s": round(self.generated_tokens / self.busy_seconds, 2) if self.busy_seconds else 0.0,
+            "steps": self.steps,
+            "compiled_executables": self.decoder.num_executables,
+        }
+
+
+def _increment(req: _Request) -> Increment:
+    return Increment(req.seq.request_id, [], "", [], [] if req.top else None, prompt_tokens=len(req.seq.prompt),
+                     completion_tokens=len(req.seq.output))
+
+
+def _tables(seqs) -> np.ndarray:
+    width = max(len(s.blocks) for s in seqs)
+    tables = np.zeros((len(seqs), max(width, 1)), np.int32)
+    for i, s in enumerate(seqs):
+        tables[i, : len(s.blocks)] = s.blocks
+    return tables

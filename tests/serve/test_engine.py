@@ -1,0 +1,126 @@
+"""The engine on a tiny random model: every request gives what ``generate`` gives it alone, whatever
+else runs beside it; pages never leak; prefix hits, preemption, abort and bad input."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from intern_jax.inference import Decoder, SamplingParams, generate
+from intern_jax.serve import Engine, EngineConfig
+
+RNG = np.random.default_rng(7)
+PREFIX = RNG.integers(1, 97, 40).tolist()
+PROMPTS = [RNG.integers(1, 97, n).tolist() for n in (3, 17, 9, 30, 5, 12)] + [PREFIX + [5, 6], PREFIX + [7]]
+
+
+@pytest.fixture(scope="module")
+def dec(tiny):
+    cfg, params = tiny
+    return Decoder(params, cfg)
+
+
+@pytest.fixture(scope="module")
+def alone(dec):
+    sampling = SamplingParams(max_new_tokens=12)
+    return {i: generate(dec, [p], sampling).tokens[0] for i, p in enumerate(PROMPTS)}
+
+
+def _engine(dec, **kw):
+    return Engine(dec, EngineConfig(**{"max_batch_size": 4, "max_num_tokens": 16, "block_size": 8, **kw}))
+
+
+def _assert_no_leak(engine):
+    assert engine.pool.num_free == engine.pool.num_blocks
+    assert not engine.scheduler.running and not engine.scheduler.waiting and not engine.requests
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_blocks=9)], ids=["roomy", "small_pool_preempts"])
+def test_concurrent_requests_each_equal_generate_alone(dec, alone, kw):
+    engine = _engine(dec, **kw)
+    before = dec.num_executables
+    results = engine.generate(PROMPTS, SamplingParams(max_new_tokens=12))
+    assert [r.token_ids for r in results] == [alone[i] for i in range(len(PROMPTS))]
+    assert all(r.finish_reason == "length" for r in results)
+    if kw:
+        assert engine.scheduler.num_preemptions > 0  # the small pool really forced recomputation
+    _assert_no_leak(engine)
+    # shapes are bucketed: inserts by rows (1, 2, 4) x pages per slot (1 ... 16), steps by pages per
+    # slot; the prefill chunk is one 16-token bucket. However many requests come, at most 20 programs.
+    again = engine.generate(PROMPTS * 2, SamplingParams(max_new_tokens=12))
+    assert [r.token_ids for r in again] == [r.token_ids for r in results] * 2
+    assert engine.stats()["compiled_executables"] - before <= 3 * 5 + 5
+    assert engine.stats()["generated_tokens"] == 3 * 12 * len(PROMPTS)
+
+
+def test_shared_prefix_is_prefilled_once(dec, alone):
+    engine = _engine(dec)
+    first = engine.generate([PROMPTS[6]], SamplingParams(max_new_tokens=12))
+    second = engine.generate([PROMPTS[7]], SamplingParams(max_new_tokens=12))
+    assert first[0].token_ids == alone[6] and second[0].token_ids == alone[7]
+    assert engine.pool.hit_tokens == 40  # the 5 full pages of the shared 40-token prefix
+    _assert_no_leak(engine)
+
+
+def test_abort_mid_stream_frees_the_pages_at_once(dec):
+    engine = _engine(dec).start()
+
+    async def run():
+        got = []
+        async for inc in engine.submit(PROMPTS[3], SamplingParams(max_new_tokens=60), request_id="r1"):
+            got.append(inc)
+            if len(got) == 3:
+                engine.abort("r1")
+        return got
+
+    try:
+        got = asyncio.run(asyncio.wait_for(run(), 120))
+    finally:
+        engine.close()
+    assert got[-1].finished and got[-1].finish_reason == "abort"
+    assert sum(len(i.token_ids) for i in got) < 60
+    _assert_no_leak(engine)
+
+
+def test_bad_requests_fail_alone_with_the_field_named(dec, alone):
+    engine = _engine(dec)
+    with pytest.raises(ValueError, match="prompt: 200 tokens"):
+        engine.add_request([1] * 200)
+    with pytest.raises(ValueError, match="max_tokens"):
+        engine.add_request([1, 2], SamplingParams(max_new_tokens=0))
+    with pytest.raises(ValueError, match="prompt: empty"):
+        engine.add_request([])
+    with pytest.raises(ValueError, match="top_logprobs"):
+        engine.add_request([1, 2], top_logprobs=3)
+    with pytest.raises(KeyError, match="no running request 'nope'"):
+        engine.abort("nope")
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    assert engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12))[0].token_ids == alone[0]
+
+
+def test_an_exception_in_one_request_does_not_stop_the_engine(dec, alone):
+    engine = _engine(dec)
+    victim = engine.add_request(PROMPTS[1], SamplingParams(max_new_tokens=12))
+    other = engine.add_request(PROMPTS[2], SamplingParams(max_new_tokens=12))
+
+    class Exploding(frozenset):  # the victim's stop check raises once it has two tokens
+        def __contains__(self, token):
+            if len(victim_req.seq.output) >= 2:
+                raise RuntimeError("injected")
+            return False
+
+    victim_req = next(r for r in engine._pending if r.seq.request_id == victim)
+    victim_req.stop_ids = Exploding()
+    ends, tokens = {}, {victim: [], other: []}
+    for _ in range(100):
+        for inc in engine.step():
+            tokens[inc.request_id] += inc.token_ids
+            if inc.finished:
+                ends[inc.request_id] = (inc.finish_reason, inc.error)
+        if len(ends) == 2:
+            break
+    assert ends[victim] == ("error", "RuntimeError: injected")
+    assert ends[other] == ("length", None) and tokens[other] == alone[2]
+    assert engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12))[0].token_ids == alone[0]
+    _assert_no_leak(engine)
