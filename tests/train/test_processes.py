@@ -45,9 +45,8 @@ def _grad_norms(run_dir) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_step_then_rerun_gives_bit_identical_losses(tmp_path):
+def test_sigkill_at_a_random_step_then_rerun_gives_bit_identical_losses(tmp_path, seed):
     corpus = _byte_corpus(tmp_path / "corpus")
-    seed = int(np.random.SeedSequence().entropy % 2**31)
     args = [sys.executable, str(SCRIPT), "--config", str(ROOT / "configs/pretrain/tiny.py"), "--quiet",
             "--steps", "12", "--save-every", "3",
             "--set", f"data.path={corpus}", "--set", f"data.seed={seed}", "--set", "model.vocab_size=260",
