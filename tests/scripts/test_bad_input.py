@@ -92,7 +92,14 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     (p.setdefault("not_json", d / "notes.jsonl")).write_text("just some notes\n")
     (p.setdefault("syntax_error", d / "syntax_error.py")).write_text("config = (\n")
     (p.setdefault("surrogate", d / "surrogate.jsonl")).write_text('{"text": "caf\\udce9"}\n{"text": "fine"}\n')
-    # processing inputs: JSONL without the text field, an empty file
+    # processing inputs: JSONL without the text field, a binary .txt file, a good file beside a broken link
+    (p.setdefault("binary_txt", d / "binary.txt")).write_bytes(bytes(range(256)) * 64)
+    (mixed := d / "mixed").mkdir()
+    (mixed / "good.jsonl").write_text(json.dumps({"text": "The quick brown fox jumps over the lazy dog. This sentence "
+                                                          "is long enough to pass the quality filters, with many plain "
+                                                          "words in it."}) + "\n")
+    (mixed / "gone.jsonl").symlink_to(d / "does_not_exist.jsonl")
+    p["mixed"] = mixed
     (p.setdefault("no_text_field", d / "no_text_field.jsonl")).write_text(json.dumps({"content": "words " * 40}) + "\n")
     # token corpora: bytes (vocabulary 260) and the same ids claimed to come from a 49,152-token vocabulary
     write_token_corpus(d / "corpus", {"code": _byte_docs()}, shards=1, vocab_size=260)
@@ -210,6 +217,11 @@ CASES = [
     # process_data.py: nothing kept is an error that says why
     ("process-data-no-text-field", "process_data.py", ["--input", "{no_text_field}", "--output", "{dir}/pd_a",
                                                        "--quiet"], 2, ["no documents were kept", "readers.text_field"]),
+    ("process-data-binary-file", "process_data.py", ["--input", "{binary_txt}", "--output", "{dir}/pd_c", "--quiet"],
+     2, ["no documents were kept", "files that are not UTF-8 text"]),
+    ("process-data-names-the-file-it-could-not-read", "process_data.py",
+     ["--input", "{mixed}", "--output", "{dir}/pd_d", "--quiet", "--set", "output.tokenizer={tok_a}"], 0,
+     ["warning: dropped 1 x files that disappeared before they were read:", "gone.jsonl", "wrote"]),
     ("process-data-empty-file", "process_data.py", ["--input", "{empty_jsonl}", "--output", "{dir}/pd_b", "--quiet"], 2,
      ["no documents were kept", "empty.jsonl"]),
     # pretrain.py: --steps 0 and wrong types
@@ -343,6 +355,16 @@ def test_pretrain_refuses_a_corpus_tokenized_with_another_tokenizer(inputs, toke
     assert code == 2 and "Traceback" not in err, err[-3000:]
     assert "not with the run's tokenizer" in err and "vocabularies of 420 and 400 tokens" in err, err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_plan_takes_the_vocabulary_of_the_tiny_configs_tokenizer(tokenizers):
+    """plan.py's vocab_size=0 fix: the tokenizer fills it when it exists (as in training)."""
+    from intern_jax.tokenizer import load_tokenizer
+    from intern_jax.train.config import load_train_config
+    from intern_jax.train.pretrain import resolve_vocab_size
+
+    cfg = resolve_vocab_size(load_train_config(TINY, [f"tokenizer={tokenizers['a']}"]))
+    assert cfg.model_config.vocab_size == load_tokenizer(tokenizers["a"]).vocab_size > 0
 
 
 def test_a_moved_run_directory_still_finds_its_tokenizer(tmp_path):
