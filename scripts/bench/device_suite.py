@@ -17,7 +17,7 @@ first, so that a slow compile near the end of the budget costs the fewest figure
                4096x4096 and 4096x14336;
   qlora        device peak memory of one InternLM2-7B QLoRA step at seq 2048 (the fine-tuning
                recipe), beside the CPU plan's 9.25 GiB;
-  decode       decode step time of the InternLM2-1.8B shape through the public ``generate`` at
+  decode       decode step time of the InternLM2-1.8B shape through the public ``Decoder`` + ``generate`` at
                batch 1 and 64, against the HBM roofline (weight + KV bytes per step / copy bandwidth);
   train        one InternLM2-1.8B train step at seq 4096 on synthetic tokens (the project's train
                step, the pretraining recipe's model settings), XLA and Pallas attention: tokens/s, MFU.
