@@ -65,13 +65,22 @@ def check_corpus_tokenizer(cfg: TrainConfig) -> None:
             "fall outside the embedding. Train with the corpus's tokenizer (--set tokenizer=... and "
             "model.vocab_size=0), or process the corpus again with the run's tokenizer"
         )
-    if not cfg.tokenizer or corpus_tok is None or not corpus_tok.exists():
+    if not cfg.tokenizer or corpus_tok is None:
         return
     from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
 
-    if Path(cfg.tokenizer).absolute().resolve() == corpus_tok.absolute().resolve():
+    if corpus_tok.exists() and Path(cfg.tokenizer).absolute().resolve() == corpus_tok.absolute().resolve():
         return
-    ours, theirs = load_tokenizer(cfg.tokenizer), load_tokenizer(corpus_tok)
+    ours = load_tokenizer(cfg.tokenizer)
+    if not corpus_tok.exists():  # moved or deleted: only the recorded vocabulary size is left to compare
+        if corpus_vocab and corpus_vocab != ours.vocab_size:
+            raise ConfigError(
+                f"the corpus at data.path={cfg.data.path} records a {corpus_vocab}-token tokenizer ({corpus_tok}, "
+                f"no longer there) but the run's tokenizer {cfg.tokenizer} has {ours.vocab_size} tokens; process the "
+                "corpus again with the run's tokenizer"
+            )
+        return
+    theirs = load_tokenizer(corpus_tok)
     if ours.vocab_size != theirs.vocab_size:
         differs = f"vocabularies of {theirs.vocab_size} and {ours.vocab_size} tokens"
     elif ours.encode(_PROBE) != theirs.encode(_PROBE):
