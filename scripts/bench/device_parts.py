@@ -1,9 +1,9 @@
 """The parts of the device suite (``scripts/bench/device_suite.py``): what each one measures, and how.
 
-Each part is a function of a ``Part``, run in a process of its own by ``run_part``; it records rows
-of measurements, headline ``results``, ``summary`` lines for the markdown table and ``errors``
-(a program that does not compile, a result that disagrees with its peer), saving them to a JSON
-file after every change so that a part stopped at its time box keeps what it measured. This
+Each part is a function of a ``Part`` (``device_suite.py``), run in a process of its own; it records
+rows of measurements, headline ``results``, ``summary`` lines for the markdown table and ``errors``
+(a program that does not compile, a result that disagrees with its peer), and the ``Part`` saves
+them after every change, so that a part stopped at its time box keeps what it measured. This
 module imports only the standard library at the top (jax and the project inside the parts), so
 the suite's parent process never takes the device.
 
@@ -16,14 +16,15 @@ so the recipes' model settings are restated here (``PRETRAIN_MODEL`` and ``QLORA
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 import sys
 import time
-import traceback
-import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scripts.bench.device_suite import Part
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -31,7 +32,6 @@ if str(ROOT) not in sys.path:
 
 GIB = 1024**3
 CPU_PLAN_QLORA_GIB = 9.25  # docs/benchmarks.md, fine-tuning: compiled memory analysis on CPU
-REL_ERR_TOLERANCE = 3e-2  # bf16 kernels against their peers; flags wrong results, not rounding
 
 # The pretraining recipe's model settings (configs/pretrain/_internevo.py: bf16 compute over fp32
 # master weights, full remat) and the QLoRA recipe (configs/finetune/internlm2_7b_qlora_chat.py).
@@ -50,106 +50,6 @@ QMATMUL = {"device": {"shapes": ((4096, 4096), (4096, 14336)), "ms": (1, 16, 64)
            "smoke": {"shapes": ((128, 256),), "ms": (1, 16), "chain": 2}}
 TINY_MODEL = {"vocab_size": 512, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
               "intermediate_size": 128}
-
-
-# ------------------------------------------------------------------------------ one part, in its process
-
-
-class Part:
-    """What a part records: rows of measurements, headline results, errors; saved after each change."""
-
-    def __init__(self, name: str, smoke: bool, calibration: dict, path: Path):
-        self.name, self.smoke, self.calibration, self.path = name, smoke, calibration, path
-        self.rows: list[dict] = []
-        self.results: dict = {}
-        self.summary: list[list[str]] = []  # [figure, value, against] lines of the markdown table
-        self.errors: list[dict] = []
-        self.warnings: dict[str, int] = {}
-        self.env: dict = {}
-        self.status = "running"
-
-    def save(self):
-        record = {k: getattr(self, k) for k in ("status", "results", "rows", "summary", "errors", "warnings", "env")}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=jsonable))
-        tmp.replace(self.path)
-
-    def row(self, **row):
-        self.rows.append(row)
-        print(json.dumps(row, default=jsonable), flush=True)
-        self.save()
-        return row
-
-    def line(self, figure: str, value: str, against: str = ""):
-        self.summary.append([figure, value, against])
-        self.save()
-
-    def error(self, what: str, exc: BaseException | None = None, message: str = ""):
-        entry = {"what": what, "error": message or f"{type(exc).__name__}: {exc}"}
-        if exc is not None:
-            entry["traceback_tail"] = "".join(traceback.format_exception(exc))[-3000:]
-        self.errors.append(entry)
-        print(f"ERROR {what}: {entry['error']}", flush=True)
-        self.save()
-
-    def check(self, what: str, rel_err: float, tolerance: float = REL_ERR_TOLERANCE) -> bool:
-        if not math.isfinite(rel_err) or rel_err > tolerance:
-            self.error(what, message=f"relative error {rel_err:.3g} against the peer exceeds {tolerance}")
-            return False
-        return True
-
-
-def jsonable(x):
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return str(x)
-
-
-def run_part(name: str, smoke: bool, calibration: dict, path: Path) -> int:
-    """Run part ``name`` in this process, recording into ``path``; 0 when it finished cleanly, else 1."""
-    part = Part(name, smoke, calibration, path)
-    part.save()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            part.env = _environment()
-            PARTS[name][0](part)
-        except BaseException as e:  # noqa: BLE001 - recorded; the parent goes on with the next part
-            part.error(name, e)
-        for w in caught:
-            text = str(w.message).splitlines()[0][:300] if str(w.message) else w.category.__name__
-            part.warnings[text] = part.warnings.get(text, 0) + 1
-    part.status = "failed" if part.errors else "ok"
-    part.save()
-    return 1 if part.errors else 0
-
-
-def _environment() -> dict:
-    import jax
-
-    device = jax.devices()[0]
-    return {
-        "device": device.device_kind, "platform": device.platform, "device_count": jax.device_count(),
-        "jax": jax.__version__, "jaxlib": getattr(jax.lib, "__version__", None) or _version("jaxlib"),
-        "python": sys.version.split()[0], "compute_capability": getattr(device, "compute_capability", None),
-        "pallas": "interpret" if _interpret() else "triton (triton.CompilerParams)",
-    }
-
-
-def _version(package):
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
-def _interpret() -> bool:
-    from kernels.backend import resolve_interpret
-
-    return resolve_interpret(None)
 
 
 # ------------------------------------------------------------------------------ timing and data

@@ -57,16 +57,124 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench.device_parts import NEEDS_CALIBRATION, PARTS, jsonable, run_part  # noqa: E402
+from scripts.bench.device_parts import NEEDS_CALIBRATION, PARTS  # noqa: E402
 
 BUDGET_S = {"device": 460.0, "smoke": 300.0}  # the whole suite; a part gets min(its box, what is left)
 SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 MIN_PART_S = 15.0  # a part is skipped (and counted as failed) when less than this is left
+REL_ERR_TOLERANCE = 3e-2  # bf16 kernels against their peers: flags wrong results, not rounding
+
+
+# ------------------------------------------------------------------------------ one part, in its own process
+
+
+class Part:
+    """What a part records: rows of measurements, headline results, errors; saved after each change."""
+
+    def __init__(self, name: str, smoke: bool, calibration: dict, path: Path):
+        self.name, self.smoke, self.calibration, self.path = name, smoke, calibration, path
+        self.rows: list[dict] = []
+        self.results: dict = {}
+        self.summary: list[list[str]] = []  # [figure, value, against] lines of the markdown table
+        self.errors: list[dict] = []
+        self.warnings: dict[str, int] = {}
+        self.env: dict = {}
+        self.status = "running"
+
+    def save(self):
+        record = {k: getattr(self, k) for k in ("status", "results", "rows", "summary", "errors", "warnings", "env")}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=jsonable))
+        tmp.replace(self.path)
+
+    def row(self, **row):
+        self.rows.append(row)
+        print(json.dumps(row, default=jsonable), flush=True)
+        self.save()
+        return row
+
+    def line(self, figure: str, value: str, against: str = ""):
+        self.summary.append([figure, value, against])
+        self.save()
+
+    def error(self, what: str, exc: BaseException | None = None, message: str = ""):
+        entry = {"what": what, "error": message or f"{type(exc).__name__}: {exc}"}
+        if exc is not None:
+            entry["traceback_tail"] = "".join(traceback.format_exception(exc))[-3000:]
+        self.errors.append(entry)
+        print(f"ERROR {what}: {entry['error']}", flush=True)
+        self.save()
+
+    def check(self, what: str, rel_err: float, tolerance: float = REL_ERR_TOLERANCE) -> bool:
+        if not math.isfinite(rel_err) or rel_err > tolerance:
+            self.error(what, message=f"relative error {rel_err:.3g} against the peer exceeds {tolerance}")
+            return False
+        return True
+
+
+def jsonable(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def _measure(name: str, smoke: bool, calibration: dict, path: Path) -> int:
+    """Run part ``name`` in this process, recording into ``path``; 0 when it finished cleanly, else 1."""
+    part = Part(name, smoke, calibration, path)
+    part.save()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            part.env = _environment()
+            PARTS[name][0](part)
+        except BaseException as e:  # noqa: BLE001 - recorded; the parent goes on with the next part
+            part.error(name, e)
+        for w in caught:
+            text = str(w.message).splitlines()[0][:300] if str(w.message) else w.category.__name__
+            part.warnings[text] = part.warnings.get(text, 0) + 1
+    part.status = "failed" if part.errors else "ok"
+    part.save()
+    return 1 if part.errors else 0
+
+
+def _environment() -> dict:
+    import jax
+
+    device = jax.devices()[0]
+    mosaic_default = getattr(jax.config, "jax_pallas_use_mosaic_gpu", None)
+    return {
+        "device": device.device_kind, "platform": device.platform, "device_count": jax.device_count(),
+        "jax": jax.__version__, "jaxlib": getattr(jax.lib, "__version__", None) or _version("jaxlib"),
+        "python": sys.version.split()[0], "compute_capability": getattr(device, "compute_capability", None),
+        "pallas": "interpret" if _interpret() else "triton (triton.CompilerParams)",
+        "pallas_default_gpu_lowering": None if mosaic_default is None else "mosaic_gpu" if mosaic_default else "triton",
+    }
+
+
+def _version(package):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _interpret() -> bool:
+    from kernels.backend import resolve_interpret
+
+    return resolve_interpret(None)
+
+
+# ------------------------------------------------------------------------------ the suite
 
 
 def _run_part(name: str, box: float, smoke: bool, calibration: dict, scratch: Path, log) -> dict:
@@ -189,7 +297,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_part:
-        return run_part(args.run_part, args.smoke, json.loads(args.calibration), Path(args.result))
+        return _measure(args.run_part, args.smoke, json.loads(args.calibration), Path(args.result))
 
     if not args.out:
         parser.error("--out DIR is required (the directory the results are written to)")
