@@ -3,9 +3,10 @@
 ``@entry("generate.py")`` wraps a script's ``main(argv) -> int``. Errors that describe bad input
 (``ConfigError`` and other ``ValueError``s, missing, unreadable or misplaced files: ``OSError``;
 undecodable text: ``UnicodeError``) print ``generate.py: error: <message>`` on stderr and return 2;
-Ctrl-C returns 130. ``--debug`` (``add_debug_flag``; every script has it) or ``INTERN_JAX_DEBUG=1``
-lets the exception through with its traceback. The checks several scripts share live here too
-(``output_dir``, ``utf8_text``). This module imports nothing heavy and knows no script's own flags.
+Ctrl-C returns 130, a closed stdout pipe 141 (quietly). ``--debug`` (``add_debug_flag``; every
+script has it) or ``INTERN_JAX_DEBUG=1`` lets the exception through with its traceback. The checks
+several scripts share live here too (``output_dir``, ``utf8_text``, ``sampling_params``). This
+module imports nothing heavy and knows no script's own flags.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 DEBUG_ENV = "INTERN_JAX_DEBUG"
 BAD_INPUT = 2
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 _OS_HINTS = {
     errno.EACCES: "check its permissions or choose another path",
@@ -68,6 +70,9 @@ def entry(prog: str) -> Callable:
             except KeyboardInterrupt as e:
                 print(f"\n{prog}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
                 return INTERRUPTED
+            except BrokenPipeError:  # the reader of stdout went away (`generate.py ... | head`): stop quietly
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return BROKEN_PIPE
             except (ValueError, OSError, UnicodeError) as e:  # ConfigError is a ValueError
                 print(f"{prog}: error: {describe(e)}", file=sys.stderr)
                 return BAD_INPUT

@@ -281,6 +281,17 @@ def test_os_errors_become_one_line_with_the_path_and_what_to_do(error, message):
     assert describe(error).startswith(message)
 
 
+def test_a_closed_stdout_pipe_ends_quietly(tmp_path):
+    """``check_dataset.py big.jsonl --limit 0 | head -1``: exit status 141, no traceback."""
+    (tmp_path / "big.jsonl").write_text('{"messages": []}\n' * 50000)
+    cmd = [sys.executable, str(ROOT / "scripts/check_dataset.py"), str(tmp_path / "big.jsonl"), "--limit", "0"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_debug_shows_the_traceback(how, inputs):
     args = ["--model", inputs["gguf"], "--prompt", "hi", "--temperature", "nan"]
