@@ -74,12 +74,22 @@ def entry(prog: str) -> Callable:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 return BROKEN_PIPE
             except (ValueError, OSError, UnicodeError) as e:  # ConfigError is a ValueError
-                print(f"{prog}: error: {describe(e)}", file=sys.stderr)
+                print(f"{prog}: error: {describe(e)}", file=sys.stderr, flush=True)
+                if argv is None:  # a real command line: the message above is the last word
+                    _silence_stderr()
                 return BAD_INPUT
 
         return run
 
     return wrap
+
+
+def _silence_stderr() -> None:
+    """After the error line: reads that a failed load left in flight (tensorstore, under orbax) report
+    "Event loop is closed" tracebacks from their threads until the interpreter stops; the user has had
+    the real message."""
+    sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
 
 
 def output_dir(path, flag: str = "--output") -> Path:

@@ -84,12 +84,23 @@ def load_native(directory, dtype=None, mesh=None) -> tuple[ModelConfig, dict]:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), stored, shardings)
     checkpointer = _checkpointer()
     _check_stored(checkpointer, directory, stored)
-    params = checkpointer.restore(directory / PARAMS_DIR, target)
+    try:
+        params = checkpointer.restore(directory / PARAMS_DIR, target)
+    except Exception as e:  # noqa: BLE001  (tensorstore and orbax report damaged files with many types)
+        raise ValueError(f"{directory / PARAMS_DIR} cannot be read ({damage_reason(e)}); the checkpoint is damaged "
+                         "or incomplete: write or convert it again") from e
     if dtype is not None and jnp.dtype(dtype) != jnp.dtype(cfg.param_dtype):
         name = jnp.dtype(dtype).name
         params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(name), p), out_shardings=shardings)(params)
         cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
     return cfg, params
+
+
+def damage_reason(error: BaseException) -> str:
+    """The first line of the innermost cause of a failed read (tensorstore wraps it in several layers)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def _check_stored(checkpointer, directory: Path, want) -> None:

@@ -205,7 +205,14 @@ class Checkpointer:
     def restore_params(self, step: int, abstract_params):
         ocp = _ocp()
         args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
-        restored = self._manager.restore(step, args=args)
+        try:
+            restored = self._manager.restore(step, args=args)
+        except Exception as e:  # noqa: BLE001  (tensorstore and orbax report damaged files with many types)
+            from intern_jax.checkpoint.native import damage_reason  # noqa: PLC0415
+
+            raise ValueError(f"checkpoint step {step} in {self.directory} cannot be read ({damage_reason(e)}); it is "
+                             "damaged: rerun the training command (it moves damaged steps aside and resumes from "
+                             "the previous one)") from e
         return restored["params"]
 
     def _quarantine(self, step: int, error: Exception) -> None:
