@@ -98,3 +98,19 @@ def assert_float32_parity(ours, reference, *, rel: float = 1e-5, what: str = "")
 def float32_parity():
     """``float32_parity(ours, reference, rel=1e-5, what="")``: see :func:`assert_float32_parity`."""
     return assert_float32_parity
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M GGUF, loaded once per session (f32)."""
+    from intern_jax.checkpoint import embedded_model_path, load_model
+
+    return load_model(embedded_model_path())
+
+
+@pytest.fixture(scope="session")
+def smollm2_decoder(smollm2):
+    """One decoder over the embedded model for the whole session: its compiled functions are shared."""
+    from intern_jax.inference import Decoder
+
+    return Decoder.from_model(smollm2)

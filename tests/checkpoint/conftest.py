@@ -18,14 +18,6 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.fixture(scope="session")
-def smollm2():
-    """The embedded SmolLM2-135M GGUF, loaded once per session (f32)."""
-    from intern_jax.checkpoint import embedded_model_path, load_model
-
-    return load_model(embedded_model_path())
-
-
 @pytest.fixture
 def tiny():
     """Factory: ``tiny(**overrides) -> ModelConfig``."""

@@ -21,14 +21,13 @@ def smollm2_path() -> Path:
 
 
 @pytest.mark.slow
-def test_smollm2_greedy_chat_continuations_equal_transformers():
+def test_smollm2_greedy_chat_continuations_equal_transformers(smollm2_decoder):
     torch = pytest.importorskip("torch")
-    from intern_jax.checkpoint import load_model
     from intern_jax.inference import SamplingParams, encode_prompt, generate
     from intern_jax.inference.hf_reference import load_transformers_gguf
 
     path = smollm2_path()
-    model = load_model(path, dtype="float32")
+    model = smollm2_decoder
     prompts = [encode_prompt(model.tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
     n = 28
     stops = tuple(sorted(model.tokenizer.stop_ids))
