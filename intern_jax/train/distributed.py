@@ -67,6 +67,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if coordinator is not None or num_processes is not None or process_id is not None:
         if None in (coordinator, num_processes, process_id):
             raise ValueError("--coordinator, --num-processes and --process-id go together; give all three")
+        host, colon, port = coordinator.rpartition(":")
+        if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"--coordinator {coordinator!r}: give HOST:PORT of process 0 (e.g. node0:12345), "
+                             "or 'auto'")
         spec = DistributedSpec(coordinator, int(num_processes), int(process_id))
     else:
         spec = spec_from_slurm()

@@ -233,6 +233,9 @@ CASES = [
      ["syntax_error.py is not valid Python: '(' was never closed (line 1)"]),
     ("pretrain-save-every-negative", "pretrain.py", ["--config", TINY, "--save-every", "-1"], 2,
      ["--save-every must be >= 0"]),
+    ("pretrain-coordinator-without-port", "pretrain.py",
+     ["--config", TINY, "--coordinator", "node0", "--num-processes", "2", "--process-id", "0"], 2,
+     ["--coordinator 'node0': give HOST:PORT"]),
     ("pretrain-config-is-a-directory", "pretrain.py", ["--config", "{dir}"], 2,
      ["is a directory; give a Python config"]),
 ]
