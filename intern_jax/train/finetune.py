@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import jax
@@ -51,6 +52,13 @@ class QuantConfig:
         check_fields(self, "quant.")
         if self.kind not in ("nf4", "int8"):
             raise ConfigError(f"quant.kind={self.kind!r}; use nf4 or int8")
+        if self.block < 2 or self.block % 2:
+            raise ConfigError(f"quant.block must be an even number >= 2 (values per scale; 64 is usual), got "
+                              f"{self.block}")
+        try:
+            re.compile(self.targets)
+        except re.error as e:
+            raise ConfigError(f"quant.targets {self.targets!r} is not a valid regex ({e})") from None
 
 
 @dataclasses.dataclass(frozen=True)

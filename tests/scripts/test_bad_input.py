@@ -163,6 +163,9 @@ CASES = [
     ("finetune-lora-alpha-nan", "finetune.py",
      ["--config", ROOT / "configs/finetune/smollm2_lora_sft.py", "--set", "lora.alpha=nan"], 2,
      ["lora.alpha must be a finite number"]),
+    ("finetune-quant-block-0", "finetune.py",
+     ["--config", ROOT / "configs/finetune/internlm2_7b_qlora_chat.py", "--set", "quant.block=0"], 2,
+     ["quant.block must be an even number >= 2"]),
     # 3. an overflowing seed names --seed
     ("generate-seed-overflow", "generate.py", ["--model", "{gguf}", "--prompt", "hi", "--seed", "9" * 23], 2,
      ["--seed must be in [0, 2**32)"]),
