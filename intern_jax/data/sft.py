@@ -54,6 +54,9 @@ class SFTDataConfig:
         check_fields(self, "data.")
         if self.format not in FORMATS:
             raise ValueError(f"data.format={self.format!r}; use one of {', '.join(FORMATS)}")
+        if self.max_length < 0 or self.num_packing_bins < 0:
+            raise ValueError(f"data.max_length and data.num_packing_bins must be >= 0 (0: the default), got "
+                             f"{self.max_length} and {self.num_packing_bins}")
         from intern_jax.data.pipeline import holdout_problem  # noqa: PLC0415
 
         if problem := holdout_problem(self.holdout):
