@@ -414,4 +414,7 @@ def run_from_cli(prog: str, args, load: Callable, train: Callable) -> tuple[int,
     m = result.last_metrics
     if m:
         print(f"step {result.step}: loss {m['loss']:.4f}; run directory {output}")
+    elif result.resumed_from is not None and result.resumed_from >= cfg.steps:
+        print(f"{output} is already at step {result.resumed_from} (steps: {cfg.steps}); nothing to train. Raise "
+              "--steps to continue it", file=sys.stderr)
     return 0, output

@@ -366,6 +366,8 @@ def test_pretrain_ctrl_c_saves_a_checkpoint_exits_130_and_the_rerun_resumes(inpu
     assert "Traceback" not in err
     step = int(err.split("checkpoint saved at step ")[1].split()[0])
     assert step >= 2 and (tmp_path / "run" / "checkpoints" / str(step)).is_dir(), err
+    done = subprocess.run([*args, "--steps", "1"], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and f"is already at step {step} (steps: 1); nothing to train" in done.stderr
     again = subprocess.run([*args, "--steps", str(step + 1)], env=_env(), cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
