@@ -51,6 +51,8 @@ def main(argv=None) -> int:
         request = [{"role": "user", "content": cli.utf8_text(args.chat, "--chat")}]
     else:
         request = cli.utf8_text(args.prompt, "--prompt")
+        if not request:
+            raise ValueError("--prompt is empty; give text to continue (or a message with --chat)")
     model = load_model(args.model)
     if model.tokenizer is None:
         raise ValueError(f"--model {args.model} carries no tokenizer; generate.py needs one (a GGUF file or a "

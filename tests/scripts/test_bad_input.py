@@ -172,6 +172,7 @@ CASES = [
     # 2. non-UTF-8 prompt bytes are replaced with a warning (the model path is missing: nothing is loaded)
     ("generate-prompt-not-utf8", "generate.py", ["--model", "{dir}/missing", "--prompt", "caf\udce9 \udcff\udcfe hi"],
      2, ["warning: --prompt is not valid UTF-8: 3 byte(s) replaced", "checkpoint path", "does not exist"]),
+    ("generate-empty-prompt", "generate.py", ["--model", "{gguf}", "--prompt", ""], 2, ["--prompt is empty"]),
     # 4. chat-data format detection reads the whole first line and names the script's flag
     ("check-dataset-long-first-line", "check_dataset.py", ["{long_jsonl}"], 0, ["2/2 rows kept"]),
     ("check-dataset-not-json-names-format", "check_dataset.py", ["{not_json}"], 2, ["set --format to"]),
