@@ -338,15 +338,33 @@ class Engine:
                     self._wake.wait()
                 if self._closed:
                     return
-            for inc in self.step():
+            try:
+                incs = self.step()
+            except Exception as e:  # noqa: BLE001 - the loop outlives any one step: fail what was running
+                incs = self._fail_all(f"{type(e).__name__}: {e}")
+            for inc in incs:
                 self._dispatch(inc)
+
+    def _fail_all(self, error: str) -> list[Increment]:
+        out: dict[str, Increment] = {}
+        with self._step_lock:
+            for req in list(self.requests.values()):
+                self._finish(req, out, "error", error=error)
+        return list(out.values())
 
     def _dispatch(self, inc: Increment) -> None:
         sink = self._sinks.get(inc.request_id)
-        if sink is not None:
-            if inc.finished:
-                self._sinks.pop(inc.request_id, None)
+        if sink is None:
+            return
+        if inc.finished:
+            self._sinks.pop(inc.request_id, None)
+        try:
             sink(inc)
+        except Exception:  # noqa: BLE001 - a receiver that is gone (closed event loop): stop its request
+            self._sinks.pop(inc.request_id, None)
+            if not inc.finished:
+                with self._wake:
+                    self._aborts.add(inc.request_id)
 
     async def submit(self, prompt, sampling: SamplingParams = SamplingParams(), request_id: str | None = None,
                      **options) -> AsyncIterator[Increment]:
@@ -354,13 +372,20 @@ class Engine:
         self.start()
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self.add_request(prompt, sampling, request_id,
-                         sink=lambda inc: loop.call_soon_threadsafe(queue.put_nowait, inc), **options)
-        while True:
-            inc = await queue.get()
-            yield inc
-            if inc.finished:
-                return
+        rid = self.add_request(prompt, sampling, request_id,
+                               sink=lambda inc: loop.call_soon_threadsafe(queue.put_nowait, inc), **options)
+        finished = False
+        try:
+            while not finished:
+                inc = await queue.get()
+                finished = inc.finished
+                yield inc
+        finally:
+            if not finished:  # the consumer stopped early (closed the iterator, was cancelled): free the request
+                self._sinks.pop(rid, None)
+                with self._wake:
+                    self._aborts.add(rid)
+                    self._wake.notify()
 
     def stats(self) -> dict:
         s = self.scheduler

@@ -2,6 +2,7 @@
 else runs beside it; pages never leak; prefix hits, preemption, abort and bad input."""
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -80,6 +81,24 @@ def test_abort_mid_stream_frees_the_pages_at_once(dec):
     assert got[-1].finished and got[-1].finish_reason == "abort"
     assert sum(len(i.token_ids) for i in got) < 60
     _assert_no_leak(engine)
+
+
+def test_a_consumer_that_stops_early_frees_its_request_and_the_loop_goes_on(dec, alone):
+    engine = _engine(dec).start()
+
+    async def first_only():
+        async for inc in engine.submit(PROMPTS[3], SamplingParams(max_new_tokens=60)):
+            return inc  # the caller leaves (a closed connection); the event loop then closes
+
+    try:
+        assert asyncio.run(asyncio.wait_for(first_only(), 120)).token_ids
+        deadline = time.monotonic() + 60
+        while (engine.requests or engine.scheduler.has_work()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _assert_no_leak(engine)
+        assert engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=12))[0].token_ids == alone[0]
+    finally:
+        engine.close()
 
 
 def test_bad_requests_fail_alone_with_the_field_named(dec, alone):
