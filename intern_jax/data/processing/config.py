@@ -112,8 +112,9 @@ class PiiConfig:
 class DedupConfig:
     exact: bool = True
     near: bool = True
-    num_perm: int = 128
+    num_perm: int = 256  # the Jaccard estimate's standard error is sqrt(J(1-J)/num_perm): 0.03 at J=0.75
     threshold: float = 0.7  # estimated Jaccard of word 5-gram shingles
+    candidate_margin: float = 0.15  # LSH proposes pairs from threshold - margin on; each is checked exactly
     ngram: int = 5
     seed: int = 1
 
@@ -154,6 +155,8 @@ class ProcessingConfig:
         check_fields(self, recursive=True)
         if self.runner not in ("local", "beam"):
             raise ConfigError(f"runner={self.runner!r}; use 'local' or 'beam'")
+        if not 0.0 <= self.dedup.candidate_margin < 1.0:
+            raise ConfigError(f"dedup.candidate_margin must be in [0, 1), got {self.dedup.candidate_margin}")
         if not 0.0 < self.dedup.threshold <= 1.0:
             raise ConfigError(f"dedup.threshold must be in (0, 1], got {self.dedup.threshold}")
         if not 0.0 < self.quality.keep_fraction <= 1.0:
