@@ -1,0 +1,552 @@
+"""The OpenAI-compatible HTTP server: a thin FastAPI layer over the serving ``Engine``.
+
+``create_app(engine, served_model_name)`` translates OpenAI requests into ``engine.submit`` calls and the
+engine's ``Increment``s into OpenAI responses, whole or streamed as server-sent events. Every generated
+token is scheduled by the engine; prompt log-probabilities (``/v1/completions`` with ``echo``) come
+from the decoder's ``score``. A client that goes away aborts its request, freeing its slot and pages.
+Errors are OpenAI error objects naming the field. Sampling fields the sampler cannot honour (``n`` > 1,
+presence/frequency penalties, ``min_p``, ``logit_bias``, tools, response formats) are refused with a
+400, never ignored. This module holds no model code and no scheduling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import secrets
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.datastructures import Headers
+
+from intern_jax.inference.generate import encode_prompt
+from intern_jax.inference.sampling import SamplingError, SamplingParams
+from intern_jax.serve.engine import Engine, Increment
+from intern_jax.serve.protocol import ChatCompletionRequest, CompletionRequest
+
+MAX_BODY_BYTES = 4 << 20
+_MIN_LOGPROB = -9999.0  # JSON has no -inf
+
+
+class APIError(Exception):
+    """An error returned to the client as ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, *, type: str = "invalid_request_error",
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def create_app(engine: Engine, served_model_name: str, api_keys: Sequence[str] | None = None,
+               max_queue: int = 256, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The app over a (started or not) ``engine``. ``api_keys``: when given, ``/v1/*`` needs
+    ``Authorization: Bearer <key>`` with one of them. ``max_queue``: requests that may wait beyond the
+    engine's running batch before new ones get 429."""
+    server = _Server(engine, served_model_name, max_queue)
+    keys = [k for k in (api_keys or ()) if k]
+    app = FastAPI(title="intern-jax", description="OpenAI-compatible API over the intern-jax serving engine")
+    app.state.server = server
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, e: RequestValidationError):
+        return _validation_error(e.errors()).response()
+
+    app.add_middleware(_Guard, server=server, keys=keys, max_body_bytes=max_body_bytes)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/stats")
+    async def stats():
+        return server.stats()
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        return server.metrics()
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": served_model_name, "object": "model", "created": server.created,
+                                            "owned_by": "intern-jax", "max_model_len": engine.max_model_len}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await server.chat(body, request)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        return await server.complete(body, request)
+
+    engine.start()
+    return app
+
+
+class _Guard:
+    """ASGI middleware for ``/v1/*``: the body-size limit (413), the API key (401), responses counted by status.
+    (Plain ASGI, not ``BaseHTTPMiddleware``, so that handlers still see the client disconnect.)"""
+
+    def __init__(self, app, server: _Server, keys: Sequence[str], max_body_bytes: int):
+        self.app, self.server, self.keys, self.max_body_bytes = app, server, keys, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        length = headers.get("content-length", "")
+        error = None
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            error = APIError(413, f"request body of {length} bytes is over the limit of {self.max_body_bytes} bytes",
+                             code="request_too_large")
+        elif self.keys and not _authorized(headers.get("authorization", ""), self.keys):
+            error = APIError(401, "missing or wrong API key; send 'Authorization: Bearer <key>'",
+                             type="authentication_error", code="invalid_api_key")
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                self.server.statuses[message["status"]] += 1
+            await send(message)
+
+        if error is not None:
+            return await error.response()(scope, receive, counted)
+        await self.app(scope, receive, counted)
+
+
+class _Server:
+    def __init__(self, engine: Engine, name: str, max_queue: int):
+        if engine.tokenizer is None:
+            raise ValueError("the HTTP server needs a model with a tokenizer")
+        self.engine, self.name, self.max_queue = engine, name, max_queue
+        self.tokenizer = engine.tokenizer
+        self.created = int(time.time())
+        self.in_flight = 0
+        self.statuses: Counter = Counter()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    # -- requests into the engine --------------------------------------------------------------
+
+    def _check_model(self, model: str) -> None:
+        if model != self.name:
+            raise APIError(404, f"model {model!r} is not served here; this server serves {self.name!r}",
+                           "model", code="model_not_found")
+
+    def _sampling(self, body, max_tokens: int | None) -> SamplingParams:
+        refused = [("n", body.n != 1, "only one choice per request is supported; send n requests"),
+                   ("presence_penalty", body.presence_penalty != 0, "is not supported; use repetition_penalty"),
+                   ("frequency_penalty", body.frequency_penalty != 0, "is not supported; use repetition_penalty"),
+                   ("min_p", body.min_p != 0, "is not supported; use top_p or top_k"),
+                   ("logit_bias", bool(body.logit_bias), "is not supported")]
+        for field, bad, why in refused:
+            if bad:
+                raise APIError(400, f"{field}: {why}", field)
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if not all(stop):
+            raise APIError(400, "stop: stop strings must be non-empty", "stop")
+        seed = body.seed if body.seed is not None else (secrets.randbits(32) if body.temperature > 0 else 0)
+        try:
+            return SamplingParams(temperature=body.temperature, top_k=max(body.top_k, 0), top_p=body.top_p,
+                                  repetition_penalty=body.repetition_penalty, seed=seed,
+                                  max_new_tokens=self.engine.max_model_len if max_tokens is None else max_tokens,
+                                  stop=tuple(stop))
+        except SamplingError as e:
+            field = "max_tokens" if e.field == "max_new_tokens" else e.field
+            raise APIError(400, f"{field}: {e.detail}", field) from None
+
+    async def _open(self, request_id: str, prompt, sampling: SamplingParams, rename: dict, **options):
+        """Submit to the engine; ``(first increment, the rest)``. Engine validation errors become 400s."""
+        if self.in_flight >= self.engine.config.max_batch_size + self.max_queue:
+            raise APIError(429, f"the server's queue is full ({self.max_queue} waiting requests); retry later",
+                           type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
+        stream = self._increments(request_id, prompt, sampling, **options)
+        try:
+            first = await stream.__anext__()
+        except ValueError as e:
+            raise _field_error(e, rename) from None
+        return first, stream
+
+    async def _increments(self, request_id: str, prompt, sampling, **options) -> AsyncIterator[Increment]:
+        finished = False
+        self.in_flight += 1
+        try:
+            async for inc in self.engine.submit(prompt, sampling, request_id=request_id, **options):
+                finished = inc.finished
+                if inc.finished:
+                    self.prompt_tokens += inc.prompt_tokens
+                    self.completion_tokens += inc.completion_tokens
+                yield inc
+        finally:
+            self.in_flight -= 1
+            if not finished:  # the client went away (or the request never started): free its slot and pages
+                try:
+                    self.engine.abort(request_id)
+                except KeyError:
+                    pass
+
+    # -- /v1/chat/completions ------------------------------------------------------------------
+
+    async def chat(self, body: ChatCompletionRequest, request: Request):
+        self._check_model(body.model)
+        if body.tools:
+            raise APIError(400, "tools: tool calls are not supported by this server yet", "tools")
+        if body.response_format and body.response_format.get("type", "text") != "text":
+            raise APIError(400, "response_format: only {'type': 'text'} is supported", "response_format")
+        if body.top_logprobs and not body.logprobs:
+            raise APIError(400, "top_logprobs: needs logprobs=true", "top_logprobs")
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        if max_tokens is not None and max_tokens < 1:
+            raise APIError(400, f"max_tokens: must be >= 1, got {max_tokens}", "max_tokens")
+        messages = [{"role": m.role, "content": _text_content(m.content, i)} for i, m in enumerate(body.messages)]
+        sampling = self._sampling(body, max_tokens)
+        top = body.top_logprobs or 0 if body.logprobs else 0
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        first, stream = await self._open(rid, messages, sampling, {"prompt": "messages"},
+                                         top_logprobs=top, ignore_eos=body.ignore_eos)
+        created = int(time.time())
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _sse(self._chat_events(rid, created, first, stream, body.logprobs, usage))
+        incs = await _drain(request, first, stream)
+        if incs is None:
+            return Response(status_code=499)
+        final = _final(incs)
+        logprobs = None
+        if body.logprobs:
+            logprobs = {"content": self._logprob_entries(incs)}
+        choice = {"index": 0, "message": {"role": "assistant", "content": "".join(i.text for i in incs)},
+                  "logprobs": logprobs, "finish_reason": final.finish_reason}
+        return {"id": rid, "object": "chat.completion", "created": created, "model": self.name,
+                "choices": [choice], "usage": _usage(final.prompt_tokens, final.completion_tokens)}
+
+    async def _chat_events(self, rid, created, first, stream, logprobs: bool, include_usage: bool):
+        def chunk(delta, finish_reason=None, lps=None, choices=True, usage=None):
+            out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.name,
+                   "choices": [{"index": 0, "delta": delta, "logprobs": lps, "finish_reason": finish_reason}]
+                   if choices else []}
+            if include_usage:
+                out["usage"] = usage
+            return out
+
+        yield chunk({"role": "assistant", "content": ""})
+        async for inc in _chain(first, stream):
+            if inc.token_ids or inc.text:
+                lps = {"content": self._logprob_entries([inc])} if logprobs else None
+                yield chunk({"content": inc.text}, lps=lps)
+            if inc.finished:
+                if inc.finish_reason == "error":
+                    yield _error_body(inc.error)
+                    return
+                yield chunk({}, finish_reason=inc.finish_reason)
+                if include_usage:
+                    yield chunk(None, choices=False, usage=_usage(inc.prompt_tokens, inc.completion_tokens))
+
+    def _logprob_entries(self, incs: Sequence[Increment]) -> list[dict]:
+        out = []
+        for inc in incs:
+            tops = inc.top_logprobs or [[]] * len(inc.token_ids)
+            for token, lp, alternatives in zip(inc.token_ids, inc.logprobs, tops):
+                entry = self._token_entry(token, lp)
+                entry["top_logprobs"] = [self._token_entry(t, x) for t, x in alternatives]
+                out.append(entry)
+        return out
+
+    def _token_entry(self, token: int, logprob: float) -> dict:
+        text = self._token_text(token)
+        return {"token": text, "logprob": _lp(logprob), "bytes": list(text.encode("utf-8"))}
+
+    def _token_text(self, token: int) -> str:
+        return self.tokenizer.decode([int(token)])
+
+    # -- /v1/completions -----------------------------------------------------------------------
+
+    async def complete(self, body: CompletionRequest, request: Request):
+        self._check_model(body.model)
+        if body.suffix:
+            raise APIError(400, "suffix: is not supported", "suffix")
+        if body.best_of not in (None, 1):
+            raise APIError(400, "best_of: only 1 is supported", "best_of")
+        prompts = _prompt_list(body.prompt)
+        if body.stream and len(prompts) > 1:
+            raise APIError(400, "prompt: a streamed completion takes one prompt", "prompt")
+        if body.max_tokens == 0 and not body.echo:
+            raise APIError(400, "max_tokens: must be >= 1 (0 only with echo=true, to score the prompt)", "max_tokens")
+        sampling = self._sampling(body, body.max_tokens if body.max_tokens != 0 else 1)
+        ids = [encode_prompt(self.tokenizer, p) if isinstance(p, str) else p for p in prompts]
+        texts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
+        top = body.logprobs or 0
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if body.max_tokens == 0:  # score only: the prompt's log-probabilities, no generation
+            for p in ids:
+                self._check_prompt(p)
+            runs = [None] * len(ids)
+        else:
+            runs = []
+            try:
+                for i, p in enumerate(ids):
+                    runs.append(await self._open(f"{rid}-{i}", p, sampling, {"top_logprobs": "logprobs"},
+                                                 top_logprobs=top, ignore_eos=body.ignore_eos))
+            except BaseException:
+                for _, stream in runs:
+                    await stream.aclose()
+                raise
+        scores = await self._score(ids) if body.echo and body.logprobs is not None else [None] * len(ids)
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _sse(self._completion_events(rid, created, ids[0], texts[0], runs[0], scores[0], body, usage))
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for i, (p, text, run, score) in enumerate(zip(ids, texts, runs, scores)):
+            incs = []
+            if run is not None:
+                incs = await _drain(request, *run)
+                if incs is None:
+                    for _, stream in runs[i + 1:]:
+                        await stream.aclose()
+                    return Response(status_code=499)
+            final = _final(incs) if incs else None
+            out_text = "".join(x.text for x in incs)
+            logprobs = None
+            if body.logprobs is not None:
+                logprobs = self._completion_logprobs(p if body.echo else [], score, incs)
+            choices.append({"index": i, "text": (text if body.echo else "") + out_text, "logprobs": logprobs,
+                            "finish_reason": final.finish_reason if final else "length"})
+            prompt_tokens += len(p)
+            completion_tokens += final.completion_tokens if final else 0
+        return {"id": rid, "object": "text_completion", "created": created, "model": self.name, "choices": choices,
+                "usage": _usage(prompt_tokens, completion_tokens)}
+
+    async def _completion_events(self, rid, created, ids, text, run, score, body, include_usage: bool):
+        def chunk(text, logprobs=None, finish_reason=None, choices=True, usage=None):
+            out = {"id": rid, "object": "text_completion", "created": created, "model": self.name,
+                   "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]
+                   if choices else []}
+            if include_usage:
+                out["usage"] = usage
+            return out
+
+        want = body.logprobs is not None
+        if body.echo:
+            yield chunk(text, self._completion_logprobs(ids, score, []) if want else None)
+        if run is None:
+            yield chunk("", finish_reason="length")
+            if include_usage:
+                yield chunk("", choices=False, usage=_usage(len(ids), 0))
+            return
+        offset = len(text) if body.echo else 0
+        async for inc in _chain(*run):
+            if inc.token_ids or inc.text:
+                lps = self._completion_logprobs([], None, [inc], offset) if want else None
+                offset += len(inc.text)
+                yield chunk(inc.text, lps)
+            if inc.finished:
+                if inc.finish_reason == "error":
+                    yield _error_body(inc.error)
+                    return
+                yield chunk("", finish_reason=inc.finish_reason)
+                if include_usage:
+                    yield chunk("", choices=False, usage=_usage(inc.prompt_tokens, inc.completion_tokens))
+
+    def _check_prompt(self, ids: list[int]) -> None:
+        vocab = self.engine.decoder.config.vocab_size
+        if not ids:
+            raise APIError(400, "prompt: empty; a request needs at least one token", "prompt")
+        if any(not 0 <= t < vocab for t in ids):
+            raise APIError(400, f"prompt: token ids outside the vocabulary [0, {vocab})", "prompt")
+        if len(ids) > self.engine.max_model_len:
+            raise APIError(400, f"prompt: {len(ids)} tokens, but the context is {self.engine.max_model_len} tokens",
+                           "prompt")
+
+    async def _score(self, ids: list[list[int]]) -> list:
+        """Each prompt's per-token log-probabilities (from its second token on), from the decoder."""
+        for p in ids:
+            self._check_prompt(p)
+        return await asyncio.to_thread(self.engine.decoder.score, ids, [1] * len(ids))
+
+    def _completion_logprobs(self, prompt: list[int], score, incs: Sequence[Increment], offset: int = 0) -> dict:
+        """The legacy completions ``logprobs`` object over the echoed prompt (if any) and the generated tokens.
+        The prompt's first token has no log-probability; prompt positions carry no alternatives."""
+        tokens, lps, tops = [], [], []
+        for i, t in enumerate(prompt):
+            tokens.append(t)
+            lps.append(None if i == 0 or score is None else _lp(float(score[0][i - 1])))
+            tops.append(None)
+        for inc in incs:
+            alternatives = inc.top_logprobs or [None] * len(inc.token_ids)
+            for t, lp, alt in zip(inc.token_ids, inc.logprobs, alternatives):
+                tokens.append(t)
+                lps.append(_lp(lp))
+                tops.append({self._token_text(a): _lp(x) for a, x in alt} if alt else None)
+        texts = [self._token_text(t) for t in tokens]
+        offsets = []
+        for s in texts:
+            offsets.append(offset)
+            offset += len(s)
+        return {"tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+    # -- stats ---------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        return {**self.engine.stats(), "requests_in_flight": self.in_flight,
+                "responses": {str(k): v for k, v in sorted(self.statuses.items())},
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+    def metrics(self) -> str:
+        """The stats in Prometheus' text format (gauges and counters named ``intern_jax_*``)."""
+        s = self.engine.stats()
+        lines = []
+        for name, kind, value in [("requests_running", "gauge", s["running"]),
+                                  ("requests_waiting", "gauge", s["waiting"]),
+                                  ("requests_in_flight", "gauge", self.in_flight),
+                                  ("kv_blocks_free", "gauge", s["free_blocks"]),
+                                  ("kv_blocks_total", "gauge", s["total_blocks"]),
+                                  ("prefix_cache_hit_rate", "gauge", s["prefix_hit_rate"]),
+                                  ("preemptions_total", "counter", s["preempted"]),
+                                  ("prompt_tokens_total", "counter", self.prompt_tokens),
+                                  ("generation_tokens_total", "counter", self.completion_tokens)]:
+            lines += [f"# TYPE intern_jax_{name} {kind}", f"intern_jax_{name} {value}"]
+        lines.append("# TYPE intern_jax_responses_total counter")
+        lines += [f'intern_jax_responses_total{{status="{k}"}} {v}' for k, v in sorted(self.statuses.items())]
+        return "\n".join(lines) + "\n"
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+async def _chain(first: Increment, rest: AsyncIterator[Increment]) -> AsyncIterator[Increment]:
+    try:
+        yield first
+        if not first.finished:
+            async for inc in rest:
+                yield inc
+    finally:
+        await rest.aclose()
+
+
+async def _drain(request: Request, first: Increment, rest: AsyncIterator[Increment]) -> list[Increment] | None:
+    """All of a request's increments, or None if the client disconnected first (the request is aborted)."""
+    incs = [first]
+    if first.finished:
+        await rest.aclose()
+        return incs
+
+    async def consume():
+        async for inc in rest:
+            incs.append(inc)
+
+    task = asyncio.ensure_future(consume())
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            if not task.done() and await request.is_disconnected():
+                raise _ClientGone
+        task.result()
+        return incs
+    except _ClientGone:
+        return None
+    finally:
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        await rest.aclose()
+
+
+def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
+    async def lines():
+        async for event in events:
+            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _final(incs: Sequence[Increment]) -> Increment:
+    final = incs[-1]
+    if final.finish_reason == "error":
+        raise APIError(500, f"generation failed: {final.error}", type="server_error", code="generation_failed")
+    return final
+
+
+def _error_body(message: str | None) -> dict:
+    return {"error": {"message": f"generation failed: {message}", "type": "server_error", "param": None,
+                      "code": "generation_failed"}}
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _lp(x: float) -> float:
+    return max(float(x), _MIN_LOGPROB)
+
+
+def _text_content(content, index: int) -> str:
+    """A message's content as text: a string, or the text parts of a content list."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise APIError(400, f"messages.{index}.content: only text parts are supported, got "
+                                f"{part.get('type')!r}", f"messages.{index}.content")
+        parts.append(part["text"])
+    return "".join(parts)
+
+
+def _prompt_list(prompt) -> list:
+    """``prompt`` as a list of prompts, each a string or a list of token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "prompt: empty; give a string, a list of strings or token ids", "prompt")
+    if isinstance(prompt[0], int):
+        return [list(prompt)]
+    return list(prompt)
+
+
+def _field_error(e: ValueError, rename: dict) -> APIError:
+    """A ``ValueError`` whose message starts with ``field:`` (the engine's and the sampler's style) as a 400."""
+    message = str(e)
+    head, sep, rest = message.partition(":")
+    if sep and head.isidentifier():
+        field = rename.get(head, head)
+        return APIError(400, f"{field}:{rest}", field)
+    return APIError(400, message)
+
+
+def _validation_error(errors: Sequence[dict]) -> APIError:
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        return APIError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip())
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    param = ".".join(loc) or None
+    return APIError(400, f"{param or 'body'}: {first.get('msg', 'invalid value')}", param)
+
+
+def _authorized(header: str, keys: Sequence[str]) -> bool:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    return any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in keys)
