@@ -2,7 +2,7 @@
 
 Exporting for platform "cuda" runs the Pallas -> Triton IR lowering on this machine, so
 CI catches kernels that would only work in interpret mode. Compiling the Triton IR to
-PTX and running it needs the GPU machine (`scripts/bench/kernels.py`).
+PTX and running it needs the GPU machine (`scripts/bench/kernel_speed.py`).
 """
 
 import jax

@@ -1,6 +1,6 @@
 """Benchmark the Pallas kernels against their peers, measured in the same run.
 
-  python scripts/bench/kernels.py [--only flash,paged,matmul] [--out FILE.json|FILE.md]
+  python scripts/bench/kernel_speed.py [--only flash,paged,matmul] [--out FILE.json|FILE.md]
 
 - flash attention fwd+bwd vs `jax.nn.dot_product_attention(implementation="cudnn")` and
   the XLA reference; seq 2k/4k/8k, head_dim 128, bf16, causal (goal >= 0.9x cuDNN);
@@ -24,7 +24,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# this file is itself named kernels.py: its directory, first on sys.path, would shadow the kernels package
+sys.path.remove(str(Path(__file__).resolve().parent))
 
 from kernels import (  # noqa: E402
     attention_reference,
