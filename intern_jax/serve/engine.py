@@ -16,6 +16,7 @@ its own: every token comes from the decoder's ``insert`` / ``step``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import threading
 import time
@@ -107,6 +108,9 @@ class Engine:
             config.max_batch_size, paged=PagedLayout(num_blocks, config.block_size, per_seq),
             kv_int8=config.kv_int8, num_top_logprobs=config.num_top_logprobs)
         self.requests: dict[str, _Request] = {}
+        # session id -> (tokens whose keys/values its pages hold, the pages), least recently used first
+        self.sessions: collections.OrderedDict[str, tuple[list[int], list[int]]] = collections.OrderedDict()
+        self.prefilled_tokens = 0
         self._pending: list[_Request] = []
         self._aborts: set[str] = set()
         self._lock = threading.Lock()  # guards _pending / _aborts (any thread)
@@ -122,7 +126,7 @@ class Engine:
     # -- requests in ---------------------------------------------------------------------------
 
     def _request(self, prompt, sampling: SamplingParams, request_id: str | None, *, top_logprobs: int = 0,
-                 ignore_eos: bool = False) -> _Request:
+                 ignore_eos: bool = False, session_id: str | None = None) -> _Request:
         """Validate and wrap one request; a bad one raises ``ValueError`` naming the field."""
         if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)):
             if self.tokenizer is None:
@@ -135,7 +139,8 @@ class Engine:
         if any(not 0 <= t < vocab for t in prompt):
             raise ValueError(f"prompt: token ids outside the vocabulary [0, {vocab})")
         if len(prompt) >= self.max_model_len:
-            raise ValueError(f"prompt: {len(prompt)} tokens, but the engine's context is {self.max_model_len} "
+            held = f" (the conversation of session {session_id!r}; end it and start a new one)" if session_id else ""
+            raise ValueError(f"prompt: {len(prompt)} tokens{held}, but the engine's context is {self.max_model_len} "
                              "tokens (max_model_len), leaving no room to generate")
         if sampling.max_new_tokens < 1:
             raise ValueError(f"max_tokens: must be >= 1, got {sampling.max_new_tokens}")
@@ -148,6 +153,7 @@ class Engine:
         budget = min(sampling.max_new_tokens, self.max_model_len - len(prompt))
         sampling = dataclasses.replace(sampling, max_new_tokens=budget, stop_ids=tuple(sorted(stop_ids)))
         seq = Seq(prompt, sampling) if request_id is None else Seq(prompt, sampling, request_id=request_id)
+        seq.session_id = session_id
         if seq.request_id in self.requests:
             raise ValueError(f"request_id: {seq.request_id!r} is already running")
         detok = None
@@ -190,11 +196,14 @@ class Engine:
             out: dict[str, Increment] = {}
             for req in pending:
                 self.requests[req.seq.request_id] = req
+                self._resume(req.seq)
                 self.scheduler.add(req.seq)
             for rid in aborts:
                 if rid in self.requests:
                     self._finish(self.requests[rid], out, "abort")
             plan = self.scheduler.schedule()
+            if not (plan.prefill or plan.decode) and self.scheduler.waiting and self.sessions:
+                self._end(next(iter(self.sessions)))  # idle sessions hold the pages a request waits for
             for seq in plan.failed:
                 self._finish(self.requests[seq.request_id], out, "error", error=seq.error, scheduled=False)
             if plan.freed_slots:
@@ -229,6 +238,7 @@ class Engine:
             left = seq.sampling.max_new_tokens - len(seq.output)
             samplings.append(dataclasses.replace(seq.sampling, max_new_tokens=left if c.last else 0))
         result = self.batch.insert(slots, pieces, samplings, keep=keep, history=history)
+        self.prefilled_tokens += sum(len(p) for p in pieces)
         for i, c in enumerate(chunks):
             seq = c.seq
             seq.computed = c.end
@@ -268,14 +278,51 @@ class Engine:
         if reason in ("length",) and req.detok is not None and not req.stops.stopped:
             inc.text += req.stops.push(req.detok.flush()) + req.stops.flush()
         slot = seq.slot
+        keep = seq.session_id is not None and reason in ("stop", "length") and scheduled and seq.decoding
+        if keep:  # the session holds the conversation's pages for its next turn
+            self.sessions[seq.session_id] = (seq.tokens[: seq.computed], list(seq.blocks))
+            self.sessions.move_to_end(seq.session_id)
         if scheduled:
-            self.scheduler.finish(seq)
+            self.scheduler.finish(seq, keep_blocks=keep)
         if slot is not None:
             self.batch.release([slot])
         seq.finish_reason, seq.error = reason, error
         inc.finished, inc.finish_reason, inc.error = True, reason, error
         inc.completion_tokens = len(seq.output)
         self.requests.pop(seq.request_id, None)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def _resume(self, seq: Seq) -> None:
+        """A request of a known session starts from the pages of the conversation so far: only what
+        differs from it (the new turn) is prefilled."""
+        held = self.sessions.pop(seq.session_id, None) if seq.session_id else None
+        if held is None:
+            return
+        tokens, blocks = held
+        common = 0
+        for a, b in zip(tokens, seq.prompt):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(seq.prompt) - 1)
+        bs = self.pool.block_size
+        if common % bs and blocks[common // bs] in self.pool.key_of:
+            common -= common % bs  # a full page may be shared through the prefix cache: never write into it
+        used = self.pool.blocks_for(common)
+        self.pool.release(blocks[used:])
+        seq.blocks, seq.computed, seq.resumed = blocks[:used], common, True
+
+    def _end(self, session_id: str) -> None:
+        _, blocks = self.sessions.pop(session_id)
+        self.pool.release(blocks)
+
+    def end_session(self, session_id: str) -> None:
+        """Forget a session's conversation and free its pages. An unknown id raises ``KeyError``."""
+        with self._step_lock:
+            if session_id not in self.sessions:
+                raise KeyError(f"no session {session_id!r} (it never finished a turn, or was ended)")
+            self._end(session_id)
 
     # -- offline batches -----------------------------------------------------------------------
 
@@ -396,6 +443,8 @@ class Engine:
             "free_blocks": self.pool.num_free,
             "total_blocks": self.pool.num_blocks,
             "prefix_hit_rate": round(self.pool.hit_rate, 4),
+            "sessions": len(self.sessions),
+            "prefilled_tokens": self.prefilled_tokens,
             "generated_tokens": self.generated_tokens,
             "tokens_per_s": round(self.generated_tokens / self.busy_seconds, 2) if self.busy_seconds else 0.0,
             "steps": self.steps,

@@ -41,6 +41,8 @@ class Sequence:
     preemptions: int = 0
     finish_reason: str | None = None
     error: str | None = None
+    session_id: str | None = None
+    resumed: bool = False  # its first ``computed`` tokens' pages came from its session, not the prefix cache
 
     @property
     def tokens(self) -> list[int]:
@@ -92,17 +94,20 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def finish(self, seq: Sequence) -> None:
-        """Free a running (or waiting) sequence's pages and slot."""
+    def finish(self, seq: Sequence, *, keep_blocks: bool = False) -> None:
+        """Free a running (or waiting) sequence's slot and, unless ``keep_blocks`` (its session holds
+        them on), its pages."""
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+        if keep_blocks:
+            seq.blocks = []
         self._drop(seq)
 
     def _drop(self, seq: Sequence) -> None:
         self.pool.release(seq.blocks)
-        seq.blocks, seq.computed, seq.decoding = [], 0, False
+        seq.blocks, seq.computed, seq.decoding, seq.resumed = [], 0, False, False
         if seq.slot is not None:
             self.free_slots.append(seq.slot)
             seq.slot = None
@@ -161,8 +166,9 @@ class Scheduler:
                              f"{self.pool.num_blocks * self.pool.block_size}; raise num_blocks or shorten it")
                 plan.failed.append(seq)
                 continue
-            seq.blocks = self.pool.match_prefix(seq.tokens)
-            seq.computed = len(seq.blocks) * self.pool.block_size
+            if not seq.resumed:
+                seq.blocks = self.pool.match_prefix(seq.tokens)
+                seq.computed = len(seq.blocks) * self.pool.block_size
             chunk = self._chunk(seq, budget)
             if chunk is None:  # no pages now: wait for running sequences to finish
                 self._drop(seq)

@@ -101,6 +101,29 @@ def test_a_consumer_that_stops_early_frees_its_request_and_the_loop_goes_on(dec,
         engine.close()
 
 
+def test_a_sessions_next_turn_prefills_only_the_new_tokens(dec):
+    engine = _engine(dec)
+    sampling = SamplingParams(max_new_tokens=6)
+    turn1 = PROMPTS[3]
+    reply1 = engine.generate([turn1], sampling, session_id="s")[0].token_ids
+    assert reply1 == generate(dec, [turn1], sampling).tokens[0]
+    assert engine.stats()["sessions"] == 1 and engine.pool.num_free < engine.pool.num_blocks  # pages kept
+    turn2 = turn1 + reply1 + [4, 44, 14]
+    before = engine.prefilled_tokens
+    reply2 = engine.generate([turn2], sampling, session_id="s")[0].token_ids
+    assert engine.prefilled_tokens - before == 4  # the last reply token (never fed) and the three new ones
+    assert reply2 == generate(dec, [turn2], sampling).tokens[0]
+    edited = turn1[:10] + [7, 7]  # an edited history reuses the common part only, and still decodes right
+    got = engine.generate([edited], sampling, session_id="s")[0].token_ids
+    assert got == generate(dec, [edited], sampling).tokens[0]
+    engine.end_session("s")
+    with pytest.raises(KeyError, match="no session 's'"):
+        engine.end_session("s")
+    _assert_no_leak(engine)
+    with pytest.raises(ValueError, match="session 'long'.*end it"):
+        engine.add_request([1] * 200, session_id="long")
+
+
 def test_bad_requests_fail_alone_with_the_field_named(dec, alone):
     engine = _engine(dec)
     with pytest.raises(ValueError, match="prompt: 200 tokens"):
