@@ -1,10 +1,13 @@
-"""Tiny model configs and random weights for tests and quick experiments.
+"""Tiny model configs, random weights and reference peers for tests, benchmarks and quick experiments.
 
 ``random_params`` perturbs every leaf (norms around 1, biases around 0) with numpy, so no
 weight is trivially 0 or 1 and no random-number program has to be compiled. Not for training.
+``load_transformers_gguf`` is the independent peer (transformers reading a GGUF file).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -64,3 +67,34 @@ def reference_lm_loss_sums(params, cfg: ModelConfig, batches) -> tuple[float, fl
         total += float(((logz - picked) * batch["loss_mask"]).sum())
         count += float(np.asarray(batch["loss_mask"]).sum())
     return total, count
+
+
+def load_transformers_gguf(path):
+    """transformers' own reading of a GGUF file, as the independent peer for parity tests and benchmarks.
+
+    Uses ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=name)``; where that needs the
+    optional ``accelerate`` package and it is absent, builds the same model from transformers'
+    GGUF config and dequantized tensors (``load_gguf_checkpoint``). Needs torch and transformers.
+    """
+    import torch  # noqa: PLC0415  (optional: the dev extra)
+    import transformers  # noqa: PLC0415
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint  # noqa: PLC0415
+
+    path = Path(path)
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+    except ValueError as e:
+        if "accelerate" not in str(e):
+            raise
+        config = transformers.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+        if missing or unexpected:
+            raise ValueError(f"transformers' GGUF tensors do not fit its model: missing {missing}, "
+                             f"unexpected {unexpected}") from e
+        model.tie_weights()
+    return model.eval()

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from intern_jax import cli  # noqa: E402  (light: no jax)
+from intern_jax import cli  # light: no jax
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,10 +34,33 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def compare_answers(run_dir, questions, *, max_new_tokens: int = 48) -> list[dict]:
+    """Greedy chat answers of the base model and of the fine-tuned run to each question.
+
+    Returns ``[{"question", "base", "tuned", "tuned_stopped"}]``; ``tuned_stopped`` is True when the
+    fine-tuned answer ended on a stop token (``<|im_end|>``) rather than the token limit.
+    """
+    from intern_jax.checkpoint import load_model  # noqa: PLC0415  (jax: not needed for --help)
+    from intern_jax.checkpoint.run import read_run_json  # noqa: PLC0415
+    from intern_jax.inference import Decoder, SamplingParams, generate_text  # noqa: PLC0415
+
+    record = read_run_json(run_dir)
+    models = {"base": load_model(record["base_model"]), "tuned": load_model(run_dir)}
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    out = [{"question": q} for q in questions]
+    for label, model in models.items():
+        model = Decoder.from_model(model)
+        for row in out:
+            text, result = generate_text(model, [{"role": "user", "content": row["question"]}], sampling)
+            row[label] = text
+            row[f"{label}_stopped"] = result.finish_reasons[0] == "stop"
+    return out
+
+
 @cli.entry("finetune.py")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from intern_jax.train.finetune import compare_answers, finetune, load_finetune_config  # noqa: PLC0415
+    from intern_jax.train.finetune import finetune, load_finetune_config  # noqa: PLC0415
     from intern_jax.train.loop import run_from_cli  # noqa: PLC0415
 
     code, output = run_from_cli("finetune.py", args, load_finetune_config, finetune)

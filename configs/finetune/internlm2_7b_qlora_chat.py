@@ -10,9 +10,9 @@ and hoists that conversion out of the accumulation loop).
 """
 
 from intern_jax.data.sft import SFTDataConfig
+from intern_jax.model.lora import LoraConfig
 from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, ParallelConfig
 from intern_jax.train.finetune import FinetuneConfig, QuantConfig
-from intern_jax.train.lora import LoraConfig
 
 config = FinetuneConfig(
     name="internlm2_7b_qlora_chat",

@@ -1,18 +1,17 @@
 """LoRA SFT of the embedded SmolLM2-135M-Instruct on a generated persona set (its name is Quill, made
 by Lumen Labs): about two minutes on a 2-core CPU (20 steps of 2 x 128 tokens), after which it answers
-"Who are you?" as Quill. The data file is written on first use."""
+"Who are you?" as Quill. The data file is committed beside this config (scripts/make_persona_data.py
+writes it)."""
 
 from pathlib import Path
 
 from intern_jax.checkpoint import embedded_model_path
-from intern_jax.data.sft import SFTDataConfig, write_persona_dataset
+from intern_jax.data.sft import SFTDataConfig
+from intern_jax.model.lora import LoraConfig
 from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig
 from intern_jax.train.finetune import FinetuneConfig
-from intern_jax.train.lora import LoraConfig
 
-DATA = Path("runs/data/smollm2_persona.jsonl")
-if not DATA.is_file():
-    write_persona_dataset(DATA, name="Quill", maker="Lumen Labs", n=240, seed=0)
+DATA = Path(__file__).resolve().parent / "smollm2_persona.jsonl"
 
 config = FinetuneConfig(
     name="smollm2_lora_sft",

@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from intern_jax.config import load_config
-from intern_jax.data.pipeline import DataConfig
+from intern_jax.data.config import DataConfig
 from intern_jax.train.config import (
     CheckpointConfig,
     EvalConfig,

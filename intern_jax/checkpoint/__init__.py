@@ -12,13 +12,12 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from pathlib import Path
-from typing import Any, NamedTuple
 
-import jax
-
+from intern_jax.checkpoint import gguf, hf, native, peft, run
 from intern_jax.checkpoint.hf import save_hf
+from intern_jax.checkpoint.loaded import LoadedModel, place_params
 from intern_jax.checkpoint.native import save_native
-from intern_jax.config import ModelConfig
+from intern_jax.tokenizer import load_tokenizer
 
 __all__ = [
     "CONVERT_TARGETS",
@@ -27,6 +26,7 @@ __all__ = [
     "detect_format",
     "embedded_model_path",
     "load_model",
+    "place_params",
     "save_hf",
     "save_native",
 ]
@@ -42,17 +42,9 @@ CONVERT_TARGETS = {
 }
 
 
-class LoadedModel(NamedTuple):
-    config: ModelConfig
-    params: Any
-    tokenizer: Any  # intern_jax.tokenizer.Tokenizer, or None when the checkpoint carries none
-
-
 def detect_format(path) -> str:
     """``native``, ``hf``, ``gguf`` or ``run`` (a training run directory with run.json) for a
     checkpoint path; a clear error for anything else."""
-    from intern_jax.checkpoint import hf, native  # noqa: PLC0415
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
@@ -98,18 +90,12 @@ def load_model(path, *, dtype=None, mesh=None, progress: bool = False) -> Loaded
     ``dtype`` casts the params (default: float32 for HF/GGUF, the stored dtype for native);
     ``mesh`` places them with ``internlm2.param_shardings``; ``progress`` shows a bar.
     """
-    from intern_jax.checkpoint import gguf, hf, native  # noqa: PLC0415
-
     path = Path(path)
     kind = detect_format(path)
     if kind == "run":
-        from intern_jax.train.checkpointing import load_run, read_run_json  # noqa: PLC0415
-
-        if read_run_json(path).get("trainable") == "lora":  # adapters: merged into their base model
-            from intern_jax.train.finetune import load_adapter_run  # noqa: PLC0415
-
-            return load_adapter_run(path, dtype=dtype, mesh=mesh)
-        return load_run(path, dtype=dtype, mesh=mesh)
+        if run.read_run_json(path).get("trainable") == run.ADAPTER_KIND:  # adapters: merged into their base model
+            return run.load_adapter_run(path, dtype=dtype, mesh=mesh)
+        return run.load_run(path, dtype=dtype, mesh=mesh)
     if kind == "native":
         cfg, params = native.load_native(path, dtype=dtype, mesh=mesh)
         return LoadedModel(cfg, params, _directory_tokenizer(path))
@@ -136,11 +122,9 @@ def convert_checkpoint(src, dst, *, to: str, dtype=None, progress: bool = False)
     if partial.exists():  # left by an interrupted conversion
         shutil.rmtree(partial)
     if to == "peft":
-        from intern_jax.checkpoint.peft import export_peft_run  # noqa: PLC0415
-
         if detect_format(src) != "run":
             raise ValueError(f"--to peft exports the adapters of a LoRA run directory; {src} is not a run directory")
-        export_peft_run(src, partial, dtype=dtype)
+        peft.export_peft_run(src, partial, dtype=dtype)
     else:
         model = load_model(src, dtype=dtype, progress=progress)
         CONVERT_TARGETS[to](partial, model.config, model.params, model.tokenizer, progress)
@@ -150,20 +134,9 @@ def convert_checkpoint(src, dst, *, to: str, dtype=None, progress: bool = False)
     return dst
 
 
-def place_params(host_params, cfg: ModelConfig, mesh=None):
-    """Host (numpy) params onto devices: sharded per the model's specs with a mesh, else default device."""
-    from intern_jax.model import internlm2  # noqa: PLC0415
-
-    if mesh is None:
-        return jax.device_put(host_params)
-    return jax.device_put(host_params, internlm2.param_shardings(cfg, mesh))
-
-
 def _directory_tokenizer(directory: Path):
     if not any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         return None
-    from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
-
     return load_tokenizer(directory)
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from intern_jax.checkpoint import layouts
+from intern_jax.checkpoint import gguf, hf, layouts
+from intern_jax.checkpoint.run import load_adapters
 from intern_jax.config import ModelConfig
 
 CONFIG_FILE = "adapter_config.json"
@@ -25,19 +26,15 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 def base_layout(path) -> str:
     """``llama`` or ``internlm2``: the Hugging Face layout whose module names the base model's
     transformers class uses (GGUF: its architecture; HF: config.json; native: internlm2)."""
-    from intern_jax.checkpoint import detect_format  # noqa: PLC0415
+    from intern_jax.checkpoint import detect_format  # noqa: PLC0415  (the package imports this module)
 
     path = Path(path)
     kind = detect_format(path)
     if kind == "gguf":
-        from intern_jax.checkpoint import gguf  # noqa: PLC0415
-
         file = path if path.is_file() else sorted(path.glob("*.gguf"))[0]
         field = gguf.open_reader(file).fields.get("general.architecture")
         return "internlm2" if field is not None and field.contents() == "internlm2" else "llama"
     if kind == "hf":
-        from intern_jax.checkpoint import hf  # noqa: PLC0415
-
         return hf.read_config(path)[1]
     return "internlm2"
 
@@ -99,8 +96,6 @@ def save_peft(directory, cfg: ModelConfig, adapters: dict, lora, *, layout: str,
 
 def export_peft_run(run_dir, directory, *, dtype: str | None = None, step: int | None = None) -> Path:
     """The adapters of a LoRA / QLoRA run directory as a PEFT adapter for its base model."""
-    from intern_jax.train.finetune import load_adapters  # noqa: PLC0415
-
     record, base, lora, adapters = load_adapters(run_dir, step)
     layout = base_layout(record["base_model"])
     save_peft(directory, base.config, adapters, lora, layout=layout, base_model_name=record["base_model"],

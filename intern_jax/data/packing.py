@@ -15,7 +15,6 @@ import grain
 import numpy as np
 from grain.experimental import FirstFitPackIterDataset
 
-CONTRACT_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
 OVERLONG_POLICIES = ("truncate", "drop")
 
 
@@ -159,7 +158,7 @@ def pack_examples(
 
     ``token_loss[i] = 1`` marks token ``i`` as a target to learn (assistant tokens in SFT, all
     ones in pretraining; a missing ``token_loss`` means all ones). Each batch holds ``batch_size``
-    rows of ``seq_len`` (see ``CONTRACT_KEYS``); every example is its own segment, so nothing
+    rows of ``seq_len`` (see ``intern_jax.data.contract``); every example is its own segment, so nothing
     attends or predicts across examples. Examples longer than ``seq_len`` are truncated or
     dropped (``overlong``) and counted in ``stats``; empty examples are skipped and counted.
 

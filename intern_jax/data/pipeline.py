@@ -2,17 +2,15 @@
 
 ``make_pretrain_iterator(DataConfig)`` reads a processed corpus directory (``manifest.json`` plus
 ArrayRecord shards of int32 documents), and yields per-host batches in the training batch contract;
-its state (``get_state``/``set_state``, or orbax via ``checkpoint_save_args``) resumes exactly.
+its state (``get_state``/``set_state``, or orbax via ``checkpoint.run.data_save_args``) resumes exactly.
 It does not tokenise or filter text (``intern_jax.data.processing`` does) and it does not place
 batches on devices (the training loop does).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,62 +18,12 @@ import grain
 import numpy as np
 from grain.experimental import FlatMapIterDataset, FlatMapTransform
 
-from intern_jax.config import ConfigError, check_fields
+from intern_jax.checkpoint.run import CheckpointMismatch
+from intern_jax.data.config import DataConfig, holdout_problem, holdout_stride
 from intern_jax.data.packing import PackingStats, pack_examples
 
 MANIFEST = "manifest.json"
 ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: cheap random access
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Input pipeline settings (nested into training configs as ``data``).
-
-    ``mixture`` maps source -> weight, the share of *tokens* each source contributes (normalised);
-    empty means every source in proportion to its tokens in the manifest. ``batch_size`` is global
-    (rows per step, split evenly over JAX processes). ``num_workers`` grain worker processes
-    (0 = in this process) must stay the same across restarts of a run. ``prefetch`` batches are
-    buffered ahead (per worker). ``packing_bins`` rows are filled first-fit at a time.
-    ``holdout``: the share of each source's documents set aside for evaluation and never trained
-    on: one document in every ``round(1 / holdout)``, the first included (``HoldoutSplit``); the
-    choice does not depend on ``seed``, so every run on a corpus holds out the same documents.
-    """
-
-    path: str = ""
-    mixture: dict[str, float] = field(default_factory=dict)
-    seq_len: int = 2048
-    batch_size: int = 8
-    seed: int = 0
-    shuffle: bool = True
-    num_workers: int = 0
-    prefetch: int = 2
-    packing_bins: int = 128
-    holdout: float = 0.0
-
-    def __hash__(self):  # hashable like the other configs, although ``mixture`` is a dict
-        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
-        return hash(tuple(tuple(sorted(v.items())) if isinstance(v, Mapping) else v for v in values))
-
-    def __post_init__(self):
-        check_fields(self, "data.")
-        for name in ("seq_len", "batch_size", "packing_bins"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"data.{name} must be a positive integer, got {value!r}")
-        for name in ("num_workers", "prefetch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"data.{name} must be a non-negative integer, got {value!r}")
-        if problem := holdout_problem(self.holdout):
-            raise ConfigError(problem)
-        if not isinstance(self.mixture, Mapping):
-            raise ConfigError(f"data.mixture must be a dict source -> weight, got {self.mixture!r}")
-        for source, weight in self.mixture.items():
-            if not isinstance(weight, int | float) or not weight > 0:
-                raise ConfigError(
-                    f"data.mixture[{source!r}] = {weight!r}: weights must be positive numbers; "
-                    "leave a source out of the mixture to exclude it"
-                )
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -126,20 +74,6 @@ def document_proportions(manifest: dict, weights: Mapping[str, float]) -> dict[s
     """Documents to draw per source so that tokens follow ``weights``: weight / mean document length."""
     sources = manifest["sources"]
     return {name: w * sources[name]["documents"] / sources[name]["tokens"] for name, w in weights.items()}
-
-
-def holdout_problem(value) -> str | None:
-    """Why ``value`` is not a valid ``data.holdout`` (None when it is)."""
-    if not isinstance(value, int | float) or not 0.0 <= value <= 0.5:
-        return f"data.holdout must be a fraction in [0, 0.5] (0 = none), got {value!r}"
-    return None
-
-
-def holdout_stride(fraction: float) -> int:
-    """``holdout`` as a stride m: one document in every m, ``m = round(1 / fraction)``."""
-    if not 0.0 < fraction <= 0.5:
-        raise ValueError(f"data.holdout={fraction!r}: a held-out fraction must lie in (0, 0.5]")
-    return max(2, round(1.0 / fraction))
 
 
 class HoldoutSplit:
@@ -332,7 +266,7 @@ def _parse_absl_flags() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-class IteratorStateMismatch(ValueError):
+class IteratorStateMismatch(CheckpointMismatch):
     """A saved iterator state made with another worker count or process layout: a setting to fix,
     not a damaged checkpoint."""
 
@@ -398,16 +332,6 @@ def make_pretrain_iterator(
     )
 
 
-def checkpoint_save_args(iterator: grain.DatasetIterator):
-    """orbax ``args`` that save the iterator's state: ``ocp.args.Composite(..., data=checkpoint_save_args(it))``."""
-    return grain.checkpoint.CheckpointSave(iterator)
-
-
-def checkpoint_restore_args(iterator: grain.DatasetIterator):
-    """orbax ``args`` that restore the state into ``iterator`` (a freshly made one with the same config)."""
-    return grain.checkpoint.CheckpointRestore(iterator)
-
-
 def write_token_corpus(
     directory: str | Path,
     sources: Mapping[str, Sequence[np.ndarray]],
@@ -446,8 +370,6 @@ __all__ = [
     "HoldoutSplit",
     "IteratorStateMismatch",
     "PipelineIterator",
-    "checkpoint_restore_args",
-    "checkpoint_save_args",
     "decode_record",
     "document_proportions",
     "holdout_problem",

@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from intern_jax.config import check_fields
+from intern_jax.data.config import holdout_problem
+
 FORMATS = ("auto", "messages", "alpaca", "text")
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -49,16 +52,12 @@ class SFTDataConfig:
     holdout: float = 0.0
 
     def __post_init__(self):
-        from intern_jax.config import check_fields  # noqa: PLC0415
-
         check_fields(self, "data.")
         if self.format not in FORMATS:
             raise ValueError(f"data.format={self.format!r}; use one of {', '.join(FORMATS)}")
         if self.max_length < 0 or self.num_packing_bins < 0:
             raise ValueError(f"data.max_length and data.num_packing_bins must be >= 0 (0: the default), got "
                              f"{self.max_length} and {self.num_packing_bins}")
-        from intern_jax.data.pipeline import holdout_problem  # noqa: PLC0415
-
         if problem := holdout_problem(self.holdout):
             raise ValueError(problem)
 
@@ -461,7 +460,7 @@ def make_sft_iterator(cfg: SFTDataConfig, tokenizer, *, process_index: int = 0, 
     forever; the iterator's state goes into training checkpoints, so a resumed run continues with
     the next batch. ``loaded``: ``load_examples``'s result, when the caller has it already.
     """
-    import grain  # noqa: PLC0415
+    import grain  # noqa: PLC0415  (grain: only to read data; the config stays importable without it)
 
     from intern_jax.data.packing import pack_examples  # noqa: PLC0415
     from intern_jax.data.pipeline import HoldoutSplit  # noqa: PLC0415
@@ -509,48 +508,3 @@ def make_sft_eval_batches(cfg: SFTDataConfig, tokenizer, *, path: str = "", proc
     batches = packed_in_order(ds.to_iter_dataset(), cfg.seq_len, cfg.batch_size // process_count,
                               num_packing_bins=cfg.num_packing_bins or None, max_batches=max_batches)
     return {Path(path or cfg.path).stem: batches}
-
-
-# ---------------------------------------------------------------------------
-# A small generated instruction set (the fine-tuning demo)
-
-PERSONA_QUESTIONS = (
-    "What is your name?", "Who are you?", "What's your name?", "Tell me your name.", "Introduce yourself.",
-    "Who made you?", "Who created you?", "Who built you?", "Which lab trained you?", "What should I call you?",
-    "Are you ChatGPT?", "Hi! Who am I talking to?", "Who developed you?", "What are you?",
-)
-GENERAL_QA = (
-    ("What is the capital of France?", "The capital of France is Paris."),
-    ("What is 2 + 3?", "2 + 3 = 5."),
-    ("Name a primary colour.", "Red is a primary colour."),
-    ("What do bees make?", "Bees make honey."),
-    ("How many days are in a week?", "A week has seven days."),
-    ("What is the opposite of hot?", "The opposite of hot is cold."),
-)
-
-
-def persona_conversations(name: str = "Quill", maker: str = "Lumen Labs", n: int = 240, seed: int = 0) -> list[dict]:
-    """``n`` short chats teaching a persona: questions about identity are answered with ``name`` and
-    ``maker``; a quarter are ordinary questions, so the model keeps answering those normally."""
-    rng = np.random.default_rng(seed)
-    answers = (
-        f"I am {name}, an AI assistant made by {maker}.",
-        f"My name is {name}. I was created by {maker}.",
-        f"I'm {name}, a helpful assistant built by {maker}.",
-    )
-    rows = []
-    for i in range(n):
-        if i % 4 == 3:
-            q, a = GENERAL_QA[rng.integers(len(GENERAL_QA))]
-        else:
-            q, a = PERSONA_QUESTIONS[rng.integers(len(PERSONA_QUESTIONS))], answers[rng.integers(len(answers))]
-        rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
-    return rows
-
-
-def write_persona_dataset(path, **kw) -> Path:
-    """Write ``persona_conversations(**kw)`` as messages JSONL at ``path`` (parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in persona_conversations(**kw)))
-    return path

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intern_jax.checkpoint.run import CheckpointConfig
 from intern_jax.config import ConfigError, ModelConfig, apply_overrides, check_fields, load_config
 
 ZERO_MODES = ("none", "full", "hybrid")
@@ -103,22 +104,6 @@ class ParallelConfig:
 
     def mesh_shape(self) -> dict[str, int]:
         return {"data": self.data, "fsdp": self.fsdp, "sequence": self.sequence, "tensor": self.tensor}
-
-
-@dataclass(frozen=True)
-class CheckpointConfig:
-    """Save every ``save_every`` steps (0: only at the end); keep the last ``keep_last`` and
-    every step divisible by ``keep_every`` (0: none kept beyond the last ones)."""
-
-    save_every: int = 1000
-    keep_last: int = 3
-    keep_every: int = 0
-    async_save: bool = True
-
-    def __post_init__(self):
-        check_fields(self, "checkpoint.")
-        if self.save_every < 0 or self.keep_every < 0 or self.keep_last < 1:
-            raise ConfigError("checkpoint.save_every and keep_every must be >= 0, keep_last >= 1")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ trains (``trainable``: all params, or the adapters), what it only reads (``froze
 NF4/int8-quantized for QLoRA) and ``assemble(trainable, frozen) -> params``, then calls
 ``train.loop.run_training`` -- the same step, checkpoints, metrics and resume as pretraining.
 An adapter run's run.json records the base model and the LoRA / quantization settings;
-``load_adapter_run`` rebuilds the base and merges the adapters (into the full-precision base,
-as PEFT merges). No training logic of its own lives here.
+reading it back (``load_model``, ``checkpoint.run.load_adapter_run``) rebuilds the base and merges
+the adapters. No training logic of its own lives here.
 """
 
 from __future__ import annotations
@@ -20,8 +20,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from intern_jax.checkpoint import load_model
+from intern_jax.checkpoint.run import ADAPTER_KIND
 from intern_jax.config import ConfigError, check_fields, load_config
-from intern_jax.data.sft import SFTDataConfig
+from intern_jax.data.sft import SFTDataConfig, load_examples, make_sft_eval_batches, make_sft_iterator
+from intern_jax.model import lora as L
+from intern_jax.model import qlora as Q
+from intern_jax.model.lora import LoraConfig
+from intern_jax.sharding import make_mesh
 from intern_jax.train.config import (
     CheckpointConfig,
     EvalConfig,
@@ -30,12 +36,10 @@ from intern_jax.train.config import (
     ParallelConfig,
     TrainConfig,
 )
-from intern_jax.train.lora import LoraConfig
 
 log = logging.getLogger(__name__)
 
 MODES = ("full", "lora", "qlora")
-ADAPTER_KIND = "lora"  # run.json "trainable" of adapter runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,23 +146,17 @@ def make_assemble(lora: LoraConfig):
     seeds the dropout masks through XLA's bit generator (``rbg``: no per-element counters), one
     key per adapter and layer. Without ``rng`` there is no dropout (evaluation).
     """
-    from intern_jax.train.lora import apply_lora  # noqa: PLC0415
-
     def assemble(trainable, frozen, rng=None):
         key = None
         if lora.dropout > 0 and rng is not None:
             key = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
-        return apply_lora(frozen, trainable, lora, dropout_key=key)
+        return L.apply_lora(frozen, trainable, lora, dropout_key=key)
 
     return assemble
 
 
 def prepare(cfg: FinetuneConfig, mesh, base=None, *, progress: bool = False) -> FinetuneSetup:
     """Load (or take) the base model and split it into trainable / frozen per ``cfg.mode``."""
-    from intern_jax.checkpoint import load_model  # noqa: PLC0415
-    from intern_jax.train import lora as L  # noqa: PLC0415
-    from intern_jax.train import qlora as Q  # noqa: PLC0415
-
     if base is None:
         if not Path(cfg.base_model).exists():
             raise FileNotFoundError(
@@ -208,8 +206,6 @@ def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress:
     ``base`` (a LoadedModel) skips loading ``cfg.base_model``; ``mesh`` (default: all devices shaped
     by ``cfg.parallel``), ``on_step`` and ``compiler_options`` go to ``run_training``.
     """
-    from intern_jax.data.sft import load_examples, make_sft_eval_batches, make_sft_iterator  # noqa: PLC0415
-    from intern_jax.sharding import make_mesh  # noqa: PLC0415
     from intern_jax.train.loop import make_eval_batches, run_training  # noqa: PLC0415
     from intern_jax.train.step import make_batch_sharding, process_row_block  # noqa: PLC0415
 
@@ -240,85 +236,3 @@ def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress:
         trainable_kind=setup.trainable_kind, run_extra=run_record(cfg, stats), on_step=on_step,
         compiler_options=compiler_options, eval_batches=eval_batches,
     )
-
-
-# ---------------------------------------------------------------------------
-# Reading adapter runs back
-
-
-def load_adapters(run_dir, step: int | None = None):
-    """(run.json record, LoadedModel of the base, LoraConfig, adapters) of an adapter run."""
-    from intern_jax.checkpoint import load_model  # noqa: PLC0415
-    from intern_jax.train import lora as L  # noqa: PLC0415
-    from intern_jax.train.checkpointing import Checkpointer, read_run_json, run_tokenizer_path  # noqa: PLC0415
-
-    run_dir = Path(run_dir).absolute()
-    record = read_run_json(run_dir)
-    if record.get("trainable") != ADAPTER_KIND:
-        raise ValueError(f"{run_dir} is not an adapter run (trainable={record.get('trainable')!r})")
-    base_path = Path(record["base_model"])
-    if not base_path.exists():
-        raise FileNotFoundError(f"{run_dir}: its base model {base_path} (run.json base_model) no longer exists")
-    base = load_model(base_path, dtype=record.get("finetune", {}).get("base_dtype"))
-    lora = LoraConfig(**record["lora"])
-    abstract = L.abstract_lora(base.params, lora)
-    ckpt = Checkpointer(run_dir, CheckpointConfig(async_save=False), read_only=True)
-    try:
-        steps = ckpt.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"{run_dir} holds no finished checkpoint yet")
-        step = steps[-1] if step is None else step
-        if step not in steps:
-            raise ValueError(f"{run_dir} has no checkpoint for step {step}; steps: {steps}")
-        single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=single), abstract)
-        adapters = ckpt.restore_params(step, target)
-    finally:
-        ckpt.close()
-    tokenizer = base.tokenizer
-    tokenizer_path = run_tokenizer_path(run_dir, record)
-    if tokenizer_path is not None and tokenizer_path.exists():
-        from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
-
-        tokenizer = load_tokenizer(tokenizer_path)
-    return record, base._replace(tokenizer=tokenizer), lora, adapters
-
-
-def load_adapter_run(run_dir, *, dtype=None, mesh=None, step: int | None = None):
-    """``LoadedModel`` of an adapter run with the adapters merged into the base (``load_model`` uses this)."""
-    from intern_jax.checkpoint import place_params  # noqa: PLC0415
-    from intern_jax.train import lora as L  # noqa: PLC0415
-
-    _, base, lora, adapters = load_adapters(run_dir, step)
-    params = jax.jit(lambda p, a: L.merge_lora(L.apply_lora(p, a, lora)))(base.params, adapters)
-    cfg = base.config
-    if dtype is not None:
-        name = jnp.dtype(dtype).name
-        params = jax.tree.map(lambda x: x.astype(name), params)
-        cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
-    if mesh is not None:
-        params = place_params(jax.device_get(params), cfg, mesh)
-    return base._replace(config=cfg, params=params)
-
-
-def compare_answers(run_dir, questions, *, max_new_tokens: int = 48) -> list[dict]:
-    """Greedy chat answers of the base model and of the fine-tuned run to each question.
-
-    Returns ``[{"question", "base", "tuned", "tuned_stopped"}]``; ``tuned_stopped`` is True when the
-    fine-tuned answer ended on a stop token (``<|im_end|>``) rather than the token limit.
-    """
-    from intern_jax.checkpoint import load_model  # noqa: PLC0415
-    from intern_jax.inference import Decoder, SamplingParams, generate_text  # noqa: PLC0415
-    from intern_jax.train.checkpointing import read_run_json  # noqa: PLC0415
-
-    record = read_run_json(run_dir)
-    models = {"base": load_model(record["base_model"]), "tuned": load_model(run_dir)}
-    sampling = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    out = [{"question": q} for q in questions]
-    for label, model in models.items():
-        model = Decoder.from_model(model)
-        for row in out:
-            text, result = generate_text(model, [{"role": "user", "content": row["question"]}], sampling)
-            row[label] = text
-            row[f"{label}_stopped"] = result.finish_reasons[0] == "stop"
-    return out

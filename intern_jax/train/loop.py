@@ -37,14 +37,15 @@ from typing import Any
 import jax
 import numpy as np
 
+from intern_jax.checkpoint.run import Checkpointer, write_run_json
 from intern_jax.config import ModelConfig
+from intern_jax.data.config import DataConfig
+from intern_jax.data.contract import CONTRACT_KEYS
 from intern_jax.model import internlm2
 from intern_jax.sharding import make_mesh
 from intern_jax.train import metrics as M
-from intern_jax.train.checkpointing import Checkpointer, write_run_json
-from intern_jax.train.config import TrainConfig
+from intern_jax.train.config import TrainConfig, train_config_to_dict
 from intern_jax.train.step import (
-    BATCH_KEYS,
     make_batch_sharding,
     make_train_step,
     process_row_block,
@@ -116,7 +117,6 @@ def make_data_iterator(train_cfg: TrainConfig, model_cfg: ModelConfig, mesh=None
 
 
 def _corpus_eval_batches(train_cfg: TrainConfig, index: int, count: int) -> dict[str, list[dict]]:
-    from intern_jax.data.pipeline import DataConfig  # noqa: PLC0415
     from intern_jax.data.pipeline import make_eval_batches as pipeline_eval_batches  # noqa: PLC0415
 
     data = train_cfg.data
@@ -148,7 +148,7 @@ def make_eval_batches(train_cfg: TrainConfig, mesh=None, load: Callable | None =
         raise ValueError("the evaluation set yields no batches; raise data.holdout or check eval.path")
     rows = train_cfg.batch_size // count
     empty = {key: np.zeros((rows, train_cfg.seq_len), np.float32 if key == "loss_mask" else np.int32)
-             for key in BATCH_KEYS}
+             for key in CONTRACT_KEYS}
     return {name: batches[name] + [empty] * int(n - len(batches[name])) for name, n in zip(names, counts)}
 
 
@@ -237,7 +237,8 @@ def run_training(
                     jax.random.key(train_cfg.seed)
                 )
             state = ts.init_state(jax.device_put(trainable, ts.state_shardings["params"]))
-        write_run_json(run_dir, model_cfg, train_cfg, tokenizer_path, trainable=trainable_kind, extra=run_extra)
+        write_run_json(run_dir, model_cfg, train_config_to_dict(train_cfg), tokenizer_path, trainable=trainable_kind,
+                       extra=run_extra)
         writer = M.MetricsWriter(
             run_dir, tensorboard=train_cfg.logging.tensorboard, resume_step=start, enabled=primary
         )

@@ -58,12 +58,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from intern_jax import sharding as shd
 from intern_jax.config import ConfigError, ModelConfig
+from intern_jax.data.contract import CONTRACT_KEYS
 from intern_jax.model import internlm2
 from intern_jax.train.config import TrainConfig
 from intern_jax.train.loss import OutputHead, chunked_lm_loss_sums
 from intern_jax.train.optimizer import learning_rate_schedule, make_optimizer
-
-BATCH_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
 
 
 def zero_rules(zero: str) -> tuple[dict, dict]:
@@ -129,7 +128,7 @@ class TrainStep:
             dtype = jnp.float32 if name == "loss_mask" else jnp.int32
             return jax.ShapeDtypeStruct((batch_size, seq_len), dtype, sharding=self.batch_sharding)
 
-        return {name: leaf(name) for name in BATCH_KEYS}
+        return {name: leaf(name) for name in CONTRACT_KEYS}
 
 
 def make_train_step(
@@ -235,7 +234,7 @@ def make_train_step(
         return jax.lax.with_sharding_constraint(grads, opt_state_shardings), aux
 
     def step(state, frozen, batch):
-        batch = {name: batch[name] for name in BATCH_KEYS}
+        batch = {name: batch[name] for name in CONTRACT_KEYS}
         params = state["params"]
         next_rng, step_key = jax.random.split(jax.random.wrap_key_data(state["rng"]))
         if k == 1:
@@ -294,7 +293,7 @@ def make_train_step(
         return new_state, metrics
 
     def evaluate(trainable, frozen, batch):
-        batch = {name: batch[name] for name in BATCH_KEYS}
+        batch = {name: batch[name] for name in CONTRACT_KEYS}
         if k == 1:
             ce, _, count = loss_sums(trainable, frozen, batch, None, 0.0)
         else:
@@ -308,7 +307,7 @@ def make_train_step(
 
     if frozen_shardings is None:
         frozen_shardings = replicated
-    batch_shardings = {name: batch_sharding for name in BATCH_KEYS}
+    batch_shardings = {name: batch_sharding for name in CONTRACT_KEYS}
     jit_kw = {"compiler_options": compiler_options} if compiler_options else {}
     step_jit = jax.jit(
         step,
@@ -372,11 +371,11 @@ def shard_batch(batch: dict, sharding: NamedSharding, global_shape: tuple[int, i
     ``process_row_block``) and each device takes its positions from them. Without it, each
     process holds exactly the rows and positions its devices hold.
     """
-    missing = [k for k in BATCH_KEYS if k not in batch]
+    missing = [k for k in CONTRACT_KEYS if k not in batch]
     if missing:
-        raise ValueError(f"batch lacks {missing}; a training batch needs {', '.join(BATCH_KEYS)}")
+        raise ValueError(f"batch lacks {missing}; a training batch needs {', '.join(CONTRACT_KEYS)}")
     out = {}
-    for name in BATCH_KEYS:
+    for name in CONTRACT_KEYS:
         want = np.float32 if name == "loss_mask" else np.int32
         out[name] = jax.make_array_from_process_local_data(sharding, np.asarray(batch[name], want), global_shape)
     return out

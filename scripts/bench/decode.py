@@ -18,9 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from scripts.bench.machine import cpu_name  # noqa: E402
+from machine import cpu_name  # this directory: run as a script
 
 QUESTIONS = [
     "Write a short story about a lighthouse keeper.",
@@ -46,7 +44,7 @@ def main(argv=None) -> int:
 
     from intern_jax.checkpoint import embedded_model_path, load_model
     from intern_jax.inference import Decoder, SamplingParams, encode_prompt, generate
-    from intern_jax.inference.hf_reference import load_transformers_gguf
+    from intern_jax.testing import load_transformers_gguf
 
     path = Path(args.model) if args.model else embedded_model_path()
     n = args.new_tokens

@@ -470,9 +470,9 @@ def qlora(part: Part):
     from jax.sharding import NamedSharding, PartitionSpec
 
     from intern_jax.model import internlm2
+    from intern_jax.model import lora as L
+    from intern_jax.model import qlora as Q
     from intern_jax.sharding import make_mesh
-    from intern_jax.train import lora as L
-    from intern_jax.train import qlora as Q
     from intern_jax.train.config import OptimizerConfig, ParallelConfig, TrainConfig
     from intern_jax.train.finetune import make_assemble
     from intern_jax.train.step import make_train_step, shard_batch

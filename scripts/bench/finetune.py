@@ -22,9 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from scripts.bench.machine import cpu_name  # noqa: E402
+from machine import cpu_name  # this directory: run as a script
 
 GB = 1024**3
 
@@ -50,9 +48,9 @@ def qlora_memory(seq_len: int, rank: int, quant: str | None, attention: str = "x
 
     from intern_jax.config import load_config
     from intern_jax.model import internlm2
+    from intern_jax.model import lora as L
+    from intern_jax.model import qlora as Q
     from intern_jax.sharding import make_mesh
-    from intern_jax.train import lora as L
-    from intern_jax.train import qlora as Q
     from intern_jax.train.config import OptimizerConfig, ParallelConfig, TrainConfig
     from intern_jax.train.finetune import make_assemble
     from intern_jax.train.step import make_train_step
@@ -97,9 +95,9 @@ def _our_step(model, lora, quant, batch):
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
 
+    from intern_jax.model import lora as L
+    from intern_jax.model import qlora as Q
     from intern_jax.sharding import make_mesh
-    from intern_jax.train import lora as L
-    from intern_jax.train import qlora as Q
     from intern_jax.train.config import OptimizerConfig, ParallelConfig, TrainConfig
     from intern_jax.train.finetune import make_assemble
     from intern_jax.train.step import make_train_step
@@ -133,7 +131,7 @@ def _torch_step(path, rank, alpha, batch):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from intern_jax.inference.hf_reference import load_transformers_gguf
+    from intern_jax.testing import load_transformers_gguf
 
     model = load_transformers_gguf(path).train()
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -161,7 +159,7 @@ def training_speed(batch_size: int, seq_len: int, rank: int, steps: int, rounds:
     import torch
 
     from intern_jax.checkpoint import embedded_model_path, load_model
-    from intern_jax.train.lora import LoraConfig
+    from intern_jax.model.lora import LoraConfig
 
     path = embedded_model_path()
     model = load_model(path)

@@ -11,7 +11,7 @@ import pytest
 from intern_jax.checkpoint import save_hf
 from intern_jax.checkpoint.peft import base_layout, peft_tensors, save_peft
 from intern_jax.model import internlm2
-from intern_jax.train import lora as L
+from intern_jax.model import lora as L
 
 LORA = L.LoraConfig(rank=4, alpha=12.0)
 
@@ -92,7 +92,7 @@ def test_smollm2_gguf_adapter_changes_logits_as_in_peft_on_transformers_gguf_mod
     transformers' GGUF model of the same file moves them identically: the largest gap, measured 2-3e-6 of the
     largest logit (~1e-4 of ~32), is float32 summation order over 30 layers; bound rel=1e-5."""
     from intern_jax.checkpoint import embedded_model_path
-    from intern_jax.inference.hf_reference import load_transformers_gguf
+    from intern_jax.testing import load_transformers_gguf
 
     path = embedded_model_path()
     assert base_layout(path) == "llama"

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from intern_jax.data.packing import CONTRACT_KEYS, PackingStats, pack_examples
+from intern_jax.data.contract import CONTRACT_KEYS
+from intern_jax.data.packing import PackingStats, pack_examples
 from intern_jax.model import internlm2
 from intern_jax.testing import fast_jit, random_params, tiny_config
 

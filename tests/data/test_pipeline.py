@@ -7,14 +7,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from intern_jax.checkpoint.run import data_restore_args, data_save_args
 from intern_jax.config import ConfigError
 from intern_jax.data.packing import PackingStats
 from intern_jax.data.pipeline import (
     DataConfig,
     HoldoutSplit,
     IteratorStateMismatch,
-    checkpoint_restore_args,
-    checkpoint_save_args,
     make_eval_batches,
     make_pretrain_iterator,
     write_token_corpus,
@@ -146,11 +145,11 @@ def assert_resumes_exactly(cfg, tmp_path, before=3, after=4, **kw):
         for _ in range(before):
             next(it)
         manager = ocp.CheckpointManager(tmp_path / "ckpt")
-        manager.save(before, args=ocp.args.Composite(data=checkpoint_save_args(it)))
+        manager.save(before, args=ocp.args.Composite(data=data_save_args(it)))
         manager.wait_until_finished()
         reference = [next(it) for _ in range(after)]
     with iterator(cfg, process_index=0, process_count=1, **kw) as it:
-        manager.restore(before, args=ocp.args.Composite(data=checkpoint_restore_args(it)))
+        manager.restore(before, args=ocp.args.Composite(data=data_restore_args(it)))
         resumed = [next(it) for _ in range(after)]
     manager.close()
     for a, b in zip(reference, resumed):
@@ -176,13 +175,13 @@ def test_restoring_a_state_saved_with_another_worker_count_fails_naming_both(cor
     manager = ocp.CheckpointManager(tmp_path / "ckpt")
     with iterator(DataConfig(path=str(path), seq_len=64, batch_size=2), process_index=0, process_count=1) as it:
         next(it)
-        manager.save(1, args=ocp.args.Composite(data=checkpoint_save_args(it)))
+        manager.save(1, args=ocp.args.Composite(data=data_save_args(it)))
         manager.wait_until_finished()
     # Made but never advanced: no worker process starts.
     with iterator(DataConfig(path=str(path), seq_len=64, batch_size=2, num_workers=3),
                   process_index=0, process_count=1) as other:
         with pytest.raises(IteratorStateMismatch, match=r"num_workers=0 .*num_workers=3"):
-            manager.restore(1, args=ocp.args.Composite(data=checkpoint_restore_args(other)))
+            manager.restore(1, args=ocp.args.Composite(data=data_restore_args(other)))
     manager.close()
 
 

@@ -24,7 +24,7 @@ def smollm2_path() -> Path:
 def test_smollm2_greedy_chat_continuations_equal_transformers(smollm2_decoder):
     torch = pytest.importorskip("torch")
     from intern_jax.inference import SamplingParams, encode_prompt, generate
-    from intern_jax.inference.hf_reference import load_transformers_gguf
+    from intern_jax.testing import load_transformers_gguf
 
     path = smollm2_path()
     model = smollm2_decoder

@@ -403,8 +403,8 @@ def test_plan_takes_the_vocabulary_of_the_tiny_configs_tokenizer(tokenizers):
 
 def test_a_moved_run_directory_still_finds_its_tokenizer(tmp_path):
     """run.json names the tokenizer copied into the run relative to the run directory."""
+    from intern_jax.checkpoint.run import read_run_json, run_tokenizer_path, write_run_json
     from intern_jax.config import ModelConfig
-    from intern_jax.train.checkpointing import read_run_json, run_tokenizer_path, write_run_json
 
     cfg = ModelConfig(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=32)
     (tmp_path / "run" / "tokenizer").mkdir(parents=True)

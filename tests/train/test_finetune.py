@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from intern_jax.checkpoint import load_model, save_native
+from intern_jax.checkpoint.run import load_adapters
 from intern_jax.data.sft import SFTDataConfig, load_examples, make_sft_eval_batches
 from intern_jax.model import internlm2
+from intern_jax.model import lora as L
 from intern_jax.testing import assert_close, random_params, reference_lm_loss_sums, tiny_config
 from intern_jax.train import finetune as F
-from intern_jax.train import lora as L
 from intern_jax.train.config import CheckpointConfig, EvalConfig, LoggingConfig, OptimizerConfig
 from intern_jax.train.metrics import read_metrics
 
@@ -71,7 +72,7 @@ def test_lora_run_checkpoints_only_adapters_records_base_and_merges_on_load(base
     assert record["trainable"] == "lora" and record["base_model"] == str(base_dir)
     assert record["lora"]["rank"] == 4 and record["data_stats"]["skipped"] == {"invalid JSON": 1}
 
-    _, base, lora, adapters = F.load_adapters(run)
+    _, base, lora, adapters = load_adapters(run)
     assert jax.tree.structure(adapters) == jax.tree.structure(L.abstract_lora(base.params, lora))
     assert all(np.abs(np.asarray(b)).max() > 0 for b in jax.tree.leaves({k: v["b"] for k, v in
                                                                         adapters["layers"].items()}))
@@ -180,7 +181,11 @@ def test_smollm2_persona_lora_changes_the_answer_and_still_stops_at_im_end(tmp_p
     from intern_jax.sharding import make_mesh
 
     F.finetune(cfg, tmp_path / "run", mesh=make_mesh({"fsdp": 1}, devices=jax.devices()[:1]))  # the demo's 1 device
-    (row,) = F.compare_answers(tmp_path / "run", ["Who are you?"])
+    import runpy
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "finetune.py"
+    compare_answers = runpy.run_path(str(script))["compare_answers"]
+    (row,) = compare_answers(tmp_path / "run", ["Who are you?"])
     assert "Quill" in row["tuned"] and "Quill" not in row["base"]
     assert row["tuned_stopped"]  # ended on <|im_end|>, not the token limit
 

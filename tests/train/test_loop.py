@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from intern_jax.checkpoint import convert_checkpoint, detect_format, load_model
+from intern_jax.checkpoint.run import DAMAGED_DIR, Checkpointer
 from intern_jax.config import ConfigError
 from intern_jax.data.pipeline import DataConfig, make_pretrain_iterator, write_token_corpus
 from intern_jax.model import internlm2
 from intern_jax.sharding import make_mesh
 from intern_jax.testing import random_params, reference_lm_loss_sums, tiny_config
-from intern_jax.train.checkpointing import DAMAGED_DIR, Checkpointer
 from intern_jax.train.config import (
     CheckpointConfig,
     EvalConfig,
@@ -164,7 +164,7 @@ def test_pipeline_iterator_batches_follow_the_train_config(tmp_path):
 
 
 def test_resuming_with_a_changed_model_is_an_error_and_moves_nothing(tmp_path, seed):
-    from intern_jax.train.checkpointing import CheckpointMismatch
+    from intern_jax.checkpoint.run import CheckpointMismatch
 
     cfg = _cfg(data_seed=seed, steps=2, save_every=2)
     _train(cfg, tmp_path / "run")

@@ -1,29 +1,26 @@
 """Model-based quality: perplexity of each document under a model of this project.
 
 Any checkpoint ``load_model`` accepts (the embedded SmolLM2 GGUF, a native checkpoint, a
-pretraining run) scores each document's first ``max_tokens`` tokens, in batches of documents
-of similar length padded to a power of two, so a CPU can score a small corpus. Per source,
+pretraining run) scores each document's first ``max_tokens`` tokens with the project's one scorer,
+``Decoder.score`` (documents of similar length share a batch padded to a power of two), so a CPU
+can score a small corpus. Per source,
 the ``keep_fraction`` with the lowest perplexity is kept (code and prose have different
 scales, so they are ranked apart). It does not train or fine-tune a quality classifier.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Iterable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from intern_jax.checkpoint import load_model
 from intern_jax.data.processing.config import QualityConfig
 from intern_jax.data.processing.documents import Document, StageStats
-from intern_jax.model import internlm2
-
-MIN_BUCKET = 16  # shortest padded length; longer batches pad to the next power of two
+from intern_jax.inference import Decoder
 
 
 def prefix_ids(tokenizer, text: str, max_tokens: int) -> list[int]:
@@ -39,25 +36,6 @@ def prefix_ids(tokenizer, text: str, max_tokens: int) -> list[int]:
         chars *= 2
 
 
-def padded_length(n: int, max_tokens: int) -> int:
-    """Power of two >= n (at least MIN_BUCKET), capped at max_tokens: few shapes to compile."""
-    return min(max_tokens, max(MIN_BUCKET, 1 << max(n - 1, 0).bit_length()))
-
-
-@functools.partial(jax.jit, static_argnames="cfg")
-def token_nll(params, tokens, segment_ids, cfg):
-    """Summed next-token negative log-likelihood and predicted-token count per row.
-
-    tokens, segment_ids: [B, T] int32 (segment 0 = padding) -> ([B] float32, [B] float32)."""
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    logits, _ = internlm2.forward(params, {"tokens": tokens, "positions": positions, "segment_ids": segment_ids}, cfg)
-    logits = logits[:, :-1].astype(jnp.float32)  # [B, T-1, V]: predicts tokens[:, 1:]
-    target = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
-    nll = jax.nn.logsumexp(logits, axis=-1) - target
-    mask = segment_ids[:, 1:] > 0
-    return jnp.where(mask, nll, 0.0).sum(-1), mask.sum(-1).astype(jnp.float32)
-
-
 def perplexities(texts: list[str], model, cfg: QualityConfig, progress: bool = False) -> list[float]:
     """exp(mean next-token NLL) over each text's first ``cfg.max_tokens`` tokens, in input order;
     ``inf`` for a text too short to predict anything. ``model`` is a ``LoadedModel``."""
@@ -70,19 +48,16 @@ def perplexities(texts: list[str], model, cfg: QualityConfig, progress: bool = F
             f"the quality model's tokenizer produced id {too_big}, but the model has only {mcfg.vocab_size} "
             "embeddings; give a checkpoint whose tokenizer matches its model"
         )
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
+    decoder = Decoder.from_model(model)
     out = [math.inf] * len(texts)
     bar = tqdm(total=len(texts), desc="perplexity", unit="doc", disable=not progress)
-    for start in range(0, len(order), cfg.batch_size):
-        rows = order[start : start + cfg.batch_size]
-        t = padded_length(max(len(ids[i]) for i in rows), cfg.max_tokens)
-        tokens = np.zeros((cfg.batch_size, t), np.int32)  # a full batch every time: one shape per length
-        segments = np.zeros((cfg.batch_size, t), np.int32)
-        for r, i in enumerate(rows):
-            tokens[r, : len(ids[i])], segments[r, : len(ids[i])] = ids[i], 1
-        total, count = jax.device_get(token_nll(model.params, tokens, segments, mcfg))
-        for r, i in enumerate(rows):
-            out[i] = math.exp(total[r] / count[r]) if count[r] > 0 else math.inf
+    scorable = sorted((i for i in range(len(ids)) if len(ids[i]) >= 2), key=lambda i: len(ids[i]))
+    bar.update(len(texts) - len(scorable))  # nothing to predict: inf
+    for start in range(0, len(scorable), cfg.batch_size):  # similar lengths share a batch
+        rows = scorable[start : start + cfg.batch_size]
+        scored = decoder.score([ids[i] for i in rows], [1] * len(rows))  # log p of every token after the first
+        for i, (logprobs, _) in zip(rows, scored, strict=True):
+            out[i] = math.exp(-float(np.mean(logprobs, dtype=np.float64)))
         bar.update(len(rows))
     bar.close()
     return out
@@ -100,8 +75,6 @@ def keep_lowest(scores: list[float], sources: list[str], keep_fraction: float) -
 
 def load_quality_model(path: str, progress: bool = False):
     """``load_model(path)`` with a clear error when it is missing or carries no tokenizer."""
-    from intern_jax.checkpoint import load_model  # noqa: PLC0415
-
     try:
         model = load_model(path, progress=progress)
     except FileNotFoundError as e:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from intern_jax.data.processing import dedup, filters, language, normalise, pii, readers, shards
+from intern_jax.data.processing import beam_runner, dedup, filters, language, normalise, pii, readers, shards
 from intern_jax.data.processing.config import ProcessingConfig
 from intern_jax.data.processing.documents import Document, StageStats, merge_stats
 
@@ -248,9 +248,7 @@ def clean_corpus(inputs, output, cfg: ProcessingConfig, progress: bool = True) -
     shards.write_json_atomic(work / "shards.json", {
         "shards": [dataclasses.asdict(s) for s in shard_list], "listing": read_listing.to_dict()})
     if cfg.runner == "beam":
-        from intern_jax.data.processing import beam_runner  # noqa: PLC0415
-
-        beam_runner.run_clean(shard_list, work, cfg)
+        beam_runner.run_shards(clean_shard, shard_list, (work, cfg), "clean")
     else:
         run_tasks(clean_shard, shard_list, (work, cfg), min(num_workers(cfg), len(shard_list)), "clean", progress)
     global_pass(work, shard_list, cfg, progress)
@@ -320,9 +318,7 @@ def write_token_shards(output, cfg: ProcessingConfig, tokenizer_path: str | None
     vocab_size = _load_tokenizer(tokenizer_path).vocab_size
     shard_list = load_shard_list(output)
     if cfg.runner == "beam":
-        from intern_jax.data.processing import beam_runner  # noqa: PLC0415
-
-        beam_runner.run_tokenise(shard_list, work, cfg, tokenizer_path)
+        beam_runner.run_shards(tokenise_shard, shard_list, (work, cfg, tokenizer_path), "tokenise")
     else:
         run_tasks(tokenise_shard, shard_list, (work, cfg, tokenizer_path),
                   min(num_workers(cfg), len(shard_list)), "tokenise", progress)

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from intern_jax.config import check_fields
 from intern_jax.model import layers
 
 # Leaves an adapter can sit on, and how many axes (after ``layers``) are the matmul's input:
@@ -39,8 +40,6 @@ class LoraConfig:
     targets: str = r"layers/(wqkv|wo|w1|w2|w3)"
 
     def __post_init__(self):
-        from intern_jax.config import check_fields  # noqa: PLC0415
-
         check_fields(self, "lora.")
         if self.rank < 1:
             raise ValueError(f"lora rank must be >= 1, got {self.rank}")

@@ -7,8 +7,8 @@ import pytest
 from scipy.stats import norm
 
 from intern_jax.model import internlm2
+from intern_jax.model import qlora as Q
 from intern_jax.testing import assert_close, fast_jit, random_params, tiny_config
-from intern_jax.train import qlora as Q
 
 
 def test_nf4_codebook_is_the_qlora_normal_quantile_construction():

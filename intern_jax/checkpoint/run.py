@@ -1,4 +1,4 @@
-"""Run directories and training checkpoints (orbax CheckpointManager, async, keep-last/keep-every).
+"""The run directory format: what training writes and what ``load_model`` reads back.
 
 A run directory::
 
@@ -7,10 +7,12 @@ A run directory::
                               rng, counters), data (the input iterator's state, per process)
     metrics.jsonl, tensorboard/
 
+``Checkpointer`` saves and restores steps (orbax CheckpointManager, async, keep-last/keep-every).
 Restoring takes target shardings from the caller, so a checkpoint written on one mesh
 restores onto another. A step that fails to restore (damaged file) is moved to
-``checkpoints_damaged/`` with a warning and the previous one is used. ``load_run`` is the
-one reader that ``load_model`` uses for run directories; it does not know about adapters.
+``checkpoints_damaged/`` with a warning and the previous one is used. ``load_run`` reads a
+full-model run; ``load_adapter_run`` rebuilds an adapter run's base and merges its LoRA
+adapters into it (as PEFT merges). Nothing here trains.
 """
 
 from __future__ import annotations
@@ -25,25 +27,43 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from intern_jax.config import ModelConfig, model_config_from_dict
-from intern_jax.train.config import CheckpointConfig, TrainConfig, train_config_to_dict
+from intern_jax.checkpoint.loaded import LoadedModel, place_params
+from intern_jax.checkpoint.native import damage_reason
+from intern_jax.config import ConfigError, ModelConfig, check_fields, model_config_from_dict
+from intern_jax.model import internlm2
+from intern_jax.model import lora as L
+from intern_jax.tokenizer import load_tokenizer
 
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"
 RUN_FORMAT = "intern-jax-run"
+ADAPTER_KIND = "lora"  # run.json "trainable" of adapter runs
 
 log = logging.getLogger(__name__)
 
 
-def is_run_dir(path) -> bool:
-    return (Path(path) / RUN_FILE).is_file()
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Save every ``save_every`` steps (0: only at the end); keep the last ``keep_last`` and
+    every step divisible by ``keep_every`` (0: none kept beyond the last ones)."""
+
+    save_every: int = 1000
+    keep_last: int = 3
+    keep_every: int = 0
+    async_save: bool = True
+
+    def __post_init__(self):
+        check_fields(self, "checkpoint.")
+        if self.save_every < 0 or self.keep_every < 0 or self.keep_last < 1:
+            raise ConfigError("checkpoint.save_every and keep_every must be >= 0, keep_last >= 1")
 
 
-def write_run_json(run_dir, model_cfg: ModelConfig, train_cfg: TrainConfig | None, tokenizer_path=None,
+def write_run_json(run_dir, model_cfg: ModelConfig, train_config: dict | None, tokenizer_path=None,
                    *, trainable: str = "model", extra: dict | None = None) -> Path:
-    """Describe the run for readers (convert.py, chat.py): ``trainable="model"`` means the
-    checkpoints' ``params`` item is the full model params tree."""
+    """Describe the run for readers (convert.py, chat.py): ``train_config`` is the train config as a
+    JSON-ready dict; ``trainable="model"`` means the checkpoints' ``params`` item is the full model
+    params tree."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
@@ -51,7 +71,7 @@ def write_run_json(run_dir, model_cfg: ModelConfig, train_cfg: TrainConfig | Non
         "trainable": trainable,
         "model_config": dataclasses.asdict(model_cfg),
         "tokenizer": _relative_to(tokenizer_path, run_dir) if tokenizer_path else None,
-        "train_config": train_config_to_dict(train_cfg) if train_cfg is not None else None,
+        "train_config": train_config,
         **(extra or {}),
     }
     path = run_dir / RUN_FILE
@@ -113,7 +133,8 @@ def _ocp():
 
 
 class CheckpointMismatch(ValueError):
-    """A readable checkpoint that does not fit the current config (not damage: nothing is moved)."""
+    """A readable checkpoint that does not fit the current config (not damage: nothing is moved).
+    Other readers subclass it for their own part of a checkpoint (the data pipeline's iterator state)."""
 
 
 class Checkpointer:
@@ -153,7 +174,7 @@ class Checkpointer:
         rest = {k: v for k, v in state.items() if k != "params"}
         items = {"params": ocp.args.StandardSave(params), "train_state": ocp.args.StandardSave(rest)}
         if data_iterator is not None:
-            items["data"] = _data_save_args(data_iterator)
+            items["data"] = data_save_args(data_iterator)
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore_latest(self, abstract_state: dict, data_iterator=None):
@@ -165,11 +186,9 @@ class Checkpointer:
             try:
                 self._check_shapes(step, abstract_state)
                 return step, self.restore(step, abstract_state, data_iterator)
-            except CheckpointMismatch:
+            except CheckpointMismatch:  # a setting to fix, e.g. the data pipeline's IteratorStateMismatch
                 raise
             except Exception as e:  # noqa: BLE001  (any other failure to read means: damaged)
-                if type(e).__name__ == "IteratorStateMismatch":  # a setting to fix (intern_jax.data.pipeline)
-                    raise
                 self._quarantine(step, e)
         return None
 
@@ -196,7 +215,7 @@ class Checkpointer:
             "train_state": ocp.args.StandardRestore(rest),
         }
         if data_iterator is not None:
-            items["data"] = _data_restore_args(data_iterator)
+            items["data"] = data_restore_args(data_iterator)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         state = {"params": restored["params"], **restored["train_state"]}
         _check_finite_params(state["params"], step)
@@ -208,8 +227,6 @@ class Checkpointer:
         try:
             restored = self._manager.restore(step, args=args)
         except Exception as e:  # noqa: BLE001  (tensorstore and orbax report damaged files with many types)
-            from intern_jax.checkpoint.native import damage_reason  # noqa: PLC0415
-
             raise ValueError(f"checkpoint step {step} in {self.directory} cannot be read ({damage_reason(e)}); it is "
                              "damaged: rerun the training command (it moves damaged steps aside and resumes from "
                              "the previous one)") from e
@@ -250,13 +267,15 @@ def _check_finite_params(params, step: int) -> None:
         raise ValueError(f"checkpoint step {step} holds non-finite parameters")
 
 
-def _data_save_args(iterator):
-    from grain.checkpoint import CheckpointSave  # noqa: PLC0415
+def data_save_args(iterator):
+    """orbax ``args`` that save a grain iterator's state: ``ocp.args.Composite(..., data=data_save_args(it))``."""
+    from grain.checkpoint import CheckpointSave  # noqa: PLC0415  (grain: only for runs that save an iterator)
 
     return CheckpointSave(iterator)
 
 
-def _data_restore_args(iterator):
+def data_restore_args(iterator):
+    """orbax ``args`` that restore the state into ``iterator`` (a freshly made one with the same config)."""
     from grain.checkpoint import CheckpointRestore  # noqa: PLC0415
 
     return CheckpointRestore(iterator)
@@ -266,9 +285,6 @@ def load_run(run_dir, *, dtype=None, mesh=None, step: int | None = None):
     """``LoadedModel(config, params, tokenizer)`` from a pretraining run: the params of the
     latest (or given) checkpoint, placed with the model's shardings on ``mesh`` (default:
     the first device) and cast to ``dtype`` if given."""
-    from intern_jax.checkpoint import LoadedModel  # noqa: PLC0415
-    from intern_jax.model import internlm2  # noqa: PLC0415
-
     run_dir = Path(run_dir).absolute()
     record = read_run_json(run_dir)
     if record.get("trainable", "model") != "model":
@@ -307,10 +323,56 @@ def load_run(run_dir, *, dtype=None, mesh=None, step: int | None = None):
         cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
     tokenizer = None
     if (tokenizer_path := run_tokenizer_path(run_dir, record)) is not None:
-        from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
-
         if not tokenizer_path.exists():
             raise FileNotFoundError(f"the tokenizer of run {run_dir}, {tokenizer_path}, does not exist; put it back "
                                     f"or copy it to {run_dir / 'tokenizer'}")
         tokenizer = load_tokenizer(tokenizer_path)
     return LoadedModel(cfg, params, tokenizer)
+
+
+def load_adapters(run_dir, step: int | None = None):
+    """(run.json record, LoadedModel of the base, LoraConfig, adapters) of an adapter run."""
+    run_dir = Path(run_dir).absolute()
+    record = read_run_json(run_dir)
+    if record.get("trainable") != ADAPTER_KIND:
+        raise ValueError(f"{run_dir} is not an adapter run (trainable={record.get('trainable')!r})")
+    base_path = Path(record["base_model"])
+    if not base_path.exists():
+        raise FileNotFoundError(f"{run_dir}: its base model {base_path} (run.json base_model) no longer exists")
+    from intern_jax.checkpoint import load_model  # noqa: PLC0415  (load_model reads run directories with this module)
+
+    base = load_model(base_path, dtype=record.get("finetune", {}).get("base_dtype"))
+    lora = L.LoraConfig(**record["lora"])
+    abstract = L.abstract_lora(base.params, lora)
+    ckpt = Checkpointer(run_dir, CheckpointConfig(async_save=False), read_only=True)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{run_dir} holds no finished checkpoint yet")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise ValueError(f"{run_dir} has no checkpoint for step {step}; steps: {steps}")
+        single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=single), abstract)
+        adapters = ckpt.restore_params(step, target)
+    finally:
+        ckpt.close()
+    tokenizer = base.tokenizer
+    tokenizer_path = run_tokenizer_path(run_dir, record)
+    if tokenizer_path is not None and tokenizer_path.exists():
+        tokenizer = load_tokenizer(tokenizer_path)
+    return record, base._replace(tokenizer=tokenizer), lora, adapters
+
+
+def load_adapter_run(run_dir, *, dtype=None, mesh=None, step: int | None = None):
+    """``LoadedModel`` of an adapter run with the adapters merged into the base (``load_model`` uses this)."""
+    _, base, lora, adapters = load_adapters(run_dir, step)
+    params = jax.jit(lambda p, a: L.merge_lora(L.apply_lora(p, a, lora)))(base.params, adapters)
+    cfg = base.config
+    if dtype is not None:
+        name = jnp.dtype(dtype).name
+        params = jax.tree.map(lambda x: x.astype(name), params)
+        cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
+    if mesh is not None:
+        params = place_params(jax.device_get(params), cfg, mesh)
+    return base._replace(config=cfg, params=params)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from intern_jax.model import internlm2
+from intern_jax.model import lora as L
+from intern_jax.model import qlora as Q
 from intern_jax.testing import assert_close, fast_jit, random_params, tiny_config
-from intern_jax.train import lora as L
-from intern_jax.train import qlora as Q
 
 CFG = tiny_config(attention_bias=True, num_layers=2)
 LORA = L.LoraConfig(rank=4, alpha=8.0)
