@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
-
-from intern_jax import cli  # noqa: E402  (light: no jax)
+from intern_jax import cli  # light: no jax
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,9 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from intern_jax import cli  # noqa: E402  (light: no jax)
+from intern_jax import cli  # light: no jax
 
 
 def build_parser() -> argparse.ArgumentParser:

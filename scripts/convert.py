@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if __package__ in (None, "") and str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
-
-from intern_jax import cli  # noqa: E402  (light: no jax)
+from intern_jax import cli  # light: no jax
 
 # Kept in step with intern_jax.checkpoint.CONVERT_TARGETS (listed here so --help needs no jax import).
 TARGETS = {

@@ -24,10 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from intern_jax import cli  # light: no jax
 
-from intern_jax import cli  # noqa: E402  (light: no jax)
+ROOT = Path(__file__).resolve().parents[1]
 
 STAGES = ("corpus", "pretrain", "finetune", "chat")
 

@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from intern_jax import cli  # noqa: E402  (light: no jax)
+from intern_jax import cli  # light: no jax
 
 
 @cli.entry("generate.py")

@@ -137,8 +137,6 @@ def main(argv=None) -> int:
     parser.add_argument("--pymupdf4llm", action="store_true", help="add pymupdf4llm's layout model to the PDF row")
     parser.add_argument("--only", choices=("pdf",), help="run only the PDF row")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.only == "pdf":
         print_pdf(measure_pdf(Path(tempfile.mkdtemp(prefix="bench_pdf_")), args.pdf, args.pymupdf4llm))
         return 0

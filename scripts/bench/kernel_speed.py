@@ -24,10 +24,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-# this file is itself named kernels.py: its directory, first on sys.path, would shadow the kernels package
-sys.path.remove(str(Path(__file__).resolve().parent))
-
-from kernels import (  # noqa: E402
+from kernels import (
     attention_reference,
     flash_attention,
     paged_decode_attention,

@@ -20,12 +20,8 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from machine import cpu_name  # noqa: E402
+from machine import cpu_name  # this directory: run as a script
 
 
 def main(argv=None) -> int:
