@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import functools
 import math
+import os
 import runpy
 import typing
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ def check_fields(cfg, prefix: str = "", *, recursive: bool = False) -> None:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         elif hint is bool and not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
-        elif hint is str and not isinstance(value, str):
+        elif hint is str and not isinstance(value, (str, os.PathLike)):
             raise ConfigError(f"{key} must be a string, got {value!r}")
 
 
