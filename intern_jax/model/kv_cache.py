@@ -82,9 +82,32 @@ def _on_gpu() -> bool:
     return jax.default_backend() == "gpu"
 
 
+def _empty(shape, dtype, int8: bool):
+    """Zeroed keys and values ``(k, v, k_scales, v_scales)``: int8 with unit scales ``shape[:-1]``, or ``dtype``."""
+    store = jnp.int8 if int8 else jnp.dtype(dtype)
+    scales = (lambda: jnp.ones(shape[:-1], jnp.float32)) if int8 else (lambda: None)
+    return jnp.zeros(shape, store), jnp.zeros(shape, store), scales(), scales()
+
+
+class _Common:
+    """What both layouts share: rows counted by ``lengths``, int8 when scales are stored."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def int8(self) -> bool:
+        return self.k_scales is not None
+
+    def with_lengths(self, lengths):
+        """The same cache with ``lengths [B]`` replaced: a shorter length forgets the later tokens."""
+        return dataclasses.replace(self, lengths=jnp.asarray(lengths, jnp.int32))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class DenseKV:
+class DenseKV(_Common):
     """Keys and values ``[L, B, capacity, K, D]`` (int8 with scales ``[L, B, capacity, K]``), ``lengths [B]``."""
 
     k: jax.Array
@@ -96,26 +119,11 @@ class DenseKV:
     @classmethod
     def init(cls, cfg: ModelConfig, batch_size: int, capacity: int, *, dtype=None, int8: bool = False) -> DenseKV:
         shape = (cfg.num_layers, batch_size, capacity, cfg.num_kv_heads, cfg.head_dim)
-        store = jnp.int8 if int8 else jnp.dtype(dtype or cfg.dtype)
-        scales = (lambda: jnp.ones(shape[:-1], jnp.float32)) if int8 else (lambda: None)
-        return cls(jnp.zeros(shape, store), jnp.zeros(shape, store), scales(), scales(),
-                   jnp.zeros((batch_size,), jnp.int32))
-
-    @property
-    def batch_size(self) -> int:
-        return self.lengths.shape[0]
+        return cls(*_empty(shape, dtype or cfg.dtype, int8), jnp.zeros((batch_size,), jnp.int32))
 
     @property
     def capacity(self) -> int:
         return self.k.shape[2]
-
-    @property
-    def int8(self) -> bool:
-        return self.k_scales is not None
-
-    def with_lengths(self, lengths) -> DenseKV:
-        """The same cache with ``lengths [B]`` replaced: a shorter length forgets the later tokens."""
-        return dataclasses.replace(self, lengths=jnp.asarray(lengths, jnp.int32))
 
     def rows(self, index) -> DenseKV:
         """The rows ``index [n]`` as a cache of their own (a copy; out-of-range indices read the last row)."""
@@ -164,7 +172,7 @@ class DenseKV:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class PagedKV:
+class PagedKV(_Common):
     """Pages ``[L, K, num_pages, page_size, D]`` (int8 with scales ``[L, K, num_pages, page_size]``),
     ``block_tables [B, pages_per_seq]`` (page ids; entries past a sequence's pages may hold anything)
     and ``lengths [B]``."""
@@ -180,10 +188,8 @@ class PagedKV:
     def init(cls, cfg: ModelConfig, num_pages: int, page_size: int, batch_size: int, pages_per_seq: int, *,
              dtype=None, int8: bool = False) -> PagedKV:
         shape = (cfg.num_layers, cfg.num_kv_heads, num_pages, page_size, cfg.head_dim)
-        store = jnp.int8 if int8 else jnp.dtype(dtype or cfg.dtype)
-        scales = (lambda: jnp.ones(shape[:-1], jnp.float32)) if int8 else (lambda: None)
-        return cls(jnp.zeros(shape, store), jnp.zeros(shape, store), scales(), scales(),
-                   jnp.zeros((batch_size, pages_per_seq), jnp.int32), jnp.zeros((batch_size,), jnp.int32))
+        return cls(*_empty(shape, dtype or cfg.dtype, int8), jnp.zeros((batch_size, pages_per_seq), jnp.int32),
+                   jnp.zeros((batch_size,), jnp.int32))
 
     @staticmethod
     def bytes_per_page(cfg: ModelConfig, page_size: int, *, dtype=None, int8: bool = False) -> int:
@@ -192,10 +198,6 @@ class PagedKV:
         if int8:
             return page_size * per_token * (cfg.head_dim + 4)
         return page_size * per_token * cfg.head_dim * jnp.dtype(dtype or cfg.dtype).itemsize
-
-    @property
-    def batch_size(self) -> int:
-        return self.lengths.shape[0]
 
     @property
     def page_size(self) -> int:
@@ -209,13 +211,6 @@ class PagedKV:
     def capacity(self) -> int:
         """Slots one sequence can address: ``pages_per_seq * page_size``."""
         return self.block_tables.shape[1] * self.page_size
-
-    @property
-    def int8(self) -> bool:
-        return self.k_scales is not None
-
-    def with_lengths(self, lengths) -> PagedKV:
-        return dataclasses.replace(self, lengths=jnp.asarray(lengths, jnp.int32))
 
     def with_block_tables(self, block_tables) -> PagedKV:
         return dataclasses.replace(self, block_tables=jnp.asarray(block_tables, jnp.int32))
