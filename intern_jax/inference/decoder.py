@@ -35,6 +35,7 @@ from intern_jax.inference import sampling as smp
 from intern_jax.inference.sampling import NO_TOKEN, SamplingParams
 from intern_jax.model import internlm2
 from intern_jax.model.kv_cache import DenseKV, PagedKV
+from intern_jax.sharding import make_mesh
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -154,23 +155,31 @@ class Decoder:
     """Decoding for one model: prepared parameters and the compiled functions, shared by its batches.
 
     ``Decoder(params, config, tokenizer=None)``, or ``Decoder.from_model(load_model(path))``.
-    ``config`` stays the model's own; the decode layout is private.
+    ``config`` stays the model's own; the decode layout is private. ``tp=N`` shards the weights over
+    the first N devices with the logical-axis rules training uses (heads, kv heads, MLP and vocabulary
+    split over ``tensor``); the cache and every activation follow by sharding propagation.
     """
 
-    def __init__(self, params, config: ModelConfig, tokenizer=None):
+    def __init__(self, params, config: ModelConfig, tokenizer=None, *, tp: int = 1):
         self.config = config
         self.tokenizer = tokenizer
+        self.mesh = None
+        if tp > 1:
+            if tp > len(jax.devices()):
+                raise ValueError(f"tp={tp} needs {tp} devices; {len(jax.devices())} are visible")
+            self.mesh = make_mesh({"tensor": tp}, jax.devices()[:tp])
+            params = jax.device_put(params, internlm2.param_shardings(config, self.mesh))
         self.params, self._cfg = decode_layout(params, config)
         self._executables: dict = {}
         self._lock = threading.Lock()
         self.compile_seconds = 0.0
 
     @classmethod
-    def from_model(cls, model) -> Decoder:
+    def from_model(cls, model, *, tp: int = 1) -> Decoder:
         """A decoder for a loaded model (anything with ``params``, ``config`` and ``tokenizer``)."""
         if isinstance(model, Decoder):
             return model
-        return cls(model.params, model.config, getattr(model, "tokenizer", None))
+        return cls(model.params, model.config, getattr(model, "tokenizer", None), tp=tp)
 
     @property
     def num_executables(self) -> int:

@@ -182,6 +182,23 @@ def test_generate_reports_the_logprob_of_every_token(tiny, dec):
     assert all(x <= 0 for row in result.logprobs for x in row)
 
 
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tensor_parallel_decoding_gives_the_same_greedy_tokens(tiny, dec, tp):
+    cfg, params = tiny
+    sharded = Decoder(params, cfg, tp=tp)
+    assert len(sharded.params["layers"][0]["w1"].sharding.device_set) == tp  # the MLP really is split
+    sampling = SamplingParams(max_new_tokens=10)
+    assert generate(sharded, PROMPTS, sampling).tokens == generate(dec, PROMPTS, sampling).tokens
+    batch = sharded.new_batch(2, 32, paged=PagedLayout(num_pages=8, page_size=8, pages_per_slot=4))
+    first = batch.insert([0, 1], PROMPTS[:2], [sampling] * 2)
+    tokens = [[int(t)] for t in first.tokens]
+    for _ in range(9):
+        out = batch.step()
+        for row in (0, 1):
+            tokens[row].append(int(out.tokens[row]))
+    assert tokens == generate(dec, PROMPTS[:2], sampling).tokens
+
+
 def test_one_decoder_serves_threads_at_once(tiny, dec):
     sampling = SamplingParams(max_new_tokens=8)
     want = [generate(dec, [p], sampling).tokens[0] for p in PROMPTS]
