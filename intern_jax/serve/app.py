@@ -66,6 +66,11 @@ def create_app(engine: Engine, served_model_name: str, api_keys: Sequence[str] |
     async def api_error(request: Request, e: APIError):
         return e.response()
 
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception):
+        return APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error",
+                        code="internal_error").response()
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, e: RequestValidationError):
         return _validation_error(e.errors()).response()
@@ -185,22 +190,17 @@ class _Server:
         return first, stream
 
     async def _increments(self, request_id: str, prompt, sampling, **options) -> AsyncIterator[Increment]:
-        finished = False
+        """The engine's increments for one request. Closing this early (the client went away) closes
+        ``engine.submit``, which aborts the request: its slot and pages are freed at the next step."""
         self.in_flight += 1
         try:
             async for inc in self.engine.submit(prompt, sampling, request_id=request_id, **options):
-                finished = inc.finished
                 if inc.finished:
                     self.prompt_tokens += inc.prompt_tokens
                     self.completion_tokens += inc.completion_tokens
                 yield inc
         finally:
             self.in_flight -= 1
-            if not finished:  # the client went away (or the request never started): free its slot and pages
-                try:
-                    self.engine.abort(request_id)
-                except KeyError:
-                    pass
 
     # -- /v1/chat/completions ------------------------------------------------------------------
 
@@ -300,15 +300,15 @@ class _Server:
                 self._check_prompt(p)
             runs = [None] * len(ids)
         else:
-            runs = []
-            try:
-                for i, p in enumerate(ids):
-                    runs.append(await self._open(f"{rid}-{i}", p, sampling, {"top_logprobs": "logprobs"},
-                                                 top_logprobs=top, ignore_eos=body.ignore_eos))
-            except BaseException:
+            opened = await asyncio.gather(*[
+                self._open(f"{rid}-{i}", p, sampling, {"top_logprobs": "logprobs"}, top_logprobs=top,
+                           ignore_eos=body.ignore_eos) for i, p in enumerate(ids)], return_exceptions=True)
+            runs = [r for r in opened if not isinstance(r, BaseException)]
+            failed = [r for r in opened if isinstance(r, BaseException)]
+            if failed:
                 for _, stream in runs:
                     await stream.aclose()
-                raise
+                raise failed[0]
         scores = await self._score(ids) if body.echo and body.logprobs is not None else [None] * len(ids)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)

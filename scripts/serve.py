@@ -1,0 +1,89 @@
+"""Serve a model over an OpenAI-compatible HTTP API (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``).
+
+    python scripts/serve.py --model PATH [--host 127.0.0.1] [--port 23333] [--served-model-name NAME]
+        [--api-key KEY | --api-keys FILE] [--max-batch-size N] [--block-size N] [--num-blocks N]
+        [--max-num-tokens N] [--max-model-len N] [--[no-]enable-prefix-caching] [--kv-int8] [--max-queue N]
+
+Every request is scheduled by the serving engine (continuous batching over a paged KV cache). Point any
+OpenAI client at ``http://HOST:PORT/v1``. ``GET /health``, ``GET /stats`` (JSON), ``GET /metrics``
+(Prometheus text) and ``/docs`` are served too. Binds to loopback unless ``--host`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from intern_jax import cli  # light: no jax
+
+
+def _api_keys(args) -> list[str]:
+    keys = [args.api_key] if args.api_key else []
+    if args.api_keys:
+        lines = Path(args.api_keys).read_text(encoding="utf-8").splitlines()
+        keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not keys:
+            raise ValueError(f"--api-keys {args.api_keys} holds no key; write one key per line")
+    return keys
+
+
+@cli.entry("serve.py")
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="checkpoint: GGUF file, HF directory or native checkpoint")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    ap.add_argument("--port", type=int, default=23333)
+    ap.add_argument("--served-model-name", help="the model name clients send (default: the --model file's stem)")
+    keys = ap.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
+    keys.add_argument("--api-keys", metavar="FILE", help="like --api-key, one key per line of FILE")
+    engine = ap.add_argument_group("engine")
+    engine.add_argument("--max-batch-size", type=int, default=64, help="sequences decoded together")
+    engine.add_argument("--max-num-tokens", type=int, default=512, help="tokens per step (decode + prefill chunks)")
+    engine.add_argument("--block-size", type=int, default=64, help="tokens per KV page")
+    engine.add_argument("--num-blocks", type=int, default=0, help="KV pages (0: a quarter context per sequence)")
+    engine.add_argument("--max-model-len", type=int, default=0, help="context per request (0: the model's)")
+    engine.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                        help="reuse the KV pages of shared prompt prefixes")
+    engine.add_argument("--kv-int8", action="store_true", help="int8 KV cache")
+    engine.add_argument("--max-top-logprobs", type=int, default=5, help="most top_logprobs a request may ask for")
+    ap.add_argument("--max-queue", type=int, default=256,
+                    help="requests that may wait beyond the running batch; more get 429")
+    ap.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    cli.add_debug_flag(ap)
+    args = ap.parse_args(argv)
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+    if args.max_queue < 0:
+        raise ValueError(f"--max-queue must be >= 0, got {args.max_queue}")
+    api_keys = _api_keys(args)
+
+    import uvicorn
+
+    from intern_jax.checkpoint import load_model
+    from intern_jax.serve import Engine, EngineConfig
+    from intern_jax.serve.app import create_app
+
+    try:
+        config = EngineConfig(max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
+                              block_size=args.block_size, num_blocks=args.num_blocks,
+                              max_model_len=args.max_model_len, enable_prefix_caching=args.enable_prefix_caching,
+                              kv_int8=args.kv_int8, num_top_logprobs=args.max_top_logprobs)
+    except ValueError as e:  # "EngineConfig.max_batch_size must be ..." -> "--max-batch-size must be ..."
+        field = str(e).split()[0].removeprefix("EngineConfig.")
+        flag = "--max-top-logprobs" if field == "num_top_logprobs" else "--" + field.replace("_", "-")
+        raise ValueError(f"{flag} {str(e).split(' ', 1)[1]}") from None
+    model = load_model(args.model)
+    if model.tokenizer is None:
+        raise ValueError(f"--model {args.model} carries no tokenizer; the server needs one (a GGUF file or a "
+                         "checkpoint directory with tokenizer.json / tokenizer.model)")
+    name = args.served_model_name or Path(args.model).stem
+    app = create_app(Engine(model, config), name, api_keys=api_keys, max_queue=args.max_queue)
+    print(f"serve.py: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
