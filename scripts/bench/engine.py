@@ -27,13 +27,9 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from scripts.bench.machine import cpu_name  # noqa: E402
+from machine import cpu_name  # this directory: run as a script
 
 
 def workload(tok, n: int, seed: int, max_output: int) -> list[tuple[list[int], int]]:
