@@ -1,0 +1,10 @@
+"""Multiple-choice arithmetic (smoke set, 30 items): log-likelihood of each option, acc / acc_norm, CircularEval."""
+
+from intern_jax.eval.config import DatasetConfig, InferConfig, PromptConfig, ReaderConfig
+
+config = DatasetConfig(
+    name="arith_mc",
+    reader=ReaderConfig(path="data/arith_mc.jsonl", options="choices", answer="answer"),
+    prompt=PromptConfig(template="Question: {question}\nAnswer:", continuation=" {option}"),
+    infer=InferConfig(mode="ll", circular=True),
+)

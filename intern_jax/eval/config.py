@@ -1,0 +1,195 @@
+"""Typed, frozen dataset configs for evaluation (OpenCompass's reader / prompt / retriever / inferencer /
+post-processor / evaluator split), and loading them from ``configs/eval/*.py``.
+
+A config file binds ``config = DatasetConfig(...)``; its reader's relative ``path`` is taken from the
+file's directory. ``DatasetConfig.version`` is a short hash of everything that shapes the prompts and
+the scoring (not the data path nor the name), printed in the summary so numbers stay comparable.
+This module reads no data and runs no model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from intern_jax.config import ConfigError, check_fields, load_config
+
+INFERENCERS = ("ppl", "ll", "gen")
+POSTPROCESSORS = ("none", "strip", "option_letter", "last_number", "regex")
+METRICS = ("accuracy", "exact_match", "numeric_match")
+FEWSHOT_MODES = ("zero", "fixed", "random")
+FORMATS = ("jsonl", "csv")
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """Where the items are and which of their fields mean what.
+
+    ``fields`` maps the names the prompt uses to the file's columns (``{"question": "q"}``); unmapped
+    names are read as they are. ``options``: the column holding the options (a list), or, for CSV, a
+    tuple of columns (``("A", "B", "C", "D")``). ``answer``: the reference column (an option index, an
+    option letter, or the answer text for generation tasks).
+    """
+
+    path: str
+    format: str = "jsonl"
+    fields: dict = field(default_factory=dict)
+    options: str | tuple[str, ...] = ""
+    answer: str = "answer"
+
+    def __post_init__(self):
+        check_fields(self, "reader.")
+        if self.format not in FORMATS:
+            raise ConfigError(f"reader.format={self.format!r}; use one of {', '.join(FORMATS)}")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """``template``: the question, ``str.format``-ed with the item's fields plus ``{options}`` (lines
+    ``A. ...``) and ``{A}``, ``{B}``, ...; ``continuation``: what follows it, with ``{option}`` (the
+    option's text), ``{label}`` (its letter) or ``{answer}`` (the reference, for few-shot examples of
+    generation tasks). ``chat``: send the filled template as a user message (generation only)."""
+
+    template: str
+    continuation: str = " {option}"
+    chat: bool = False
+    system: str = ""
+    fewshot_separator: str = "\n\n"
+
+    def __post_init__(self):
+        check_fields(self, "prompt.")
+
+
+@dataclass(frozen=True)
+class FewShotConfig:
+    """``zero``; ``fixed``: the items at ``indices`` of ``path`` (default: the dataset itself);
+    ``random``: ``k`` items drawn with ``seed`` (never the item being asked)."""
+
+    mode: str = "zero"
+    k: int = 0
+    seed: int = 0
+    indices: tuple[int, ...] = ()
+    path: str = ""
+
+    def __post_init__(self):
+        check_fields(self, "fewshot.")
+        if self.mode not in FEWSHOT_MODES:
+            raise ConfigError(f"fewshot.mode={self.mode!r}; use one of {', '.join(FEWSHOT_MODES)}")
+        if self.k < 0:
+            raise ConfigError(f"fewshot.k must be >= 0, got {self.k}")
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """``ppl``: the option whose filled template (question + continuation) has the lowest perplexity;
+    ``ll``: log-likelihood of each option's continuation given the question (acc and acc_norm);
+    ``gen``: generate up to ``max_tokens`` (greedy), ending at a ``stop`` string."""
+
+    mode: str = "ll"
+    max_tokens: int = 32
+    stop: tuple[str, ...] = ("\n\n",)
+    circular: bool = False  # multiple choice: also score every rotation of the options (CircularEval)
+
+    def __post_init__(self):
+        check_fields(self, "infer.")
+        if self.mode not in INFERENCERS:
+            raise ConfigError(f"infer.mode={self.mode!r}; use one of {', '.join(INFERENCERS)}")
+        if self.max_tokens < 1:
+            raise ConfigError(f"infer.max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """How generated text becomes a prediction: ``option_letter`` (first standalone A-Z letter among the
+    options), ``last_number``, ``regex`` (``pattern``'s first group, or the whole match), ``strip``, ``none``."""
+
+    kind: str = "strip"
+    pattern: str = ""
+
+    def __post_init__(self):
+        check_fields(self, "postprocess.")
+        if self.kind not in POSTPROCESSORS:
+            raise ConfigError(f"postprocess.kind={self.kind!r}; use one of {', '.join(POSTPROCESSORS)}")
+        if self.kind == "regex" and not self.pattern:
+            raise ConfigError("postprocess.kind='regex' needs postprocess.pattern")
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """``accuracy`` (multiple choice), ``exact_match`` (case and surrounding space ignored), ``numeric_match``
+    (equal within ``tolerance``)."""
+
+    metric: str = "accuracy"
+    tolerance: float = 1e-6
+
+    def __post_init__(self):
+        check_fields(self, "evaluator.")
+        if self.metric not in METRICS:
+            raise ConfigError(f"evaluator.metric={self.metric!r}; use one of {', '.join(METRICS)}")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    reader: ReaderConfig
+    prompt: PromptConfig
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+
+    def __post_init__(self):
+        check_fields(self)
+        multiple_choice = self.infer.mode in ("ppl", "ll")
+        if multiple_choice and not self.reader.options:
+            raise ConfigError(f"dataset {self.name}: infer.mode={self.infer.mode!r} scores options; "
+                              "set reader.options (the column holding them)")
+        if self.infer.circular and not self.reader.options:
+            raise ConfigError(f"dataset {self.name}: infer.circular needs multiple-choice options (reader.options)")
+
+    @property
+    def multiple_choice(self) -> bool:
+        return bool(self.reader.options)
+
+    @property
+    def version(self) -> str:
+        """A short hash of the prompt settings (prompt, few-shot, inferencer, post-processor, evaluator)."""
+        settings = {k: dataclasses.asdict(getattr(self, k))
+                    for k in ("prompt", "fewshot", "infer", "postprocess", "evaluator")}
+        settings["fewshot"].pop("path")
+        blob = json.dumps(settings, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:6]
+
+
+def load_dataset_config(path: str | Path, overrides=()) -> DatasetConfig:
+    """A ``DatasetConfig`` from a config file, its data paths made absolute from the file's directory."""
+    path = Path(path)
+    cfg = load_config(path, overrides)
+    if not isinstance(cfg, DatasetConfig):
+        raise ConfigError(f"config file {path} binds {type(cfg).__name__}, not an evaluation DatasetConfig")
+    base = path.resolve().parent
+    reader = dataclasses.replace(cfg.reader, path=str(base / cfg.reader.path))
+    fewshot = cfg.fewshot
+    if fewshot.path:
+        fewshot = dataclasses.replace(fewshot, path=str(base / fewshot.path))
+    return dataclasses.replace(cfg, reader=reader, fewshot=fewshot)
+
+
+def find_datasets(names: str | list[str], config_dir: str | Path) -> list[DatasetConfig]:
+    """Dataset configs by name (``configs/eval/<name>.py``); an unknown name lists the known ones."""
+    config_dir = Path(config_dir)
+    names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    known = sorted(p.stem for p in config_dir.glob("*.py") if not p.stem.startswith("_"))
+    out = []
+    for name in names:
+        if not name:
+            continue
+        if name not in known:
+            raise ValueError(f"unknown dataset {name!r}; known datasets (in {config_dir}): {', '.join(known)}")
+        out.append(load_dataset_config(config_dir / f"{name}.py"))
+    if not out:
+        raise ValueError(f"no dataset named; known datasets (in {config_dir}): {', '.join(known)}")
+    return out

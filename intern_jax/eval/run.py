@@ -1,0 +1,84 @@
+"""One evaluation run: every model on every dataset, predictions and results written as they finish.
+
+``OUT/predictions/<model>/<dataset>.jsonl`` (one record per item and rotation: prompt, prediction,
+reference, verdict), ``OUT/results/<model>/<dataset>.json`` (metrics, version, item count, seconds),
+``OUT/cache/<model>.jsonl`` (answers by request hash; read back with ``reuse``) and the summary.
+Models are loaded by the caller; this module only drives ``EvalModel`` requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+
+from intern_jax.eval import tasks
+from intern_jax.eval.config import DatasetConfig, FewShotConfig
+from intern_jax.eval.summary import write_summary
+
+
+def safe_name(name: str) -> str:
+    """A model or dataset name usable as a file name."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "model"
+
+
+def with_fewshot(cfg: DatasetConfig, num_fewshot: int | None) -> DatasetConfig:
+    """``--num-fewshot K``: K examples (drawn with the config's seed, or its fixed ones cut to K); 0: zero-shot."""
+    if num_fewshot is None:
+        return cfg
+    if num_fewshot < 0:
+        raise ValueError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    fs = cfg.fewshot
+    if num_fewshot == 0:
+        fs = FewShotConfig(path=fs.path)
+    elif fs.mode == "fixed" and fs.indices:
+        fs = dataclasses.replace(fs, indices=fs.indices[:num_fewshot], k=num_fewshot)
+    else:
+        fs = dataclasses.replace(fs, mode="random" if fs.mode == "zero" else fs.mode, k=num_fewshot)
+    return dataclasses.replace(cfg, fewshot=fs)
+
+
+def evaluate_dataset(model, cfg: DatasetConfig, limit: int | None = None) -> tuple[dict, list[dict]]:
+    """``(result, predictions)`` of one model on one dataset (its first ``limit`` items)."""
+    items = tasks.read_items(cfg.reader, cfg.multiple_choice)
+    pool = items  # few-shot examples come from the whole set, even with a limit
+    if cfg.fewshot.path:
+        pool = tasks.read_items(dataclasses.replace(cfg.reader, path=cfg.fewshot.path), cfg.multiple_choice)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}")
+        items = items[:limit]
+    t0 = time.perf_counter()
+    metrics, predictions = tasks.evaluate(model, cfg, items, pool, same_pool=not cfg.fewshot.path)
+    result = {"model": model.name, "dataset": cfg.name, "version": cfg.version, "mode": cfg.infer.mode,
+              "metrics": metrics, "num_items": len(items), "seconds": round(time.perf_counter() - t0, 3)}
+    return result, predictions
+
+
+def run(models: list, datasets: list[DatasetConfig], output: str | Path | None = None,
+        limit: int | None = None, num_fewshot: int | None = None, progress=None) -> list[dict]:
+    """Every model on every dataset; writes predictions, results and the summary under ``output``."""
+    results = []
+    for model in models:
+        for cfg in datasets:
+            cfg = with_fewshot(cfg, num_fewshot)
+            if progress:
+                progress(f"{model.name} / {cfg.name}")
+            result, predictions = evaluate_dataset(model, cfg, limit)
+            results.append(result)
+            if output is not None:
+                _write(Path(output), model.name, cfg.name, result, predictions)
+    if output is not None:
+        write_summary(output, results, [m.name for m in models])
+    return results
+
+
+def _write(output: Path, model: str, dataset: str, result: dict, predictions: list[dict]) -> None:
+    pred_path = output / "predictions" / safe_name(model) / f"{safe_name(dataset)}.jsonl"
+    result_path = output / "results" / safe_name(model) / f"{safe_name(dataset)}.json"
+    for p in (pred_path, result_path):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    pred_path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
+    result_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,320 @@
+"""A dataset config turned into requests and scores: reading items, prompts with few-shot examples,
+the three inferencers (``ppl``, ``ll``, ``gen``), post-processors, evaluators and CircularEval.
+
+Everything here talks to the model only through ``EvalModel``'s requests, so the same task runs
+over the in-process decoder or any other implementation of that interface. Scores are percentages
+(0-100), as OpenCompass reports them. ``acc_norm`` divides each option's log-likelihood by the UTF-8
+byte length of its continuation (lm-eval's normalisation; the same as its character count for ASCII).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import string
+from pathlib import Path
+
+import numpy as np
+
+from intern_jax.eval.config import DatasetConfig, FewShotConfig, PostprocessConfig, ReaderConfig
+
+LETTERS = string.ascii_uppercase
+
+
+# ---------------------------------------------------------------------------
+# Reading
+
+
+def _rows(reader: ReaderConfig):
+    """``(line number, row dict)`` of a JSONL or CSV file."""
+    path = Path(reader.path)
+    if not path.is_file():
+        raise ValueError(f"dataset file {path} does not exist")
+    if reader.format == "csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            for lineno, row in enumerate(csv.DictReader(f), start=2):
+                yield lineno, row
+        return
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
+def read_items(reader: ReaderConfig, multiple_choice: bool) -> list[dict]:
+    """Items as dicts of the prompt's fields, plus ``options`` (multiple choice: a list of strings)
+    and ``reference`` (an option index, or the answer text). A missing field names itself and the line."""
+    items = []
+    for lineno, row in _rows(reader):
+        where = f"{reader.path}:{lineno}"
+
+        def column(name, row=row, where=where):
+            if name not in row or row[name] is None:
+                raise ValueError(f"{where}: missing field {name!r} (fields present: {', '.join(sorted(row))})")
+            return row[name]
+
+        item = dict(row)
+        for name, col in reader.fields.items():
+            item[name] = column(col)
+        answer = column(reader.answer)
+        if multiple_choice:
+            if isinstance(reader.options, str):
+                options = column(reader.options)
+                if not isinstance(options, list) or len(options) < 2:
+                    raise ValueError(f"{where}: field {reader.options!r} must be a list of at least 2 options")
+            else:
+                options = [column(c) for c in reader.options]
+            options = [str(o) for o in options]
+            item["options"] = options
+            item["reference"] = _option_index(answer, options, where)
+        else:
+            item["reference"] = str(answer)
+        items.append(item)
+    if not items:
+        raise ValueError(f"dataset file {reader.path} has no items")
+    return items
+
+
+def _option_index(answer, options: list[str], where: str) -> int:
+    """The answer as an option index: an int, a letter (``"B"``) or the option's text."""
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(options):
+        return answer
+    text = str(answer).strip()
+    if text.isdigit() and int(text) < len(options):
+        return int(text)
+    if len(text) == 1 and text.upper() in LETTERS[: len(options)]:
+        return LETTERS.index(text.upper())
+    if text in options:
+        return options.index(text)
+    raise ValueError(f"{where}: answer {answer!r} is neither an index, a letter nor the text of one of the "
+                     f"{len(options)} options")
+
+
+# ---------------------------------------------------------------------------
+# Prompts
+
+
+class _Fields(dict):
+    def __missing__(self, key):
+        raise ValueError(f"prompt template asks for field {{{key}}}, which the item does not have "
+                         f"(fields: {', '.join(sorted(self))})")
+
+
+def fields_of(item: dict) -> _Fields:
+    fields = _Fields(item)
+    options = item.get("options")
+    if options:
+        fields["options"] = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+        fields.update({LETTERS[i]: o for i, o in enumerate(options)})
+    return fields
+
+
+def question(cfg: DatasetConfig, item: dict) -> str:
+    return cfg.prompt.template.format_map(fields_of(item))
+
+
+def continuation(cfg: DatasetConfig, item: dict, option: int | None) -> str:
+    """The continuation of the question: option ``option``'s, or (``None``) the reference answer's."""
+    fields = fields_of(item)
+    if item.get("options"):
+        index = item["reference"] if option is None else option
+        fields.update(option=item["options"][index], label=LETTERS[index], answer=item["options"][index])
+    else:
+        fields.update(answer=item["reference"])
+    return cfg.prompt.continuation.format_map(fields)
+
+
+def fewshot_examples(fewshot: FewShotConfig, pool: list[dict], index: int, same_pool: bool) -> list[dict]:
+    """The examples shown before item ``index``: none, fixed ones, or ``k`` drawn with the seed (never the item)."""
+    if fewshot.mode == "zero" or (fewshot.mode == "random" and fewshot.k == 0):
+        return []
+    if fewshot.mode == "fixed":
+        indices = fewshot.indices or tuple(range(fewshot.k))
+        bad = [i for i in indices if not 0 <= i < len(pool)]
+        if bad:
+            raise ValueError(f"fewshot.indices {bad} are outside the {len(pool)} few-shot items")
+        return [pool[i] for i in indices if not (same_pool and i == index)]
+    candidates = [i for i in range(len(pool)) if not (same_pool and i == index)]
+    rng = np.random.default_rng([fewshot.seed, index])
+    picked = rng.choice(len(candidates), size=min(fewshot.k, len(candidates)), replace=False)
+    return [pool[candidates[i]] for i in picked]
+
+
+def context_for(cfg: DatasetConfig, item: dict, examples: list[dict]) -> str:
+    sep = cfg.prompt.fewshot_separator
+    shots = [question(cfg, ex) + continuation(cfg, ex, None) for ex in examples]
+    return sep.join([*shots, question(cfg, item)])
+
+
+def rotations(item: dict) -> list[dict]:
+    """CircularEval: the item with its options rotated by 0, 1, ... n-1 places (the answer follows)."""
+    options, n = item["options"], len(item["options"])
+    return [{**item, "options": options[r:] + options[:r], "reference": (item["reference"] - r) % n, "rotation": r}
+            for r in range(n)]
+
+
+# ---------------------------------------------------------------------------
+# Post-processing and evaluation
+
+
+def postprocess(cfg: PostprocessConfig, text: str, num_options: int = 26) -> str:
+    text = text or ""
+    if cfg.kind == "none":
+        return text
+    if cfg.kind == "strip":
+        return text.strip()
+    if cfg.kind == "option_letter":
+        return option_letter(text, num_options)
+    if cfg.kind == "last_number":
+        return last_number(text)
+    match = re.search(cfg.pattern, text, flags=re.DOTALL)
+    if match is None:
+        return ""
+    return (match.group(1) if match.groups() else match.group(0)).strip()
+
+
+def option_letter(text: str, num_options: int = 26) -> str:
+    """The option letter a reply names: ``B``, ``(B)``, ``B.``, ``answer is B``; first such letter wins."""
+    letters = LETTERS[:num_options]
+    patterns = (
+        rf"^\s*\(?([{letters}])\b",  # starts with the letter
+        rf"answer\s*(?:is|:)?\s*\(?([{letters}])\b",
+        rf"\(([{letters}])\)",
+        rf"\b([{letters}])[.):]",
+        rf"\b([{letters}])\b",
+    )
+    for pattern in patterns:
+        match = re.search(pattern, text, flags=re.IGNORECASE if "answer" in pattern else 0)
+        if match:
+            return match.group(1).upper()
+    return ""
+
+
+def last_number(text: str) -> str:
+    """The last number in the text (``1,234.5`` -> ``1234.5``; a trailing full stop is not a decimal point)."""
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
+    return numbers[-1].replace(",", "") if numbers else ""
+
+
+def numeric_equal(prediction: str, reference: str, tolerance: float) -> bool:
+    try:
+        a, b = float(prediction), float(str(reference).replace(",", ""))
+    except ValueError:
+        return False
+    return math.isfinite(a) and abs(a - b) <= tolerance * max(1.0, abs(b))
+
+
+def is_correct(cfg: DatasetConfig, prediction: str, item: dict) -> bool:
+    """A generation task's verdict on one post-processed prediction."""
+    if item.get("options"):
+        return prediction == LETTERS[item["reference"]]
+    metric = cfg.evaluator.metric
+    if metric == "numeric_match":
+        return numeric_equal(prediction, item["reference"], cfg.evaluator.tolerance)
+    return prediction.strip().lower() == str(item["reference"]).strip().lower()
+
+
+# ---------------------------------------------------------------------------
+# Inference over one dataset
+
+
+def evaluate(model, cfg: DatasetConfig, items: list[dict], fewshot_pool: list[dict] | None = None,
+             same_pool: bool = True) -> tuple[dict[str, float], list[dict]]:
+    """Score ``items`` with ``model``: ``(metrics, one prediction record per item and rotation)``.
+
+    Few-shot examples come from ``fewshot_pool`` (default: ``items``); ``same_pool``: item ``i`` of
+    ``items`` is item ``i`` of the pool, and is never its own example."""
+    pool = items if fewshot_pool is None else fewshot_pool
+    units = []  # (item number, rotated item, context)
+    for n, item in enumerate(items):
+        examples = fewshot_examples(cfg.fewshot, pool, n, same_pool)
+        variants = rotations(item) if cfg.infer.circular else [{**item, "rotation": 0}]
+        for variant in variants:
+            units.append((n, variant, context_for(cfg, variant, examples)))
+    mode = cfg.infer.mode
+    if mode == "ll":
+        records = _infer_ll(model, cfg, units)
+    elif mode == "ppl":
+        records = _infer_ppl(model, cfg, units)
+    else:
+        records = _infer_gen(model, cfg, units)
+    return metrics_of(records, cfg), records
+
+
+def _infer_ll(model, cfg, units) -> list[dict]:
+    requests, spans = [], []
+    for _, item, context in units:
+        conts = [continuation(cfg, item, i) for i in range(len(item["options"]))]
+        spans.append((len(requests), conts))
+        requests += [(context, c) for c in conts]
+    scores = model.loglikelihood(requests)
+    records = []
+    for (n, item, context), (lo, conts) in zip(units, spans):
+        ll = np.array([scores[lo + i][0] for i in range(len(conts))])
+        norm = ll / np.array([max(1, len(c.encode("utf-8"))) for c in conts])
+        pred, pred_norm = int(np.argmax(ll)), int(np.argmax(norm))
+        records.append({"id": n, "rotation": item["rotation"], "prompt": context, "continuations": conts,
+                        "loglikelihoods": ll.tolist(), "prediction": pred, "prediction_norm": pred_norm,
+                        "reference": item["reference"], "correct": pred == item["reference"],
+                        "correct_norm": pred_norm == item["reference"]})
+    return records
+
+
+def _infer_ppl(model, cfg, units) -> list[dict]:
+    texts, spans = [], []
+    for _, item, context in units:
+        filled = [context + continuation(cfg, item, i) for i in range(len(item["options"]))]
+        spans.append((len(texts), filled))
+        texts += filled
+    sums = model.loglikelihood_rolling(texts)
+    records = []
+    for (n, item, context), (lo, filled) in zip(units, spans):
+        ppl = [math.exp(-sums[lo + i] / max(1, model.token_count(t))) for i, t in enumerate(filled)]
+        pred = int(np.argmin(ppl))
+        records.append({"id": n, "rotation": item["rotation"], "prompt": context, "perplexities": ppl,
+                        "prediction": pred, "reference": item["reference"], "correct": pred == item["reference"]})
+    return records
+
+
+def _infer_gen(model, cfg, units) -> list[dict]:
+    requests = []
+    for _, _, context in units:
+        prompt = context
+        if cfg.prompt.chat:
+            prompt = [{"role": "user", "content": context}]
+            if cfg.prompt.system:
+                prompt = [{"role": "system", "content": cfg.prompt.system}, *prompt]
+        requests.append((prompt, list(cfg.infer.stop), cfg.infer.max_tokens))
+    texts = model.generate_until(requests)
+    records = []
+    for (n, item, context), text in zip(units, texts):
+        pred = postprocess(cfg.postprocess, text, len(item.get("options") or LETTERS))
+        reference = LETTERS[item["reference"]] if item.get("options") else item["reference"]
+        records.append({"id": n, "rotation": item["rotation"], "prompt": context, "output": text,
+                        "prediction": pred, "reference": reference, "correct": is_correct(cfg, pred, item)})
+    return records
+
+
+def metrics_of(records: list[dict], cfg: DatasetConfig) -> dict[str, float]:
+    """Percentages: ``acc`` (or the evaluator's metric), ``acc_norm`` for ``ll``, and with CircularEval
+    ``circular_acc`` (an item counts only if every rotation is right) beside plain ``acc`` (rotation 0)."""
+    name = "acc" if cfg.multiple_choice else cfg.evaluator.metric
+    keys = [("correct", name)] + ([("correct_norm", "acc_norm")] if cfg.infer.mode == "ll" else [])
+    plain = [r for r in records if r["rotation"] == 0]
+    out = {metric: round(100.0 * sum(r[key] for r in plain) / len(plain), 2) for key, metric in keys}
+    for key, metric in keys:
+        if cfg.infer.circular:
+            by_item: dict[int, bool] = {}
+            for r in records:
+                by_item[r["id"]] = by_item.get(r["id"], True) and bool(r[key])
+            out[f"circular_{metric}"] = round(100.0 * sum(by_item.values()) / len(by_item), 2)
+    return out
