@@ -35,8 +35,10 @@ class SamplingError(ValueError):
 class SamplingParams:
     """How one row picks its tokens.
 
-    ``temperature`` 0 is greedy; ``top_k`` 0 and ``top_p`` 1.0 switch those filters off;
-    ``repetition_penalty`` 1.0 is off (applied over prompt and generated tokens).
+    ``temperature`` 0 is greedy; ``top_k`` 0, ``top_p`` 1.0 and ``min_p`` 0 switch those filters off;
+    ``repetition_penalty`` 1.0 is off (applied over prompt and generated tokens); ``presence_penalty``
+    and ``frequency_penalty`` (OpenAI's, over generated tokens) 0 are off; ``min_new_tokens`` holds
+    the stop ids back until that many tokens were generated.
     Generation of a row ends at a token in ``stop_ids``, after ``max_new_tokens``, or (text drivers)
     where one of the ``stop`` strings appears in the decoded text.
     """
@@ -49,6 +51,10 @@ class SamplingParams:
     max_new_tokens: int = 128
     stop_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()  # stop strings, matched on the decoded text (not part of it)
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_new_tokens: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "stop_ids", tuple(sorted(int(t) for t in self.stop_ids)))
@@ -56,11 +62,11 @@ class SamplingParams:
         if not all(isinstance(s, str) and s for s in stop):
             raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", stop)
-        for name in ("temperature", "top_p", "repetition_penalty"):
+        for name in ("temperature", "top_p", "repetition_penalty", "min_p", "presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise SamplingError(name, f"must be a finite number, got {value!r}")
-        for name in ("top_k", "seed", "max_new_tokens"):
+        for name in ("top_k", "seed", "max_new_tokens", "min_new_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise SamplingError(name, f"must be an integer, got {value!r}")
@@ -76,6 +82,13 @@ class SamplingParams:
             raise SamplingError("seed", f"must be in [0, 2**32) (the PRNG key holds 32 bits), got {self.seed}")
         if self.max_new_tokens < 0:
             raise SamplingError("max_new_tokens", f"must be >= 0, got {self.max_new_tokens}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise SamplingError("min_p", f"must be in [0, 1) (0 = off), got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise SamplingError(name, f"must be in [-2, 2] (0 = off), got {getattr(self, name)}")
+        if self.min_new_tokens < 0:
+            raise SamplingError("min_new_tokens", f"must be >= 0, got {self.min_new_tokens}")
 
     @property
     def greedy(self) -> bool:
@@ -121,6 +134,11 @@ def init_state(rows: Sequence[SamplingParams], vocab_size: int, prompt_tokens=No
         "top_k": jnp.asarray([r.top_k for r in rows], jnp.int32),
         "top_p": jnp.asarray([r.top_p for r in rows], jnp.float32),
         "repetition_penalty": jnp.asarray([r.repetition_penalty for r in rows], jnp.float32),
+        "min_p": jnp.asarray([r.min_p for r in rows], jnp.float32),
+        "presence_penalty": jnp.asarray([r.presence_penalty for r in rows], jnp.float32),
+        "frequency_penalty": jnp.asarray([r.frequency_penalty for r in rows], jnp.float32),
+        "min_new_tokens": jnp.asarray([r.min_new_tokens for r in rows], jnp.int32),
+        "counts": jnp.zeros((b, vocab_size), jnp.int32),  # generated tokens per id (presence/frequency)
         "stop_ids": jnp.asarray(stops),
         "max_new_tokens": jnp.asarray(budgets),
         "num_generated": jnp.zeros((b,), jnp.int32),
@@ -159,27 +177,47 @@ def filter_top_k_top_p(logits, top_k, top_p):
     return jnp.where(logits < smallest_kept, -jnp.inf, logits)
 
 
-def process_logits(logits, state):
-    """The logits each row samples from: penalty, temperature, top-k, top-p (``[B, V]`` float32).
+def apply_presence_frequency(logits, counts, presence_penalty, frequency_penalty):
+    """OpenAI's penalties over generated tokens: ``logit - frequency * count - presence * (count > 0)``."""
+    return logits - frequency_penalty[:, None] * counts - presence_penalty[:, None] * (counts > 0)
 
-    Greedy rows get the penalized logits unscaled (their argmax is the choice)."""
+
+def hold_stops(logits, stop_ids, hold):
+    """Stop ids ``[B, W]`` (``NO_TOKEN`` padding) set to -inf in the rows where ``hold [B]`` (min_new_tokens)."""
+    rows = jnp.arange(logits.shape[0])[:, None]
+    is_stop = jnp.zeros(logits.shape, bool).at[rows, jnp.maximum(stop_ids, 0)].max(stop_ids >= 0)
+    return jnp.where(is_stop & hold[:, None], -jnp.inf, logits)
+
+
+def filter_min_p(logits, min_p):
+    """Set to -inf every token whose probability is below ``min_p [B]`` times the row's largest (0 = off)."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.where(probs < min_p[:, None] * jnp.max(probs, axis=-1, keepdims=True), -jnp.inf, logits)
+
+
+def _when(flags, fn, x):
+    """``fn(x)`` in the rows where ``flags [B]``, skipped (``lax.cond``) when no row asks for it."""
+    return jax.lax.cond(jnp.any(flags), lambda x: jnp.where(flags[:, None], fn(x), x), lambda x: x, x)
+
+
+def process_logits(logits, state):
+    """The logits each row samples from (``[B, V]`` float32), in transformers' order: repetition penalty,
+    presence/frequency penalties, stop ids held back before ``min_new_tokens``, temperature, top-k,
+    top-p, min-p. Greedy rows get the penalized logits unscaled (their argmax is the choice)."""
     logits = logits.astype(jnp.float32)
-    logits = jax.lax.cond(
-        jnp.any(state["repetition_penalty"] != 1.0),
-        lambda x: apply_repetition_penalty(x, state["presence"], state["repetition_penalty"]),
-        lambda x: x,
-        logits,
-    )
+    logits = _when(state["repetition_penalty"] != 1.0,
+                   lambda x: apply_repetition_penalty(x, state["presence"], state["repetition_penalty"]), logits)
+    logits = _when((state["presence_penalty"] != 0.0) | (state["frequency_penalty"] != 0.0),
+                   lambda x: apply_presence_frequency(x, state["counts"], state["presence_penalty"],
+                                                      state["frequency_penalty"]), logits)
+    logits = _when(state["num_generated"] < state["min_new_tokens"],
+                   lambda x: hold_stops(x, state["stop_ids"], jnp.ones(x.shape[:1], bool)), logits)
     temperature = state["temperature"]
     greedy = temperature == 0.0
     scaled = logits / jnp.where(greedy, 1.0, temperature)[:, None]
-    needs_filter = ~greedy & ((state["top_k"] > 0) | (state["top_p"] < 1.0))
-    return jax.lax.cond(
-        jnp.any(needs_filter),
-        lambda x: jnp.where(needs_filter[:, None], filter_top_k_top_p(x, state["top_k"], state["top_p"]), x),
-        lambda x: x,
-        scaled,
-    )
+    scaled = _when(~greedy & ((state["top_k"] > 0) | (state["top_p"] < 1.0)),
+                   lambda x: filter_top_k_top_p(x, state["top_k"], state["top_p"]), scaled)
+    return _when(~greedy & (state["min_p"] > 0.0), lambda x: filter_min_p(x, state["min_p"]), scaled)
 
 
 def sample(logits, state):
@@ -206,6 +244,7 @@ def sample(logits, state):
     num_generated = state["num_generated"] + active.astype(jnp.int32)
     rows = jnp.arange(tokens.shape[0])
     presence = state["presence"].at[rows, jnp.maximum(tokens, 0)].max(active)
+    counts = state["counts"].at[rows, jnp.maximum(tokens, 0)].add(active.astype(jnp.int32))
     new_state = {
         **state,
         "key": jax.vmap(jax.random.key_data)(keys[:, 0]),
@@ -213,5 +252,6 @@ def sample(logits, state):
         "done": state["done"] | hit_stop | (num_generated >= state["max_new_tokens"]),
         "stopped": state["stopped"] | hit_stop,
         "presence": presence,
+        "counts": counts,
     }
     return tokens, new_state

@@ -1,5 +1,6 @@
 """Logit processing against transformers' processors and a numpy reference; key handling."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -115,3 +116,58 @@ def test_invalid_sampling_params_raise():
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1.0)
+
+
+def test_min_p_matches_transformers_warper():
+    from transformers.generation.logits_process import MinPLogitsWarper
+
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(4, V)).astype(np.float32) * 3
+    min_p = np.array([0.0, 0.05, 0.2, 0.9], np.float32)
+    rows = [SamplingParams(temperature=1.0, min_p=float(m)) for m in min_p]
+    ours = np.asarray(process_logits(logits, init_state(rows, V)))
+    for i, m in enumerate(min_p):
+        theirs = torch.from_numpy(logits[i: i + 1].copy())
+        if m > 0:
+            theirs = MinPLogitsWarper(float(m))(None, theirs)
+        np.testing.assert_array_equal(np.isinf(ours[i]), np.isinf(theirs.numpy()[0]), err_msg=f"min_p {m}")
+    assert np.isinf(ours[3]).sum() > np.isinf(ours[1]).sum() > 0
+
+
+def test_presence_and_frequency_penalties_follow_the_counts_of_generated_tokens():
+    rng = np.random.default_rng(12)
+    logits = rng.normal(size=(2, V)).astype(np.float32)
+    rows = [SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), SamplingParams()]
+    state = init_state(rows, V)
+    state = {**state, "counts": state["counts"].at[0, 7].set(3).at[0, 9].set(1).at[1, 7].set(2)}
+    ours = np.asarray(process_logits(logits, state))
+    want = logits.astype(np.float64).copy()
+    want[0, 7] -= 0.25 * 3 + 0.5
+    want[0, 9] -= 0.25 * 1 + 0.5
+    np.testing.assert_allclose(ours, want, rtol=1e-6)  # row 1 has both off: unchanged
+    # sampling counts what it emits
+    tokens, new = sample(jnp.asarray(logits), init_state(rows, V))
+    assert [int(new["counts"][r, int(tokens[r])]) for r in range(2)] == [1, 1]
+
+
+def test_min_new_tokens_holds_stop_ids_back_as_transformers_does():
+    from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor
+
+    rng = np.random.default_rng(13)
+    logits = rng.normal(size=(1, V)).astype(np.float32)
+    stop = int(np.argmax(logits[0]))  # greedy would stop at once
+    state = init_state([SamplingParams(stop_ids=(stop, 3), min_new_tokens=2)], V)
+    ours = np.asarray(process_logits(logits, state))
+    theirs = MinNewTokensLengthLogitsProcessor(0, 2, [stop, 3])(torch.zeros((1, 0), dtype=torch.long),
+                                                                 torch.from_numpy(logits.copy()))
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs.numpy()))
+    assert np.isinf(ours[0, stop]) and np.isinf(ours[0, 3])
+    state = {**state, "num_generated": jnp.asarray([2], jnp.int32)}
+    assert not np.isinf(np.asarray(process_logits(logits, state))).any()  # released after 2 tokens
+
+
+@pytest.mark.parametrize("field, value", [("min_p", 1.0), ("min_p", float("nan")), ("presence_penalty", 2.5),
+                                          ("frequency_penalty", -3.0), ("min_new_tokens", -1)])
+def test_new_sampling_fields_are_validated_by_name(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**{field: value})
