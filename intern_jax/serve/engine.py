@@ -26,7 +26,7 @@ import numpy as np
 
 from intern_jax.inference.decoder import Decoder, PagedLayout
 from intern_jax.inference.generate import default_stop_ids, encode_prompt
-from intern_jax.inference.sampling import NO_TOKEN, SamplingParams
+from intern_jax.inference.sampling import NO_TOKEN, SamplingParams, per_row
 from intern_jax.inference.stop import StopStrings
 from intern_jax.serve.block_pool import BlockPool
 from intern_jax.serve.scheduler import Scheduler
@@ -332,8 +332,7 @@ class Engine:
 
         ``sampling``: one for all (request ``i`` seeded ``seed + i``) or one per prompt.
         """
-        if isinstance(sampling, SamplingParams):
-            sampling = [dataclasses.replace(sampling, seed=sampling.seed + i) for i in range(len(prompts))]
+        sampling = per_row(sampling, len(prompts))
         results: dict[str, Result] = {}
         all_done = threading.Event()
 
