@@ -1,6 +1,18 @@
 """Agents: typed tools, tool protocols (InternLM2, Hermes, ReAct), a sandboxed Python interpreter and the
 loop that runs a model over them. Everything here stands on the one decoder (``inference``)."""
 
+from intern_jax.agent.protocols import (
+    INTERPRETER,
+    HermesProtocol,
+    InternLM2Protocol,
+    Parsed,
+    ReActProtocol,
+    ToolCall,
+    get_protocol,
+)
 from intern_jax.agent.tools import Tool, ToolRegistry, ToolResult, calculator, tool
 
-__all__ = ["Tool", "ToolRegistry", "ToolResult", "calculator", "tool"]
+__all__ = [
+    "INTERPRETER", "HermesProtocol", "InternLM2Protocol", "Parsed", "ReActProtocol", "Tool", "ToolCall",
+    "ToolRegistry", "ToolResult", "calculator", "get_protocol", "tool",
+]
