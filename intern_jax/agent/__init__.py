@@ -10,9 +10,10 @@ from intern_jax.agent.protocols import (
     ToolCall,
     get_protocol,
 )
+from intern_jax.agent.sandbox import PythonSandbox
 from intern_jax.agent.tools import Tool, ToolRegistry, ToolResult, calculator, tool
 
 __all__ = [
-    "INTERPRETER", "HermesProtocol", "InternLM2Protocol", "Parsed", "ReActProtocol", "Tool", "ToolCall",
-    "ToolRegistry", "ToolResult", "calculator", "get_protocol", "tool",
+    "INTERPRETER", "HermesProtocol", "InternLM2Protocol", "Parsed", "PythonSandbox", "ReActProtocol", "Tool",
+    "ToolCall", "ToolRegistry", "ToolResult", "calculator", "get_protocol", "tool",
 ]
