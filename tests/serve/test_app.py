@@ -98,16 +98,16 @@ def test_models_health_and_stats(server):
 
 
 def test_chat_greedy_equals_generate_text_plain_and_streamed_with_exact_usage(server):
-    want, result = _greedy(server, CHAT, max_new_tokens=24)
+    want, result = _greedy(server, CHAT, max_new_tokens=16)
     prompt_tokens = len(encode_prompt(server.decoder.tokenizer, CHAT))
-    got = server.client.chat.completions.create(model=MODEL, messages=CHAT, temperature=0, max_tokens=24)
+    got = server.client.chat.completions.create(model=MODEL, messages=CHAT, temperature=0, max_tokens=16)
     assert got.choices[0].message.content == want
     assert got.choices[0].finish_reason == result.finish_reasons[0]
     assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (prompt_tokens, len(result.tokens[0]))
     assert got.usage.total_tokens == prompt_tokens + len(result.tokens[0])
 
     chunks = list(server.client.chat.completions.create(model=MODEL, messages=CHAT, temperature=0,
-                                                        max_completion_tokens=24, stream=True,
+                                                        max_completion_tokens=16, stream=True,
                                                         stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
@@ -118,14 +118,24 @@ def test_chat_greedy_equals_generate_text_plain_and_streamed_with_exact_usage(se
 
 
 def test_stop_string_ends_the_text_before_it(server):
-    full, _ = _greedy(server, CHAT, max_new_tokens=24)
+    full, _ = _greedy(server, CHAT, max_new_tokens=16)
     stop = full.split()[2]  # a word in the middle of the greedy answer
-    want, result = _greedy(server, CHAT, max_new_tokens=24, stop=(stop,))
+    want, result = _greedy(server, CHAT, max_new_tokens=16, stop=(stop,))
     assert want == full[: full.index(stop)]
-    got = server.client.chat.completions.create(model=MODEL, messages=CHAT, temperature=0, max_tokens=24,
+    got = server.client.chat.completions.create(model=MODEL, messages=CHAT, temperature=0, max_tokens=16,
                                                 stop=[stop, "no such text"])
     assert got.choices[0].message.content == want and got.choices[0].finish_reason == "stop"
     assert got.usage.completion_tokens == len(result.tokens[0])
+
+
+def test_a_seed_fixes_the_sample_and_sampling_without_one_varies(server):
+    def sample(**extra):
+        return server.client.chat.completions.create(model=MODEL, messages=CHAT, temperature=1.0, top_p=0.95,
+                                                     max_tokens=6, **extra).choices[0].message.content
+
+    first = sample(seed=7)
+    assert sample(seed=7) == first
+    assert len({first, sample(seed=8), sample()}) > 1
 
 
 def test_chat_logprobs_and_top_logprobs_match_generate(server):
