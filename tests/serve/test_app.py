@@ -53,7 +53,7 @@ def server(smollm2_decoder):
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.05)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, timeout=60, max_retries=0)
-    yield SimpleNamespace(port=port, engine=engine, client=client, decoder=smollm2_decoder)
+    yield SimpleNamespace(port=port, engine=engine, client=client, decoder=smollm2_decoder, app=app)
     uv.should_exit = True
     thread.join(timeout=10)
     engine.close()
@@ -244,6 +244,17 @@ def test_wrong_key_malformed_json_and_huge_bodies_are_refused_and_the_server_kee
     got, error, _ = _raw(server, "POST", "/v1/completions", b"x" * (5 << 20))
     assert got == 413 and error["error"]["code"] == "request_too_large"
     assert server.client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2).usage.completion_tokens
+
+
+def test_a_full_queue_is_429_with_retry_after(server):
+    state = server.app.state.server
+    full = server.engine.config.max_batch_size + state.max_queue
+    state.in_flight += full  # as if that many requests were running and waiting
+    try:
+        got, error, headers = _raw(server, "POST", "/v1/chat/completions", {"model": MODEL, "messages": CHAT})
+    finally:
+        state.in_flight -= full
+    assert got == 429 and headers["Retry-After"] == "1" and error["error"]["code"] == "queue_full"
 
 
 def test_client_disconnect_aborts_the_request_and_frees_its_pages(server):
