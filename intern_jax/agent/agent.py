@@ -1,0 +1,104 @@
+"""The agent loop: a model, a protocol (prompt format + parser) and a tool registry (the executor).
+
+``Agent.run(question) -> AgentResult`` asks the model, parses its reply with the protocol, runs the
+tool calls and feeds their results (or the parse error) back, until the model answers without a call,
+``max_steps`` model turns pass, or the model repeats its previous call with the same arguments (the
+repeat guard: it would loop until the step limit otherwise). Every step goes to ``transcript`` (and
+to ``on_step`` as it happens). A model is anything with ``chat(messages, stop) -> str``;
+``DecoderChatModel`` is the in-process one over ``generate_text``. This module holds no prompt text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from intern_jax.agent.protocols import Parsed, ToolCall, get_protocol
+from intern_jax.agent.tools import ToolRegistry
+
+
+class ChatModel(Protocol):
+    def chat(self, messages: list[dict], stop: Sequence[str] = ()) -> str:
+        """The assistant's reply to ``messages``; generation ends before any of ``stop``."""
+
+
+class DecoderChatModel:
+    """The in-process model: the tokenizer's chat template and greedy ``generate_text`` over a ``Decoder``."""
+
+    def __init__(self, decoder, max_new_tokens: int = 256):
+        self.decoder, self.max_new_tokens = decoder, max_new_tokens
+
+    def chat(self, messages: list[dict], stop: Sequence[str] = ()) -> str:
+        from intern_jax.inference import SamplingParams, generate_text
+
+        sampling = SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens, stop=tuple(stop))
+        text, _ = generate_text(self.decoder, messages, sampling)
+        return text
+
+
+@dataclasses.dataclass
+class AgentResult:
+    answer: str | None
+    stop_reason: str  # "answer" | "max_steps" | "repeated_call"
+    turns: int
+    transcript: list[dict]
+    messages: list[dict]
+
+    def to_json(self) -> dict:
+        return {"answer": self.answer, "stop_reason": self.stop_reason, "turns": self.turns,
+                "trace": self.transcript}
+
+
+class Agent:
+    def __init__(self, model: ChatModel, tools: ToolRegistry, protocol="hermes", *, system: str | None = None,
+                 max_steps: int = 6, on_step: Callable[[dict], None] | None = None):
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+        self.model, self.tools, self.system, self.max_steps, self.on_step = model, tools, system, max_steps, on_step
+        self.protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+
+    def run(self, question: str) -> AgentResult:
+        messages = [*self.protocol.system_messages(self.tools.schemas, self.system),
+                    {"role": "user", "content": question}]
+        transcript: list[dict] = []
+
+        def record(step: dict) -> None:
+            transcript.append(step)
+            if self.on_step:
+                self.on_step(step)
+
+        previous: list[str] | None = None
+        for turn in range(1, self.max_steps + 1):
+            reply = self.model.chat(messages, self.protocol.stop)
+            parsed: Parsed = self.protocol.parse(reply, self.tools.names)
+            messages.append(self.protocol.assistant_message(reply))
+            record({"turn": turn, "type": "reply", "text": reply})
+            if parsed.error is not None:
+                record({"turn": turn, "type": "parse_error", "error": parsed.error})
+                messages.append(self.protocol.result_message(None, f"error: {parsed.error}"))
+                previous = None
+                continue
+            if parsed.is_final:
+                record({"turn": turn, "type": "answer", "text": parsed.text})
+                return AgentResult(parsed.text, "answer", turn, transcript, messages)
+            keys = [c.key() for c in parsed.calls]
+            if keys == previous:
+                message = (f"stopped: the model repeated the call {self._describe(parsed.calls[0])} with the same "
+                           "arguments; its result was already given")
+                record({"turn": turn, "type": "stopped", "reason": "repeated_call", "text": message})
+                return AgentResult(None, "repeated_call", turn, transcript, messages)
+            previous = keys
+            for call in parsed.calls:
+                record({"turn": turn, "type": "call", "name": call.name, "arguments": call.arguments})
+                result = self.tools.call(call.name, call.arguments)
+                record({"turn": turn, "type": "result", "name": call.name, **result.to_json()})
+                messages.append(self.protocol.result_message(call, result.content))
+        record({"turn": self.max_steps, "type": "stopped", "reason": "max_steps",
+                "text": f"stopped: no final answer within {self.max_steps} steps"})
+        return AgentResult(None, "max_steps", self.max_steps, transcript, messages)
+
+    @staticmethod
+    def _describe(call: ToolCall) -> str:
+        return f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})"
