@@ -1,7 +1,8 @@
 """Evaluate models on dataset configs and print one summary table (dataset, version, metric, mode, a column per model).
 
     python scripts/evaluate.py --model PATH [--model PATH2 ...] --datasets arith_mc,arith_qa --output DIR
-        [--config configs/eval/X.py ...] [--limit N] [--num-fewshot K] [--batch-size B] [--reuse]
+        [--config configs/eval/X.py ...] [--data mine.jsonl ...] [--limit N] [--num-fewshot K] [--batch-size B]
+        [--reuse]
 
 ``--datasets`` names configs in configs/eval/; ``--config`` gives config files. ``--output DIR`` receives
 predictions/, results/, cache/ and summary.md / .csv / .json; ``--reuse`` reads answers already in
@@ -26,6 +27,9 @@ def main(argv=None) -> int:
                     help="checkpoint (GGUF file, HF directory or native checkpoint); repeat for a side-by-side table")
     ap.add_argument("--datasets", default="", help=f"comma-separated dataset names from {CONFIG_DIR}")
     ap.add_argument("--config", action="append", default=[], help="a dataset config file (repeatable)")
+    ap.add_argument("--data", action="append", default=[],
+                    help="your own JSONL, no config: {question, choices, answer: INDEX} (multiple choice, scored by "
+                         "log-likelihood) or {question, answer} (generation, exact match); repeatable")
     ap.add_argument("--output", help="run directory for predictions, results, the request cache and the summary")
     ap.add_argument("--limit", type=int, help="evaluate only the first N items of each dataset")
     ap.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (overrides the configs)")
@@ -36,8 +40,8 @@ def main(argv=None) -> int:
 
     from intern_jax.eval import config as eval_config  # noqa: PLC0415  (imports jax through the package)
 
-    if not args.datasets and not args.config:
-        ap.error("give --datasets NAMES or --config FILE")
+    if not args.datasets and not args.config and not args.data:
+        ap.error("give --datasets NAMES, --config FILE or --data FILE.jsonl")
     if args.reuse and not args.output:
         ap.error("--reuse needs --output (the directory whose cache is read back)")
     if args.batch_size < 1:
@@ -47,6 +51,7 @@ def main(argv=None) -> int:
     output = cli.output_dir(args.output) if args.output else None
     datasets = eval_config.find_datasets(args.datasets, CONFIG_DIR) if args.datasets else []
     datasets += [eval_config.load_dataset_config(path) for path in args.config]
+    datasets += [eval_config.data_file_config(path) for path in args.data]
 
     from intern_jax.checkpoint import load_model  # noqa: PLC0415
     from intern_jax.eval import DecoderLM, RequestCache, run  # noqa: PLC0415

@@ -13,6 +13,7 @@ from intern_jax.eval.config import (
     PostprocessConfig,
     PromptConfig,
     ReaderConfig,
+    data_file_config,
     find_datasets,
     load_dataset_config,
 )
@@ -21,6 +22,6 @@ from intern_jax.eval.run import evaluate_dataset, run
 
 __all__ = [
     "DatasetConfig", "DecoderLM", "EvalModel", "EvaluatorConfig", "FewShotConfig", "InferConfig",
-    "PostprocessConfig", "PromptConfig", "ReaderConfig", "RequestCache", "evaluate_dataset", "find_datasets",
-    "load_dataset_config", "run",
+    "PostprocessConfig", "PromptConfig", "ReaderConfig", "RequestCache", "data_file_config", "evaluate_dataset",
+    "find_datasets", "load_dataset_config", "run",
 ]

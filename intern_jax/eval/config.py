@@ -193,3 +193,32 @@ def find_datasets(names: str | list[str], config_dir: str | Path) -> list[Datase
     if not out:
         raise ValueError(f"no dataset named; known datasets (in {config_dir}): {', '.join(known)}")
     return out
+
+
+def data_file_config(path: str | Path) -> DatasetConfig:
+    """A config for a user's own JSONL file, no config file needed (``--data``). Two layouts, told apart
+    by the first item: multiple choice ``{"question", "choices": [...], "answer": INDEX}``, scored by
+    log-likelihood with lm-eval's common template (context ``"Question: {question}\\nAnswer:"``,
+    continuation ``" {choice}"``), and QA ``{"question", "answer"}``, scored by greedy generation to the
+    end of the line and exact match."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--data {path} does not exist")
+    with path.open(encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        item = json.loads(first) if first else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--data {path}: the first item is not valid JSON ({e.msg})") from None
+    if not isinstance(item, dict) or "question" not in item or "answer" not in item:
+        raise ValueError(f"--data {path}: items must be JSON objects with 'question' and 'answer' (and 'choices' "
+                         "for multiple choice)")
+    prompt = PromptConfig(template="Question: {question}\nAnswer:")
+    name = path.stem
+    if "choices" in item:
+        return DatasetConfig(name=name, reader=ReaderConfig(path=str(path.resolve()), options="choices"),
+                             prompt=prompt, infer=InferConfig(mode="ll"))
+    return DatasetConfig(name=name, reader=ReaderConfig(path=str(path.resolve())),
+                         prompt=dataclasses.replace(prompt, continuation=" {answer}"),
+                         infer=InferConfig(mode="gen", stop=("\n",)), postprocess=PostprocessConfig(kind="strip"),
+                         evaluator=EvaluatorConfig(metric="exact_match"))

@@ -186,3 +186,24 @@ def test_summary_has_one_row_per_metric_and_a_column_per_model():
     assert "| d | abc123 | acc_norm | ll | 75.00 | 0.00 |" in markdown
     assert "| e | def456 | exact_match | gen | 10.00 | - |" in markdown
     assert to_csv(results, ["m1", "m2"]).splitlines()[1] == "d,abc123,acc,ll,50.00,25.00"
+
+
+def test_a_users_own_file_is_multiple_choice_or_qa_by_its_fields(tmp_path):
+    from intern_jax.eval.config import data_file_config
+
+    mc = tmp_path / "mine_mc.jsonl"
+    mc.write_text('{"question": "2+2?", "choices": ["3", "4"], "answer": 1}\n')
+    cfg = data_file_config(mc)
+    assert (cfg.name, cfg.infer.mode, cfg.multiple_choice) == ("mine_mc", "ll", True)
+    model = TableLM({"3": -2.0, "4": -1.0})
+    assert evaluate_dataset(model, cfg)[0]["metrics"] == {"acc": 100.0, "acc_norm": 100.0}
+    assert model.requests == [("Question: 2+2?\nAnswer:", " 3"), ("Question: 2+2?\nAnswer:", " 4")]
+    qa = tmp_path / "mine_qa.jsonl"
+    qa.write_text('{"question": "Capital of France?", "answer": "Paris"}\n')
+    cfg = data_file_config(qa)
+    assert (cfg.infer.mode, cfg.evaluator.metric) == ("gen", "exact_match")
+    assert evaluate_dataset(TableLM(answer=lambda p: " Paris"), cfg)[0]["metrics"] == {"exact_match": 100.0}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"q": "x"}\n')
+    with pytest.raises(ValueError, match="'question' and 'answer'"):
+        data_file_config(bad)
