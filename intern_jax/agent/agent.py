@@ -15,8 +15,28 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from intern_jax.agent.protocols import Parsed, ToolCall, get_protocol
-from intern_jax.agent.tools import ToolRegistry
+from intern_jax.agent.protocols import INTERPRETER, Parsed, ToolCall, get_protocol
+from intern_jax.agent.sandbox import PythonSandbox
+from intern_jax.agent.tools import ToolRegistry, calculator
+
+BUILTIN_TOOLS = ("calculator", "python")
+
+
+def builtin_tools(names: Sequence[str], **sandbox_options) -> tuple[ToolRegistry, list[PythonSandbox]]:
+    """A registry of built-in tools by name (``calculator``, ``python``) and the sandboxes to close after use."""
+    unknown = [n for n in names if n not in BUILTIN_TOOLS]
+    if unknown or not names:
+        raise ValueError(f"unknown tool {', '.join(map(repr, unknown))}; choose from {', '.join(BUILTIN_TOOLS)}"
+                         if unknown else f"no tools given; choose from {', '.join(BUILTIN_TOOLS)}")
+    registry, sandboxes = ToolRegistry(), []
+    for name in dict.fromkeys(names):
+        if name == "calculator":
+            registry.add(calculator)
+        else:
+            sandboxes.append(PythonSandbox(**sandbox_options))
+            registry.add(sandboxes[-1].as_tool())
+    assert all(t.name in ("calculator", INTERPRETER) for t in registry)
+    return registry, sandboxes
 
 
 class ChatModel(Protocol):

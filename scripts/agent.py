@@ -1,0 +1,86 @@
+"""Answer a question with a model that calls tools: prints each step to stderr as it happens, the answer to stdout.
+
+    python scripts/agent.py --model PATH [--protocol hermes|internlm2|react] [--tools calculator,python]
+        [--max-steps N] [--max-new-tokens N] [--system TEXT] [--json] "question"
+
+``--protocol`` is how tools are shown to the model and how its calls are read: ``hermes``
+(``<tool_call>`` JSON, for ChatML models), ``internlm2`` (InternLM2's plugin and interpreter actions),
+``react`` (Thought / Action / Action Input / Observation / Final Answer). ``python`` is a sandboxed
+interpreter (a separate process with time, memory and file-size limits). Decoding is greedy.
+``--json`` prints ``{"answer", "stop_reason", "turns", "trace"}`` instead of the answer. The exit status is 1
+when the loop ended without an answer (step limit, repeated call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from intern_jax import cli  # light: no jax
+
+
+def show_step(step: dict) -> None:
+    kind = step["type"]
+    if kind == "reply":
+        text = step["text"].strip()
+        print(f"[{step['turn']}] model: {text}", file=sys.stderr, flush=True)
+    elif kind == "call":
+        print(f"[{step['turn']}] call {step['name']}({json.dumps(step['arguments'], ensure_ascii=False)})",
+              file=sys.stderr, flush=True)
+    elif kind in ("result", "parse_error", "stopped"):
+        text = step.get("content") or step.get("error") or step.get("text")
+        print(f"[{step['turn']}] {kind.replace('_', ' ')}: {text}", file=sys.stderr, flush=True)
+
+
+@cli.entry("agent.py")
+def main(argv=None) -> int:
+    from intern_jax.agent import Agent, DecoderChatModel
+    from intern_jax.agent.agent import BUILTIN_TOOLS, builtin_tools
+    from intern_jax.agent.protocols import PROTOCOLS
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("question", help="the question to answer")
+    ap.add_argument("--model", required=True, help="checkpoint: GGUF file, HF directory or native checkpoint")
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="hermes")
+    ap.add_argument("--tools", default="calculator", help=f"comma-separated, from: {', '.join(BUILTIN_TOOLS)}")
+    ap.add_argument("--max-steps", type=int, default=6, help="model turns before giving up")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="per model turn")
+    ap.add_argument("--system", help="system message placed before the tool descriptions")
+    ap.add_argument("--json", action="store_true", help="print the answer, stop reason, turns and trace as JSON")
+    cli.add_debug_flag(ap)
+    args = ap.parse_args(argv)
+
+    question = cli.utf8_text(args.question, "the question").strip()
+    if not question:
+        raise ValueError("the question is empty; give one, e.g. \"What is 17 * 23?\"")
+    if args.max_steps < 1:
+        raise ValueError(f"--max-steps must be at least 1, got {args.max_steps}")
+    cli.sampling_params(max_new_tokens=args.max_new_tokens)  # a bad --max-new-tokens is named before loading
+    system = None if args.system is None else cli.utf8_text(args.system, "--system")
+    names = [n.strip() for n in args.tools.split(",") if n.strip()]
+    tools, sandboxes = builtin_tools(names)
+    try:
+        from intern_jax.checkpoint import load_model
+        from intern_jax.inference import Decoder
+
+        model = load_model(args.model)
+        if model.tokenizer is None:
+            raise ValueError(f"--model {args.model} carries no tokenizer; agent.py needs one (a GGUF file or a "
+                             "checkpoint directory with tokenizer.json / tokenizer.model)")
+        chat_model = DecoderChatModel(Decoder.from_model(model), max_new_tokens=args.max_new_tokens)
+        agent = Agent(chat_model, tools, args.protocol, system=system, max_steps=args.max_steps,
+                      on_step=show_step)
+        result = agent.run(question)
+    finally:
+        for sandbox in sandboxes:
+            sandbox.close()
+    if args.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        print(result.answer if result.answer is not None else f"(no answer: {result.transcript[-1]['text']})")
+    return 0 if result.answer is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

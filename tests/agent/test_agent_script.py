@@ -1,0 +1,26 @@
+"""scripts/agent.py: bad input ends in one clear line and exit status 2 before any model loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "m", "--tools", "calculator,web", "q"], "unknown tool 'web'; choose from calculator, python"),
+    (["--model", "m", "   "], "the question is empty"),
+    (["--model", "m", "--max-steps", "0", "q"], "--max-steps must be at least 1"),
+    (["--model", "/no/such/model", "q"], "/no/such/model"),
+])
+def test_bad_input_is_one_line_and_status_2(args, message):
+    env = {k: v for k, v in os.environ.items() if k != "INTERN_JAX_DEBUG"}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/agent.py"), *args], capture_output=True, text=True,
+                          env={**env, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and proc.stdout == ""
