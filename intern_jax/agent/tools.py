@@ -5,7 +5,8 @@
 ``Tool``: ``tool.schema`` is ``{"type": "function", "function": {"name", "description", "parameters"}}``
 and ``tool.call(arguments)`` validates JSON arguments against the signature and returns a
 ``ToolResult``; it never raises (missing, unknown or mistyped arguments, and exceptions inside the
-tool, become an error result that names the problem). A ``ToolRegistry`` holds tools by name.
+tool, become an error result that names the problem). A ``ToolRegistry`` holds tools by name; a toolkit
+is a class whose ``@tool`` methods share state (``registry.add_toolkit(instance)``).
 This module knows nothing of models or prompts; built-in tools: ``calculator`` (here) and the Python
 interpreter (``sandbox.py``).
 """
@@ -207,6 +208,10 @@ class Tool:
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
 
+    def __get__(self, obj, objtype=None) -> Tool:
+        """``@tool`` on a method of a toolkit class: looked up on an instance, the tool is bound to it."""
+        return self if obj is None else dataclasses.replace(self, fn=self.fn.__get__(obj, objtype))
+
 
 def tool(fn: Callable | None = None, *, name: str | None = None, description: str | None = None):
     """Decorate a typed function (``@tool`` or ``@tool(name=...)``) into a ``Tool``."""
@@ -243,6 +248,13 @@ class ToolRegistry:
             raise ValueError(f"a tool named {t.name!r} is already registered")
         self.tools[t.name] = t
         return t
+
+    def add_toolkit(self, toolkit) -> list[Tool]:
+        """Add every ``@tool`` method of ``toolkit`` (an instance), bound to it, in definition order."""
+        names = [n for klass in reversed(type(toolkit).__mro__) for n, v in vars(klass).items() if isinstance(v, Tool)]
+        if not names:
+            raise ValueError(f"{type(toolkit).__name__} has no @tool methods")
+        return [self.add(getattr(toolkit, n)) for n in dict.fromkeys(names)]
 
     def __contains__(self, name) -> bool:
         return name in self.tools

@@ -91,3 +91,9 @@ def test_the_tool_validates_its_argument(sandbox):
     assert t.schema["function"]["name"] == "python_interpreter"
     assert t.call({"code": "print(2 ** 5)"}).content == "32"
     assert "'code'" in t.call({}).error
+
+
+def test_a_crash_of_the_interpreter_is_an_error_and_the_next_call_starts_afresh(sandbox):
+    result = sandbox.run("import ctypes\nctypes.string_at(0)")
+    assert result.status == "error" and "segmentation fault" in result.error
+    assert sandbox.run("print('back')").content.endswith("back")

@@ -111,3 +111,37 @@ def test_calculator_evaluates_arithmetic_without_eval():
     for bad in ("__import__('os').system('true')", "open('x')", "1 +", "2 ** 100000"):
         result = calculator.call({"expression": bad})
         assert result.status == "error", bad
+
+
+class Notes:
+    """A toolkit: tools that share the instance's state."""
+
+    def __init__(self):
+        self.notes: list[str] = []
+
+    @tool
+    def add_note(self, text: str) -> str:
+        """Remember a note.
+
+        Args:
+            text: the note.
+        """
+        self.notes.append(text)
+        return f"{len(self.notes)} notes"
+
+    @tool(name="list_notes")
+    def all_notes(self) -> list[str]:
+        """List the notes."""
+        return self.notes
+
+
+def test_a_toolkit_adds_its_methods_bound_to_the_instance():
+    notes, registry = Notes(), ToolRegistry()
+    registry.add_toolkit(notes)
+    assert registry.names == ["add_note", "list_notes"]
+    assert list(registry.schemas[0]["function"]["parameters"]["properties"]) == ["text"]  # no self
+    assert registry.call("add_note", {"text": "buy milk"}).content == "1 notes"
+    assert registry.call("list_notes", {}).content == '["buy milk"]' and notes.notes == ["buy milk"]
+    assert "'self'" in registry.call("add_note", {"self": 1, "text": "x"}).error
+    with pytest.raises(ValueError, match="no @tool methods"):
+        ToolRegistry().add_toolkit(object())
