@@ -3,13 +3,16 @@
 ``PythonSandbox`` starts ``python -I`` (isolated mode: no user site, no PYTHON* variables) in its own
 process group and a fresh temporary working directory, with ``setrlimit`` limits on address space,
 file size and CPU seconds (per call). Requests and replies are JSON lines over pipes, so variables
-persist across calls of one session. A call past its wall-clock timeout kills the whole process group
+persist across calls of one session (``stateful=False``: a fresh process for every call; files in the
+session directory stay until ``close``). A call past its wall-clock timeout kills the whole process group
 and the next call starts a fresh session (state lost, and the reply says so). Output is truncated.
 
 What it protects against: runaway loops (CPU and wall time), memory bombs (address space), huge files
 (file size), stray relative paths (the working directory is the session's temp dir, removed on close).
 What it does not: it is not a security boundary against hostile code. Without root or namespaces the
-child can read files the user can read, write by absolute path, and signal the user's processes.
+child can read files the user can read, write by absolute path, open sockets where a network exists,
+signal the user's processes, and fork until the wall-clock timeout kills its process group (no process
+limit: ``RLIMIT_NPROC`` counts every process of the user, so it would also fail unrelated work).
 """
 
 from __future__ import annotations
@@ -81,8 +84,8 @@ class PythonSandbox:
     """One interpreter session; ``run(code) -> ToolResult``; use as a context manager or ``close()``."""
 
     def __init__(self, timeout: float = 10.0, cpu_seconds: int = 10, memory_mb: int = 512,
-                 file_size_mb: int = 16, output_limit: int = 4000):
-        self.timeout, self.cpu_seconds, self.memory_mb = timeout, cpu_seconds, memory_mb
+                 file_size_mb: int = 16, output_limit: int = 4000, stateful: bool = True):
+        self.timeout, self.cpu_seconds, self.memory_mb, self.stateful = timeout, cpu_seconds, memory_mb, stateful
         self.file_size_mb, self.output_limit = file_size_mb, output_limit
         self.workdir: str | None = None
         self.proc: subprocess.Popen | None = None
@@ -140,6 +143,8 @@ class PythonSandbox:
             return ToolResult.fail(f"the interpreter process was stopped by {reason}; the session was restarted "
                                    "(variables were lost)")
         reply = json.loads(line)
+        if not self.stateful:
+            self._kill()
         text = restarted + reply["stdout"]
         if reply["stderr"]:
             text += ("\n" if text and not text.endswith("\n") else "") + reply["stderr"]

@@ -97,3 +97,10 @@ def test_a_crash_of_the_interpreter_is_an_error_and_the_next_call_starts_afresh(
     result = sandbox.run("import ctypes\nctypes.string_at(0)")
     assert result.status == "error" and "segmentation fault" in result.error
     assert sandbox.run("print('back')").content.endswith("back")
+
+
+def test_a_stateless_session_forgets_variables_but_keeps_its_files():
+    with PythonSandbox(stateful=False) as sandbox:
+        assert sandbox.run("x = 1\nopen('f.txt', 'w').write('kept')\nprint(x)").content == "1"
+        assert "NameError" in sandbox.run("x").error
+        assert sandbox.run("print(open('f.txt').read())").content == "kept"
