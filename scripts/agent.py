@@ -1,7 +1,11 @@
 """Answer a question with a model that calls tools: prints each step to stderr as it happens, the answer to stdout.
 
-    python scripts/agent.py --model PATH [--protocol hermes|internlm2|react] [--tools calculator,python]
+    python scripts/agent.py --model PATH | --url URL [--served-model NAME] [--api-key KEY]
+        [--protocol hermes|internlm2|react] [--tools calculator,python]
         [--max-steps N] [--max-new-tokens N] [--system TEXT] [--json] "question"
+
+``--model`` runs the model in process; ``--url`` talks to any OpenAI-compatible endpoint
+(``scripts/serve.py`` included; ``--served-model`` defaults to the first one it lists).
 
 ``--protocol`` is how tools are shown to the model and how its calls are read: ``hermes``
 (``<tool_call>`` JSON, for ChatML models), ``internlm2`` (InternLM2's plugin and interpreter actions),
@@ -35,13 +39,17 @@ def show_step(step: dict) -> None:
 
 @cli.entry("agent.py")
 def main(argv=None) -> int:
-    from intern_jax.agent import Agent, DecoderChatModel
+    from intern_jax.agent import Agent, DecoderChatModel, OpenAIChatModel
     from intern_jax.agent.agent import BUILTIN_TOOLS, builtin_tools
     from intern_jax.agent.protocols import PROTOCOLS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("question", help="the question to answer")
-    ap.add_argument("--model", required=True, help="checkpoint: GGUF file, HF directory or native checkpoint")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", help="checkpoint: GGUF file, HF directory or native checkpoint")
+    where.add_argument("--url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    ap.add_argument("--served-model", help="with --url: the model name (default: the first the server lists)")
+    ap.add_argument("--api-key", help="with --url: the server's API key")
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="hermes")
     ap.add_argument("--tools", default="calculator", help=f"comma-separated, from: {', '.join(BUILTIN_TOOLS)}")
     ap.add_argument("--max-steps", type=int, default=6, help="model turns before giving up")
@@ -51,6 +59,8 @@ def main(argv=None) -> int:
     cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
 
+    if args.url is None and (args.served_model or args.api_key):
+        ap.error("--served-model and --api-key go with --url")
     question = cli.utf8_text(args.question, "the question").strip()
     if not question:
         raise ValueError("the question is empty; give one, e.g. \"What is 17 * 23?\"")
@@ -61,14 +71,18 @@ def main(argv=None) -> int:
     names = [n.strip() for n in args.tools.split(",") if n.strip()]
     tools, sandboxes = builtin_tools(names)
     try:
-        from intern_jax.checkpoint import load_model
-        from intern_jax.inference import Decoder
+        if args.url is not None:
+            chat_model = OpenAIChatModel(args.url, args.served_model, api_key=args.api_key,
+                                         max_tokens=args.max_new_tokens)
+        else:
+            from intern_jax.checkpoint import load_model
+            from intern_jax.inference import Decoder
 
-        model = load_model(args.model)
-        if model.tokenizer is None:
-            raise ValueError(f"--model {args.model} carries no tokenizer; agent.py needs one (a GGUF file or a "
-                             "checkpoint directory with tokenizer.json / tokenizer.model)")
-        chat_model = DecoderChatModel(Decoder.from_model(model), max_new_tokens=args.max_new_tokens)
+            model = load_model(args.model)
+            if model.tokenizer is None:
+                raise ValueError(f"--model {args.model} carries no tokenizer; agent.py needs one (a GGUF file or a "
+                                 "checkpoint directory with tokenizer.json / tokenizer.model)")
+            chat_model = DecoderChatModel(Decoder.from_model(model), max_new_tokens=args.max_new_tokens)
         agent = Agent(chat_model, tools, args.protocol, system=system, max_steps=args.max_steps,
                       on_step=show_step)
         result = agent.run(question)

@@ -1,7 +1,7 @@
 """Agents: typed tools, tool protocols (InternLM2, Hermes, ReAct), a sandboxed Python interpreter and the
 loop that runs a model over them. Everything here stands on the one decoder (``inference``)."""
 
-from intern_jax.agent.agent import Agent, AgentResult, ChatModel, DecoderChatModel
+from intern_jax.agent.agent import Agent, AgentResult, ChatModel, DecoderChatModel, OpenAIChatModel
 from intern_jax.agent.protocols import (
     INTERPRETER,
     HermesProtocol,
@@ -16,6 +16,6 @@ from intern_jax.agent.tools import Tool, ToolRegistry, ToolResult, calculator, t
 
 __all__ = [
     "INTERPRETER", "Agent", "AgentResult", "ChatModel", "DecoderChatModel", "HermesProtocol", "InternLM2Protocol",
-    "Parsed", "PythonSandbox", "ReActProtocol", "Tool", "ToolCall", "ToolRegistry", "ToolResult", "calculator",
-    "get_protocol", "tool",
+    "OpenAIChatModel", "Parsed", "PythonSandbox", "ReActProtocol", "Tool", "ToolCall", "ToolRegistry", "ToolResult",
+    "calculator", "get_protocol", "tool",
 ]

@@ -5,13 +5,16 @@ tool calls and feeds their results (or the parse error) back, until the model an
 ``max_steps`` model turns pass, or the model repeats its previous call with the same arguments (the
 repeat guard: it would loop until the step limit otherwise). Every step goes to ``transcript`` (and
 to ``on_step`` as it happens). A model is anything with ``chat(messages, stop) -> str``;
-``DecoderChatModel`` is the in-process one over ``generate_text``. This module holds no prompt text.
+``DecoderChatModel`` is the in-process one over ``generate_text``, ``OpenAIChatModel`` any
+OpenAI-compatible endpoint. This module holds no prompt text.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -56,6 +59,42 @@ class DecoderChatModel:
         sampling = SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens, stop=tuple(stop))
         text, _ = generate_text(self.decoder, messages, sampling)
         return text
+
+
+class OpenAIChatModel:
+    """Any OpenAI-compatible endpoint (``scripts/serve.py`` included): greedy ``/chat/completions``.
+
+    ``model`` None takes the first model ``/models`` lists. A failed request raises ``ConnectionError``
+    naming the URL and the server's message: that is not model output, so it ends the run.
+    """
+
+    def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
+                 max_tokens: int = 256, timeout: float = 300.0):
+        self.base_url, self.api_key, self.max_tokens, self.timeout = base_url.rstrip("/"), api_key, max_tokens, timeout
+        self.model = model or self._request("GET", "/models")["data"][0]["id"]
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode("utf-8", "replace")[:500]
+            raise ConnectionError(f"{method} {self.base_url + path} failed with HTTP {e.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConnectionError(f"{method} {self.base_url + path} failed: {reason}; is the server running?") from None
+
+    def chat(self, messages: list[dict], stop: Sequence[str] = ()) -> str:
+        body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
+        if stop:
+            body["stop"] = list(stop)
+        reply = self._request("POST", "/chat/completions", body)
+        return reply["choices"][0]["message"].get("content") or ""
 
 
 @dataclasses.dataclass
