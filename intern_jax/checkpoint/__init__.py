@@ -1,7 +1,8 @@
 """Checkpoint I/O: ``load_model(path)`` detects the format; ``save_native`` / ``save_hf`` write.
 
 Formats: the native orbax directory (native.py), Hugging Face safetensors in the InternLM2
-and Llama layouts (hf.py) and GGUF files (gguf.py). Every loader produces the one native
+and Llama layouts (hf.py), GGUF files (gguf.py) and training run directories (run.py, adapter
+runs merged into their base); peft.py exports adapters. Every loader produces the one native
 params tree of ``intern_jax.model.internlm2`` in ``config.param_dtype`` (float32 unless
 ``dtype`` is given; the compute ``dtype`` follows it) and, with a mesh, places it with the
 model's shardings. Nothing here runs the model.

@@ -17,6 +17,7 @@ import numpy as np
 
 from intern_jax.checkpoint import layouts
 from intern_jax.config import ConfigError, ModelConfig, RopeScaling
+from intern_jax.tokenizer import Tokenizer
 
 SUPPORTED_TYPE_NAMES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 ARCHITECTURES = ("llama",)
@@ -185,7 +186,5 @@ def load_gguf(path: Path, dtype=None, progress: bool = False):
     params = layouts.params_from_tensors(get, set(by_hf), cfg, "llama", dtype, source, progress)
     tokenizer = None
     if "tokenizer.ggml.tokens" in reader.fields:
-        from intern_jax.tokenizer import Tokenizer  # noqa: PLC0415
-
         tokenizer = Tokenizer.from_gguf(reader)
     return cfg, params, tokenizer

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from intern_jax.config import ModelConfig
+from intern_jax.model import internlm2
 
 LAYOUTS = ("internlm2", "llama")
 
@@ -152,8 +153,6 @@ _REDUNDANT = re.compile(r".*\.rotary_emb\.inv_freq$")
 
 
 def _native_leaves(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    from intern_jax.model import internlm2  # noqa: PLC0415
-
     flat = {}
     for path, leaf in internlm2.abstract(cfg).items():
         if isinstance(leaf, dict):
@@ -251,8 +250,6 @@ def tensors_from_params(params, cfg: ModelConfig, layout: str) -> Iterator[tuple
 def check_params(params, cfg: ModelConfig, what: str) -> None:
     """Raise unless ``params`` has exactly the leaves and shapes ``cfg`` declares."""
     import jax  # noqa: PLC0415
-
-    from intern_jax.model import internlm2  # noqa: PLC0415
 
     want = jax.tree.map(lambda a: a.shape, internlm2.abstract(cfg))
     try:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from intern_jax.checkpoint import layouts
 from intern_jax.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
+from intern_jax.model import internlm2
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
@@ -72,8 +73,6 @@ def read_config(directory: Path) -> ModelConfig:
 def load_native(directory, dtype=None, mesh=None) -> tuple[ModelConfig, dict]:
     """Config and params of a native checkpoint, cast to ``dtype`` (default: as stored) and
     placed with the model's shardings on ``mesh`` (default: the first device)."""
-    from intern_jax.model import internlm2  # noqa: PLC0415
-
     directory = Path(directory).absolute()
     cfg = read_config(directory)
     stored = internlm2.abstract(cfg)

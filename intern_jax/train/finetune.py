@@ -36,6 +36,8 @@ from intern_jax.train.config import (
     ParallelConfig,
     TrainConfig,
 )
+from intern_jax.train.loop import make_eval_batches, run_training
+from intern_jax.train.step import make_batch_sharding, process_row_block
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +208,6 @@ def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress:
     ``base`` (a LoadedModel) skips loading ``cfg.base_model``; ``mesh`` (default: all devices shaped
     by ``cfg.parallel``), ``on_step`` and ``compiler_options`` go to ``run_training``.
     """
-    from intern_jax.train.loop import make_eval_batches, run_training  # noqa: PLC0415
-    from intern_jax.train.step import make_batch_sharding, process_row_block  # noqa: PLC0415
-
     progress = cfg.logging.progress if progress is None else progress
     run_dir = Path(run_dir).absolute()
     mesh = mesh if mesh is not None else make_mesh(cfg.parallel.mesh_shape())

@@ -38,13 +38,14 @@ import jax
 import numpy as np
 
 from intern_jax.checkpoint.run import Checkpointer, write_run_json
+from intern_jax.cli import output_dir
 from intern_jax.config import ModelConfig
 from intern_jax.data.config import DataConfig
 from intern_jax.data.contract import CONTRACT_KEYS
 from intern_jax.model import internlm2
 from intern_jax.sharding import make_mesh
 from intern_jax.train import metrics as M
-from intern_jax.train.config import TrainConfig, train_config_to_dict
+from intern_jax.train.config import TrainConfig, check_run_flags, train_config_to_dict, with_run_flags
 from intern_jax.train.step import (
     make_batch_sharding,
     make_train_step,
@@ -52,6 +53,7 @@ from intern_jax.train.step import (
     shard_batch,
     zero_rules,
 )
+from intern_jax.train.synthetic import SyntheticData, make_synthetic_iterator
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,6 @@ def make_data_iterator(train_cfg: TrainConfig, model_cfg: ModelConfig, mesh=None
 
     Each process loads its block of rows of the global batch (``step.process_row_block`` over
     ``mesh``, default the config's); processes that share rows load the same ones."""
-    from intern_jax.train.synthetic import SyntheticData, make_synthetic_iterator  # noqa: PLC0415
-
     mesh = mesh if mesh is not None else make_mesh(train_cfg.parallel.mesh_shape())
     index, count = process_row_block(make_batch_sharding(mesh), train_cfg.batch_size, train_cfg.seq_len)
     kw = {"process_index": index, "process_count": count}
@@ -398,9 +398,6 @@ def run_from_cli(prog: str, args, load: Callable, train: Callable) -> tuple[int,
     A bad config or input raises (``intern_jax.cli.entry`` turns it into one line and exit status 2),
     and so does Ctrl-C (``TrainingInterrupted``, exit status 130, after a checkpoint is saved).
     """
-    from intern_jax.cli import output_dir  # noqa: PLC0415
-    from intern_jax.train.config import check_run_flags, with_run_flags  # noqa: PLC0415
-
     check_run_flags(steps=args.steps, save_every=args.save_every)  # before a config can start building a corpus
     if args.output:
         output_dir(args.output)

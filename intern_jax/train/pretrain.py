@@ -10,8 +10,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax
+
 from intern_jax.config import ConfigError
+from intern_jax.data.config import DataConfig
 from intern_jax.sharding import make_mesh
+from intern_jax.tokenizer import load_tokenizer
 from intern_jax.train.config import TrainConfig, load_train_config
 from intern_jax.train.loop import TrainResult, make_data_iterator, make_eval_batches, run_training
 
@@ -39,8 +43,6 @@ def resolve_vocab_size(cfg: TrainConfig, hint: str = "") -> TrainConfig:
     if not Path(cfg.tokenizer).exists():
         raise FileNotFoundError(f"tokenizer {cfg.tokenizer} does not exist (model.vocab_size is 0: it is taken "
                                 f"from the tokenizer){hint}")
-    from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
-
     vocab = load_tokenizer(cfg.tokenizer).vocab_size
     return dataclasses.replace(cfg, model=dataclasses.replace(model, vocab_size=vocab))
 
@@ -49,7 +51,7 @@ def check_corpus_tokenizer(cfg: TrainConfig) -> None:
     """A ConfigError, before any step, when the corpus at ``data.path`` holds token ids the model
     cannot embed, or was tokenized with another tokenizer than the run's ``tokenizer`` (compared
     by vocabulary size and by how they encode a probe text); the message says what differs."""
-    from intern_jax.data.pipeline import DataConfig, read_manifest  # noqa: PLC0415
+    from intern_jax.data.pipeline import read_manifest  # noqa: PLC0415  (grain: only when there is a corpus)
 
     if not isinstance(cfg.data, DataConfig):
         return
@@ -67,8 +69,6 @@ def check_corpus_tokenizer(cfg: TrainConfig) -> None:
         )
     if not cfg.tokenizer or corpus_tok is None:
         return
-    from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
-
     if corpus_tok.exists() and Path(cfg.tokenizer).absolute().resolve() == corpus_tok.absolute().resolve():
         return
     ours = load_tokenizer(cfg.tokenizer)
@@ -99,7 +99,7 @@ _PROBE = "def main(argv=None):\n    return 0  # The quick brown fox, 1234 \u00e9
 def ensure_corpus(data) -> None:
     """Build the embedded stdlib corpus when ``data.path`` is its default directory and empty;
     any other corpus without a manifest is an error naming the tool that makes one."""
-    from intern_jax.data.pipeline import MANIFEST, DataConfig  # noqa: PLC0415
+    from intern_jax.data.pipeline import MANIFEST  # noqa: PLC0415  (grain: only when there is a corpus)
 
     if not isinstance(data, DataConfig) or (Path(data.path) / MANIFEST).is_file():
         return
@@ -110,8 +110,6 @@ def ensure_corpus(data) -> None:
             f"data.path {data.path!r} holds no {MANIFEST}; process a corpus into it with "
             f"scripts/process_data.py, or use {corpus.DEFAULT_DIR} (built automatically from the stdlib)"
         )
-    import jax  # noqa: PLC0415
-
     if jax.process_index() == 0:
         corpus.build_corpus(data.path)
     if jax.process_count() > 1:
@@ -134,12 +132,8 @@ def pretrain(cfg: TrainConfig, run_dir) -> TrainResult:
 
 def copy_tokenizer(path, run_dir) -> Path:
     """``run_dir/tokenizer``: the tokenizer at ``path`` saved there once (by process 0)."""
-    import jax  # noqa: PLC0415
-
     target = Path(run_dir) / "tokenizer"
     if jax.process_index() == 0 and not target.exists():
-        from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
-
         tmp = target.with_name("tokenizer.tmp")
         load_tokenizer(path).save(tmp)
         tmp.replace(target)

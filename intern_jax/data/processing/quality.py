@@ -38,7 +38,8 @@ def prefix_ids(tokenizer, text: str, max_tokens: int) -> list[int]:
 
 def perplexities(texts: list[str], model, cfg: QualityConfig, progress: bool = False) -> list[float]:
     """exp(mean next-token NLL) over each text's first ``cfg.max_tokens`` tokens, in input order;
-    ``inf`` for a text too short to predict anything. ``model`` is a ``LoadedModel``."""
+    ``inf`` for a text too short to predict anything. ``model`` is a ``Decoder`` (its compiled
+    programs serve every call) or a ``LoadedModel`` (a decoder is made for this call)."""
     tok, mcfg = model.tokenizer, model.config
     ids = [prefix_ids(tok, t, cfg.max_tokens) for t in tqdm(texts, desc="perplexity: encode", unit="doc",
                                                               disable=not progress, leave=False)]
@@ -73,8 +74,8 @@ def keep_lowest(scores: list[float], sources: list[str], keep_fraction: float) -
     return keep
 
 
-def load_quality_model(path: str, progress: bool = False):
-    """``load_model(path)`` with a clear error when it is missing or carries no tokenizer."""
+def load_quality_model(path: str, progress: bool = False) -> Decoder:
+    """A ``Decoder`` over ``load_model(path)``, with a clear error when it is missing or carries no tokenizer."""
     try:
         model = load_model(path, progress=progress)
     except FileNotFoundError as e:
@@ -83,13 +84,13 @@ def load_quality_model(path: str, progress: bool = False):
                          ) from e
     if model.tokenizer is None:
         raise ValueError(f"quality model {path} carries no tokenizer; give a checkpoint with one")
-    return model
+    return Decoder.from_model(model)
 
 
 def perplexity_filter(docs: Iterable[Document], cfg: QualityConfig, stats: StageStats,
                       progress: bool = False, model=None) -> dict[str, str]:
     """{dropped id: "high_perplexity"}: per source, all but the lowest-perplexity ``keep_fraction``.
-    Sets ``doc.meta["perplexity"]``; ``model`` (a ``LoadedModel``) defaults to ``cfg.model`` loaded."""
+    Sets ``doc.meta["perplexity"]``; ``model`` (a ``Decoder`` or ``LoadedModel``) defaults to ``cfg.model`` loaded."""
     docs = list(docs)
     t0 = time.perf_counter()
     model = model or load_quality_model(cfg.model, progress)
