@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,10 @@ class DatasetConfig:
                               "set reader.options (the column holding them)")
         if self.infer.circular and not self.reader.options:
             raise ConfigError(f"dataset {self.name}: infer.circular needs multiple-choice options (reader.options)")
+        if self.infer.circular and not _shows_order(self.prompt):
+            raise ConfigError(f"dataset {self.name}: infer.circular rotates the options, but the prompt shows no "
+                              "order (no {options}, {A}, {B}... in the template, no {label} in the continuation), "
+                              "so every rotation scores the same; list the options in the template or drop circular")
 
     @property
     def multiple_choice(self) -> bool:
@@ -162,6 +167,13 @@ class DatasetConfig:
         settings["fewshot"].pop("path")
         blob = json.dumps(settings, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:6]
+
+
+def _shows_order(prompt: PromptConfig) -> bool:
+    """Whether the options' order reaches the model: listed in the template, or answered by letter."""
+    names = {name for text in (prompt.template, prompt.continuation)
+             for _, name, _, _ in string.Formatter().parse(text) if name}
+    return bool(names & {"options", "label", *string.ascii_uppercase})
 
 
 def load_dataset_config(path: str | Path, overrides=()) -> DatasetConfig:

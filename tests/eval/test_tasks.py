@@ -44,11 +44,14 @@ class TableLM:
         return len(text.split())
 
 
-def mc_config(tmp_path, rows, **infer):
+def mc_config(tmp_path, rows, template="Q: {question}\nA:", **infer):
     path = tmp_path / "mc.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return DatasetConfig(name="mc", reader=ReaderConfig(path=str(path), options="choices"),
-                         prompt=PromptConfig(template="Q: {question}\nA:"), infer=InferConfig(**infer))
+                         prompt=PromptConfig(template=template), infer=InferConfig(**infer))
+
+
+LISTED = "Q: {question}\n{options}\nA:"
 
 
 def test_acc_takes_the_highest_loglikelihood_and_acc_norm_divides_by_bytes(tmp_path):
@@ -67,7 +70,7 @@ def test_ppl_mode_picks_the_option_with_the_lowest_perplexity(tmp_path):
 
 def test_circular_eval_of_a_model_that_always_answers_a_scores_zero(tmp_path):
     rows = [{"question": f"q{i}", "choices": ["w", "x", "y", "z"], "answer": i % 4} for i in range(8)]
-    cfg = dataclasses.replace(mc_config(tmp_path, rows, mode="gen", circular=True),
+    cfg = dataclasses.replace(mc_config(tmp_path, rows, LISTED, mode="gen", circular=True),
                               postprocess=PostprocessConfig(kind="option_letter"))
     result, records = evaluate_dataset(TableLM(answer=lambda prompt: "A"), cfg)
     assert result["metrics"] == {"acc": 25.0, "circular_acc": 0.0}
@@ -79,16 +82,25 @@ def test_circular_eval_counts_an_item_only_when_every_rotation_is_right(tmp_path
     # which is right only in the rotation where the answer comes first
     rows = [{"question": "knows", "choices": ["w", "x", "y"], "answer": 2},
             {"question": "first", "choices": ["w", "x", "y"], "answer": 0}]
-    cfg = dataclasses.replace(mc_config(tmp_path, rows, mode="gen", circular=True),
+    cfg = dataclasses.replace(mc_config(tmp_path, rows, LISTED, mode="gen", circular=True),
                               postprocess=PostprocessConfig(kind="option_letter"))
 
     def answer(prompt):
         lines = dict(line.split(". ", 1) for line in prompt.splitlines() if ". " in line)
         return next(k for k, v in lines.items() if v == "y") if "knows" in prompt else "A"
 
-    cfg = dataclasses.replace(cfg, prompt=PromptConfig(template="Q: {question}\n{options}\nA:"))
     result, _ = evaluate_dataset(TableLM(answer=answer), cfg)
     assert result["metrics"] == {"acc": 100.0, "circular_acc": 50.0}
+
+
+def test_circular_eval_is_refused_where_the_prompt_shows_no_order(tmp_path):
+    rows = [{"question": "x", "choices": ["a", "b"], "answer": 0}]
+    with pytest.raises(ValueError, match="every rotation scores the same"):
+        mc_config(tmp_path, rows, mode="ll", circular=True)
+    assert mc_config(tmp_path, rows, LISTED, mode="ll", circular=True).infer.circular
+    letter = dataclasses.replace(mc_config(tmp_path, rows, mode="ll"),
+                                 prompt=PromptConfig("Q", continuation=" {label}"))
+    assert dataclasses.replace(letter, infer=InferConfig(mode="ll", circular=True)).infer.circular
 
 
 def test_rotations_keep_the_answer_with_its_option():
