@@ -5,8 +5,8 @@ engine's ``Increment``s into OpenAI responses, whole or streamed as server-sent 
 token is scheduled by the engine; prompt log-probabilities (``/v1/completions`` with ``echo``) come
 from the decoder's ``score``. A client that goes away aborts its request, freeing its slot and pages.
 Errors are OpenAI error objects naming the field. Sampling fields the sampler cannot honour (``n`` > 1,
-presence/frequency penalties, ``min_p``, ``logit_bias``, tools, response formats) are refused with a
-400, never ignored. This module holds no model code and no scheduling.
+``logit_bias``, tools, response formats) are refused with a 400, never ignored. This module holds no
+model code and no scheduling.
 """
 
 from __future__ import annotations
@@ -157,9 +157,6 @@ class _Server:
 
     def _sampling(self, body, max_tokens: int | None) -> SamplingParams:
         refused = [("n", body.n != 1, "only one choice per request is supported; send n requests"),
-                   ("presence_penalty", body.presence_penalty != 0, "is not supported; use repetition_penalty"),
-                   ("frequency_penalty", body.frequency_penalty != 0, "is not supported; use repetition_penalty"),
-                   ("min_p", body.min_p != 0, "is not supported; use top_p or top_k"),
                    ("logit_bias", bool(body.logit_bias), "is not supported")]
         for field, bad, why in refused:
             if bad:
@@ -170,7 +167,8 @@ class _Server:
         seed = body.seed if body.seed is not None else (secrets.randbits(32) if body.temperature > 0 else 0)
         try:
             return SamplingParams(temperature=body.temperature, top_k=max(body.top_k, 0), top_p=body.top_p,
-                                  repetition_penalty=body.repetition_penalty, seed=seed,
+                                  repetition_penalty=body.repetition_penalty, seed=seed, min_p=body.min_p,
+                                  presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                                   max_new_tokens=self.engine.max_model_len if max_tokens is None else max_tokens,
                                   stop=tuple(stop))
         except SamplingError as e:

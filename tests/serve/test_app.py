@@ -128,6 +128,18 @@ def test_stop_string_ends_the_text_before_it(server):
     assert got.usage.completion_tokens == len(result.tokens[0])
 
 
+def test_penalties_and_min_p_reach_the_sampler(server):
+    """presence/frequency penalties and min_p give what generate_text gives with the same settings and seed."""
+    knobs = dict(presence_penalty=1.5, frequency_penalty=2.0, min_p=0.2)
+    want, _ = _greedy(server, CHAT, max_new_tokens=12, temperature=1.0, seed=7, **knobs)
+    plain, _ = _greedy(server, CHAT, max_new_tokens=12, temperature=1.0, seed=7)
+    got = server.client.chat.completions.create(model=MODEL, messages=CHAT, temperature=1.0, max_tokens=12, seed=7,
+                                                presence_penalty=1.5, frequency_penalty=2.0,
+                                                extra_body={"min_p": 0.2})
+    assert got.choices[0].message.content == want
+    assert want != plain  # the knobs really change this sample
+
+
 def test_a_seed_fixes_the_sample_and_sampling_without_one_varies(server):
     def sample(**extra):
         return server.client.chat.completions.create(model=MODEL, messages=CHAT, temperature=1.0, top_p=0.95,
@@ -209,8 +221,8 @@ def test_eight_concurrent_requests_all_succeed_and_free_every_page(server):
     ({"temperature": -0.5}, 400, "temperature"),
     ({"n": 2}, 400, "n"),
     ({"max_tokens": 0}, 400, "max_tokens"),
-    ({"presence_penalty": 0.5}, 400, "presence_penalty"),
-    ({"min_p": 0.1}, 400, "min_p"),
+    ({"presence_penalty": 2.5}, 400, "presence_penalty"),
+    ({"min_p": 1.0}, 400, "min_p"),
     ({"top_p": 0}, 400, "top_p"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
     ({"logprobs": True, "top_logprobs": 5}, 400, "top_logprobs"),  # the engine keeps 3 alternatives
