@@ -8,8 +8,9 @@ decoder's batched greedy ``generate``. It writes no scoring or decoding code of 
 
 Context / continuation split (as lm-eval's ``HFLM._encode_pair``): trailing spaces of the
 context move to the continuation, ``context + continuation`` is encoded whole, the context is
-encoded alone, and the continuation's tokens are the whole encoding's tokens after the context's
-count. So a tokenizer that merges across the boundary scores the same tokens lm-eval scores.
+encoded alone; the continuation's tokens are the whole encoding's tokens past the context's token
+count, scored after the context's own encoding. Where a tokenizer merges across the boundary
+("The cat" + "s") the scored tokens are still exactly lm-eval's.
 A request may also give token ids for the context and continuation; they are used as they are.
 A context longer than the model's window keeps its last tokens (lm-eval's left truncation).
 
@@ -137,7 +138,7 @@ class DecoderLM:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole = self.encode(context + continuation)
         context_ids = self.encode(context)
-        return whole[: len(context_ids)], whole[len(context_ids):]
+        return context_ids, whole[len(context_ids):]
 
     # -- the three requests ----------------------------------------------------------------
 

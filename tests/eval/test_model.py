@@ -125,4 +125,7 @@ def test_text_requests_split_at_the_boundary_the_way_lm_eval_does(smollm2_tokeni
     whole = tok.encode("Question: What is 2 + 2?\nAnswer: 4")
     assert context + cont == whole and cont == whole[len(tok.encode("Question: What is 2 + 2?\nAnswer:")):]
     assert lm.encode_pair("Answer: ", "4") == lm.encode_pair("Answer:", " 4")
+    # a merge across the boundary: the context keeps its own encoding, the continuation is the whole's tail
+    merged = tok.encode("The cats sleep")
+    assert lm.encode_pair("The cat", "s sleep") == (tok.encode("The cat"), merged[len(tok.encode("The cat")):])
     assert lm.encode_pair("", "hello")[0] == [tok.bos_id]
