@@ -1,7 +1,7 @@
 """Answer a question with a model that calls tools: prints each step to stderr as it happens, the answer to stdout.
 
     python scripts/agent.py --model PATH | --url URL [--served-model NAME] [--api-key KEY]
-        [--protocol hermes|internlm2|react] [--tools calculator,python]
+        [--protocol hermes|internlm2|react|rewoo] [--tools calculator,python]
         [--max-steps N] [--max-new-tokens N] [--system TEXT] [--json] "question"
 
 ``--model`` runs the model in process; ``--url`` talks to any OpenAI-compatible endpoint
@@ -9,7 +9,8 @@
 
 ``--protocol`` is how tools are shown to the model and how its calls are read: ``hermes``
 (``<tool_call>`` JSON, for ChatML models), ``internlm2`` (InternLM2's plugin and interpreter actions),
-``react`` (Thought / Action / Action Input / Observation / Final Answer). ``python`` is a sandboxed
+``react`` (Thought / Action / Action Input / Observation / Final Answer); ``rewoo`` plans every call
+first (``#E1 = tool[input]``), runs them, then answers. ``python`` is a sandboxed
 interpreter (a separate process with time, memory and file-size limits). Decoding is greedy.
 ``--json`` prints ``{"answer", "stop_reason", "turns", "trace"}`` instead of the answer. The exit status is 1
 when the loop ended without an answer (step limit, repeated call).
@@ -26,7 +27,7 @@ from intern_jax import cli  # light: no jax
 
 def show_step(step: dict) -> None:
     kind = step["type"]
-    if kind == "reply":
+    if kind in ("reply", "plan"):
         text = step["text"].strip()
         print(f"[{step['turn']}] model: {text}", file=sys.stderr, flush=True)
     elif kind == "call":
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
     from intern_jax.agent import Agent, DecoderChatModel, OpenAIChatModel
     from intern_jax.agent.agent import BUILTIN_TOOLS, builtin_tools
     from intern_jax.agent.protocols import PROTOCOLS
+    from intern_jax.agent.rewoo import ReWOOAgent
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("question", help="the question to answer")
@@ -50,7 +52,8 @@ def main(argv=None) -> int:
     where.add_argument("--url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     ap.add_argument("--served-model", help="with --url: the model name (default: the first the server lists)")
     ap.add_argument("--api-key", help="with --url: the server's API key")
-    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="hermes")
+    ap.add_argument("--protocol", choices=[*sorted(PROTOCOLS), "rewoo"], default="hermes",
+                    help="rewoo: plan all tool calls first, run them, then answer")
     ap.add_argument("--tools", default="calculator", help=f"comma-separated, from: {', '.join(BUILTIN_TOOLS)}")
     ap.add_argument("--max-steps", type=int, default=6, help="model turns before giving up")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="per model turn")
@@ -83,8 +86,11 @@ def main(argv=None) -> int:
                 raise ValueError(f"--model {args.model} carries no tokenizer; agent.py needs one (a GGUF file or a "
                                  "checkpoint directory with tokenizer.json / tokenizer.model)")
             chat_model = DecoderChatModel(Decoder.from_model(model), max_new_tokens=args.max_new_tokens)
-        agent = Agent(chat_model, tools, args.protocol, system=system, max_steps=args.max_steps,
-                      on_step=show_step)
+        if args.protocol == "rewoo":
+            agent = ReWOOAgent(chat_model, tools, max_steps=args.max_steps, on_step=show_step)
+        else:
+            agent = Agent(chat_model, tools, args.protocol, system=system, max_steps=args.max_steps,
+                          on_step=show_step)
         result = agent.run(question)
     finally:
         for sandbox in sandboxes:

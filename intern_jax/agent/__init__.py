@@ -1,5 +1,5 @@
-"""Agents: typed tools, tool protocols (InternLM2, Hermes, ReAct), a sandboxed Python interpreter and the
-loop that runs a model over them. Everything here stands on the one decoder (``inference``)."""
+"""Agents: typed tools, tool protocols (InternLM2, Hermes, ReAct) and ReWOO, a sandboxed Python interpreter
+and the loop that runs a model over them. Everything here stands on the one decoder (``inference``)."""
 
 from intern_jax.agent.agent import Agent, AgentResult, ChatModel, DecoderChatModel, OpenAIChatModel
 from intern_jax.agent.protocols import (
@@ -11,11 +11,12 @@ from intern_jax.agent.protocols import (
     ToolCall,
     get_protocol,
 )
+from intern_jax.agent.rewoo import ReWOOAgent
 from intern_jax.agent.sandbox import PythonSandbox
 from intern_jax.agent.tools import Tool, ToolRegistry, ToolResult, calculator, tool
 
 __all__ = [
     "INTERPRETER", "Agent", "AgentResult", "ChatModel", "DecoderChatModel", "HermesProtocol", "InternLM2Protocol",
-    "OpenAIChatModel", "Parsed", "PythonSandbox", "ReActProtocol", "Tool", "ToolCall", "ToolRegistry", "ToolResult",
-    "calculator", "get_protocol", "tool",
+    "OpenAIChatModel", "Parsed", "PythonSandbox", "ReActProtocol", "ReWOOAgent", "Tool", "ToolCall", "ToolRegistry",
+    "ToolResult", "calculator", "get_protocol", "tool",
 ]

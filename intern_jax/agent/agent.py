@@ -100,7 +100,7 @@ class OpenAIChatModel:
 @dataclasses.dataclass
 class AgentResult:
     answer: str | None
-    stop_reason: str  # "answer" | "max_steps" | "repeated_call"
+    stop_reason: str  # "answer" | "max_steps" | "repeated_call" | "bad_plan" (ReWOO)
     turns: int
     transcript: list[dict]
     messages: list[dict]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,3 +31,47 @@ def test_bad_input_is_one_line_and_status_2(args, message):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("agent.py: error: ") and proc.stdout == ""
     assert len(lines) == 1 or lines[0].startswith("usage:")  # argparse's own errors come with the usage
+
+
+class Endpoint(http.server.BaseHTTPRequestHandler):
+    """A stand-in OpenAI endpoint on loopback answering chat requests with canned replies."""
+
+    replies: list[str] = []
+
+    def do_GET(self):
+        self._send({"data": [{"id": "canned"}]})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._send({"choices": [{"message": {"role": "assistant", "content": type(self).replies.pop(0)}}]})
+
+    def _send(self, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("protocol, replies", [
+    ("react", ['Thought: multiply\nAction: calculator\nAction Input: {"expression": "17 * 23"}', "Final Answer: 391"]),
+    ("rewoo", ["Plan: multiply.\n#E1 = calculator[17 * 23]", "391"]),
+])
+def test_the_script_answers_through_an_endpoint_and_prints_the_trace(protocol, replies):
+    Endpoint.replies = list(replies)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts/agent.py"), "--url", url, "--protocol", protocol,
+                               "--json", "What is 17 * 23?"], capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["answer"] == "391" and out["stop_reason"] == "answer" and out["turns"] == 2
+    assert "call calculator" in proc.stderr and "result: 391" in proc.stderr
