@@ -180,7 +180,7 @@ def test_the_shipped_configs_load_and_read_their_data():
     from pathlib import Path
 
     config_dir = Path(__file__).resolve().parents[2] / "configs" / "eval"
-    configs = find_datasets("arith_mc,commonsense_mc,arith_qa", config_dir)
+    configs = find_datasets("arith_mc,commonsense_mc,commonsense_mc_circular,arith_qa", config_dir)
     for cfg in configs:
         items = tasks.read_items(cfg.reader, cfg.multiple_choice)
         assert 20 <= len(items) <= 40, cfg.name
