@@ -2,16 +2,18 @@
 
     python scripts/evaluate.py --model PATH [--model PATH2 ...] --datasets arith_mc,arith_qa --output DIR
         [--config configs/eval/X.py ...] [--data mine.jsonl ...] [--limit N] [--num-fewshot K] [--batch-size B]
-        [--reuse]
+        [--reuse] [--json]
 
 ``--datasets`` names configs in configs/eval/; ``--config`` gives config files. ``--output DIR`` receives
 predictions/, results/, cache/ and summary.md / .csv / .json; ``--reuse`` reads answers already in
-DIR/cache back instead of recomputing them. An OpenAI-compatible endpoint (``--url``) is not supported yet.
+DIR/cache back instead of recomputing them; ``--json`` prints the results as JSON instead of the table.
+An OpenAI-compatible endpoint (``--url``) is not supported yet.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -35,6 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (overrides the configs)")
     ap.add_argument("--batch-size", type=int, default=16, help="sequences per scoring / generation batch")
     ap.add_argument("--reuse", action="store_true", help="read answers already cached in --output back")
+    ap.add_argument("--json", action="store_true",
+                    help="print the results as JSON (per model and dataset: version, mode, metrics, item count)")
     cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
 
@@ -74,7 +78,10 @@ def main(argv=None) -> int:
         print(f"evaluating {what}", file=sys.stderr, flush=True)
 
     results = run(models, datasets, output, limit=args.limit, num_fewshot=args.num_fewshot, progress=progress)
-    sys.stdout.write(to_markdown(results, [m.name for m in models]))
+    if args.json:
+        print(json.dumps({"models": [m.name for m in models], "results": results}, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(to_markdown(results, [m.name for m in models]))
     reused = sum(m.cache.hits for m in models)
     if args.reuse:
         print(f"reused {reused} cached answers", file=sys.stderr)

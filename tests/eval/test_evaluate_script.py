@@ -49,6 +49,13 @@ def test_evaluate_script_on_smollm2_writes_the_summary_and_reuses_its_answers(sm
     assert main([*argv, "--reuse"]) == 0
     captured = capsys.readouterr()
     assert captured.out == table and "reused" in captured.err
+    assert main([*argv, "--reuse", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    def without_time(results):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in results]
+
+    assert without_time(printed["results"]) == without_time(summary["results"])
+    assert [r["num_items"] for r in printed["results"]] == [4, 4]
 
 
 def test_evaluate_script_bad_input_is_one_line(tmp_path):
