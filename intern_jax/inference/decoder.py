@@ -65,9 +65,10 @@ def decode_layout(params, cfg: ModelConfig):
 
 def _last_logits(params, tokens, segment_ids, cache, cfg: ModelConfig):
     """Append ``tokens [B, T]`` (right padding: segment 0) to the cache; logits ``[B, V]`` at each row's last token."""
-    logits, cache = internlm2.forward(params, {"tokens": tokens, "segment_ids": segment_ids}, cfg, cache)
+    x, cache = internlm2.hidden_states(params, {"tokens": tokens, "segment_ids": segment_ids}, cfg, cache)
     last = jnp.maximum(jnp.sum(segment_ids != 0, axis=1) - 1, 0)
-    return jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0], cache
+    x = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]  # the head runs on one row per sequence
+    return internlm2.head_logits(params, x, cfg), cache
 
 
 def _pick(logits, state, num_top: int):
@@ -223,7 +224,6 @@ class Decoder:
     def score(self, sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each token sequence, the log-probability of every token from index ``start`` on given
         the tokens before it, and whether it was the model's greedy choice: ``[(logprobs, is_greedy)]``."""
-        out = []
         for seq, start in zip(sequences, starts, strict=True):
             if not 1 <= start <= len(seq):
                 raise ValueError(f"score: start {start} must be in [1, {len(seq)}] (at least one context token)")
@@ -243,8 +243,7 @@ class Decoder:
             for r, i in enumerate(chunk):
                 n = len(sequences[i])
                 results[i] = (logprobs[r, starts[i] - 1: n - 1], greedy[r, starts[i] - 1: n - 1])
-        out.extend(results)
-        return out
+        return results
 
 
 @dataclasses.dataclass

@@ -103,7 +103,7 @@ class Engine:
         num_blocks = config.num_blocks or max(per_seq, config.max_batch_size * max(1, per_seq // 4))
         self.pool = BlockPool(num_blocks, config.block_size, prefix_caching=config.enable_prefix_caching)
         self.scheduler = Scheduler(self.pool, max_batch_size=config.max_batch_size,
-                                   max_num_tokens=config.max_num_tokens, max_model_len=self.max_model_len)
+                                   max_num_tokens=config.max_num_tokens)
         self.batch = self.decoder.new_batch(
             config.max_batch_size, paged=PagedLayout(num_blocks, config.block_size, per_seq),
             kv_int8=config.kv_int8, num_top_logprobs=config.num_top_logprobs)
@@ -168,7 +168,9 @@ class Engine:
         """Queue a request (text, chat messages or token ids); returns its id. ``sink(increment)`` is called
         with each of its increments (from the thread that runs the step). Options: ``top_logprobs``,
         ``ignore_eos``."""
-        req = self._request(prompt, sampling, request_id, **options)
+        return self._queue(self._request(prompt, sampling, request_id, **options), sink)
+
+    def _queue(self, req: _Request, sink=None) -> str:
         with self._wake:
             if sink is not None:
                 self._sinks[req.seq.request_id] = sink
@@ -346,13 +348,11 @@ class Engine:
                 if all(x.finish_reason is not None for x in results.values()):
                     all_done.set()
 
-        ids = []
-        for p, s in zip(prompts, sampling, strict=True):
-            rid = self._request(p, s, None, **options).seq.request_id  # validate every prompt first
-            ids.append(rid)
-        for p, s, rid in zip(prompts, sampling, ids):
+        reqs = [self._request(p, s, None, **options) for p, s in zip(prompts, sampling, strict=True)]  # all valid
+        ids = [r.seq.request_id for r in reqs]
+        for req, rid in zip(reqs, ids):
             results[rid] = Result(rid, "", [], [], None)
-            self.add_request(p, s, rid, sink=collect, **options)
+            self._queue(req, collect)
         while not all_done.is_set():
             if self._thread is not None and self._thread.is_alive():
                 all_done.wait(timeout=1.0)

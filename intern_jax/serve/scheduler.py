@@ -77,12 +77,12 @@ class Plan:
 
 
 class Scheduler:
-    def __init__(self, pool: BlockPool, *, max_batch_size: int, max_num_tokens: int, max_model_len: int):
+    def __init__(self, pool: BlockPool, *, max_batch_size: int, max_num_tokens: int):
         if max_num_tokens < max_batch_size:
             raise ValueError(f"max_num_tokens ({max_num_tokens}) must be >= max_batch_size ({max_batch_size}): "
                              "every running sequence decodes one token per step")
         self.pool = pool
-        self.max_batch_size, self.max_num_tokens, self.max_model_len = max_batch_size, max_num_tokens, max_model_len
+        self.max_batch_size, self.max_num_tokens = max_batch_size, max_num_tokens
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
         self.free_slots = list(range(max_batch_size))[::-1]

@@ -38,7 +38,7 @@ def _seq(n, max_new=4):
 
 
 def test_long_prompt_is_prefilled_in_chunks_while_others_decode():
-    sched = Scheduler(BlockPool(64, 4), max_batch_size=4, max_num_tokens=8, max_model_len=128)
+    sched = Scheduler(BlockPool(64, 4), max_batch_size=4, max_num_tokens=8)
     short, long = _seq(3), _seq(30)
     sched.add(short)
     plan = sched.schedule()
@@ -60,7 +60,7 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode():
 
 
 def test_pool_exhaustion_preempts_the_newest_sequence_and_requeues_it():
-    sched = Scheduler(BlockPool(4, 2), max_batch_size=4, max_num_tokens=16, max_model_len=64)
+    sched = Scheduler(BlockPool(4, 2), max_batch_size=4, max_num_tokens=16)
     a, b = _seq(4), _seq(4)
     sched.add(a)
     sched.add(b)
@@ -75,7 +75,7 @@ def test_pool_exhaustion_preempts_the_newest_sequence_and_requeues_it():
 
 
 def test_request_larger_than_the_whole_pool_fails_with_a_clear_error():
-    sched = Scheduler(BlockPool(2, 2), max_batch_size=2, max_num_tokens=16, max_model_len=64)
+    sched = Scheduler(BlockPool(2, 2), max_batch_size=2, max_num_tokens=16)
     big = _seq(9)
     sched.add(big)
     plan = sched.schedule()
