@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -65,6 +66,7 @@ def entry(prog: str) -> Callable:
         def run(argv=None) -> int:
             if debug_requested(sys.argv[1:] if argv is None else list(argv)):
                 return main(argv)
+            _drop_closed_loop_reports()
             try:
                 return main(argv)
             except KeyboardInterrupt as e:
@@ -74,6 +76,7 @@ def entry(prog: str) -> Callable:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 return BROKEN_PIPE
             except (ValueError, OSError, UnicodeError) as e:  # ConfigError is a ValueError
+                _quiet_abandoned_work()
                 print(f"{prog}: error: {describe(e)}", file=sys.stderr, flush=True)
                 if argv is None:  # a real command line: the message above is the last word
                     _silence_stderr()
@@ -84,10 +87,35 @@ def entry(prog: str) -> Callable:
     return wrap
 
 
+def _drop_closed_loop_reports() -> None:
+    """When a checkpoint read fails, orbax closes its event loop while tensorstore's threads still
+    complete the other reads; each completion calls ``call_soon_threadsafe`` on the closed loop and
+    Python reports the ``RuntimeError('Event loop is closed')`` through ``sys.unraisablehook``. Those
+    reports (and only those) are dropped: the failed read itself reaches the script as an exception."""
+    previous = sys.unraisablehook
+
+    def hook(report):
+        if isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed":
+            return
+        previous(report)
+
+    if getattr(previous, "_intern_jax", False):
+        return
+    hook._intern_jax = True
+    sys.unraisablehook = hook
+
+
+def _quiet_abandoned_work() -> None:
+    """The script is ending on its error: reads a failed load left behind report their own failures
+    when collected at exit (asyncio's "exception was never retrieved", "Exception ignored in
+    <coroutine ...>"); the user gets the one line instead."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda report: None
+
+
 def _silence_stderr() -> None:
-    """After the error line: reads that a failed load left in flight (tensorstore, under orbax) report
-    "Event loop is closed" tracebacks from their threads until the interpreter stops; the user has had
-    the real message."""
+    """After the error line nothing else reaches stderr: threads of native libraries (tensorstore's
+    reads under orbax) may still write there directly until the interpreter stops."""
     sys.stderr.flush()
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
 
