@@ -6,7 +6,14 @@ report of every failed test that drew from it (the ``seed`` / ``rng`` fixtures, 
 which it seeds).
 """
 
+import functools
+import http.client
+import json
 import os
+import socket
+import threading
+import time
+from types import SimpleNamespace
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -114,3 +121,71 @@ def smollm2_decoder(smollm2):
     from intern_jax.inference import Decoder
 
     return Decoder.from_model(smollm2)
+
+
+SERVER_MODEL = "smollm2"
+SERVER_KEY = "test-key"
+SERVER_MAX_MODEL_LEN = 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(smollm2_decoder):
+    """One real server for the session: uvicorn on 127.0.0.1 over the embedded SmolLM2 (key
+    ``SERVER_KEY``, model name ``SERVER_MODEL``), with the official ``openai`` client (``server.client``),
+    plain HTTP (``server.raw(method, path, body)``) and a wait for an idle engine (``server.idle()``)."""
+    import openai
+    import uvicorn
+
+    from intern_jax.serve import Engine, EngineConfig
+    from intern_jax.serve.app import create_app
+
+    engine = Engine(smollm2_decoder, EngineConfig(max_batch_size=8, max_num_tokens=256, block_size=64, num_blocks=40,
+                                                  max_model_len=SERVER_MAX_MODEL_LEN, num_top_logprobs=3))
+    app = create_app(engine, SERVER_MODEL, api_keys=[SERVER_KEY], max_queue=16)
+    port = _free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, name="test-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=SERVER_KEY, timeout=60, max_retries=0)
+    yield SimpleNamespace(port=port, engine=engine, client=client, decoder=smollm2_decoder, app=app,
+                          raw=functools.partial(_raw, port), idle=functools.partial(_idle, port))
+    uv.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+def _raw(port: int, method: str, path: str, body=None, headers=None, timeout: float = 60):
+    """(status, parsed JSON or text, headers) of one plain HTTP request."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
+    conn.request(method, path, body=data, headers={"Authorization": f"Bearer {SERVER_KEY}",
+                                                  "Content-Type": "application/json", **(headers or {})})
+    response = conn.getresponse()
+    text = response.read().decode()
+    conn.close()
+    try:
+        return response.status, json.loads(text), response.headers
+    except json.JSONDecodeError:
+        return response.status, text, response.headers
+
+
+def _idle(port: int, timeout: float = 15) -> dict:
+    """The engine's stats once nothing runs or waits (every page free), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, stats, _ = _raw(port, "GET", "/stats")
+        assert status == 200
+        if stats["running"] == 0 and stats["waiting"] == 0 and stats["free_blocks"] == stats["total_blocks"]:
+            return stats
+        assert time.monotonic() < deadline, f"the engine did not become idle: {stats}"
+        time.sleep(0.1)

@@ -8,82 +8,31 @@ import json
 import socket
 import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import openai
 import pytest
-import uvicorn
 
 from intern_jax.inference import SamplingParams, encode_prompt
 from intern_jax.inference.generate import generate_text
-from intern_jax.serve import Engine, EngineConfig
-from intern_jax.serve.app import create_app
 
 pytestmark = pytest.mark.slow
 
-MODEL = "smollm2"
+MODEL = "smollm2"  # as in conftest.py
 KEY = "test-key"
 MAX_MODEL_LEN = 1024
 CHAT = [{"role": "system", "content": "You are a concise assistant."},
         {"role": "user", "content": "Name three colors of the rainbow."}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def server(smollm2_decoder):
-    engine = Engine(smollm2_decoder, EngineConfig(max_batch_size=8, max_num_tokens=256, block_size=64, num_blocks=40,
-                                                  max_model_len=MAX_MODEL_LEN, num_top_logprobs=3))
-    app = create_app(engine, MODEL, api_keys=[KEY], max_queue=16)
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, name="test-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, timeout=60, max_retries=0)
-    yield SimpleNamespace(port=port, engine=engine, client=client, decoder=smollm2_decoder, app=app)
-    uv.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
-
-
 def _raw(server, method: str, path: str, body=None, headers=None, timeout: float = 60):
-    """(status, parsed JSON or text, headers) of one plain HTTP request."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
-    data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
-    conn.request(method, path, body=data, headers={"Authorization": f"Bearer {KEY}",
-                                                  "Content-Type": "application/json", **(headers or {})})
-    response = conn.getresponse()
-    text = response.read().decode()
-    conn.close()
-    try:
-        return response.status, json.loads(text), response.headers
-    except json.JSONDecodeError:
-        return response.status, text, response.headers
+    return server.raw(method, path, body, headers, timeout)
 
 
 def _idle(server, timeout: float = 15) -> dict:
-    """The engine's stats once nothing runs or waits (every page free), or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status, stats, _ = _raw(server, "GET", "/stats")
-        assert status == 200
-        if stats["running"] == 0 and stats["waiting"] == 0 and stats["free_blocks"] == stats["total_blocks"]:
-            return stats
-        assert time.monotonic() < deadline, f"the engine did not become idle: {stats}"
-        time.sleep(0.1)
+    return server.idle(timeout)
 
 
 def _greedy(server, messages, **sampling):
