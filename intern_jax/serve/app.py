@@ -29,6 +29,7 @@ from intern_jax.inference.generate import encode_prompt
 from intern_jax.inference.sampling import SamplingError, SamplingParams
 from intern_jax.serve.engine import Engine, Increment
 from intern_jax.serve.protocol import ChatCompletionRequest, CompletionRequest
+from intern_jax.serve.web import router as web_router
 
 MAX_BODY_BYTES = 4 << 20
 _MIN_LOGPROB = -9999.0  # JSON has no -inf
@@ -102,6 +103,7 @@ def create_app(engine: Engine, served_model_name: str, api_keys: Sequence[str] |
     async def completions(body: CompletionRequest, request: Request):
         return await server.complete(body, request)
 
+    app.include_router(web_router)  # the web chat page at /, its files at /static/*
     engine.start()
     return app
 
