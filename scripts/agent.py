@@ -1,7 +1,8 @@
 """Answer a question with a model that calls tools: prints each step to stderr as it happens, the answer to stdout.
 
     python scripts/agent.py --model PATH | --url URL [--served-model NAME] [--api-key KEY]
-        [--protocol hermes|internlm2|react|rewoo] [--tools calculator,python]
+        [--protocol hermes|internlm2|react|rewoo] [--tools calculator,python,search,files]
+        [--docs FILE|DIR] [--root DIR]
         [--max-steps N] [--max-new-tokens N] [--system TEXT] [--json] "question"
 
 ``--model`` runs the model in process; ``--url`` talks to any OpenAI-compatible endpoint
@@ -11,7 +12,9 @@
 (``<tool_call>`` JSON, for ChatML models), ``internlm2`` (InternLM2's plugin and interpreter actions),
 ``react`` (Thought / Action / Action Input / Observation / Final Answer); ``rewoo`` plans every call
 first (``#E1 = tool[input]``), runs them, then answers. ``python`` is a sandboxed
-interpreter (a separate process with time, memory and file-size limits). Decoding is greedy.
+interpreter (a separate process with time, memory and file-size limits); ``search`` finds passages of
+``--docs`` (a JSONL file with a ``text`` field per line, or a directory written by
+``scripts/process_data.py``) by BM25; ``files`` reads text files under ``--root``. Decoding is greedy.
 ``--json`` prints ``{"answer", "stop_reason", "turns", "trace"}`` instead of the answer. The exit status is 1
 when the loop ended without an answer (step limit, repeated call).
 """
@@ -55,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--protocol", choices=[*sorted(PROTOCOLS), "rewoo"], default="hermes",
                     help="rewoo: plan all tool calls first, run them, then answer")
     ap.add_argument("--tools", default="calculator", help=f"comma-separated, from: {', '.join(BUILTIN_TOOLS)}")
+    ap.add_argument("--docs", help="with --tools search: a JSONL file or a processed corpus directory")
+    ap.add_argument("--root", help="with --tools files: the directory whose files the agent may read")
     ap.add_argument("--max-steps", type=int, default=6, help="model turns before giving up")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="per model turn")
     ap.add_argument("--system", help="system message placed before the tool descriptions")
@@ -72,7 +77,7 @@ def main(argv=None) -> int:
     cli.sampling_params(max_new_tokens=args.max_new_tokens)  # a bad --max-new-tokens is named before loading
     system = None if args.system is None else cli.utf8_text(args.system, "--system")
     names = [n.strip() for n in args.tools.split(",") if n.strip()]
-    tools, sandboxes = builtin_tools(names)
+    tools, sandboxes = builtin_tools(names, docs=args.docs, root=args.root)
     try:
         if args.url is not None:
             chat_model = OpenAIChatModel(args.url, args.served_model, api_key=args.api_key,

@@ -2,6 +2,7 @@
 and the loop that runs a model over them. Everything here stands on the one decoder (``inference``)."""
 
 from intern_jax.agent.agent import Agent, AgentResult, ChatModel, DecoderChatModel, OpenAIChatModel
+from intern_jax.agent.files import FileReader
 from intern_jax.agent.protocols import (
     INTERPRETER,
     HermesProtocol,
@@ -13,10 +14,12 @@ from intern_jax.agent.protocols import (
 )
 from intern_jax.agent.rewoo import ReWOOAgent
 from intern_jax.agent.sandbox import PythonSandbox
+from intern_jax.agent.search import DocumentSearch
 from intern_jax.agent.tools import Tool, ToolRegistry, ToolResult, calculator, tool
 
 __all__ = [
-    "INTERPRETER", "Agent", "AgentResult", "ChatModel", "DecoderChatModel", "HermesProtocol", "InternLM2Protocol",
+    "INTERPRETER", "Agent", "AgentResult", "ChatModel", "DecoderChatModel", "DocumentSearch", "FileReader",
+    "HermesProtocol", "InternLM2Protocol",
     "OpenAIChatModel", "Parsed", "PythonSandbox", "ReActProtocol", "ReWOOAgent", "Tool", "ToolCall", "ToolRegistry",
     "ToolResult", "calculator", "get_protocol", "tool",
 ]

@@ -18,27 +18,39 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from intern_jax.agent.protocols import INTERPRETER, Parsed, ToolCall, get_protocol
+from intern_jax.agent.files import FileReader
+from intern_jax.agent.protocols import Parsed, ToolCall, get_protocol
 from intern_jax.agent.sandbox import PythonSandbox
+from intern_jax.agent.search import DocumentSearch
 from intern_jax.agent.tools import ToolRegistry, calculator
 
-BUILTIN_TOOLS = ("calculator", "python")
+BUILTIN_TOOLS = ("calculator", "python", "search", "files")
 
 
-def builtin_tools(names: Sequence[str], **sandbox_options) -> tuple[ToolRegistry, list[PythonSandbox]]:
-    """A registry of built-in tools by name (``calculator``, ``python``) and the sandboxes to close after use."""
+def builtin_tools(names: Sequence[str], *, docs=None, root=None,
+                  **sandbox_options) -> tuple[ToolRegistry, list[PythonSandbox]]:
+    """A registry of built-in tools by name and the sandboxes to close after use: ``calculator``, ``python`` (the
+    sandboxed interpreter), ``search`` (BM25 over ``docs``, a JSONL file or processed corpus directory) and
+    ``files`` (``read_file`` / ``list_files`` under ``root``)."""
     unknown = [n for n in names if n not in BUILTIN_TOOLS]
     if unknown or not names:
         raise ValueError(f"unknown tool {', '.join(map(repr, unknown))}; choose from {', '.join(BUILTIN_TOOLS)}"
                          if unknown else f"no tools given; choose from {', '.join(BUILTIN_TOOLS)}")
+    if "search" in names and docs is None:
+        raise ValueError("the search tool needs documents (--docs): a JSONL file or a processed corpus directory")
+    if "files" in names and root is None:
+        raise ValueError("the files tool needs the directory it may read (--root)")
     registry, sandboxes = ToolRegistry(), []
     for name in dict.fromkeys(names):
         if name == "calculator":
             registry.add(calculator)
+        elif name == "search":
+            registry.add_toolkit(DocumentSearch(docs))
+        elif name == "files":
+            registry.add_toolkit(FileReader(root))
         else:
             sandboxes.append(PythonSandbox(**sandbox_options))
             registry.add(sandboxes[-1].as_tool())
-    assert all(t.name in ("calculator", INTERPRETER) for t in registry)
     return registry, sandboxes
 
 

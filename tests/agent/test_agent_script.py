@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
     (["--model", "/no/such/model", "q"], "/no/such/model"),
     (["--url", "http://127.0.0.1:9/v1", "q"], "is the server running?"),
     (["--model", "m", "--api-key", "k", "q"], "--served-model and --api-key go with --url"),
+    (["--model", "m", "--tools", "search", "q"], "the search tool needs documents (--docs)"),
+    (["--model", "m", "--tools", "files", "q"], "the files tool needs the directory it may read (--root)"),
+    (["--model", "m", "--tools", "files", "--root", "/no/such/dir", "q"], "/no/such/dir does not exist"),
 ])
 def test_bad_input_is_one_line_and_status_2(args, message):
     env = {k: v for k, v in os.environ.items() if k != "INTERN_JAX_DEBUG"}
@@ -75,3 +78,27 @@ def test_the_script_answers_through_an_endpoint_and_prints_the_trace(protocol, r
     out = json.loads(proc.stdout)
     assert out["answer"] == "391" and out["stop_reason"] == "answer" and out["turns"] == 2
     assert "call calculator" in proc.stderr and "result: 391" in proc.stderr
+
+
+def test_the_script_searches_documents_and_reads_files_through_an_endpoint(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"id": "faq-2", "text": "The warranty lasts two years."}) + "\n"
+                    + json.dumps({"id": "faq-1", "text": "Reset the router by holding its button."}) + "\n")
+    (tmp_path / "note.txt").write_text("the router is in the attic")
+    Endpoint.replies = ['Thought: look it up\nAction: search\nAction Input: {"query": "warranty"}',
+                        'Thought: and the note\nAction: read_file\nAction Input: {"path": "note.txt"}',
+                        "Final Answer: two years"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts/agent.py"), "--url", url, "--protocol", "react",
+                               "--tools", "search,files", "--docs", str(docs), "--root", str(tmp_path), "--json",
+                               "How long is the warranty?"], capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr
+    results = [s for s in json.loads(proc.stdout)["trace"] if s["type"] == "result"]
+    assert json.loads(results[0]["content"])[0]["id"] == "faq-2"
+    assert results[1]["content"] == "the router is in the attic"
