@@ -90,20 +90,12 @@ class RequestCache:
                 f.write(json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n")
 
 
-class DecoderLM:
-    """``EvalModel`` over a ``Decoder`` (or a loaded model). ``batch_size`` sequences per scoring call,
-    longest first; ``cache`` (a ``RequestCache``) answers repeated requests."""
+class TokenizedLM:
+    """The tokenization every model for evaluation shares: lm-eval's context / continuation split over a
+    tokenizer (``self.tokenizer``; ``None``: requests must come as token ids)."""
 
-    def __init__(self, model, name: str = "model", *, batch_size: int = 16, cache: RequestCache | None = None,
-                 max_length: int = 0):
-        self.decoder = Decoder.from_model(model)
-        self.tokenizer = self.decoder.tokenizer
-        self.name = name
-        self.batch_size = max(1, int(batch_size))
-        self.cache = cache or RequestCache(None)
-        self.max_length = max_length or self.decoder.config.max_position_embeddings
-
-    # -- tokenization ----------------------------------------------------------------------
+    name: str = "model"
+    tokenizer = None
 
     def _tok(self):
         if self.tokenizer is None:
@@ -133,12 +125,36 @@ class DecoderLM:
             return context_ids or self.prefix_ids, cont_ids
         if context == "":
             return self.prefix_ids, self._tok().encode(continuation)
-        spaces = len(context) - len(context.rstrip(" "))
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        context, continuation = move_trailing_spaces(context, continuation)
         whole = self.encode(context + continuation)
         context_ids = self.encode(context)
         return context_ids, whole[len(context_ids):]
+
+    def rolling_ids(self, text) -> list[int]:
+        """The tokens a rolling log-likelihood scores (after the first): the prefix token, then the text's."""
+        return self.prefix_ids + self._tok().encode(text) if isinstance(text, str) else list(map(int, text))
+
+
+def move_trailing_spaces(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's rule: trailing spaces of the context belong to the continuation."""
+    spaces = len(context) - len(context.rstrip(" "))
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    return context, continuation
+
+
+class DecoderLM(TokenizedLM):
+    """``EvalModel`` over a ``Decoder`` (or a loaded model). ``batch_size`` sequences per scoring call,
+    longest first; ``cache`` (a ``RequestCache``) answers repeated requests."""
+
+    def __init__(self, model, name: str = "model", *, batch_size: int = 16, cache: RequestCache | None = None,
+                 max_length: int = 0):
+        self.decoder = Decoder.from_model(model)
+        self.tokenizer = self.decoder.tokenizer
+        self.name = name
+        self.batch_size = max(1, int(batch_size))
+        self.cache = cache or RequestCache(None)
+        self.max_length = max_length or self.decoder.config.max_position_embeddings
 
     # -- the three requests ----------------------------------------------------------------
 
@@ -174,8 +190,7 @@ class DecoderLM:
         todo = [i for i, v in enumerate(out) if v is None]
         sequences, starts, owner = [], [], []
         for i in todo:
-            text = texts[i]
-            ids = self.prefix_ids + self._tok().encode(text) if isinstance(text, str) else list(map(int, text))
+            ids = self.rolling_ids(texts[i])
             if len(ids) < 2:
                 raise ValueError(f"loglikelihood_rolling request {i}: needs at least one token after the prefix")
             done = 1
