@@ -1,10 +1,15 @@
 """Weight-only quantized matmul `x @ w` (W8A16 and W4A16) with dequantization fused.
 
 W8: `w_q [in, out]` int8, symmetric, `scales [out]` (one per output channel).
+W8 grouped: the same int8 `w_q` with `scales [in // group_size, out]` (GGUF's Q8_0 with group 32).
 W4: AWQ/GPTQ group layout, asymmetric: `w_q [in // 2, out]` uint8, two 4-bit values per
 byte along the input dim (byte i holds input row 2i in its low nibble and row 2i + 1 in
 its high nibble), `scales` and `zeros [in // group_size, out]`; w = (q - zero) * scale.
-Activations stay in bf16/f32 (no activation quantization). Triton lowering on GPU.
+Float offsets instead of integer zero points: `mins [in // group_size, out]` and
+w = q * scale + min (GGUF's Q4_1 and Q4_0, whose min is -8 * scale, exactly as the file's
+values; the serving format of `intern_jax.model.quantized`), for either width.
+Activations stay in bf16/f32 (no activation quantization). Triton lowering on GPU;
+`quantized_matmul_xla` is the same product in plain XLA for CPU (and the fallback elsewhere).
 """
 
 from __future__ import annotations
@@ -80,16 +85,89 @@ def dequantize_w4(w_q, scales, zeros, group_size=128, dtype=jnp.float32):
     return ((q - z) * s).astype(dtype)
 
 
-def quantized_matmul_reference(x, w_q, scales, zeros=None, *, bits, group_size=None):
-    """Plain jnp: dequantize the whole weight, then `x @ w` in f32; output in x's dtype."""
-    if bits == 8:
-        w = dequantize_w8(w_q, scales)
-    else:
+def dequantize(w_q, scales, zeros=None, mins=None, *, bits, group_size=None, dtype=jnp.float32):
+    """The float weight `[in, out]` of any layout this module multiplies (see the module docstring)."""
+    if mins is not None and zeros is not None:
+        raise ValueError("dequantize: pass integer zeros or float mins, not both")
+    q = (unpack_int4(w_q) if bits == 4 else w_q).astype(jnp.float32)
+    if bits == 4 and mins is None:
+        group_size = group_size or 128
         if zeros is None:
             zeros = jnp.full(scales.shape, 8, jnp.uint8)
-        w = dequantize_w4(w_q, scales, zeros, group_size or 128)
+        return dequantize_w4(w_q, scales, zeros, group_size, dtype)
+    if scales.ndim == 1:  # w8 per output channel
+        w = q * scales.astype(jnp.float32)
+    else:
+        g = scales.shape[0]
+        w = q.reshape(g, -1, q.shape[1]) * scales.astype(jnp.float32)[:, None]
+        if mins is not None:
+            w = w + mins.astype(jnp.float32)[:, None]
+        w = w.reshape(q.shape)
+    return w.astype(dtype)
+
+
+def quantized_matmul_reference(x, w_q, scales, zeros=None, *, bits, group_size=None, mins=None):
+    """Plain jnp: dequantize the whole weight, then `x @ w` in f32; output in x's dtype."""
+    w = dequantize(w_q, scales, zeros, mins, bits=bits, group_size=group_size)
     out = jnp.dot(x.astype(jnp.float32), w, precision=lax.Precision.HIGHEST)
     return out.astype(x.dtype)
+
+
+def quantized_matmul_xla(x, w_q, scales, zeros=None, *, bits, group_size=None, mins=None, out_dtype=None):
+    """`quantized_matmul` in plain XLA (the CPU path): x [..., in] -> [..., out] in `out_dtype`
+    (default x's dtype), accumulated in f32.
+
+    A few rows (decode) multiply the int weight elementwise by the activations and reduce over
+    each group, which XLA:CPU fuses into one pass over the int weight; more rows (prefill)
+    dequantize the weight once and run one dot.
+    """
+    _check_layout(x.shape[-1], w_q, scales, zeros, mins, bits, group_size)
+    out_dtype = out_dtype or x.dtype
+    lead, d_in, d_out = x.shape[:-1], x.shape[-1], w_q.shape[1]
+    x2 = x.reshape(-1, d_in).astype(jnp.float32)
+    if bits == 4 and mins is None:  # integer zero points: as float offsets, -zero * scale
+        zeros = jnp.full(scales.shape, 8, jnp.uint8) if zeros is None else zeros
+        mins = -zeros.astype(jnp.float32) * scales.astype(jnp.float32)
+    if x2.shape[0] > 4:
+        w = dequantize(w_q, scales, None, mins, bits=bits, group_size=group_size)
+        out = jnp.dot(x2, w, preferred_element_type=jnp.float32)
+        return out.astype(out_dtype).reshape(*lead, d_out)
+    q = (unpack_int4(w_q) if bits == 4 else w_q).astype(jnp.float32)  # fused into the reduction
+    s = scales.astype(jnp.float32)
+    if s.ndim == 1:  # w8 per output channel
+        out = jnp.sum(x2[:, :, None] * q[None], axis=1) * s
+    else:
+        g = s.shape[0]
+        xg = x2.reshape(-1, g, d_in // g)
+        part = jnp.sum(xg[:, :, :, None] * q.reshape(g, d_in // g, d_out)[None], axis=2)  # [m, g, out]
+        out = jnp.sum(part * s, axis=1)
+        if mins is not None:
+            out = out + jnp.dot(xg.sum(axis=2), mins.astype(jnp.float32), preferred_element_type=jnp.float32)
+    return out.astype(out_dtype).reshape(*lead, d_out)
+
+
+def _check_layout(d_in, w_q, scales, zeros, mins, bits, group_size):
+    """The shape contract of the module docstring; a ValueError naming what does not fit."""
+    if bits not in (4, 8):
+        raise ValueError(f"quantized_matmul: bits must be 4 or 8, got {bits}")
+    if zeros is not None and mins is not None:
+        raise ValueError("quantized_matmul: pass integer zeros or float mins, not both")
+    rows = d_in // 2 if bits == 4 else d_in
+    grouped = bits == 4 or group_size is not None
+    gs = (group_size or 128) if grouped else None
+    if w_q.ndim != 2 or w_q.shape[0] != rows or (grouped and (d_in % gs or gs % 2)):
+        raise ValueError(
+            f"quantized_matmul(bits={bits}): want w_q [{'in // 2' if bits == 4 else 'in'} = {rows}, out] with "
+            f"group_size ({gs}) an even divisor of in ({d_in}); got w_q {w_q.shape}")
+    want = (d_in // gs, w_q.shape[1]) if grouped else (w_q.shape[1],)
+    if scales.shape != want:
+        raise ValueError(f"quantized_matmul(bits={bits}): scales must be {want} for group_size {gs}, "
+                         f"got {scales.shape}")
+    for name, a in (("zeros", zeros), ("mins", mins)):
+        if a is not None and a.shape != scales.shape:
+            raise ValueError(f"quantized_matmul: {name} {a.shape} must match scales {scales.shape}")
+    if bits == 8 and not grouped and mins is not None:
+        raise ValueError("quantized_matmul: w8 mins need grouped scales (pass group_size)")
 
 
 # ------------------------------------------------------------------------------ kernels
@@ -111,6 +189,19 @@ def _w8_kernel(x_ref, w_ref, s_ref, o_ref, *, block_k):
 
     acc = lax.fori_loop(0, x_ref.shape[1] // block_k, body, jnp.zeros(o_ref.shape, jnp.float32))
     o_ref[...] = (acc * s_ref[...].astype(jnp.float32)[None, :]).astype(o_ref.dtype)
+
+
+def _w8_group_kernel(x_ref, w_ref, s_ref, o_ref, *, group):
+    # x_ref: [block_m, K]; w_ref: [K, block_n] int8; s_ref: [K // group, block_n]
+    x_dtype = x_ref.dtype
+
+    def body(g, acc):
+        start = pl.multiple_of(g * group, group)
+        w = w_ref[pl.ds(start, group), :].astype(x_dtype)
+        return acc + _dot(x_ref[:, pl.ds(start, group)], w) * s_ref[g, :].astype(jnp.float32)[None, :]
+
+    acc = lax.fori_loop(0, s_ref.shape[0], body, jnp.zeros(o_ref.shape, jnp.float32))
+    o_ref[...] = acc.astype(o_ref.dtype)
 
 
 def _w4_kernel(xe_ref, xo_ref, w_ref, s_ref, z_ref, o_ref, *, half_group):
@@ -144,48 +235,36 @@ def _pick_block(n, preferred):
 
 
 def quantized_matmul(
-    x, w_q, scales, zeros=None, *, bits, group_size=None, interpret=None, block_m=None, block_n=None
+    x, w_q, scales, zeros=None, *, bits, group_size=None, interpret=None, block_m=None, block_n=None, mins=None
 ):
     """`x @ dequantize(w_q)` with dequantization fused; x [..., in] -> [..., out].
 
-    bits=8: w_q [in, out] int8, scales [out]. bits=4: w_q [in // 2, out] uint8 (see the
-    module docstring for the nibble order), scales [in // group_size, out] and zeros of
-    the same shape (None: symmetric, zero point 8); group_size defaults to 128.
+    bits=8: w_q [in, out] int8, scales [out] (or [in // group_size, out] with group_size).
+    bits=4: w_q [in // 2, out] uint8 (see the module docstring for the nibble order), scales
+    [in // group_size, out] and zeros of the same shape (None: symmetric, zero point 8);
+    group_size defaults to 128. `mins` (either width, grouped): w = q * scale + min, the min
+    term added as one small product of the activations' group sums.
     Accumulates in f32; returns x's dtype. interpret=None interprets off-GPU.
     """
     d_in = x.shape[-1]
     lead = x.shape[:-1]
+    _check_layout(d_in, w_q, scales, zeros, mins, bits, group_size)
+    if mins is not None:  # the kernel runs the scaled codes; the offsets are sum_g (sum of x's group g) * min_g
+        gs = group_size or 128
+        xsum = x.reshape(-1, d_in // gs, gs).astype(jnp.float32).sum(axis=-1)
+        offset = jnp.dot(xsum, mins.astype(jnp.float32), preferred_element_type=jnp.float32)
+        zero = jnp.zeros(scales.shape, jnp.uint8) if bits == 4 else None
+        y = quantized_matmul(x, w_q, scales, zero, bits=bits, group_size=gs, interpret=interpret,
+                             block_m=block_m, block_n=block_n)
+        return (y.astype(jnp.float32) + offset.reshape(*lead, -1)).astype(x.dtype)
     x2 = x.reshape(-1, d_in)
     m = x2.shape[0]
-    if bits == 8:
-        if group_size is not None:
-            raise ValueError("quantized_matmul: bits=8 is per output channel; pass group_size=None")
-        if w_q.shape[0] != d_in or scales.shape != (w_q.shape[1],):
-            raise ValueError(
-                f"quantized_matmul(bits=8): want w_q [in={d_in}, out] and scales "
-                f"[out]; got {w_q.shape} and {scales.shape}"
-            )
-    elif bits == 4:
+    grouped_w8 = bits == 8 and group_size is not None
+    if bits == 4:
         group_size = group_size or 128
         groups = d_in // group_size
-        if (
-            d_in % group_size
-            or group_size % 2
-            or w_q.shape[0] * 2 != d_in
-            or scales.shape != (groups, w_q.shape[1])
-        ):
-            raise ValueError(
-                f"quantized_matmul(bits=4): want w_q [in // 2 = {d_in // 2}, out] "
-                f"and scales [in // group_size, out] with group_size "
-                f"({group_size}) dividing in ({d_in}); got {w_q.shape} and "
-                f"{scales.shape}"
-            )
         if zeros is None:
             zeros = jnp.full(scales.shape, 8, jnp.uint8)
-        if zeros.shape != scales.shape:
-            raise ValueError(f"quantized_matmul: zeros {zeros.shape} must match scales {scales.shape}")
-    else:
-        raise ValueError(f"quantized_matmul: bits must be 4 or 8, got {bits}")
     d_out = w_q.shape[1]
     interpret = resolve_interpret(interpret)
 
@@ -209,7 +288,18 @@ def quantized_matmul(
         interpret=interpret,
     )
 
-    if bits == 8:
+    if grouped_w8:
+        out = pl.pallas_call(
+            functools.partial(_w8_group_kernel, group=group_size),
+            in_specs=[
+                pl.BlockSpec((block_m, d_in), lambda i, j: (i, 0)),
+                pl.BlockSpec((d_in, block_n), lambda i, j: (0, j)),
+                pl.BlockSpec((d_in // group_size, block_n), lambda i, j: (0, j)),
+            ],
+            name="w8a16_group_matmul",
+            **common,
+        )(x2, w_q, scales)
+    elif bits == 8:
         block_k = _pick_block(d_in, 128)
         if block_k is None:  # slow path: in not a multiple of 16
             pad_k = round_up(d_in, 16) - d_in

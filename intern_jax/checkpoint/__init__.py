@@ -14,10 +14,11 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from intern_jax.checkpoint import gguf, hf, native, peft, run
+from intern_jax.checkpoint import gguf, hf, native, peft, quantized, run
 from intern_jax.checkpoint.hf import save_hf
 from intern_jax.checkpoint.loaded import LoadedModel, place_params
 from intern_jax.checkpoint.native import save_native
+from intern_jax.checkpoint.quantized import save_quantized
 from intern_jax.tokenizer import load_tokenizer
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "place_params",
     "save_hf",
     "save_native",
+    "save_quantized",
 ]
 
 FORMATS = ("native", "hf", "gguf", "run")
@@ -85,11 +87,14 @@ def detect_format(path) -> str:
     )
 
 
-def load_model(path, *, dtype=None, mesh=None, progress: bool = False) -> LoadedModel:
+def load_model(path, *, dtype=None, mesh=None, progress: bool = False, keep_quantized: bool = False) -> LoadedModel:
     """Load any supported checkpoint as ``LoadedModel(config, params, tokenizer)``.
 
     ``dtype`` casts the params (default: float32 for HF/GGUF, the stored dtype for native);
     ``mesh`` places them with ``internlm2.param_shardings``; ``progress`` shows a bar.
+    A quantized native checkpoint (``scripts/quantize.py``) always loads with its projections packed;
+    ``keep_quantized`` loads a GGUF file's Q8_0 / Q4_0 / Q4_1 projections (and head) packed too, with
+    exactly the file's values, instead of expanding them to floats.
     """
     path = Path(path)
     kind = detect_format(path)
@@ -97,12 +102,17 @@ def load_model(path, *, dtype=None, mesh=None, progress: bool = False) -> Loaded
         if run.read_run_json(path).get("trainable") == run.ADAPTER_KIND:  # adapters: merged into their base model
             return run.load_adapter_run(path, dtype=dtype, mesh=mesh)
         return run.load_run(path, dtype=dtype, mesh=mesh)
+    if kind == "native" and quantized.is_quantized_checkpoint(path):
+        cfg, params = quantized.load_quantized(path, dtype=dtype, mesh=mesh)
+        return LoadedModel(cfg, params, _directory_tokenizer(path))
     if kind == "native":
         cfg, params = native.load_native(path, dtype=dtype, mesh=mesh)
         return LoadedModel(cfg, params, _directory_tokenizer(path))
     if kind == "gguf":
         file = path if path.is_file() else sorted(path.glob("*.gguf"))[0]
-        cfg, host, tokenizer = gguf.load_gguf(file, dtype=dtype, progress=progress)
+        cfg, host, tokenizer = gguf.load_gguf(file, dtype=dtype, progress=progress, keep_quantized=keep_quantized)
+        if keep_quantized and mesh is not None:
+            raise ValueError("keep_quantized loads packed weights onto one device only; drop the mesh")
     else:
         cfg, host = hf.load_hf(path, dtype=dtype, progress=progress)
         tokenizer = _directory_tokenizer(path)

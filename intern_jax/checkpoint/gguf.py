@@ -4,19 +4,24 @@ Tensors are renamed to the Hugging Face Llama layout and go through layouts.py's
 GGUF adds only three things: the metadata -> ModelConfig mapping, dequantization (done by
 the ``gguf`` package itself) and undoing llama.cpp's Q/K row permutation, which turns the
 rotate-half RoPE order of HF weights into the interleaved order ggml's rope expects.
-Export to GGUF is not done here.
+With ``keep_quantized`` the Q8_0 / Q4_0 / Q4_1 projections (and a quantized head) are not
+expanded: their blocks' integer codes, scales and offsets are regrouped into the packed layout
+of ``model.quantized`` (group 32; Q4_0 as codes with offset ``-8 * scale``), so the weights the
+model multiplies are exactly the file's. Export to GGUF is not done here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from intern_jax.checkpoint import layouts
 from intern_jax.config import ConfigError, ModelConfig, RopeScaling
+from intern_jax.model.quantized import PackedWeight
 from intern_jax.tokenizer import Tokenizer
 
 SUPPORTED_TYPE_NAMES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
@@ -150,8 +155,124 @@ def config_from_gguf(reader, source: str) -> ModelConfig:
     )
 
 
-def load_gguf(path: Path, dtype=None, progress: bool = False):
-    """``(config, numpy params, tokenizer or None)`` of a GGUF file, dequantized to ``dtype``."""
+KEEP_TYPE_NAMES = ("Q8_0", "Q4_0", "Q4_1")
+GGUF_BLOCK = 32
+# native leaf -> (its llama-layout tensors, how many axes of the native leaf are the product's input)
+_PACKABLE = {
+    "wqkv": (("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), 1),
+    "wo": (("self_attn.o_proj.weight",), 2),
+    "w1": (("mlp.gate_proj.weight",), 1),
+    "w3": (("mlp.up_proj.weight",), 1),
+    "w2": (("mlp.down_proj.weight",), 1),
+}
+
+
+def block_codes(tensor):
+    """A Q8_0 / Q4_0 / Q4_1 tensor ``[rows, cols]`` as its integer codes ``[rows, cols]`` (int8, or uint8
+    0..15), block scales and offsets ``[rows, cols // 32]`` (float16, offsets None for Q8_0), and the bits:
+    ``w = codes * scale + offset`` is the file's value exactly as ``gguf`` dequantizes it."""
+    kind = tensor.tensor_type.name
+    rows = int(tensor.shape[-1]) if len(tensor.shape) > 1 else 1
+    cols = int(tensor.shape[0])
+    raw = np.asarray(tensor.data, np.uint8).reshape(rows, cols // GGUF_BLOCK, -1)
+    d = np.ascontiguousarray(raw[..., :2]).view(np.float16)[..., 0]
+    if kind == "Q8_0":
+        return 8, np.ascontiguousarray(raw[..., 2:]).view(np.int8).reshape(rows, cols), d, None
+    if kind == "Q4_0":
+        offset, qs = (d.astype(np.float32) * -8).astype(np.float16), raw[..., 2:]
+    elif kind == "Q4_1":
+        offset, qs = np.ascontiguousarray(raw[..., 2:4]).view(np.float16)[..., 0], raw[..., 4:]
+    else:
+        raise ValueError(f"GGUF tensor {tensor.name!r} of type {kind} cannot be kept quantized; "
+                         f"only {', '.join(KEEP_TYPE_NAMES)} can")
+    codes = np.concatenate([qs & 0xF, qs >> 4], axis=-1)  # element j in byte j's low nibble, j + 16 in its high
+    return 4, codes.reshape(rows, cols), d, offset
+
+
+def _pack_rows(codes: np.ndarray) -> np.ndarray:
+    """``[in, out]`` codes 0..15 -> ``[in // 2, out]`` bytes, row 2i low nibble (kernels' layout)."""
+    return (codes[0::2] | (codes[1::2] << 4)).astype(np.uint8)
+
+
+def _native_packed(cfg: ModelConfig, leaf: str, parts: list, n_in: int) -> PackedWeight | None:
+    """One layer's native leaf from its tensors' ``block_codes`` (transposed to ``[in, out]``), or None
+    when they are not all of one width."""
+    if len({p[0] for p in parts}) != 1 or len({p[3] is None for p in parts}) != 1:
+        return None
+    bits = parts[0][0]
+    arrays = []
+    for k in (1, 2, 3):
+        if parts[0][k] is None:
+            arrays.append(None)
+            continue
+        if leaf == "wqkv":
+            a = layouts._split_to_native(cfg, *(p[k] for p in parts))  # [in, K, G+2, D]
+        else:
+            a = parts[0][k].T
+        arrays.append(np.ascontiguousarray(a.reshape(a.shape[0], -1)))
+    codes, scales, mins = arrays
+    if bits == 4:
+        codes = _pack_rows(codes)
+    shapes = {"wqkv": ((cfg.hidden_size,), (cfg.num_kv_heads, cfg.q_per_kv + 2, cfg.head_dim)),
+              "wo": ((cfg.num_heads, cfg.head_dim), (cfg.hidden_size,)),
+              "w1": ((cfg.hidden_size,), (cfg.intermediate_size,)),
+              "w3": ((cfg.hidden_size,), (cfg.intermediate_size,)),
+              "w2": ((cfg.intermediate_size,), (cfg.hidden_size,)),
+              "output": ((cfg.hidden_size,), (cfg.vocab_size,))}
+    in_shape, out_shape = shapes[leaf]
+    return PackedWeight(codes, scales, mins, bits, GGUF_BLOCK, in_shape, out_shape, "float32")
+
+
+def _stack(ws: list) -> PackedWeight:
+    first = ws[0]
+    stack = lambda f: None if getattr(first, f) is None else np.stack([getattr(w, f) for w in ws])  # noqa: E731
+    return PackedWeight(stack("q"), stack("scales"), stack("mins"), first.bits, first.group_size, first.in_shape,
+                        first.out_shape, first.dtype)
+
+
+def packed_leaves(by_hf: dict, cfg: ModelConfig) -> tuple[dict, list[str]]:
+    """The projections (and head) that can stay packed, as ``{path tuple: PackedWeight}`` (numpy), and
+    notes on those that cannot (other block types, or widths mixed within one leaf)."""
+    gguf = _gguf()
+    keep = {gguf.GGMLQuantizationType[n] for n in KEEP_TYPE_NAMES}
+    out, notes = {}, []
+    for leaf, (names, n_in) in _PACKABLE.items():
+        per_layer = []
+        for i in range(cfg.num_layers):
+            tensors = [by_hf[f"model.layers.{i}.{n}"] for n in names]
+            if any(t.tensor_type not in keep for t in tensors):
+                per_layer = None
+                break
+            parts = []
+            for n, t in zip(names, tensors, strict=True):
+                bits, codes, d, m = block_codes(t)
+                if n.startswith("self_attn.q_proj"):
+                    codes, d, m = (None if a is None else unpermute_rows(a, cfg.num_heads) for a in (codes, d, m))
+                elif n.startswith("self_attn.k_proj"):
+                    codes, d, m = (None if a is None else unpermute_rows(a, cfg.num_kv_heads) for a in (codes, d, m))
+                parts.append((bits, codes, d, m))
+            w = _native_packed(cfg, leaf, parts, n_in)
+            if w is None:
+                per_layer = None
+                break
+            per_layer.append(w)
+        if per_layer is None:
+            notes.append(f"layers/{leaf} is expanded to floats (not all of one {'/'.join(KEEP_TYPE_NAMES)} type)")
+        else:
+            out[("layers", leaf)] = _stack(per_layer)
+    head = by_hf.get("lm_head.weight", by_hf["model.embed_tokens.weight"])
+    if head.tensor_type in keep:
+        bits, codes, d, m = block_codes(head)  # [V, E]
+        out[("output",)] = _native_packed(cfg, "output", [(bits, codes, d, m)], 1)
+    else:
+        notes.append(f"the output head stays in floats ({head.tensor_type.name})")
+    return out, notes
+
+
+def load_gguf(path: Path, dtype=None, progress: bool = False, keep_quantized: bool = False):
+    """``(config, numpy params, tokenizer or None)`` of a GGUF file, dequantized to ``dtype``; with
+    ``keep_quantized`` its Q8_0 / Q4_0 / Q4_1 projections and head stay packed (a tied head then
+    becomes an untied packed ``output``, and the config says so)."""
     reader = open_reader(path)
     source = str(path)
     cfg = config_from_gguf(reader, source)
@@ -183,7 +304,20 @@ def load_gguf(path: Path, dtype=None, progress: bool = False):
             w = unpermute_rows(w, cfg.num_kv_heads)
         return w
 
-    params = layouts.params_from_tensors(get, set(by_hf), cfg, "llama", dtype, source, progress)
+    packed, skip = {}, frozenset()
+    if keep_quantized:
+        packed, notes = packed_leaves(by_hf, cfg)
+        for note in notes:
+            warnings.warn(f"{source}: {note}", stacklevel=2)
+        skip = frozenset(packed)
+        packed = {p: dataclasses.replace(w, dtype=dtype.name) for p, w in packed.items()}
+    params = layouts.params_from_tensors(get, set(by_hf), cfg, "llama", dtype, source, progress, skip=skip)
+    for path, w in packed.items():
+        if path == ("output",):
+            params["output"] = w
+            cfg = dataclasses.replace(cfg, tie_word_embeddings=False)
+        else:
+            params["layers"][path[1]] = w
     tokenizer = None
     if "tokenizer.ggml.tokens" in reader.fields:
         tokenizer = Tokenizer.from_gguf(reader)

@@ -179,11 +179,13 @@ def params_from_tensors(
     dtype,
     source: str,
     progress: bool = False,
+    skip: frozenset = frozenset(),
 ) -> dict:
     """The native params tree (numpy, ``dtype``) from HF-named tensors.
 
     ``get(name)`` returns one tensor as stored; ``names`` is everything the source holds.
     Missing tensors, tensors of the wrong shape and tensors nothing uses are errors.
+    Leaves in ``skip`` (paths such as ``("layers", "wqkv")``) are left out: the caller builds them.
     """
     rules = layout_rules(layout)
     leaves = _native_leaves(cfg)
@@ -206,7 +208,8 @@ def params_from_tensors(
             + "; check attention_bias / mlp_bias / tie_word_embeddings in config.json"
         )
     dtype = np.dtype(dtype)
-    jobs = [(path, i) for path in leaves for i in (range(cfg.num_layers) if path[0] == "layers" else [None])]
+    jobs = [(path, i) for path in leaves if path not in skip
+            for i in (range(cfg.num_layers) if path[0] == "layers" else [None])]
     bar = progress_bar(len(jobs), progress, f"converting {Path(source).name}")
     out: dict = {"layers": {}}
     for path, i in jobs:
