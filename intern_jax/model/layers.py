@@ -120,6 +120,8 @@ def output_logits(x, w, vocab_axis: int = 1):
     """Float32 logits ``[..., V]`` of ``x [..., E]`` and a head ``w`` stored ``[E, V]`` (``vocab_axis=1``)
     or ``[V, E]`` (tied embeddings, contracted as stored). The product runs on 2-D ``[rows, E]``, so
     the weight gradient is a single-contraction dot (no transposed copy of the activations on XLA:CPU)."""
+    if is_structured_weight(w) and vocab_axis == 1:  # a packed head [E, V] (model/quantized.py)
+        return w.matmul(x, out_dtype=jnp.float32)
     spec = "...e,ev->...v" if vocab_axis == 1 else "...e,ve->...v"
     logits = jnp.einsum(spec, rows(x), w.astype(x.dtype), preferred_element_type=jnp.float32)
     return logits.reshape(*x.shape[:-1], logits.shape[-1])
