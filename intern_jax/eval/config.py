@@ -21,8 +21,8 @@ from intern_jax.config import ConfigError, check_fields, load_config
 INFERENCERS = ("ppl", "ll", "gen")
 POSTPROCESSORS = ("none", "strip", "option_letter", "last_number", "regex")
 METRICS = ("accuracy", "exact_match", "numeric_match")
-FEWSHOT_MODES = ("zero", "fixed", "random")
-FORMATS = ("jsonl", "csv")
+FEWSHOT_MODES = ("zero", "fixed", "random", "bm25")
+FORMATS = ("jsonl", "csv", "parquet")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,9 @@ class PromptConfig:
 @dataclass(frozen=True)
 class FewShotConfig:
     """``zero``; ``fixed``: the items at ``indices`` of ``path`` (default: the dataset itself);
-    ``random``: ``k`` items drawn with ``seed`` (never the item being asked)."""
+    ``random``: ``k`` items drawn with ``seed``; ``bm25``: the ``k`` items whose question is nearest to the
+    asked one by BM25 (``bm25s``, Lucene scoring; ties to the earlier item; nearest first). Never the
+    item being asked."""
 
     mode: str = "zero"
     k: int = 0

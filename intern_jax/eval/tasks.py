@@ -28,14 +28,25 @@ LETTERS = string.ascii_uppercase
 
 
 def _rows(reader: ReaderConfig):
-    """``(line number, row dict)`` of a JSONL or CSV file."""
+    """``(where, row dict)`` of a JSONL, CSV or Parquet file; ``where`` is ``path:line`` (``path:row N``
+    for Parquet, rows counted from 1)."""
     path = Path(reader.path)
     if not path.is_file():
         raise ValueError(f"dataset file {path} does not exist")
     if reader.format == "csv":
         with path.open(newline="", encoding="utf-8") as f:
             for lineno, row in enumerate(csv.DictReader(f), start=2):
-                yield lineno, row
+                yield f"{path}:{lineno}", row
+        return
+    if reader.format == "parquet":
+        import pyarrow.parquet as pq  # noqa: PLC0415  (only Parquet datasets need it)
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+            raise ValueError(f"dataset file {path} is not a readable Parquet file ({e})") from None
+        for n, row in enumerate(table.to_pylist(), start=1):
+            yield f"{path}:row {n}", row
         return
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -47,15 +58,14 @@ def _rows(reader: ReaderConfig):
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+            yield f"{path}:{lineno}", row
 
 
 def read_items(reader: ReaderConfig, multiple_choice: bool) -> list[dict]:
     """Items as dicts of the prompt's fields, plus ``options`` (multiple choice: a list of strings)
     and ``reference`` (an option index, or the answer text). A missing field names itself and the line."""
     items = []
-    for lineno, row in _rows(reader):
-        where = f"{reader.path}:{lineno}"
+    for where, row in _rows(reader):
 
         def column(name, row=row, where=where):
             if name not in row or row[name] is None:
@@ -135,6 +145,8 @@ def continuation(cfg: DatasetConfig, item: dict, option: int | None) -> str:
 
 def fewshot_examples(fewshot: FewShotConfig, pool: list[dict], index: int, same_pool: bool) -> list[dict]:
     """The examples shown before item ``index``: none, fixed ones, or ``k`` drawn with the seed (never the item)."""
+    if fewshot.mode == "bm25":
+        raise ValueError("fewshot.mode='bm25' picks examples for all items at once: use fewshot_plan")
     if fewshot.mode == "zero" or (fewshot.mode == "random" and fewshot.k == 0):
         return []
     if fewshot.mode == "fixed":
@@ -147,6 +159,35 @@ def fewshot_examples(fewshot: FewShotConfig, pool: list[dict], index: int, same_
     rng = np.random.default_rng([fewshot.seed, index])
     picked = rng.choice(len(candidates), size=min(fewshot.k, len(candidates)), replace=False)
     return [pool[candidates[i]] for i in picked]
+
+
+def bm25_neighbours(queries: list[str], documents: list[str], k: int, exclude_self: bool) -> list[list[int]]:
+    """For each query, the indices of the ``k`` documents nearest by BM25 (``bm25s``, Lucene scoring, words
+    ``\\w+`` lower-cased), best first, ties to the earlier document; ``exclude_self``: query ``i`` never
+    gets document ``i``."""
+    import bm25s  # noqa: PLC0415  (only BM25 few-shot needs it)
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    retriever = bm25s.BM25()
+    retriever.index([words(d) for d in documents], show_progress=False)
+    out = []
+    for i, query in enumerate(queries):
+        tokens = words(query)
+        scores = retriever.get_scores(tokens) if tokens else np.zeros(len(documents))
+        order = sorted(range(len(documents)), key=lambda j: (-float(scores[j]), j))
+        out.append([j for j in order if not (exclude_self and j == i)][:k])
+    return out
+
+
+def fewshot_plan(cfg: DatasetConfig, items: list[dict], pool: list[dict], same_pool: bool) -> list[list[dict]]:
+    """The few-shot examples shown before each item (``fewshot_examples``; BM25 over the filled questions)."""
+    if cfg.fewshot.mode != "bm25" or cfg.fewshot.k == 0:
+        return [fewshot_examples(cfg.fewshot, pool, n, same_pool) for n in range(len(items))]
+    near = bm25_neighbours([question(cfg, it) for it in items], [question(cfg, ex) for ex in pool],
+                           cfg.fewshot.k, exclude_self=same_pool)
+    return [[pool[j] for j in row] for row in near]
 
 
 def context_for(cfg: DatasetConfig, item: dict, examples: list[dict]) -> str:
@@ -235,8 +276,7 @@ def evaluate(model, cfg: DatasetConfig, items: list[dict], fewshot_pool: list[di
     ``items`` is item ``i`` of the pool, and is never its own example."""
     pool = items if fewshot_pool is None else fewshot_pool
     units = []  # (item number, rotated item, context)
-    for n, item in enumerate(items):
-        examples = fewshot_examples(cfg.fewshot, pool, n, same_pool)
+    for n, (item, examples) in enumerate(zip(items, fewshot_plan(cfg, items, pool, same_pool))):
         variants = rotations(item) if cfg.infer.circular else [{**item, "rotation": 0}]
         for variant in variants:
             units.append((n, variant, context_for(cfg, variant, examples)))
