@@ -135,3 +135,81 @@ def load_quantized(directory, *, dtype=None, mesh=None):
     # the full-precision leaves in the asked dtype; packed codes, scales and offsets stay as stored
     tree = jax.tree.map(lambda x: x if is_packed(x) or x.dtype == name else x.astype(name), tree, is_leaf=is_packed)
     return cfg, tree
+
+
+# ---------------------------------------------------------------------------
+# Quantizing a checkpoint (scripts/quantize.py)
+
+METHODS = ("rtn", "awq")
+# Built-in text with nothing downloaded: docstrings of standard-library modules, in two disjoint sets
+# (calibration, and held-out text for measuring perplexity).
+CALIBRATION_MODULES = ("argparse", "collections", "json", "pathlib", "subprocess", "threading", "logging", "re",
+                       "itertools", "functools", "dataclasses", "typing", "os", "inspect")
+HELDOUT_MODULES = ("asyncio", "email.message", "http.client", "unittest", "csv", "datetime", "decimal",
+                   "fractions", "heapq", "shutil", "tarfile", "zipfile", "statistics", "textwrap")
+
+
+def builtin_text(split: str = "calibration") -> str:
+    """Docstrings (module, then its public classes and functions) of the split's standard-library modules."""
+    import importlib  # noqa: PLC0415
+    import inspect  # noqa: PLC0415
+
+    modules = {"calibration": CALIBRATION_MODULES, "heldout": HELDOUT_MODULES}.get(split)
+    if modules is None:
+        raise ValueError(f"builtin text split must be 'calibration' or 'heldout', got {split!r}")
+    parts = []
+    for name in modules:
+        module = importlib.import_module(name)
+        parts.append(inspect.getdoc(module) or "")
+        for attr in sorted(vars(module)):
+            obj = getattr(module, attr)
+            if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                doc = inspect.getdoc(obj)
+                if doc:
+                    parts.append(f"{attr}: {doc}")
+    return "\n\n".join(p for p in parts if p)
+
+
+def token_windows(tokenizer, text: str, samples: int, seq_len: int):
+    """Up to ``samples`` consecutive windows ``[n, seq_len]`` of ``text``'s tokens (int32 numpy)."""
+    import numpy as np  # noqa: PLC0415
+
+    if samples < 1 or seq_len < 2:
+        raise ValueError(f"calibration needs samples >= 1 and seq_len >= 2, got {samples} and {seq_len}")
+    ids = np.asarray(tokenizer.encode(text), np.int32)
+    n = min(samples, len(ids) // seq_len)
+    if n < 1:
+        raise ValueError(f"the calibration text has {len(ids)} tokens, fewer than one window of {seq_len}; "
+                         "give a longer text or a shorter --calib-seq-len")
+    return ids[: n * seq_len].reshape(n, seq_len)
+
+
+def quantize_model(model, *, method: str, bits: int, group_size: int, calib_text: str | None = None,
+                   calib_samples: int = 32, calib_seq_len: int = 256, head: bool = False, batch_size: int = 8):
+    """``(LoadedModel with packed params, report dict)`` for a loaded float model (``load_model``)."""
+    from intern_jax.checkpoint.loaded import LoadedModel  # noqa: PLC0415
+    from intern_jax.model import awq  # noqa: PLC0415
+    from intern_jax.model import quantized as q  # noqa: PLC0415
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    cfg, params = model.config, model.params
+    q.check_params(params, cfg, bits, group_size, head=head)
+    report = {"method": method, "bits": bits, "group_size": group_size, "head": head,
+              "param_bytes_before": q.param_bytes(params)}
+    if method == "rtn":
+        packed, cfg = q.quantize_params(params, cfg, bits, group_size, head=head)
+    else:
+        if model.tokenizer is None:
+            raise ValueError("--method awq needs the model's tokenizer to read its calibration text; this checkpoint "
+                             "carries none (use --method rtn, or a checkpoint with tokenizer files)")
+        windows = token_windows(model.tokenizer, calib_text if calib_text is not None else builtin_text(),
+                                calib_samples, calib_seq_len)
+        batches = [windows[i: i + batch_size] for i in range(0, len(windows), batch_size)]
+        packed, cfg, awq_report = awq.quantize_awq(params, cfg, batches, bits, group_size, head=head)
+        report.update(calib_windows=len(windows), calib_seq_len=calib_seq_len,
+                      awq_error_vs_rtn=awq_report)
+    report["param_bytes_after"] = q.param_bytes(packed)
+    return LoadedModel(cfg, packed, model.tokenizer), report
