@@ -376,6 +376,10 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self._backend.id_to_token(int(token_id))
 
+    def to_hf(self) -> tokenizers.Tokenizer:
+        """This vocabulary as a Hugging Face ``tokenizers.Tokenizer`` (what grammar libraries read)."""
+        return self._backend.to_hf()
+
     # ---- encode / decode ------------------------------------------------------------------
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:

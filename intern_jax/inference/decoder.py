@@ -71,9 +71,10 @@ def _last_logits(params, tokens, segment_ids, cache, cfg: ModelConfig):
     return internlm2.head_logits(params, x, cfg), cache
 
 
-def _pick(logits, state, num_top: int):
-    """Sample one token per row; its log-probability under the model and the top ``num_top`` alternatives."""
-    tokens, state = smp.sample(logits, state)
+def _pick(logits, state, num_top: int, allowed=None):
+    """Sample one token per row (among the ``allowed`` bitmask's tokens, when given); its log-probability
+    under the model (unmasked) and the top ``num_top`` alternatives."""
+    tokens, state = smp.sample(logits, state, allowed)
     logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     info = {"logprob": jnp.take_along_axis(logprobs, jnp.maximum(tokens, 0)[:, None], axis=1)[:, 0]}
     if num_top:
@@ -81,24 +82,32 @@ def _pick(logits, state, num_top: int):
     return tokens, info, state
 
 
-def _insert(params, cache, state, rows, tokens, segment_ids, keep, row_state, cfg: ModelConfig, num_top: int):
-    """Prefill ``tokens [n, T]`` into slots ``rows [n]`` after their first ``keep [n]`` cached tokens."""
+def _insert(params, cache, state, rows, tokens, segment_ids, keep, row_state, allowed, cfg: ModelConfig,
+            num_top: int):
+    """Prefill ``tokens [n, T]`` into slots ``rows [n]`` after their first ``keep [n]`` cached tokens;
+    ``allowed``: None, or the first tokens' allowed-token bitmasks ``[n, W]``."""
     part = cache.rows(rows).with_lengths(keep)
     logits, part = _last_logits(params, tokens, segment_ids, part, cfg)
-    first, info, row_state = _pick(logits, row_state, num_top)
+    first, info, row_state = _pick(logits, row_state, num_top, allowed)
     cache = cache.set_rows(rows, part)
     state = jax.tree.map(lambda a, r: a.at[rows].set(r, mode="drop"), state, row_state)
     return first, info, cache, state
 
 
-def _step(params, cache, state, tokens, cfg: ModelConfig, num_top: int):
-    """Feed each live slot its last token ``[B]`` and pick the next; done slots emit ``NO_TOKEN``."""
+def _step(params, cache, state, tokens, cfg: ModelConfig, num_top: int, allowed=None):
+    """Feed each live slot its last token ``[B]`` and pick the next (among ``allowed [B, W]``'s tokens
+    when given); done slots emit ``NO_TOKEN``."""
     done = state["done"] | (cache.lengths >= cache.capacity)
     state = {**state, "done": done}
     segment_ids = (~done).astype(jnp.int32)[:, None]
     logits, cache = _last_logits(params, jnp.maximum(tokens, 0)[:, None], segment_ids, cache, cfg)
-    tokens, info, state = _pick(logits, state, num_top)
+    tokens, info, state = _pick(logits, state, num_top, allowed)
     return tokens, info, cache, state
+
+
+def _masked_step(params, cache, state, tokens, allowed, cfg: ModelConfig, num_top: int):
+    """``_step`` with an allowed-token bitmask ``[B, W]`` for every slot (all ones: unconstrained)."""
+    return _step(params, cache, state, tokens, cfg, num_top, allowed)
 
 
 def _run(params, cache, state, tokens, cfg: ModelConfig, num_top: int, num_steps: int):
@@ -314,13 +323,15 @@ class DecodeBatch:
 
     def insert(self, slots: Sequence[int], prompts: Sequence[Sequence[int]],
                sampling: Sequence[SamplingParams], *, keep: Sequence[int] | None = None,
-               history: Sequence[Sequence[int]] | None = None) -> StepOutput:
+               history: Sequence[Sequence[int]] | None = None, allowed: np.ndarray | None = None) -> StepOutput:
         """Prefill ``prompts`` into ``slots`` after their first ``keep`` cached tokens (default 0: a new
         sequence) and pick each one's first token, which is returned and fed at the next step.
 
         ``sampling[i].max_new_tokens`` is the slot's budget (the caller clamps it to the context);
         ``history[i]`` (default: the prompt) seeds the repetition penalty: pass the whole sequence
-        when ``keep`` > 0. Returns a ``StepOutput`` over the inserted slots, in order.
+        when ``keep`` > 0. ``allowed``: None, or an allowed-token bitmask per prompt ``[n, ceil(V / 32)]``
+        int32 for its first token (see ``sampling.apply_token_bitmask``; -1 rows allow everything).
+        Returns a ``StepOutput`` over the inserted slots, in order.
         """
         n = len(slots)
         if not (n == len(prompts) == len(sampling)):
@@ -352,20 +363,30 @@ class DecodeBatch:
             hist_mask[i, : len(h)] = True
         row_state = smp.init_state(padded, self.decoder.config.vocab_size, hist, hist_mask, stop_width=width)
         d = self.decoder
+        masks = None
+        if allowed is not None:
+            masks = np.full((rows, smp.bitmask_width(d.config.vocab_size)), -1, np.int32)
+            masks[:n] = allowed
+            masks = jnp.asarray(masks)
         args = (d.params, self.cache, self.state, jnp.asarray(index), jnp.asarray(tokens), jnp.asarray(segments),
-                jnp.asarray(keep_rows), row_state)
+                jnp.asarray(keep_rows), row_state, masks)
         exe, _ = d.compiled(_insert, {"cfg": d._cfg, "num_top": self.num_top}, (1, 2), *args)
         first, info, self.cache, self.state = exe(*args)
         out = _to_host(first, info)
         self.last[np.asarray(slots)] = out.tokens[:n]
         return _rows(out, slice(0, n))
 
-    def step(self) -> StepOutput:
-        """One token for every live slot (``NO_TOKEN`` for done or empty ones)."""
+    def step(self, allowed: np.ndarray | None = None) -> StepOutput:
+        """One token for every live slot (``NO_TOKEN`` for done or empty ones). ``allowed``: None, or an
+        allowed-token bitmask per slot ``[slots, ceil(V / 32)]`` int32 (-1 rows: unconstrained); without
+        one the step runs the unmasked program."""
         d = self.decoder
         self._fit_tables(self._longest_live() + 1)
         args = (d.params, self.cache, self.state, jnp.asarray(self.last))
-        exe, _ = d.compiled(_step, {"cfg": d._cfg, "num_top": self.num_top}, (1, 2), *args)
+        fn = _step
+        if allowed is not None:
+            fn, args = _masked_step, (*args, jnp.asarray(allowed, jnp.int32))
+        exe, _ = d.compiled(fn, {"cfg": d._cfg, "num_top": self.num_top}, (1, 2), *args)
         tokens, info, self.cache, self.state = exe(*args)
         out = _to_host(tokens, info)
         self.last = out.tokens.copy()

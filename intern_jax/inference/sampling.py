@@ -5,6 +5,8 @@ serves greedy and sampled rows side by side (the serving engine mixes requests) 
 a change of temperature never recompiles. Logit processing follows transformers'
 order and semantics: repetition penalty (CTRL) -> temperature -> top-k -> top-p.
 Each row owns its PRNG key, so a row's samples do not depend on its batch mates.
+An optional per-row allowed-token bitmask (structured output: a grammar's next-token mask) is applied
+to the raw logits before all of that; without one the sampling code is exactly the unmasked one.
 This module does not run the model.
 """
 
@@ -195,6 +197,21 @@ def filter_min_p(logits, min_p):
     return jnp.where(probs < min_p[:, None] * jnp.max(probs, axis=-1, keepdims=True), -jnp.inf, logits)
 
 
+def bitmask_width(vocab_size: int) -> int:
+    """32-bit words per row of an allowed-token bitmask over ``vocab_size`` tokens."""
+    return -(-int(vocab_size) // 32)
+
+
+def apply_token_bitmask(logits, bitmask):
+    """Set to -inf every token a row's bitmask does not allow. ``bitmask [B, ceil(V / 32)]`` int32: token
+    ``t`` is allowed when bit ``t % 32`` of word ``t // 32`` is set (llguidance's and xgrammar's layout;
+    a row of all ones, i.e. -1, allows everything)."""
+    b, v = logits.shape
+    bits = jnp.right_shift(bitmask[:, :, None], jnp.arange(32, dtype=jnp.int32)) & 1  # [B, W, 32]
+    allowed = bits.reshape(b, -1)[:, :v].astype(bool)
+    return jnp.where(allowed, logits, -jnp.inf)
+
+
 def _when(flags, fn, x):
     """``fn(x)`` in the rows where ``flags [B]``, skipped (``lax.cond``) when no row asks for it."""
     return jax.lax.cond(jnp.any(flags), lambda x: jnp.where(flags[:, None], fn(x), x), lambda x: x, x)
@@ -220,12 +237,15 @@ def process_logits(logits, state):
     return _when(~greedy & (state["min_p"] > 0.0), lambda x: filter_min_p(x, state["min_p"]), scaled)
 
 
-def sample(logits, state):
+def sample(logits, state, allowed=None):
     """Pick one token per row from ``logits [B, V]`` and advance the state.
 
-    Returns ``tokens [B]`` int32 (``NO_TOKEN`` for rows that were already done) and the
-    new state. A row finishes when it emits a stop token or reaches its budget.
+    ``allowed``: an optional allowed-token bitmask ``[B, ceil(V / 32)]`` (see ``apply_token_bitmask``),
+    applied before any other processing. Returns ``tokens [B]`` int32 (``NO_TOKEN`` for rows that were
+    already done) and the new state. A row finishes when it emits a stop token or reaches its budget.
     """
+    if allowed is not None:
+        logits = apply_token_bitmask(logits.astype(jnp.float32), allowed)
     processed = process_logits(logits, state)
     keys = jax.vmap(lambda k: jax.random.split(jax.random.wrap_key_data(k)))(state["key"])  # [B, 2]
     greedy = state["temperature"] == 0.0

@@ -26,7 +26,7 @@ import numpy as np
 
 from intern_jax.inference.decoder import Decoder, PagedLayout
 from intern_jax.inference.generate import default_stop_ids, encode_prompt
-from intern_jax.inference.sampling import NO_TOKEN, SamplingParams, per_row
+from intern_jax.inference.sampling import NO_TOKEN, SamplingParams, bitmask_width, per_row
 from intern_jax.inference.stop import StopStrings
 from intern_jax.serve.block_pool import BlockPool
 from intern_jax.serve.scheduler import Scheduler
@@ -90,6 +90,7 @@ class _Request:
     stops: StopStrings
     detok: object | None
     top: int
+    constraint: object | None = None  # structured.Constraint: the grammar its tokens must follow
 
 
 class Engine:
@@ -126,7 +127,7 @@ class Engine:
     # -- requests in ---------------------------------------------------------------------------
 
     def _request(self, prompt, sampling: SamplingParams, request_id: str | None, *, top_logprobs: int = 0,
-                 ignore_eos: bool = False, session_id: str | None = None) -> _Request:
+                 ignore_eos: bool = False, session_id: str | None = None, constraint=None) -> _Request:
         """Validate and wrap one request; a bad one raises ``ValueError`` naming the field."""
         if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)):
             if self.tokenizer is None:
@@ -161,13 +162,14 @@ class Engine:
             from intern_jax.tokenizer import StreamDecoder
 
             detok = StreamDecoder(self.tokenizer)
-        return _Request(seq, frozenset(stop_ids), StopStrings(sampling.stop), detok, top_logprobs)
+        return _Request(seq, frozenset(stop_ids), StopStrings(sampling.stop), detok, top_logprobs, constraint)
 
     def add_request(self, prompt, sampling: SamplingParams = SamplingParams(), request_id: str | None = None,
                     sink=None, **options) -> str:
         """Queue a request (text, chat messages or token ids); returns its id. ``sink(increment)`` is called
         with each of its increments (from the thread that runs the step). Options: ``top_logprobs``,
-        ``ignore_eos``."""
+        ``ignore_eos``, ``session_id``, ``constraint`` (a ``structured.Constraint``: every token is drawn
+        from its grammar's allowed tokens; the request ends when the grammar completes)."""
         return self._queue(self._request(prompt, sampling, request_id, **options), sink)
 
     def _queue(self, req: _Request, sink=None) -> str:
@@ -215,7 +217,7 @@ class Engine:
                 self.batch.set_block_tables([s.slot for s in running], _tables(running))
             try:
                 if plan.decode:
-                    result = self.batch.step()
+                    result = self.batch.step(self._masks([(s.slot, s) for s in plan.decode], self.batch.slots))
                     for seq in plan.decode:
                         seq.computed += 1
                         self._take(self.requests[seq.request_id], result, seq.slot, out)
@@ -239,7 +241,8 @@ class Engine:
             history.append(seq.tokens[: c.end])
             left = seq.sampling.max_new_tokens - len(seq.output)
             samplings.append(dataclasses.replace(seq.sampling, max_new_tokens=left if c.last else 0))
-        result = self.batch.insert(slots, pieces, samplings, keep=keep, history=history)
+        allowed = self._masks([(i, c.seq) for i, c in enumerate(chunks) if c.last], len(chunks))
+        result = self.batch.insert(slots, pieces, samplings, keep=keep, history=history, allowed=allowed)
         self.prefilled_tokens += sum(len(p) for p in pieces)
         for i, c in enumerate(chunks):
             seq = c.seq
@@ -248,6 +251,18 @@ class Engine:
             if c.last:
                 seq.decoding = True
                 self._take(self.requests[seq.request_id], result, i, out)
+
+    def _masks(self, rows, n: int) -> np.ndarray | None:
+        """Allowed-token bitmasks ``[n, ceil(V / 32)]`` for ``(row, seq)`` pairs whose request has a grammar
+        (-1 rows: unconstrained); None when none has, so unconstrained batches run the unmasked step."""
+        constrained = [(row, self.requests[seq.request_id].constraint) for row, seq in rows
+                       if self.requests[seq.request_id].constraint is not None]
+        if not constrained:
+            return None
+        masks = np.full((n, bitmask_width(self.decoder.config.vocab_size)), -1, np.int32)
+        for row, constraint in constrained:
+            constraint.fill(masks[row])
+        return masks
 
     def _take(self, req: _Request, result, row: int, out) -> None:
         """Record the token ``result`` holds for ``req`` at ``row``; finish the request if it is done."""
@@ -267,7 +282,16 @@ class Engine:
                                          zip(result.top_ids[row][: req.top], result.top_logprobs[row][: req.top])])
             if req.detok is not None and token not in req.stop_ids:
                 inc.text += req.stops.push(req.detok.push(token))
-            if req.stops.stopped or token in req.stop_ids:
+            complete = False
+            if req.constraint is not None and token not in req.stop_ids:
+                if not req.constraint.accept(token):
+                    self._finish(req, out, "error", error=f"token {token} breaks the request's grammar: "
+                                                          f"{req.constraint.error}")
+                    return
+                complete = req.constraint.finished and not req.stops.stopped
+                if complete and req.detok is not None:  # nothing may follow: release what is held back
+                    inc.text += req.stops.push(req.detok.flush()) + req.stops.flush()
+            if req.stops.stopped or token in req.stop_ids or complete:
                 self._finish(req, out, "stop")
             elif len(seq.output) >= seq.sampling.max_new_tokens or len(seq.tokens) >= self.max_model_len:
                 self._finish(req, out, "length")
