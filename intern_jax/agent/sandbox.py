@@ -1,18 +1,25 @@
 """A Python interpreter tool: code runs in a separate, resource-limited child process per session.
 
-``PythonSandbox`` starts ``python -I`` (isolated mode: no user site, no PYTHON* variables) in its own
-process group and a fresh temporary working directory, with ``setrlimit`` limits on address space,
-file size and CPU seconds (per call). Requests and replies are JSON lines over pipes, so variables
-persist across calls of one session (``stateful=False``: a fresh process for every call; files in the
-session directory stay until ``close``). A call past its wall-clock timeout kills the whole process group
-and the next call starts a fresh session (state lost, and the reply says so). Output is truncated.
+``PythonSandbox`` starts ``python -I sandbox_child.py`` (isolated mode: no user site, no PYTHON*
+variables) in its own process group and a fresh temporary working directory (the session directory),
+with ``setrlimit`` limits on address space, file size and CPU seconds (per call). Requests and replies
+are JSON lines over pipes, so variables persist across calls of one session (``stateful=False``: a fresh
+process for every call; files in the session directory stay until ``close``). A call past its
+wall-clock timeout kills the whole process group and the next call starts a fresh session (state lost,
+and the reply says so). Output is truncated.
 
-What it protects against: runaway loops (CPU and wall time), memory bombs (address space), huge files
-(file size), stray relative paths (the working directory is the session's temp dir, removed on close).
-What it does not: it is not a security boundary against hostile code. Without root or namespaces the
-child can read files the user can read, write by absolute path, open sockets where a network exists,
-signal the user's processes, and fork until the wall-clock timeout kills its process group (no process
-limit: ``RLIMIT_NPROC`` counts every process of the user, so it would also fail unrelated work).
+``isolation`` picks how much more the child gets (``sandbox_child.py`` has the mechanics, and
+``docs/agents.md`` what each mode protects against and what not):
+
+- ``"namespaces"``: new mount, PID, network, IPC and UTS namespaces (and a user namespace when not
+  root): no network, the file system read-only except the session directory, no view of or signals to
+  host processes, no privileges (its own uid when started as root, no capabilities otherwise), at most
+  ``max_processes`` processes (a fork bomb stops there); an error result if the kernel refuses.
+- ``"process"``: only the rlimits, process group and working directory above. Not a security
+  boundary: the code can read and write what the user can, open sockets, signal the user's processes
+  and fork until the wall-clock timeout kills its process group.
+- ``"auto"`` (the default): namespaces where the kernel allows them, else ``process``;
+  ``sandbox.isolation`` says which one a session got and ``isolation_detail`` why.
 """
 
 from __future__ import annotations
@@ -29,76 +36,57 @@ import time
 
 from intern_jax.agent.tools import Tool, ToolResult, tool
 
-# The child: read one JSON request per line from stdin, exec the code in one persistent namespace with
-# stdout/stderr captured (at most `limit` characters kept), answer one JSON line on the saved fd.
-_CHILD = r"""
-import io, json, os, resource, signal, sys, traceback
-limit, cpu, mem, fsize = (int(a) for a in sys.argv[1:5])
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write raises OSError instead of killing us
-resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-reply = os.fdopen(os.dup(1), "w")
-os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # code writing to fd 1 cannot corrupt the replies
-requests = sys.stdin
-sys.stdin = io.StringIO()
-class Capped(io.TextIOBase):
-    def __init__(self):
-        self.parts, self.size, self.dropped = [], 0, 0
-    def writable(self):
-        return True
-    def write(self, s):
-        keep = max(0, min(len(s), limit - self.size))
-        if keep:
-            self.parts.append(s[:keep]); self.size += keep
-        self.dropped += len(s) - keep
-        return len(s)
-    def text(self):
-        t = "".join(self.parts)
-        return t + (f"\n... ({self.dropped} more characters cut)" if self.dropped else "")
-namespace = {"__name__": "__main__"}
-for line in requests:
-    code = json.loads(line)["code"]
-    out, err = Capped(), Capped()
-    sys.stdout, sys.stderr = out, err
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    resource.setrlimit(resource.RLIMIT_CPU, (int(used.ru_utime + used.ru_stime) + cpu + 1, resource.RLIM_INFINITY))
-    error = None
-    try:
-        exec(compile(code, "<code>", "exec"), namespace)
-    except BaseException as e:
-        error = "".join(traceback.format_exception_only(type(e), e)).strip()
-        tb = traceback.extract_tb(e.__traceback__)
-        src = code.splitlines()
-        lines = [f"  line {f.lineno}: {src[f.lineno - 1].strip()}" for f in tb
-                 if f.filename == "<code>" and 0 < (f.lineno or 0) <= len(src)]
-        if lines:
-            error = "Traceback (in your code):\n" + "\n".join(lines) + "\n" + error
-    finally:
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-    reply.write(json.dumps({"stdout": out.text(), "stderr": err.text(), "error": error}) + "\n")
-    reply.flush()
-"""
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
+ISOLATION_MODES = ("auto", "namespaces", "process")
+_namespaces_refused: str | None = None  # why "auto" stopped trying namespaces in this process, once they failed
 
 
 class PythonSandbox:
     """One interpreter session; ``run(code) -> ToolResult``; use as a context manager or ``close()``."""
 
     def __init__(self, timeout: float = 10.0, cpu_seconds: int = 10, memory_mb: int = 512,
-                 file_size_mb: int = 16, output_limit: int = 4000, stateful: bool = True):
+                 file_size_mb: int = 16, output_limit: int = 4000, stateful: bool = True,
+                 isolation: str = "auto", max_processes: int = 32):
+        if isolation not in ISOLATION_MODES:
+            raise ValueError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, got {isolation!r}")
+        if max_processes < 1:
+            raise ValueError(f"max_processes must be at least 1, got {max_processes}")
         self.timeout, self.cpu_seconds, self.memory_mb, self.stateful = timeout, cpu_seconds, memory_mb, stateful
         self.file_size_mb, self.output_limit = file_size_mb, output_limit
+        self.requested_isolation, self.max_processes = isolation, max_processes
+        self.isolation: str | None = None  # what the running session got: "namespaces" or "process"
+        self.isolation_detail: str | None = None
         self.workdir: str | None = None
         self.proc: subprocess.Popen | None = None
 
-    def _start(self) -> None:
+    def _start(self) -> str | None:
+        """Start the child and read its greeting; an error message if it could not be isolated as asked."""
+        global _namespaces_refused
         if self.workdir is None:
             self.workdir = tempfile.mkdtemp(prefix="intern_jax_sandbox_")
+        mode = self.requested_isolation
+        if mode == "auto" and _namespaces_refused is not None:
+            mode = "process"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.workdir, "TMPDIR": self.workdir,
                "PYTHONIOENCODING": "utf-8"}
-        args = [str(self.output_limit), str(self.cpu_seconds), str(self.memory_mb << 20), str(self.file_size_mb << 20)]
-        self.proc = subprocess.Popen([sys.executable, "-I", "-c", _CHILD, *args], cwd=self.workdir, env=env,
+        args = [str(self.output_limit), str(self.cpu_seconds), str(self.memory_mb << 20),
+                str(self.file_size_mb << 20), str(self.max_processes), mode, self.workdir]
+        self.proc = subprocess.Popen([sys.executable, "-I", CHILD, *args], cwd=self.workdir, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      start_new_session=True, text=True, encoding="utf-8")
+        ready, _, _ = select.select([self.proc.stdout], [], [], max(self.timeout, 30.0))
+        hello = json.loads(self.proc.stdout.readline() or "null") if ready else None
+        if not isinstance(hello, dict) or "error" in hello:
+            self._kill()
+            reason = hello["error"] if isinstance(hello, dict) else "the interpreter process did not start"
+            if mode == "auto" and isinstance(hello, dict):
+                _namespaces_refused = reason
+                return self._start()
+            return reason
+        self.isolation = hello["isolation"]
+        self.isolation_detail = hello["detail"] + (f" ({_namespaces_refused})" if mode != self.requested_isolation
+                                                   else "")
+        return None
 
     def _kill(self) -> None:
         if self.proc is not None:
@@ -118,7 +106,8 @@ class PythonSandbox:
             if self.proc is not None:
                 self._kill()
                 restarted = "(the previous session ended; variables were lost)\n"
-            self._start()
+            if (error := self._start()) is not None:
+                return ToolResult.fail(error)
         try:
             self.proc.stdin.write(json.dumps({"code": code}) + "\n")
             self.proc.stdin.flush()

@@ -4,6 +4,8 @@ stop runaway code with an error result while the host goes on."""
 from __future__ import annotations
 
 import os
+import shutil
+import time
 
 import pytest
 
@@ -104,3 +106,133 @@ def test_a_stateless_session_forgets_variables_but_keeps_its_files():
         assert sandbox.run("x = 1\nopen('f.txt', 'w').write('kept')\nprint(x)").content == "1"
         assert "NameError" in sandbox.run("x").error
         assert sandbox.run("print(open('f.txt').read())").content == "kept"
+
+
+# ------------------------------------------------------------------ isolation in namespaces
+
+
+def _namespaces_available() -> str | None:
+    with PythonSandbox(isolation="namespaces") as probe:
+        result = probe.run("pass")
+    return None if result.status == "success" else result.error
+
+
+NAMESPACES_REFUSED = _namespaces_available()
+# skipped only where the kernel refuses to create namespaces; a failure after that fails the tests
+needs_namespaces = pytest.mark.skipif(NAMESPACES_REFUSED is not None and "unshare:" in NAMESPACES_REFUSED,
+                                      reason=f"{NAMESPACES_REFUSED}")
+
+
+@pytest.fixture
+def jail():
+    with PythonSandbox(timeout=10, memory_mb=256, isolation="namespaces", max_processes=16) as s:
+        yield s
+
+
+@needs_namespaces
+def test_auto_isolation_takes_namespaces_where_the_kernel_allows_them():
+    with PythonSandbox() as sandbox:
+        assert sandbox.run("pass").status == "success"
+        assert sandbox.isolation == "namespaces" and "network" in sandbox.isolation_detail
+
+
+@needs_namespaces
+def test_no_network_reaches_a_real_listening_socket_on_loopback(jail):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)\nprint('connected')"
+        with PythonSandbox(isolation="process") as plain:  # the same code outside the namespace does connect
+            assert plain.run(code).content == "connected"
+        result = jail.run(code)
+        assert result.status == "error" and "Network is unreachable" in result.error
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            server.accept()[0].close()  # only the plain session's connection was ever made ... and taken here
+            server.accept()
+
+
+@needs_namespaces
+def test_writes_outside_the_session_directory_fail_and_the_host_files_are_untouched(jail):
+    import tempfile
+    from pathlib import Path
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="sandbox-victim-", dir="/tmp"))  # only the mount stands in the way:
+    tmp_path.chmod(0o777)  # the directory and the file are writable by anyone
+    victim = tmp_path / "project_file.py"
+    victim.write_text("precious")
+    victim.chmod(0o666)
+    for code in (f"open({str(victim)!r}, 'w').write('gone')", f"import os\nos.remove({str(victim)!r})",
+                 f"open({str(tmp_path / 'new.txt')!r}, 'w')", "open('/tmp/escaped.txt', 'w')",
+                 f"import shutil\nshutil.rmtree({str(tmp_path)!r})"):
+        result = jail.run(code)
+        assert result.status == "error" and "Read-only file system" in result.error, code
+    assert victim.read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["project_file.py"]
+    shutil.rmtree(tmp_path)
+    assert not os.path.exists("/tmp/escaped.txt")
+    assert jail.run("open('inside.txt', 'w').write('ok')\nprint(open('inside.txt').read())").content == "ok"
+    assert open(os.path.join(jail.workdir, "inside.txt")).read() == "ok"
+
+
+@needs_namespaces
+def test_a_fork_bomb_stops_at_the_process_limit_and_leaves_nothing_behind(jail):
+    code = ("import os, time\nchildren = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+            "            time.sleep(60)\n        children += 1\nexcept OSError as e:\n    print(children, e.errno)")
+    import errno
+
+    assert jail.run(code).content == f"{16 - 1} {errno.EAGAIN}"  # the interpreter is the 16th process
+    result = jail.run("while True:\n    os.fork()")  # every process forks: all hit the limit, the bomb ends
+    assert result.status == "error" and "BlockingIOError" in result.error
+    assert jail.run("print('alive')").content == "alive"
+    group = jail.proc.pid
+    assert len(_group(group)) >= 16  # the sleepers are still there, the whole session counted once
+    jail.close()
+    deadline = time.monotonic() + 10
+    while _group(group) and time.monotonic() < deadline:  # the kernel tears the namespace down asynchronously
+        time.sleep(0.05)
+    assert _group(group) == []
+
+
+def _group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    alive = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            alive.append(int(entry))
+    return alive
+
+
+@needs_namespaces
+def test_host_processes_are_out_of_sight_and_out_of_reach(jail):
+    import subprocess
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        result = jail.run(f"import os, signal\nos.kill({sleeper.pid}, signal.SIGKILL)")
+        assert result.status == "error" and ("ProcessLookupError" in result.error or "PermissionError" in result.error)
+        result = jail.run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")  # its own init
+        assert result.status == "error" and "PermissionError" in result.error
+        listing = jail.run("import os\nprint(sorted(p for p in os.listdir('/proc') if p.isdigit()))")
+        assert listing.content == "['1', '2']"  # the namespace's init and the interpreter: nothing of the host
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@needs_namespaces
+def test_the_interpreter_holds_no_privileges(jail):
+    result = jail.run("import os\nstatus = open('/proc/self/status').read()\n"
+                      "print(os.getuid() != 0, status.split('CapEff:')[1].split()[0])")
+    assert result.content == "True 0000000000000000"
+    assert "Operation not permitted" in jail.run("import os\nos.setuid(0)").error
+
+
+def test_an_unknown_isolation_mode_is_named():
+    with pytest.raises(ValueError, match="isolation must be one of auto, namespaces, process"):
+        PythonSandbox(isolation="docker")
