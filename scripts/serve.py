@@ -6,12 +6,15 @@
 
 Every request is scheduled by the serving engine (continuous batching over a paged KV cache). Point any
 OpenAI client at ``http://HOST:PORT/v1``. ``GET /health``, ``GET /stats`` (JSON), ``GET /metrics``
-(Prometheus text) and ``/docs`` are served too. Binds to loopback unless ``--host`` says otherwise.
+(Prometheus text), ``/docs`` and a web chat page at ``/`` are served too. Binds to loopback unless ``--host``
+says otherwise. SIGTERM (or Ctrl-C) drains: new connections are refused at once, requests in flight finish
+(for up to ``--drain-timeout`` seconds, then they are cut off), and the server exits with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -50,11 +53,15 @@ def main(argv=None) -> int:
     engine.add_argument("--max-top-logprobs", type=int, default=5, help="most top_logprobs a request may ask for")
     ap.add_argument("--max-queue", type=int, default=256,
                     help="requests that may wait beyond the running batch; more get 429")
+    ap.add_argument("--drain-timeout", type=float, default=30.0,
+                    help="on SIGTERM, seconds that requests in flight get to finish (default 30)")
     ap.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+    if not args.drain_timeout >= 0:
+        raise ValueError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
     if args.max_queue < 0:
         raise ValueError(f"--max-queue must be >= 0, got {args.max_queue}")
     api_keys = _api_keys(args)
@@ -79,9 +86,17 @@ def main(argv=None) -> int:
         raise ValueError(f"--model {args.model} carries no tokenizer; the server needs one (a GGUF file or a "
                          "checkpoint directory with tokenizer.json / tokenizer.model)")
     name = args.served_model_name or Path(args.model).stem
-    app = create_app(Engine(model, config), name, api_keys=api_keys, max_queue=args.max_queue)
+    serving = Engine(model, config)
+    app = create_app(serving, name, api_keys=api_keys, max_queue=args.max_queue)
     print(f"serve.py: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # uvicorn drains on SIGTERM / SIGINT (closes the listener, lets responses in flight finish within the
+    # timeout), then raises the signal again with the handler it found: this one, so a drain exits with 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=args.drain_timeout)
+    serving.close()
+    print("serve.py: drained and stopped", file=sys.stderr, flush=True)
     return 0
 
 
