@@ -2,7 +2,7 @@
 
     python scripts/agent.py --model PATH | --url URL [--served-model NAME] [--api-key KEY]
         [--protocol hermes|internlm2|react|rewoo] [--tools calculator,python,search,files]
-        [--docs FILE|DIR] [--root DIR]
+        [--docs FILE|DIR] [--root DIR] [--mcp URL|COMMAND ...]
         [--max-steps N] [--max-new-tokens N] [--system TEXT] [--json] "question"
 
 ``--model`` runs the model in process; ``--url`` talks to any OpenAI-compatible endpoint
@@ -14,7 +14,10 @@
 first (``#E1 = tool[input]``), runs them, then answers. ``python`` is a sandboxed
 interpreter (a separate process with time, memory and file-size limits); ``search`` finds passages of
 ``--docs`` (a JSONL file with a ``text`` field per line, or a directory written by
-``scripts/process_data.py``) by BM25; ``files`` reads text files under ``--root``. Decoding is greedy.
+``scripts/process_data.py``) by BM25; ``files`` reads text files under ``--root``. ``--mcp`` adds the
+tools of a Model Context Protocol server: a URL (streamable HTTP, e.g. ``scripts/tool_server.py``'s
+``http://127.0.0.1:8100/mcp``) or a command that speaks MCP on stdio; with ``--mcp`` and no ``--tools``
+only the server's tools are offered. Decoding is greedy.
 ``--json`` prints ``{"answer", "stop_reason", "turns", "trace"}`` instead of the answer. The exit status is 1
 when the loop ended without an answer (step limit, repeated call).
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 from intern_jax import cli  # light: no jax
@@ -45,8 +49,10 @@ def show_step(step: dict) -> None:
 def main(argv=None) -> int:
     from intern_jax.agent import Agent, DecoderChatModel, OpenAIChatModel
     from intern_jax.agent.agent import BUILTIN_TOOLS, builtin_tools
+    from intern_jax.agent.mcp_tools import MCPTools
     from intern_jax.agent.protocols import PROTOCOLS
     from intern_jax.agent.rewoo import ReWOOAgent
+    from intern_jax.agent.tools import ToolRegistry
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("question", help="the question to answer")
@@ -57,9 +63,11 @@ def main(argv=None) -> int:
     ap.add_argument("--api-key", help="with --url: the server's API key")
     ap.add_argument("--protocol", choices=[*sorted(PROTOCOLS), "rewoo"], default="hermes",
                     help="rewoo: plan all tool calls first, run them, then answer")
-    ap.add_argument("--tools", default="calculator", help=f"comma-separated, from: {', '.join(BUILTIN_TOOLS)}")
+    ap.add_argument("--tools", help=f"comma-separated, from: {', '.join(BUILTIN_TOOLS)} (default: calculator)")
     ap.add_argument("--docs", help="with --tools search: a JSONL file or a processed corpus directory")
     ap.add_argument("--root", help="with --tools files: the directory whose files the agent may read")
+    ap.add_argument("--mcp", action="append", default=[], metavar="URL|COMMAND",
+                    help="an MCP server whose tools the agent may call (repeatable)")
     ap.add_argument("--max-steps", type=int, default=6, help="model turns before giving up")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="per model turn")
     ap.add_argument("--system", help="system message placed before the tool descriptions")
@@ -76,9 +84,15 @@ def main(argv=None) -> int:
         raise ValueError(f"--max-steps must be at least 1, got {args.max_steps}")
     cli.sampling_params(max_new_tokens=args.max_new_tokens)  # a bad --max-new-tokens is named before loading
     system = None if args.system is None else cli.utf8_text(args.system, "--system")
-    names = [n.strip() for n in args.tools.split(",") if n.strip()]
-    tools, sandboxes = builtin_tools(names, docs=args.docs, root=args.root)
+    tools_arg = args.tools if args.tools is not None else ("" if args.mcp else "calculator")
+    names = [n.strip() for n in tools_arg.split(",") if n.strip()]
+    tools, sandboxes = builtin_tools(names, docs=args.docs, root=args.root) if names else (ToolRegistry(), [])
+    servers = []
     try:
+        for server in args.mcp:
+            servers.append(MCPTools(server if server.startswith(("http://", "https://")) else shlex.split(server)))
+            for remote in servers[-1].tools():
+                tools.add(remote)
         if args.url is not None:
             chat_model = OpenAIChatModel(args.url, args.served_model, api_key=args.api_key,
                                          max_tokens=args.max_new_tokens)
@@ -100,6 +114,8 @@ def main(argv=None) -> int:
     finally:
         for sandbox in sandboxes:
             sandbox.close()
+        for server in servers:
+            server.close()
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:

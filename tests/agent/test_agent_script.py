@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,8 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
     (["--model", "/no/such/model", "q"], "/no/such/model"),
     (["--url", "http://127.0.0.1:9/v1", "q"], "is the server running?"),
     (["--model", "m", "--api-key", "k", "q"], "--served-model and --api-key go with --url"),
-    (["--model", "m", "--tools", "search", "q"], "the search tool needs documents (--docs)"),
-    (["--model", "m", "--tools", "files", "q"], "the files tool needs the directory it may read (--root)"),
     (["--model", "m", "--tools", "files", "--root", "/no/such/dir", "q"], "/no/such/dir does not exist"),
 ])
 def test_bad_input_is_one_line_and_status_2(args, message):
@@ -34,6 +33,19 @@ def test_bad_input_is_one_line_and_status_2(args, message):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("agent.py: error: ") and proc.stdout == ""
     assert len(lines) == 1 or lines[0].startswith("usage:")  # argparse's own errors come with the usage
+
+
+@pytest.mark.parametrize("names, options, message", [
+    (["search"], {}, "the search tool needs documents (--docs)"),
+    (["files"], {}, "the files tool needs the directory it may read (--root)"),
+    (["search"], {"docs": "/no/such/docs.jsonl"}, "/no/such/docs.jsonl does not exist"),
+    ([], {}, "no tools given"),
+])
+def test_builtin_tools_name_what_is_missing(names, options, message):
+    from intern_jax.agent.agent import builtin_tools
+
+    with pytest.raises((ValueError, OSError), match=re.escape(message)):
+        builtin_tools(names, **options)
 
 
 class Endpoint(http.server.BaseHTTPRequestHandler):
@@ -80,7 +92,7 @@ def test_the_script_answers_through_an_endpoint_and_prints_the_trace(protocol, r
     assert "call calculator" in proc.stderr and "result: 391" in proc.stderr
 
 
-def test_the_script_searches_documents_and_reads_files_through_an_endpoint(tmp_path):
+def test_the_script_reads_files_and_searches_through_an_mcp_server(tmp_path):
     docs = tmp_path / "docs.jsonl"
     docs.write_text(json.dumps({"id": "faq-2", "text": "The warranty lasts two years."}) + "\n"
                     + json.dumps({"id": "faq-1", "text": "Reset the router by holding its button."}) + "\n")
@@ -92,8 +104,9 @@ def test_the_script_searches_documents_and_reads_files_through_an_endpoint(tmp_p
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        mcp = f"{sys.executable} {ROOT / 'scripts/tool_server.py'} --transport stdio --tools search --docs {docs}"
         proc = subprocess.run([sys.executable, str(ROOT / "scripts/agent.py"), "--url", url, "--protocol", "react",
-                               "--tools", "search,files", "--docs", str(docs), "--root", str(tmp_path), "--json",
+                               "--tools", "files", "--root", str(tmp_path), "--mcp", mcp, "--json",
                                "How long is the warranty?"], capture_output=True, text=True, timeout=120)
     finally:
         server.shutdown()
