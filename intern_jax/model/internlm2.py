@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from functools import partial
 
 import jax
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 
 from intern_jax import sharding as shd
 from intern_jax.config import ModelConfig
-from intern_jax.model import kv_cache, layers
+from intern_jax.model import kv_cache, layers, remat
 
 # logical axes of the hidden states [B, T, E] between layers: the embedding dimension is whole on
 # every device (FSDP shards the weights' ``embed`` axis, not the activations')
@@ -118,83 +117,6 @@ def init(cfg: ModelConfig, key, mesh=None, rules=None) -> dict:
 
 # ---------------------------------------------------------------------------
 # Forward
-
-
-# remat="full" is remat_scan; these policies go to jax.checkpoint around each layer
-_REMAT_POLICIES: dict[str, Callable] = {
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
-def _as_bits(x):
-    """Floats of 16 bits as uint16 (bit-exact); others unchanged."""
-    return jax.lax.bitcast_convert_type(x, jnp.uint16) if jnp.issubdtype(x.dtype, jnp.floating) and \
-        x.dtype.itemsize == 2 else x
-
-
-def _from_bits(bits, dtype):
-    return jax.lax.bitcast_convert_type(bits, dtype) if bits.dtype != dtype else bits
-
-
-def remat_scan(layer, x, blocks):
-    """``lax.scan`` of ``x = layer(x, p)`` over stacked ``blocks``, saving only each layer's input.
-
-    The same computation as ``jax.checkpoint`` (no policy) under ``lax.scan``: the forward pass keeps
-    the ``[layers, ...]`` stack of layer inputs, the backward pass recomputes one layer at a time
-    and takes its vjp. The stack is kept as raw bits, so compilers that widen 16-bit floats for
-    their loop bodies (XLA:CPU) cannot hold a float32 copy of it; and gradients are computed only
-    for the leaves of ``blocks`` that are differentiated (frozen or quantized weights cost nothing).
-    ``layer`` may close over arrays that are not differentiated (rotary tables, segment ids).
-    """
-    leaves, treedef = jax.tree.flatten(blocks)
-
-    def run(x, *leaves):
-        step = lambda c, p: (layer(c, jax.tree.unflatten(treedef, p)), None)  # noqa: E731
-        return jax.lax.scan(step, x, list(leaves))[0]
-
-    def fwd(x, *leaves):
-        # symbolic_zeros: arguments arrive as CustomVJPPrimal(value, perturbed); which leaves want a
-        # gradient is kept static in the residuals' structure (None or not)
-        wanted = [() if a.perturbed else None for a in leaves]
-        x, leaves = x.value, [a.value for a in leaves]
-
-        def step(c, p):
-            return layer(c, jax.tree.unflatten(treedef, p)), _as_bits(c)
-
-        y, saved = jax.lax.scan(step, x, leaves)
-        return y, (saved, leaves, wanted)
-
-    def bwd(res, ct):
-        saved, leaves, wanted = res
-        diff = [i for i, w in enumerate(wanted) if w is not None]
-        if isinstance(ct, jax.custom_derivatives.SymbolicZero):
-            ct = jnp.zeros(ct.shape, ct.dtype)
-        dtype = ct.dtype  # the layers keep x's dtype, so its cotangent has it too
-
-        def step(ct_x, xs):
-            bits, p = xs
-            x = _from_bits(bits, dtype)
-
-            def f(x, p_diff):
-                full = list(p)
-                for i, v in zip(diff, p_diff):
-                    full[i] = v
-                return layer(x, jax.tree.unflatten(treedef, full))
-
-            _, vjp = jax.vjp(f, x, [p[i] for i in diff])
-            d_x, d_p = vjp(ct_x)
-            return d_x, d_p
-
-        d_x, d_stacked = jax.lax.scan(step, ct, (saved, leaves), reverse=True)
-        grads = [None] * len(leaves)
-        for i, g in zip(diff, d_stacked):
-            grads[i] = g
-        return (d_x, *grads)
-
-    fn = jax.custom_vjp(run)
-    fn.defvjp(fwd, bwd, symbolic_zeros=True)
-    return fn(x, *leaves)
 
 
 def _qkv(p, x, cos, sin, cfg: ModelConfig):
@@ -296,13 +218,8 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
         if isinstance(blocks, (list, tuple)):  # per-layer weights (the decoder's layout)
             for p in blocks:
                 x = layer(x, p)
-        elif cfg.remat == "full":
-            x = remat_scan(layer, x, blocks)
         else:
-            body = lambda x, p: (layer(x, p), None)  # noqa: E731
-            if cfg.remat != "none":
-                body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-            x, _ = jax.lax.scan(body, x, blocks)
+            x = remat.scan_layers(layer, x, blocks, cfg.remat)
     else:
         # The cache owns its layout: each layer hands it the new keys and values and gets the
         # attention over everything cached so far (kv_cache.DenseKV / PagedKV).

@@ -108,14 +108,6 @@ def linear(x, w, b=None):
     return y
 
 
-@jax.checkpoint
-def _silu_gate(gate, up):
-    # rematerialized: the backward pass keeps only ``gate`` and ``up`` and recomputes the
-    # sigmoid and product, which is cheaper on CPU than storing (and, under the layer scan,
-    # stacking) four [tokens, intermediate] intermediates per layer
-    return jax.nn.silu(gate) * up
-
-
 def output_logits(x, w, vocab_axis: int = 1):
     """Float32 logits ``[..., V]`` of ``x [..., E]`` and a head ``w`` stored ``[E, V]`` (``vocab_axis=1``)
     or ``[V, E]`` (tied embeddings, contracted as stored). The product runs on 2-D ``[rows, E]``, so
@@ -128,10 +120,11 @@ def output_logits(x, w, vocab_axis: int = 1):
 
 
 def swiglu(x, w1, w3, w2, b1=None, b3=None, b2=None):
-    """``w2(silu(w1 x) * w3 x)``."""
+    """``w2(silu(w1 x) * w3 x)``. Whether the backward pass stores the gate's elementwise results or
+    recomputes them from ``w1 x`` and ``w3 x`` is the remat policy's choice (``model.remat``)."""
     gate = linear(x, w1, b1)
     up = linear(x, w3, b3)
-    return linear(_silu_gate(gate, up), w2, b2)
+    return linear(jax.nn.silu(gate) * up, w2, b2)
 
 
 def attention_mask(q_segment_ids, q_positions, kv_segment_ids, kv_positions):
