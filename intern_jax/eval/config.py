@@ -19,8 +19,8 @@ from pathlib import Path
 from intern_jax.config import ConfigError, check_fields, load_config
 
 INFERENCERS = ("ppl", "ll", "gen")
-POSTPROCESSORS = ("none", "strip", "option_letter", "last_number", "regex")
-METRICS = ("accuracy", "exact_match", "numeric_match")
+POSTPROCESSORS = ("none", "strip", "option_letter", "last_number", "regex", "code_block")
+METRICS = ("accuracy", "exact_match", "numeric_match", "f1", "bleu", "rouge", "pass_at_k")
 FEWSHOT_MODES = ("zero", "fixed", "random", "bm25")
 FORMATS = ("jsonl", "csv", "parquet")
 
@@ -107,7 +107,8 @@ class InferConfig:
 @dataclass(frozen=True)
 class PostprocessConfig:
     """How generated text becomes a prediction: ``option_letter`` (first standalone A-Z letter among the
-    options), ``last_number``, ``regex`` (``pattern``'s first group, or the whole match), ``strip``, ``none``."""
+    options), ``last_number``, ``regex`` (``pattern``'s first group, or the whole match), ``code_block``
+    (the first fenced code block, else the text), ``strip``, ``none``."""
 
     kind: str = "strip"
     pattern: str = ""
@@ -123,10 +124,14 @@ class PostprocessConfig:
 @dataclass(frozen=True)
 class EvaluatorConfig:
     """``accuracy`` (multiple choice), ``exact_match`` (case and surrounding space ignored), ``numeric_match``
-    (equal within ``tolerance``)."""
+    (equal within ``tolerance``), ``f1`` (SQuAD's token F1), ``bleu`` (sacreBLEU, corpus level), ``rouge``
+    (ROUGE-1/2/L F-measures), ``pass_at_k`` (HumanEval: the item's ``prompt`` field and the prediction run
+    against the reference, its test code, with ``check(entry_point)``; each program gets ``timeout``
+    seconds in a limited process; pass@1 of the greedy completion)."""
 
     metric: str = "accuracy"
     tolerance: float = 1e-6
+    timeout: float = 10.0
 
     def __post_init__(self):
         check_fields(self, "evaluator.")

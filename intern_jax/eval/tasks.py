@@ -12,12 +12,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import string
 from pathlib import Path
 
 import numpy as np
 
+from intern_jax.eval import metrics as scores
 from intern_jax.eval.config import DatasetConfig, FewShotConfig, PostprocessConfig, ReaderConfig
 
 LETTERS = string.ascii_uppercase
@@ -217,6 +219,8 @@ def postprocess(cfg: PostprocessConfig, text: str, num_options: int = 26) -> str
         return option_letter(text, num_options)
     if cfg.kind == "last_number":
         return last_number(text)
+    if cfg.kind == "code_block":
+        return scores.code_block(text)
     match = re.search(cfg.pattern, text, flags=re.DOTALL)
     if match is None:
         return ""
@@ -340,16 +344,61 @@ def _infer_gen(model, cfg, units) -> list[dict]:
         pred = postprocess(cfg.postprocess, text, len(item.get("options") or LETTERS))
         reference = LETTERS[item["reference"]] if item.get("options") else item["reference"]
         records.append({"id": n, "rotation": item["rotation"], "prompt": context, "output": text,
-                        "prediction": pred, "reference": reference, "correct": is_correct(cfg, pred, item)})
+                        "prediction": pred, "reference": reference})
+    metric = cfg.evaluator.metric
+    if metric == "pass_at_k" and not units[0][1].get("options"):
+        _run_programs(cfg, [u[1] for u in units], records)
+    for (_, item, _), record in zip(units, records):
+        pred = record["prediction"]
+        if item.get("options") or metric not in ("f1", "rouge", "pass_at_k"):
+            record["correct"] = is_correct(cfg, pred, item)
+        elif metric == "f1":
+            record["score"] = scores.token_f1(pred, item["reference"])
+            record["correct"] = record["score"] == 1.0
+        elif metric == "rouge":
+            record["scores"] = scores.rouge_scores(pred, item["reference"])
+            record["correct"] = record["scores"]["rougeL"] == 1.0
     return records
+
+
+def _run_programs(cfg: DatasetConfig, items: list[dict], records: list[dict]) -> None:
+    """pass_at_k: each prediction's HumanEval program, run in limited processes (a few at a time)."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    programs = []
+    for item in items:
+        for field in ("prompt", "entry_point"):
+            if field not in item:
+                raise ValueError(f"evaluator.metric='pass_at_k' needs the item field {field!r} (HumanEval's "
+                                 f"layout: prompt, test, entry_point); fields: {', '.join(sorted(item))}")
+    for item, record in zip(items, records):
+        programs.append(scores.humaneval_program(item["prompt"], record["prediction"], item["reference"],
+                                                 item["entry_point"]))
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        results = list(pool.map(lambda p: scores.run_python(p, cfg.evaluator.timeout), programs))
+    for record, (passed, why) in zip(records, results):
+        record["correct"], record["execution"] = passed, why
 
 
 def metrics_of(records: list[dict], cfg: DatasetConfig) -> dict[str, float]:
     """Percentages: ``acc`` (or the evaluator's metric), ``acc_norm`` for ``ll``, and with CircularEval
-    ``circular_acc`` (an item counts only if every rotation is right) beside plain ``acc`` (rotation 0)."""
-    name = "acc" if cfg.multiple_choice else cfg.evaluator.metric
-    keys = [("correct", name)] + ([("correct_norm", "acc_norm")] if cfg.infer.mode == "ll" else [])
+    ``circular_acc`` (an item counts only if every rotation is right) beside plain ``acc`` (rotation 0).
+    ``f1``: the mean token F1; ``bleu``: corpus BLEU; ``rouge``: ``rouge1``, ``rouge2``, ``rougeL`` means;
+    ``pass_at_k``: ``pass@1``."""
+    metric = cfg.evaluator.metric
     plain = [r for r in records if r["rotation"] == 0]
+    if not cfg.multiple_choice and metric in ("f1", "bleu", "rouge", "pass_at_k"):
+        if metric == "f1":
+            return {"f1": round(100.0 * float(np.mean([r["score"] for r in plain])), 2)}
+        if metric == "bleu":
+            return {"bleu": round(scores.corpus_bleu([r["prediction"] for r in plain],
+                                                     [str(r["reference"]) for r in plain]), 2)}
+        if metric == "rouge":
+            return {k: round(100.0 * float(np.mean([r["scores"][k] for r in plain])), 2)
+                    for k in ("rouge1", "rouge2", "rougeL")}
+        return {"pass@1": round(100.0 * float(np.mean([r["correct"] for r in plain])), 2)}
+    name = "acc" if cfg.multiple_choice else metric
+    keys = [("correct", name)] + ([("correct_norm", "acc_norm")] if cfg.infer.mode == "ll" else [])
     out = {metric: round(100.0 * sum(r[key] for r in plain) / len(plain), 2) for key, metric in keys}
     for key, metric in keys:
         if cfg.infer.circular:
