@@ -169,8 +169,12 @@ class MCPTools:
         for t in listed.tools:
             schema = {"type": "function", "function": {"name": t.name, "description": t.description or "",
                                                        "parameters": t.input_schema}}
+            properties, required = t.input_schema.get("properties", {}), t.input_schema.get("required", [])
             out.append(RemoteTool(fn=self._caller(t.name), name=t.name, description=t.description or "",
-                                  hints={}, defaults={}, param_docs={}, remote_schema=schema))
+                                  hints=dict.fromkeys(properties, Any),  # parameter names: ReWOO maps text to them
+                                  defaults={p: None for p in properties if p not in required},
+                                  param_docs={p: v.get("description", "") for p, v in properties.items()},
+                                  remote_schema=schema))
         return out
 
     def registry(self) -> ToolRegistry:

@@ -127,6 +127,20 @@ def test_an_agent_runs_on_remote_tools_as_on_local_ones(stdio_tools):
     assert [s["content"] for s in result.transcript if s["type"] == "result"] == ["391"]
 
 
+def test_rewoo_maps_a_plan_step_to_the_remote_tool_s_one_required_parameter(stdio_tools):
+    from intern_jax.agent.rewoo import ReWOOAgent
+
+    class Scripted:
+        replies = ["Plan: multiply.\n#E1 = calculator[17 * 23]", "391"]
+
+        def chat(self, messages, stop=()):
+            return self.replies.pop(0)
+
+    result = ReWOOAgent(Scripted(), stdio_tools.registry()).run("What is 17 * 23?")
+    assert result.answer == "391"
+    assert [s["content"] for s in result.transcript if s["type"] == "result"] == ["391"]
+
+
 def test_a_bad_server_is_named():
     with pytest.raises(ValueError, match="give an http"):
         MCPTools("127.0.0.1:8100")
