@@ -1,8 +1,10 @@
-"""Agents: typed tools, tool protocols (InternLM2, Hermes, ReAct) and ReWOO, a sandboxed Python interpreter
-and the loop that runs a model over them. Everything here stands on the one decoder (``inference``)."""
+"""Agents: typed tools, tool protocols (InternLM2, Hermes, ReAct) and ReWOO, a sandboxed Python interpreter,
+document search and file reading, tools over MCP (served and used), and the loop that runs a model over them.
+Everything here stands on the one decoder (``inference``)."""
 
 from intern_jax.agent.agent import Agent, AgentResult, ChatModel, DecoderChatModel, OpenAIChatModel
 from intern_jax.agent.files import FileReader
+from intern_jax.agent.mcp_tools import MCPTools
 from intern_jax.agent.protocols import (
     INTERPRETER,
     HermesProtocol,
@@ -19,7 +21,7 @@ from intern_jax.agent.tools import Tool, ToolRegistry, ToolResult, calculator, t
 
 __all__ = [
     "INTERPRETER", "Agent", "AgentResult", "ChatModel", "DecoderChatModel", "DocumentSearch", "FileReader",
-    "HermesProtocol", "InternLM2Protocol",
+    "HermesProtocol", "InternLM2Protocol", "MCPTools",
     "OpenAIChatModel", "Parsed", "PythonSandbox", "ReActProtocol", "ReWOOAgent", "Tool", "ToolCall", "ToolRegistry",
     "ToolResult", "calculator", "get_protocol", "tool",
 ]
