@@ -7,7 +7,7 @@ tool's own ``@tool`` schema (name, description, and its parameters as the input 
 Python sandbox session is one process). ``serve_stdio`` / ``serve_http`` run it over stdio or streamable
 HTTP (``/mcp``; the SDK's DNS-rebinding protection is on for loopback hosts); ``http_app`` also answers
 ``GET /tools`` (the OpenAI schemas) and ``POST /tools/{name}`` (JSON arguments -> the ``ToolResult``)
-for clients without MCP.
+for clients without MCP (``RemoteTool.from_server(url)`` is theirs).
 
 ``MCPTools(server)`` is the client side: it connects to a URL (streamable HTTP) or launches a command
 (``["python", "scripts/tool_server.py", ...]``, stdio), keeps the session open on an event loop in a
@@ -120,6 +120,35 @@ class RemoteTool(Tool):
             return f"arguments of {self.name} must be a JSON object, got {arguments!r}"
         return None  # the server's tool checks them and names the bad one
 
+    @classmethod
+    def from_server(cls, url: str, *, timeout: float = 60.0) -> list[RemoteTool]:
+        """The tools of a tool server's plain HTTP face (``GET {url}/tools``, ``POST {url}/tools/NAME``)."""
+        import urllib.error
+        import urllib.request
+
+        base = url.rstrip("/")
+
+        def request(path: str, body: bytes | None = None):
+            req = urllib.request.Request(base + path, data=body, method="GET" if body is None else "POST",
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as e:
+                return json.loads(e.read())
+            except (urllib.error.URLError, OSError) as e:
+                raise ConnectionError(f"{base + path} failed: {getattr(e, 'reason', e)}; is the tool server "
+                                      "running?") from None
+
+        def caller(name: str):
+            def call(**arguments) -> ToolResult:
+                reply = request(f"/tools/{name}", json.dumps(arguments).encode())
+                return ToolResult(reply["status"], reply["content"], reply.get("error"))
+
+            return call
+
+        return [_remote(caller(s["function"]["name"]), s) for s in request("/tools")]
+
     def call(self, arguments: dict | str | None = None) -> ToolResult:
         if isinstance(arguments, str):
             try:
@@ -132,6 +161,17 @@ class RemoteTool(Tool):
             return self.fn(**(arguments or {}))
         except Exception as e:  # a broken connection is the tool's failure, an observation for the model
             return ToolResult.fail(f"{self.name} on the MCP server failed: {type(e).__name__}: {e}")
+
+
+def _remote(fn, schema: dict) -> RemoteTool:
+    """A ``RemoteTool`` for an OpenAI function ``schema``: its parameter names (ReWOO maps a plan step's text to
+    the one required parameter) and which of them are optional."""
+    function = schema["function"]
+    parameters = function.get("parameters") or {}
+    properties, required = parameters.get("properties", {}), parameters.get("required", [])
+    return RemoteTool(fn=fn, name=function["name"], description=function.get("description") or "",
+                      hints=dict.fromkeys(properties, Any), defaults={p: None for p in properties if p not in required},
+                      param_docs={p: v.get("description", "") for p, v in properties.items()}, remote_schema=schema)
 
 
 class MCPTools:
@@ -165,17 +205,8 @@ class MCPTools:
     def tools(self) -> list[RemoteTool]:
         """Every tool the server lists, as a ``Tool`` that calls the server."""
         listed = self._portal.call(self._client.list_tools)
-        out = []
-        for t in listed.tools:
-            schema = {"type": "function", "function": {"name": t.name, "description": t.description or "",
-                                                       "parameters": t.input_schema}}
-            properties, required = t.input_schema.get("properties", {}), t.input_schema.get("required", [])
-            out.append(RemoteTool(fn=self._caller(t.name), name=t.name, description=t.description or "",
-                                  hints=dict.fromkeys(properties, Any),  # parameter names: ReWOO maps text to them
-                                  defaults={p: None for p in properties if p not in required},
-                                  param_docs={p: v.get("description", "") for p, v in properties.items()},
-                                  remote_schema=schema))
-        return out
+        return [_remote(self._caller(t.name), {"type": "function", "function": {
+            "name": t.name, "description": t.description or "", "parameters": t.input_schema}}) for t in listed.tools]
 
     def registry(self) -> ToolRegistry:
         return ToolRegistry(self.tools())

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from intern_jax.agent import Agent
-from intern_jax.agent.mcp_tools import MCPTools
+from intern_jax.agent.mcp_tools import MCPTools, RemoteTool
 from intern_jax.agent.search import DocumentSearch
 from intern_jax.agent.tools import ToolRegistry, calculator
 
@@ -73,11 +73,10 @@ BAD_ARGUMENTS = [("calculator", {"expression": 5}), ("calculator", {"expr": "1 +
                  ("search", {"query": "router", "top_k": 99}), ("calculator", {"expression": "2 ** 100000"})]
 
 
-def _check_remote(remote: MCPTools, local: ToolRegistry) -> None:
-    tools = remote.tools()
+def _check_remote(tools: list, local: ToolRegistry) -> None:
     assert [t.name for t in tools] == local.names
     assert [t.schema for t in tools] == local.schemas  # the @tool schemas, unchanged by the trip
-    registry = remote.registry()
+    registry = ToolRegistry(tools)
     assert registry.call("calculator", {"expression": "17 * 23"}).content == "391"
     hits = json.loads(registry.call("search", '{"query": "warranty"}').content)
     assert hits == json.loads(local.call("search", {"query": "warranty"}).content)
@@ -87,12 +86,18 @@ def _check_remote(remote: MCPTools, local: ToolRegistry) -> None:
 
 
 def test_the_stdio_server_lists_the_local_schemas_and_runs_the_tools(stdio_tools, local):
-    _check_remote(stdio_tools, local)
+    _check_remote(stdio_tools.tools(), local)
 
 
 def test_the_http_server_speaks_mcp_at_slash_mcp(http_server, local):
     with MCPTools(http_server + "/mcp") as remote:
-        _check_remote(remote, local)
+        _check_remote(remote.tools(), local)
+
+
+def test_remote_tools_from_the_plain_http_face_behave_as_the_local_ones(http_server, local):
+    _check_remote(RemoteTool.from_server(http_server), local)
+    with pytest.raises(ConnectionError, match="is the tool server running"):
+        RemoteTool.from_server("http://127.0.0.1:9")
 
 
 def test_the_http_server_lists_and_calls_tools_as_plain_json(http_server, local):
