@@ -2,7 +2,9 @@
 
 ``PythonSandbox`` starts ``python -I sandbox_child.py`` (isolated mode: no user site, no PYTHON*
 variables) in its own process group and a fresh temporary working directory (the session directory),
-with ``setrlimit`` limits on address space, file size and CPU seconds (per call). Requests and replies
+with ``setrlimit`` limits on address space, file size and CPU seconds (per call), and, where a memory
+cgroup can be created (root, or a delegated cgroup v2), ``total_memory_mb`` (twice ``memory_mb`` by
+default) for all its processes together. Requests and replies
 are JSON lines over pipes, so variables persist across calls of one session (``stateful=False``: a fresh
 process for every call; files in the session directory stay until ``close``). A call past its
 wall-clock timeout kills the whole process group and the next call starts a fresh session (state lost,
@@ -41,12 +43,27 @@ ISOLATION_MODES = ("auto", "namespaces", "process")
 _namespaces_refused: str | None = None  # why "auto" stopped trying namespaces in this process, once they failed
 
 
+def _remove_cgroup(path: str, wait: float = 2.0) -> None:
+    """Remove a session's cgroup once the kernel has let its last process go (best effort)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:  # busy: killed processes are still leaving
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+
+
 class PythonSandbox:
     """One interpreter session; ``run(code) -> ToolResult``; use as a context manager or ``close()``."""
 
     def __init__(self, timeout: float = 10.0, cpu_seconds: int = 10, memory_mb: int = 512,
                  file_size_mb: int = 16, output_limit: int = 4000, stateful: bool = True,
-                 isolation: str = "auto", max_processes: int = 32):
+                 isolation: str = "auto", max_processes: int = 32, total_memory_mb: int | None = None):
         if isolation not in ISOLATION_MODES:
             raise ValueError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, got {isolation!r}")
         if max_processes < 1:
@@ -54,10 +71,12 @@ class PythonSandbox:
         self.timeout, self.cpu_seconds, self.memory_mb, self.stateful = timeout, cpu_seconds, memory_mb, stateful
         self.file_size_mb, self.output_limit = file_size_mb, output_limit
         self.requested_isolation, self.max_processes = isolation, max_processes
+        self.total_memory_mb = 2 * memory_mb if total_memory_mb is None else total_memory_mb
         self.isolation: str | None = None  # what the running session got: "namespaces" or "process"
         self.isolation_detail: str | None = None
         self.workdir: str | None = None
         self.proc: subprocess.Popen | None = None
+        self.cgroup: str | None = None  # the running session's memory cgroup, removed with it
 
     def _start(self) -> str | None:
         """Start the child and read its greeting; an error message if it could not be isolated as asked."""
@@ -70,12 +89,14 @@ class PythonSandbox:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.workdir, "TMPDIR": self.workdir,
                "PYTHONIOENCODING": "utf-8"}
         args = [str(self.output_limit), str(self.cpu_seconds), str(self.memory_mb << 20),
-                str(self.file_size_mb << 20), str(self.max_processes), mode, self.workdir]
+                str(self.file_size_mb << 20), str(self.max_processes), mode, self.workdir,
+                str(self.total_memory_mb << 20)]
         self.proc = subprocess.Popen([sys.executable, "-I", CHILD, *args], cwd=self.workdir, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      start_new_session=True, text=True, encoding="utf-8")
         ready, _, _ = select.select([self.proc.stdout], [], [], max(self.timeout, 30.0))
         hello = json.loads(self.proc.stdout.readline() or "null") if ready else None
+        self.cgroup = hello.get("cgroup") if isinstance(hello, dict) else None
         if not isinstance(hello, dict) or "error" in hello:
             self._kill()
             reason = hello["error"] if isinstance(hello, dict) else "the interpreter process did not start"
@@ -98,6 +119,9 @@ class PythonSandbox:
             for stream in (self.proc.stdin, self.proc.stdout):
                 stream.close()
             self.proc = None
+        if self.cgroup is not None:
+            _remove_cgroup(self.cgroup)
+            self.cgroup = None
 
     def run(self, code: str) -> ToolResult:
         """Run ``code`` in the session; stdout, stderr and the exception (as text) come back; never raises."""
@@ -126,8 +150,10 @@ class PythonSandbox:
         line = self.proc.stdout.readline()
         if not line:
             status = self.proc.wait()
+            killed = "a kill signal" + (f" (the session's {self.total_memory_mb} MB of memory were used up, or it "
+                                        "was killed)" if self.cgroup else "")
             self._kill()
-            reason = {-signal.SIGXCPU: f"the {self.cpu_seconds} s CPU limit", -signal.SIGKILL: "a kill signal",
+            reason = {-signal.SIGXCPU: f"the {self.cpu_seconds} s CPU limit", -signal.SIGKILL: killed,
                       -signal.SIGSEGV: "a crash (segmentation fault)"}.get(status, f"exit status {status}")
             return ToolResult.fail(f"the interpreter process was stopped by {reason}; the session was restarted "
                                    "(variables were lost)")

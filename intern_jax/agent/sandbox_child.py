@@ -1,4 +1,4 @@
-"""The sandbox's child process: ``python -I sandbox_child.py LIMIT CPU MEM FSIZE NPROC ISOLATION WORKDIR``.
+"""The sandbox's child process: ``python -I sandbox_child.py LIMIT CPU MEM FSIZE NPROC ISOLATION WORKDIR TOTAL``.
 
 Started by ``sandbox.PythonSandbox``; it imports nothing of intern_jax (it runs from its path with
 ``-I``). It first isolates itself (``ISOLATION`` is ``namespaces``, ``auto`` or ``process``), answers one
@@ -16,6 +16,9 @@ every privilege: started as root it becomes a uid of its own (``UID_BASE`` + the
 directory that uid could not traverse on the way to the Python installation, such as a 0700
 ``/root``, is covered by an empty tmpfs with only the installation bound into it); otherwise it keeps
 its uid and drops its capabilities. Then ``PR_SET_NO_NEW_PRIVS`` and ``RLIMIT_NPROC``.
+
+In every mode, where a memory cgroup can be created (root, or a delegated cgroup v2), the child first moves
+into one of its own limited to ``TOTAL`` bytes, so its processes together cannot take more.
 """
 
 import ctypes
@@ -198,6 +201,44 @@ def enter_namespaces(workdir: str, nproc: int) -> str:
             f"{who}; at most {nproc} processes")
 
 
+def join_memory_cgroup(limit: int) -> str | None:
+    """Move this process into a new memory cgroup of ``limit`` bytes (its children follow), below the one it is
+    in: cgroup v1's memory hierarchy, else cgroup v2 where the memory controller is delegated. Best effort: the
+    cgroup's path, or None where cgroups cannot be written (not root, no delegation)."""
+    try:
+        lines = [line.rstrip("\n").split(":", 2) for line in open("/proc/self/cgroup")]
+    except OSError:
+        return None
+    name = f"intern_jax_sandbox_{os.getpid()}"
+    candidates = [(f"/sys/fs/cgroup/memory{path}", "memory.limit_in_bytes") for _, ctrl, path in lines
+                  if "memory" in ctrl.split(",")]
+    candidates += [(f"/sys/fs/cgroup{path}", "memory.max") for hid, ctrl, path in lines if hid == "0" and ctrl == ""
+                   if os.path.exists(f"/sys/fs/cgroup{path}/cgroup.controllers")]
+    for parent, limit_file in candidates:
+        group = os.path.join(os.path.normpath(parent), name)
+        try:
+            os.mkdir(group)
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(group, limit_file), "w") as f:
+                f.write(str(limit))
+            swap = os.path.join(group, "memory.memsw.limit_in_bytes" if limit_file.endswith("bytes") else
+                                "memory.swap.max")
+            if os.path.exists(swap):
+                with open(swap, "w") as f:
+                    f.write(str(limit) if limit_file.endswith("bytes") else "0")
+            with open(os.path.join(group, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+            return group
+        except OSError:
+            try:
+                os.rmdir(group)
+            except OSError:
+                pass
+    return None
+
+
 class Capped(io.TextIOBase):
     """A text stream that keeps the first ``limit`` characters and counts the rest."""
 
@@ -252,7 +293,7 @@ def serve(limit: int, cpu: int, mem: int, reply, requests) -> None:
 
 def main(argv: list[str]) -> None:
     limit, cpu, mem, fsize, nproc = (int(a) for a in argv[:5])
-    isolation, workdir = argv[5], argv[6]
+    isolation, workdir, total = argv[5], argv[6], int(argv[7])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write raises OSError instead of killing us
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
@@ -260,16 +301,21 @@ def main(argv: list[str]) -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # code writing to fd 1 cannot corrupt the replies
     requests = sys.stdin
     sys.stdin = io.StringIO()
+    group = join_memory_cgroup(total)
     hello = {"isolation": "process", "detail": "a plain child process with rlimits"}
     if isolation in ("namespaces", "auto"):
         try:
             hello = {"isolation": "namespaces", "detail": enter_namespaces(workdir, nproc)}
         except OSError as e:
             if isolation == "namespaces" or not isinstance(e, NamespacesUnavailable):
-                reply.write(json.dumps({"error": f"could not isolate the interpreter in namespaces ({e})"}) + "\n")
+                reply.write(json.dumps({"error": f"could not isolate the interpreter in namespaces ({e})",
+                                        "cgroup": group}) + "\n")
                 reply.flush()
                 os._exit(3)
             hello["detail"] += f" (namespaces are not available here: {e})"
+    if group:
+        hello["cgroup"] = group
+        hello["detail"] += f"; all its processes together hold at most {total >> 20} MB (memory cgroup)"
     reply.write(json.dumps(hello) + "\n")
     reply.flush()
     serve(limit, cpu, mem, reply, requests)

@@ -3,6 +3,7 @@ stop runaway code with an error result while the host goes on."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -236,3 +237,20 @@ def test_the_interpreter_holds_no_privileges(jail):
 def test_an_unknown_isolation_mode_is_named():
     with pytest.raises(ValueError, match="isolation must be one of auto, namespaces, process"):
         PythonSandbox(isolation="docker")
+
+
+def test_memory_hogs_in_forked_processes_share_one_bound_where_a_memory_cgroup_exists():
+    code = ("import os, time\nkids = []\nfor _ in range(4):\n    pid = os.fork()\n    if pid == 0:\n"
+            "        block = bytearray(150 << 20)\n        block[::4096] = b'1' * len(block[::4096])\n"  # every page
+            "        time.sleep(1)\n        os._exit(0)\n    kids.append(pid)\n"
+            "print(sorted(os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids))")
+    with PythonSandbox(memory_mb=200, total_memory_mb=400, timeout=30) as sandbox:
+        assert sandbox.run("pass").status == "success"
+        if sandbox.cgroup is None:
+            pytest.skip(f"no memory cgroup can be created here ({sandbox.isolation_detail})")
+        assert "400 MB (memory cgroup)" in sandbox.isolation_detail
+        exits = json.loads(sandbox.run(code).content)  # 4 x 150 MB touched against 400 MB for the session
+        assert exits.count(-9) >= 1 and exits.count(0) >= 1, exits  # the kernel killed some, not all
+        assert sandbox.run("print('alive')").content == "alive"
+        group = sandbox.cgroup
+    assert not os.path.exists(group)  # removed with the session
