@@ -26,6 +26,7 @@ and the reply says so). Output is truncated.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -35,12 +36,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 
 from intern_jax.agent.tools import Tool, ToolResult, tool
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
 ISOLATION_MODES = ("auto", "namespaces", "process")
 _namespaces_refused: str | None = None  # why "auto" stopped trying namespaces in this process, once they failed
+_open_sessions: weakref.WeakSet = weakref.WeakSet()  # closed at exit: no process, directory or cgroup outlives us
+
+
+@atexit.register
+def _close_open_sessions() -> None:
+    for session in list(_open_sessions):
+        session.close()
 
 
 def _remove_cgroup(path: str, wait: float = 2.0) -> None:
@@ -83,6 +92,7 @@ class PythonSandbox:
         global _namespaces_refused
         if self.workdir is None:
             self.workdir = tempfile.mkdtemp(prefix="intern_jax_sandbox_")
+        _open_sessions.add(self)
         mode = self.requested_isolation
         if mode == "auto" and _namespaces_refused is not None:
             mode = "process"
@@ -177,6 +187,7 @@ class PythonSandbox:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        _open_sessions.discard(self)
 
     def __enter__(self) -> PythonSandbox:
         return self

@@ -254,3 +254,17 @@ def test_memory_hogs_in_forked_processes_share_one_bound_where_a_memory_cgroup_e
         assert sandbox.run("print('alive')").content == "alive"
         group = sandbox.cgroup
     assert not os.path.exists(group)  # removed with the session
+
+
+def test_a_session_left_open_is_cleaned_up_when_its_owner_exits():
+    import subprocess
+    import sys
+
+    script = ("import json\nfrom intern_jax.agent.sandbox import PythonSandbox\ns = PythonSandbox()\n"
+              "s.run('x = 1')\nkeep = [s]\n"  # never closed, still referenced at exit
+              "print(json.dumps({'workdir': s.workdir, 'pgid': s.proc.pid, 'cgroup': s.cgroup}))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    left = json.loads(proc.stdout)
+    assert not os.path.exists(left["workdir"]) and _group(left["pgid"]) == []
+    assert left["cgroup"] is None or not os.path.exists(left["cgroup"])
