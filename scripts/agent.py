@@ -66,6 +66,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tools", help=f"comma-separated, from: {', '.join(BUILTIN_TOOLS)} (default: calculator)")
     ap.add_argument("--docs", help="with --tools search: a JSONL file or a processed corpus directory")
     ap.add_argument("--root", help="with --tools files: the directory whose files the agent may read")
+    ap.add_argument("--sandbox", choices=["auto", "namespaces", "process"], default="auto",
+                    help="with --tools python: the interpreter's isolation (docs/agents.md; default: namespaces "
+                         "where the kernel allows them)")
     ap.add_argument("--mcp", action="append", default=[], metavar="URL|COMMAND",
                     help="an MCP server whose tools the agent may call (repeatable)")
     ap.add_argument("--max-steps", type=int, default=6, help="model turns before giving up")
@@ -86,7 +89,9 @@ def main(argv=None) -> int:
     system = None if args.system is None else cli.utf8_text(args.system, "--system")
     tools_arg = args.tools if args.tools is not None else ("" if args.mcp else "calculator")
     names = [n.strip() for n in tools_arg.split(",") if n.strip()]
-    tools, sandboxes = builtin_tools(names, docs=args.docs, root=args.root) if names else (ToolRegistry(), [])
+    tools, sandboxes = ToolRegistry(), []
+    if names:
+        tools, sandboxes = builtin_tools(names, docs=args.docs, root=args.root, isolation=args.sandbox)
     servers = []
     try:
         for server in args.mcp:

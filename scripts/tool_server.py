@@ -29,6 +29,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tools", default="calculator", help=f"comma-separated, from: {', '.join(BUILTIN_TOOLS)}")
     ap.add_argument("--docs", help="with --tools search: a JSONL file or a processed corpus directory")
     ap.add_argument("--root", help="with --tools files: the directory whose files clients may read")
+    ap.add_argument("--sandbox", choices=["auto", "namespaces", "process"], default="auto",
+                    help="with --tools python: the interpreter's isolation (docs/agents.md; default: namespaces "
+                         "where the kernel allows them)")
     ap.add_argument("--transport", choices=["http", "stdio"], default="http")
     ap.add_argument("--host", default="127.0.0.1", help="with --transport http (default: loopback only)")
     ap.add_argument("--port", type=int, default=8100, help="with --transport http")
@@ -37,7 +40,7 @@ def main(argv=None) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     names = [n.strip() for n in args.tools.split(",") if n.strip()]
-    tools, sandboxes = builtin_tools(names, docs=args.docs, root=args.root)
+    tools, sandboxes = builtin_tools(names, docs=args.docs, root=args.root, isolation=args.sandbox)
     try:
         if args.transport == "stdio":
             serve_stdio(tools)
