@@ -4,14 +4,18 @@
 engine's ``Increment``s into OpenAI responses, whole or streamed as server-sent events. Every generated
 token is scheduled by the engine; prompt log-probabilities (``/v1/completions`` with ``echo``) come
 from the decoder's ``score``. A client that goes away aborts its request, freeing its slot and pages.
-Errors are OpenAI error objects naming the field. Sampling fields the sampler cannot honour (``n`` > 1,
-``logit_bias``, tools, response formats) are refused with a 400, never ignored. This module holds no
-model code and no scheduling.
+Errors are OpenAI error objects naming the field. ``n`` > 1 runs n engine requests over the same prompt
+(choice ``i`` seeded ``seed + i``; the prefix cache shares the prompt's pages once they are computed).
+Tools (``tools.py``) go to the model in its own format and come back as ``tool_calls``;
+``response_format`` and forced tool calls are grammars (``structured.py``) the engine enforces with a
+token mask. Fields the sampler cannot honour (``logit_bias``) are refused with a 400, never ignored. This
+module holds no model code and no scheduling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import secrets
@@ -26,9 +30,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.datastructures import Headers
 
 from intern_jax.inference.generate import encode_prompt
-from intern_jax.inference.sampling import SamplingError, SamplingParams
+from intern_jax.inference.sampling import SamplingError, SamplingParams, per_row
+from intern_jax.serve import tools as tooling
 from intern_jax.serve.engine import Engine, Increment
 from intern_jax.serve.protocol import ChatCompletionRequest, CompletionRequest
+from intern_jax.serve.structured import Grammars
 from intern_jax.serve.web import router as web_router
 
 MAX_BODY_BYTES = 4 << 20
@@ -54,11 +60,12 @@ class _ClientGone(Exception):
 
 
 def create_app(engine: Engine, served_model_name: str, api_keys: Sequence[str] | None = None,
-               max_queue: int = 256, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_queue: int = 256, max_body_bytes: int = MAX_BODY_BYTES, tool_call_parser: str = "auto") -> FastAPI:
     """The app over a (started or not) ``engine``. ``api_keys``: when given, ``/v1/*`` needs
     ``Authorization: Bearer <key>`` with one of them. ``max_queue``: requests that may wait beyond the
-    engine's running batch before new ones get 429."""
-    server = _Server(engine, served_model_name, max_queue)
+    engine's running batch before new ones get 429. ``tool_call_parser``: the tool-call format the model
+    speaks, ``hermes``, ``internlm2`` or ``auto`` (from its chat template)."""
+    server = _Server(engine, served_model_name, max_queue, tool_call_parser)
     keys = [k for k in (api_keys or ()) if k]
     app = FastAPI(title="intern-jax", description="OpenAI-compatible API over the intern-jax serving engine")
     app.state.server = server
@@ -139,11 +146,13 @@ class _Guard:
 
 
 class _Server:
-    def __init__(self, engine: Engine, name: str, max_queue: int):
+    def __init__(self, engine: Engine, name: str, max_queue: int, tool_call_parser: str = "auto"):
         if engine.tokenizer is None:
             raise ValueError("the HTTP server needs a model with a tokenizer")
         self.engine, self.name, self.max_queue = engine, name, max_queue
         self.tokenizer = engine.tokenizer
+        self.protocol = tooling.tool_protocol(tool_call_parser, self.tokenizer.chat_template)
+        self.grammars = Grammars(self.tokenizer, engine.decoder.config.vocab_size)
         self.created = int(time.time())
         self.in_flight = 0
         self.statuses: Counter = Counter()
@@ -158,8 +167,7 @@ class _Server:
                            "model", code="model_not_found")
 
     def _sampling(self, body, max_tokens: int | None) -> SamplingParams:
-        refused = [("n", body.n != 1, "only one choice per request is supported; send n requests"),
-                   ("logit_bias", bool(body.logit_bias), "is not supported")]
+        refused = [("logit_bias", bool(body.logit_bias), "is not supported")]
         for field, bad, why in refused:
             if bad:
                 raise APIError(400, f"{field}: {why}", field)
@@ -202,62 +210,144 @@ class _Server:
         finally:
             self.in_flight -= 1
 
+    async def _open_all(self, requests: Sequence[tuple], rename: dict, **options) -> list:
+        """Open ``(request_id, prompt, sampling, per-request options)`` engine requests together; if one is
+        refused, close the others and raise its error."""
+        opened = await asyncio.gather(*[self._open(rid, p, smp, rename, **options, **extra)
+                                        for rid, p, smp, extra in requests], return_exceptions=True)
+        failed = [r for r in opened if isinstance(r, BaseException)]
+        if failed:
+            for r in opened:
+                if not isinstance(r, BaseException):
+                    await r[1].aclose()
+            raise failed[0]
+        return opened
+
     # -- /v1/chat/completions ------------------------------------------------------------------
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
         self._check_model(body.model)
-        if body.tools:
-            raise APIError(400, "tools: tool calls are not supported by this server yet", "tools")
-        if body.response_format and body.response_format.get("type", "text") != "text":
-            raise APIError(400, "response_format: only {'type': 'text'} is supported", "response_format")
         if body.top_logprobs and not body.logprobs:
             raise APIError(400, "top_logprobs: needs logprobs=true", "top_logprobs")
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         if max_tokens is not None and max_tokens < 1:
             raise APIError(400, f"max_tokens: must be >= 1, got {max_tokens}", "max_tokens")
-        messages = [{"role": m.role, "content": _text_content(m.content, i)} for i, m in enumerate(body.messages)]
+        try:
+            tools = tooling.check_tools(body.tools)
+            mode, names = tooling.check_tool_choice(body.tool_choice, tools)
+            raw = [{"role": m.role, "content": _text_content(m.content, i), "tool_calls": m.tool_calls,
+                    "tool_call_id": m.tool_call_id, "name": m.name} for i, m in enumerate(body.messages)]
+            messages = tooling.render_messages(raw, tools if mode != "none" else [], self.protocol)
+        except ValueError as e:
+            raise _field_error(e, {}) from None
+        try:
+            prompt = encode_prompt(self.tokenizer, messages)
+        except Exception as e:  # noqa: BLE001 - the template refused the conversation (a jinja error)
+            raise APIError(400, f"messages: the chat template cannot render them: {e}", "messages") from None
         sampling = self._sampling(body, max_tokens)
+        if mode != "none" and self.protocol.stop:
+            sampling = dataclasses.replace(sampling, stop=tuple(dict.fromkeys(sampling.stop + self.protocol.stop)))
+        grammar = await self._chat_grammar(body, mode, names, tools)
         top = body.top_logprobs or 0 if body.logprobs else 0
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        first, stream = await self._open(rid, messages, sampling, {"prompt": "messages"},
-                                         top_logprobs=top, ignore_eos=body.ignore_eos)
+        extra = [{"constraint": self.grammars.constraint(grammar)} if grammar else {} for _ in range(body.n)]
+        runs = await self._open_all([(f"{rid}-{i}", prompt, s, extra[i]) for i, s in
+                                     enumerate(per_row(sampling, body.n))], {"prompt": "messages"},
+                                    top_logprobs=top, ignore_eos=body.ignore_eos)
+        calls = _ToolCalls(self.protocol, [t["function"]["name"] for t in tools], forced=mode == "required") \
+            if mode != "none" else None
         created = int(time.time())
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(self._chat_events(rid, created, first, stream, body.logprobs, usage))
-        incs = await _drain(request, first, stream)
-        if incs is None:
-            return Response(status_code=499)
-        final = _final(incs)
-        logprobs = None
-        if body.logprobs:
-            logprobs = {"content": self._logprob_entries(incs)}
-        choice = {"index": 0, "message": {"role": "assistant", "content": "".join(i.text for i in incs)},
-                  "logprobs": logprobs, "finish_reason": final.finish_reason}
+            return _sse(self._chat_events(rid, created, runs, body.logprobs, usage, calls))
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for i, run in enumerate(runs):
+            incs = await _drain(request, *run)
+            if incs is None:
+                for _, stream in runs[i + 1:]:
+                    await stream.aclose()
+                return Response(status_code=499)
+            final = _final(incs)
+            text = "".join(x.text for x in incs)
+            message, finish_reason = {"role": "assistant", "content": text}, final.finish_reason
+            if calls is not None:
+                content, tool_calls = tooling.parse_reply(text, self.protocol, calls.names)
+                if tool_calls:
+                    message, finish_reason = {"role": "assistant", "content": content,
+                                              "tool_calls": tool_calls}, "tool_calls"
+            logprobs = {"content": self._logprob_entries(incs)} if body.logprobs else None
+            choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish_reason})
+            prompt_tokens = final.prompt_tokens  # one prompt, counted once (as OpenAI counts n > 1)
+            completion_tokens += final.completion_tokens
         return {"id": rid, "object": "chat.completion", "created": created, "model": self.name,
-                "choices": [choice], "usage": _usage(final.prompt_tokens, final.completion_tokens)}
+                "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}
 
-    async def _chat_events(self, rid, created, first, stream, logprobs: bool, include_usage: bool):
-        def chunk(delta, finish_reason=None, lps=None, choices=True, usage=None):
+    async def _chat_grammar(self, body: ChatCompletionRequest, mode: str, names: list[str], tools) -> str | None:
+        """The grammar a chat request's tokens must follow: a forced tool call, a JSON response, or none."""
+        fmt = body.response_format or {"type": "text"}
+        kind = fmt.get("type")
+        if kind not in ("text", "json_object", "json_schema"):
+            raise APIError(400, f"response_format.type: 'text', 'json_object' or 'json_schema', got {kind!r}",
+                           "response_format.type")
+        if kind != "text" and mode == "required":
+            raise APIError(400, "response_format: a JSON response cannot be combined with a forced tool call "
+                                "(tool_choice 'required' or a named function)", "response_format")
+        try:
+            if mode == "required":
+                chosen = [t for t in tools if t["function"]["name"] in names]
+                parallel = body.parallel_tool_calls and body.tool_choice == "required"  # a named function: once
+                return await asyncio.to_thread(self.grammars.tool_calls, chosen, self.protocol.name, parallel)
+            if kind == "json_object":
+                return await asyncio.to_thread(self.grammars.json_object)
+            if kind == "json_schema":
+                spec = fmt.get("json_schema")
+                if not isinstance(spec, dict) or "schema" not in spec:
+                    raise ValueError("response_format.json_schema: an object with 'name' and 'schema' is required")
+                return await asyncio.to_thread(self.grammars.json_schema, spec["schema"])
+        except ValueError as e:
+            raise _field_error(e, {}) from None
+        return None
+
+    async def _chat_events(self, rid, created, runs, logprobs: bool, include_usage: bool, calls: _ToolCalls | None):
+        def chunk(index, delta, finish_reason=None, lps=None, choices=True, usage=None):
             out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.name,
-                   "choices": [{"index": 0, "delta": delta, "logprobs": lps, "finish_reason": finish_reason}]
+                   "choices": [{"index": index, "delta": delta, "logprobs": lps, "finish_reason": finish_reason}]
                    if choices else []}
             if include_usage:
                 out["usage"] = usage
             return out
 
-        yield chunk({"role": "assistant", "content": ""})
-        async for inc in _chain(first, stream):
+        splitters = [calls.stream() if calls else None for _ in runs]
+        prompt_tokens = completion_tokens = 0
+        for i in range(len(runs)):
+            yield chunk(i, {"role": "assistant", "content": ""})
+        async for i, inc in _merged(runs):
+            split = splitters[i]
             if inc.token_ids or inc.text:
                 lps = {"content": self._logprob_entries([inc])} if logprobs else None
-                yield chunk({"content": inc.text}, lps=lps)
+                text = split.push(inc.text) if split else inc.text
+                if text or lps:
+                    yield chunk(i, {"content": text}, lps=lps)
             if inc.finished:
                 if inc.finish_reason == "error":
                     yield _error_body(inc.error)
                     return
-                yield chunk({}, finish_reason=inc.finish_reason)
-                if include_usage:
-                    yield chunk(None, choices=False, usage=_usage(inc.prompt_tokens, inc.completion_tokens))
+                reason = inc.finish_reason
+                if split:
+                    rest, tool_calls = split.finish()
+                    if rest:
+                        yield chunk(i, {"content": rest})
+                    for k, call in enumerate(tool_calls):  # the name first, then the arguments
+                        fn = call["function"]
+                        yield chunk(i, {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                                        "function": {"name": fn["name"], "arguments": ""}}]})
+                        yield chunk(i, {"tool_calls": [{"index": k, "function": {"arguments": fn["arguments"]}}]})
+                    reason = "tool_calls" if tool_calls else reason
+                yield chunk(i, {}, finish_reason=reason)
+                prompt_tokens = inc.prompt_tokens
+                completion_tokens += inc.completion_tokens
+        if include_usage:
+            yield chunk(None, None, choices=False, usage=_usage(prompt_tokens, completion_tokens))
 
     def _logprob_entries(self, incs: Sequence[Increment]) -> list[dict]:
         out = []
@@ -287,11 +377,16 @@ class _Server:
         prompts = _prompt_list(body.prompt)
         if body.stream and len(prompts) > 1:
             raise APIError(400, "prompt: a streamed completion takes one prompt", "prompt")
+        if body.stream and body.n > 1:
+            raise APIError(400, "n: a streamed completion takes n=1 (chat completions stream n > 1)", "n")
         if body.max_tokens == 0 and not body.echo:
             raise APIError(400, "max_tokens: must be >= 1 (0 only with echo=true, to score the prompt)", "max_tokens")
         sampling = self._sampling(body, body.max_tokens if body.max_tokens != 0 else 1)
         ids = [encode_prompt(self.tokenizer, p) if isinstance(p, str) else p for p in prompts]
         texts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
+        n = body.n  # choice k * n + j is sample j (seed + j) of prompt k
+        ids, texts = [p for p in ids for _ in range(n)], [t for t in texts for _ in range(n)]
+        samplings = [s for _ in prompts for s in per_row(sampling, n)]
         top = body.logprobs or 0
         rid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -300,15 +395,8 @@ class _Server:
                 self._check_prompt(p)
             runs = [None] * len(ids)
         else:
-            opened = await asyncio.gather(*[
-                self._open(f"{rid}-{i}", p, sampling, {"top_logprobs": "logprobs"}, top_logprobs=top,
-                           ignore_eos=body.ignore_eos) for i, p in enumerate(ids)], return_exceptions=True)
-            runs = [r for r in opened if not isinstance(r, BaseException)]
-            failed = [r for r in opened if isinstance(r, BaseException)]
-            if failed:
-                for _, stream in runs:
-                    await stream.aclose()
-                raise failed[0]
+            runs = await self._open_all([(f"{rid}-{i}", p, samplings[i], {}) for i, p in enumerate(ids)],
+                                        {"top_logprobs": "logprobs"}, top_logprobs=top, ignore_eos=body.ignore_eos)
         scores = await self._score(ids) if body.echo and body.logprobs is not None else [None] * len(ids)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -329,7 +417,7 @@ class _Server:
                 logprobs = self._completion_logprobs(p if body.echo else [], score, incs)
             choices.append({"index": i, "text": (text if body.echo else "") + out_text, "logprobs": logprobs,
                             "finish_reason": final.finish_reason if final else "length"})
-            prompt_tokens += len(p)
+            prompt_tokens += len(p) if i % n == 0 else 0  # each prompt counted once, however many choices
             completion_tokens += final.completion_tokens if final else 0
         return {"id": rid, "object": "text_completion", "created": created, "model": self.name, "choices": choices,
                 "usage": _usage(prompt_tokens, completion_tokens)}
@@ -431,6 +519,48 @@ class _Server:
 # -- helpers -------------------------------------------------------------------------------------
 
 
+class _ToolCalls:
+    """What a chat request with tools needs to read calls back: the protocol, the tool names, whether a
+    grammar forces the reply to be a call."""
+
+    def __init__(self, protocol, names: list[str], forced: bool):
+        self.protocol, self.names, self.forced = protocol, names, forced
+
+    def stream(self) -> tooling.ToolCallStream:
+        return tooling.ToolCallStream(self.protocol, self.names, self.forced)
+
+
+async def _merged(runs) -> AsyncIterator[tuple[int, Increment]]:
+    """``(choice index, increment)`` from several opened requests as they come; closing this closes them all
+    (which aborts those still running)."""
+    if len(runs) == 1:
+        async for inc in _chain(*runs[0]):
+            yield 0, inc
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i, first, rest):
+        try:
+            async for inc in _chain(first, rest):
+                await queue.put((i, inc))
+        except Exception as e:  # noqa: BLE001 - handed to the reader, which raises it
+            await queue.put((i, e))
+
+    tasks = [asyncio.ensure_future(pump(i, *run)) for i, run in enumerate(runs)]
+    left = len(runs)
+    try:
+        while left:
+            i, inc = await queue.get()
+            if isinstance(inc, Exception):
+                raise inc
+            left -= inc.finished
+            yield i, inc
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _chain(first: Increment, rest: AsyncIterator[Increment]) -> AsyncIterator[Increment]:
     try:
         yield first
@@ -530,7 +660,7 @@ def _field_error(e: ValueError, rename: dict) -> APIError:
     """A ``ValueError`` whose message starts with ``field:`` (the engine's and the sampler's style) as a 400."""
     message = str(e)
     head, sep, rest = message.partition(":")
-    if sep and head.isidentifier():
+    if sep and head and all(part.isidentifier() or part.isdigit() for part in head.split(".")):
         field = rename.get(head, head)
         return APIError(400, f"{field}:{rest}", field)
     return APIError(400, message)

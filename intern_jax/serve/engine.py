@@ -241,7 +241,8 @@ class Engine:
             history.append(seq.tokens[: c.end])
             left = seq.sampling.max_new_tokens - len(seq.output)
             samplings.append(dataclasses.replace(seq.sampling, max_new_tokens=left if c.last else 0))
-        allowed = self._masks([(i, c.seq) for i, c in enumerate(chunks) if c.last], len(chunks))
+        # inserts always carry masks (-1 rows: free), so a constrained request compiles no insert of its own
+        allowed = self._masks([(i, c.seq) for i, c in enumerate(chunks) if c.last], len(chunks), always=True)
         result = self.batch.insert(slots, pieces, samplings, keep=keep, history=history, allowed=allowed)
         self.prefilled_tokens += sum(len(p) for p in pieces)
         for i, c in enumerate(chunks):
@@ -252,12 +253,13 @@ class Engine:
                 seq.decoding = True
                 self._take(self.requests[seq.request_id], result, i, out)
 
-    def _masks(self, rows, n: int) -> np.ndarray | None:
+    def _masks(self, rows, n: int, always: bool = False) -> np.ndarray | None:
         """Allowed-token bitmasks ``[n, ceil(V / 32)]`` for ``(row, seq)`` pairs whose request has a grammar
-        (-1 rows: unconstrained); None when none has, so unconstrained batches run the unmasked step."""
+        (-1 rows: unconstrained); None when none has (unless ``always``), so unconstrained batches run
+        the unmasked decode step."""
         constrained = [(row, self.requests[seq.request_id].constraint) for row, seq in rows
                        if self.requests[seq.request_id].constraint is not None]
-        if not constrained:
+        if not constrained and not always:
             return None
         masks = np.full((n, bitmask_width(self.decoder.config.vocab_size)), -1, np.int32)
         for row, constraint in constrained:
