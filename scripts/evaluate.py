@@ -1,21 +1,27 @@
 """Evaluate models on dataset configs and print one summary table (dataset, version, metric, mode, a column per model).
 
     python scripts/evaluate.py --model PATH [--model PATH2 ...] --datasets arith_mc,arith_qa --output DIR
+        [--url http://HOST:PORT/v1 [--api-key KEY] [--served-model NAME] [--tokenizer PATH]]
         [--config configs/eval/X.py ...] [--data mine.jsonl ...] [--limit N] [--num-fewshot K] [--batch-size B]
-        [--reuse] [--json]
+        [--reuse] [--json] [--workers N | --partition W/N | --merge N]
 
 ``--datasets`` names configs in configs/eval/; ``--config`` gives config files. ``--output DIR`` receives
 predictions/, results/, cache/ and summary.md / .csv / .json; ``--reuse`` reads answers already in
 DIR/cache back instead of recomputing them; ``--json`` prints the results as JSON instead of the table.
-An OpenAI-compatible endpoint (``--url``) is not supported yet.
+``--url`` evaluates an OpenAI-compatible endpoint (log-likelihoods from /v1/completions with echo and
+logprobs, generations from chat or text completions). ``--workers N`` runs N partitions of the items in
+parallel processes and merges them; ``--partition W/N`` runs one (a SLURM array task), ``--merge N``
+merges N finished partitions (docs/eval.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from intern_jax import cli  # light: no jax
 
@@ -25,8 +31,16 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "eval"
 @cli.entry("evaluate.py")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", required=True,
+    ap.add_argument("--model", action="append", default=[],
                     help="checkpoint (GGUF file, HF directory or native checkpoint); repeat for a side-by-side table")
+    ap.add_argument("--url", action="append", default=[],
+                    help="an OpenAI-compatible API's base URL, e.g. http://127.0.0.1:8000/v1 (repeatable)")
+    ap.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                    help="the endpoint's API key (default: $OPENAI_API_KEY)")
+    ap.add_argument("--served-model", help="the model name the endpoint knows (default: the first of /v1/models)")
+    ap.add_argument("--tokenizer", help="a tokenizer (HF directory, tokenizer.model or GGUF) to send token ids to the "
+                                        "endpoint, split exactly as in process (default: send text)")
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight per endpoint")
     ap.add_argument("--datasets", default="", help=f"comma-separated dataset names from {CONFIG_DIR}")
     ap.add_argument("--config", action="append", default=[], help="a dataset config file (repeatable)")
     ap.add_argument("--data", action="append", default=[],
@@ -39,6 +53,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="read answers already cached in --output back")
     ap.add_argument("--json", action="store_true",
                     help="print the results as JSON (per model and dataset: version, mode, metrics, item count)")
+    ap.add_argument("--workers", type=int, default=1, help="run N partitions of the items in parallel processes")
+    ap.add_argument("--partition", help="W/N: run only partition W of N (0-based) into --output, for --merge N")
+    ap.add_argument("--merge", type=int, help="merge N finished partitions in --output into the results and summary")
     cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
 
@@ -46,6 +63,15 @@ def main(argv=None) -> int:
 
     if not args.datasets and not args.config and not args.data:
         ap.error("give --datasets NAMES, --config FILE or --data FILE.jsonl")
+    if not args.model and not args.url:
+        ap.error("give --model PATH or --url http://HOST:PORT/v1")
+    partition = parse_partition(args.partition) if args.partition else None
+    if sum(x is not None for x in (partition, args.merge)) + (args.workers != 1) > 1:
+        ap.error("--workers, --partition and --merge exclude each other")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if (partition or args.merge or args.workers > 1) and not args.output:
+        ap.error("--workers, --partition and --merge need --output (where the partitions meet)")
     if args.reuse and not args.output:
         ap.error("--reuse needs --output (the directory whose cache is read back)")
     if args.batch_size < 1:
@@ -57,35 +83,120 @@ def main(argv=None) -> int:
     datasets += [eval_config.load_dataset_config(path) for path in args.config]
     datasets += [eval_config.data_file_config(path) for path in args.data]
 
-    from intern_jax.checkpoint import load_model  # noqa: PLC0415
-    from intern_jax.eval import DecoderLM, RequestCache, run  # noqa: PLC0415
-    from intern_jax.eval.run import safe_name  # noqa: PLC0415
+    from intern_jax.eval import run  # noqa: PLC0415
+    from intern_jax.eval.run import check_partition, merge  # noqa: PLC0415
     from intern_jax.eval.summary import to_markdown  # noqa: PLC0415
 
-    models, names = [], set()
-    for path in args.model:
-        name = safe_name(Path(path).stem if Path(path).suffix else Path(path).name)
-        while name in names:
-            name += "_"
-        names.add(name)
-        model = load_model(path)
-        if model.tokenizer is None:
-            raise ValueError(f"--model {path} carries no tokenizer; evaluation needs one")
-        cache = RequestCache(output / "cache" / f"{name}.jsonl" if output else None, reuse=args.reuse)
-        models.append(DecoderLM(model, name, batch_size=args.batch_size, cache=cache))
+    if args.merge is not None or args.workers > 1:
+        count = args.merge if args.merge is not None else args.workers
+        check_partition(0, count)
+        names = [name for name, _ in model_specs(args, load=False)]
+        if args.workers > 1:
+            run_partitions(argv if argv is not None else sys.argv[1:], args.workers)
+        results = merge(output, names, datasets, count, num_fewshot=args.num_fewshot)
+        models = [SimpleNamespace(name=n, cache=None) for n in names]
+    else:
+        models = [model for _, model in model_specs(args, load=True, output=output, partition=partition)]
 
-    def progress(what: str) -> None:
-        print(f"evaluating {what}", file=sys.stderr, flush=True)
+        def progress(what: str) -> None:
+            print(f"evaluating {what}", file=sys.stderr, flush=True)
 
-    results = run(models, datasets, output, limit=args.limit, num_fewshot=args.num_fewshot, progress=progress)
+        results = run(models, datasets, output, limit=args.limit, num_fewshot=args.num_fewshot, progress=progress,
+                      partition=partition)
+        if partition is not None:
+            print(f"partition {partition[0]} of {partition[1]} written to {output}/partitions", file=sys.stderr)
+            return 0
     if args.json:
         print(json.dumps({"models": [m.name for m in models], "results": results}, indent=2, ensure_ascii=False))
     else:
         sys.stdout.write(to_markdown(results, [m.name for m in models]))
-    reused = sum(m.cache.hits for m in models)
+    reused = sum(m.cache.hits for m in models if m.cache is not None)
     if args.reuse:
         print(f"reused {reused} cached answers", file=sys.stderr)
     return 0
+
+
+def parse_partition(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--partition {text!r}: give W/N, e.g. 0/4 (partition W of N, counted from 0)") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--partition {text!r}: need 0 <= W < N")
+    return index, count
+
+
+def model_specs(args, *, load: bool, output=None, partition=None) -> list[tuple[str, object]]:
+    """``(name, model or None)`` for every --model and --url, names unique and usable as file names."""
+    from intern_jax.eval import DecoderLM, RequestCache  # noqa: PLC0415
+    from intern_jax.eval.endpoint import EndpointLM  # noqa: PLC0415
+    from intern_jax.eval.run import safe_name  # noqa: PLC0415
+
+    specs, names = [], set()
+
+    def unique(name: str) -> str:
+        name = safe_name(name)
+        while name in names:
+            name += "_"
+        names.add(name)
+        return name
+
+    def cache(name: str):
+        if output is None:
+            return None
+        stem = name if partition is None else f"{name}.part-{partition[0]}-of-{partition[1]}"
+        return RequestCache(output / "cache" / f"{stem}.jsonl", reuse=args.reuse)
+
+    for path in args.model:
+        name = unique(Path(path).stem if Path(path).suffix else Path(path).name)
+        model = None
+        if load:
+            from intern_jax.checkpoint import load_model  # noqa: PLC0415
+
+            loaded = load_model(path)
+            if loaded.tokenizer is None:
+                raise ValueError(f"--model {path} carries no tokenizer; evaluation needs one")
+            model = DecoderLM(loaded, name, batch_size=args.batch_size, cache=cache(name))
+        specs.append((name, model))
+    tokenizer = None
+    if args.url and args.tokenizer:
+        from intern_jax.tokenizer import load_tokenizer  # noqa: PLC0415
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    for url in args.url:
+        lm = EndpointLM(url, served_model=args.served_model, api_key=args.api_key, tokenizer=tokenizer,
+                        batch_size=args.batch_size, concurrency=args.concurrency)
+        lm.name = unique(lm.name)
+        lm.cache = cache(lm.name) or lm.cache
+        specs.append((lm.name, lm))
+    return specs
+
+
+def run_partitions(argv: list[str], workers: int) -> None:
+    """This command once per partition, in parallel processes; a failed one ends the run with its error."""
+    import subprocess  # noqa: PLC0415
+
+    base, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--workers", "--json"):
+            skip = a == "--workers"
+            continue
+        if a.startswith("--workers="):
+            continue
+        base.append(a)
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base, "--partition", f"{w}/{workers}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for w in range(workers)]
+    failed = []
+    for w, proc in enumerate(procs):
+        _, err = proc.communicate()
+        sys.stderr.write(err)
+        if proc.returncode != 0:
+            failed.append(f"partition {w}: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
+    if failed:
+        raise ValueError("a partition failed (" + "; ".join(failed) + "); fix it and rerun with --reuse")
 
 
 if __name__ == "__main__":

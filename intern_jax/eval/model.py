@@ -22,8 +22,10 @@ file, so ``--reuse`` reads finished work back instead of recomputing it.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,14 +67,21 @@ class RequestCache:
         self.entries: dict[str, object] = {}
         self.hits = 0
         self._lock = threading.Lock()
-        if self.path is not None and reuse and self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:  # a line cut short by a kill: recomputed
-                        continue
-                    self.entries[row["key"]] = row["value"]
+        if self.path is not None and reuse:
+            # the file, and those of the partitions that wrote beside it (<stem>.part-W-of-N.jsonl)
+            base = re.sub(r"\.part-\d+-of-\d+$", "", self.path.stem)
+            parts = sorted(p for p in self.path.parent.glob(f"{glob.escape(base)}.part-*.jsonl")
+                           if re.fullmatch(r"\.part-\d+-of-\d+", p.stem[len(base):]))
+            for path in dict.fromkeys([self.path.parent / f"{base}.jsonl", self.path, *parts]):
+                if not path.is_file():
+                    continue
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    if line.strip():
+                        try:
+                            row = json.loads(line)
+                        except json.JSONDecodeError:  # a line cut short by a kill: recomputed
+                            continue
+                        self.entries[row["key"]] = row["value"]
 
     def get(self, key: str):
         value = self.entries.get(key)

@@ -4,6 +4,11 @@
 reference, verdict), ``OUT/results/<model>/<dataset>.json`` (metrics, version, item count, seconds),
 ``OUT/cache/<model>.jsonl`` (answers by request hash; read back with ``reuse``) and the summary.
 Models are loaded by the caller; this module only drives ``EvalModel`` requests.
+
+Partitions (``--workers N``, or one SLURM array task each): partition ``w`` of ``n`` scores the items
+whose number is ``w`` modulo ``n`` and writes ``OUT/partitions/<w>-of-<n>/<model>/<dataset>.jsonl``;
+``merge`` reads all ``n`` back, orders the records as one process would, and computes the metrics from
+them, so the merged outputs are those of a single run.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ def with_fewshot(cfg: DatasetConfig, num_fewshot: int | None) -> DatasetConfig:
     return dataclasses.replace(cfg, fewshot=fs)
 
 
-def evaluate_dataset(model, cfg: DatasetConfig, limit: int | None = None) -> tuple[dict, list[dict]]:
-    """``(result, predictions)`` of one model on one dataset (its first ``limit`` items)."""
+def evaluate_dataset(model, cfg: DatasetConfig, limit: int | None = None,
+                     partition: tuple[int, int] | None = None) -> tuple[dict, list[dict]]:
+    """``(result, predictions)`` of one model on one dataset (its first ``limit`` items; with ``partition``
+    only that partition's, and no metrics)."""
     items = tasks.read_items(cfg.reader, cfg.multiple_choice)
     pool = items  # few-shot examples come from the whole set, even with a limit
     if cfg.fewshot.path:
@@ -51,27 +58,78 @@ def evaluate_dataset(model, cfg: DatasetConfig, limit: int | None = None) -> tup
             raise ValueError(f"--limit must be >= 1, got {limit}")
         items = items[:limit]
     t0 = time.perf_counter()
-    metrics, predictions = tasks.evaluate(model, cfg, items, pool, same_pool=not cfg.fewshot.path)
+    metrics, predictions = tasks.evaluate(model, cfg, items, pool, same_pool=not cfg.fewshot.path,
+                                          partition=partition)
     result = {"model": model.name, "dataset": cfg.name, "version": cfg.version, "mode": cfg.infer.mode,
               "metrics": metrics, "num_items": len(items), "seconds": round(time.perf_counter() - t0, 3)}
     return result, predictions
 
 
 def run(models: list, datasets: list[DatasetConfig], output: str | Path | None = None,
-        limit: int | None = None, num_fewshot: int | None = None, progress=None) -> list[dict]:
-    """Every model on every dataset; writes predictions, results and the summary under ``output``."""
+        limit: int | None = None, num_fewshot: int | None = None, progress=None,
+        partition: tuple[int, int] | None = None) -> list[dict]:
+    """Every model on every dataset; writes predictions, results and the summary under ``output``.
+    ``partition=(w, n)``: only partition ``w`` of ``n``, written for ``merge`` (no metrics, no summary)."""
+    if partition is not None:
+        check_partition(*partition)
+        if output is None:
+            raise ValueError("a partition needs --output (the directory the partitions are merged in)")
     results = []
     for model in models:
         for cfg in datasets:
             cfg = with_fewshot(cfg, num_fewshot)
             if progress:
-                progress(f"{model.name} / {cfg.name}")
-            result, predictions = evaluate_dataset(model, cfg, limit)
+                progress(f"{model.name} / {cfg.name}" + (f" (partition {partition[0]} of {partition[1]})"
+                                                         if partition else ""))
+            result, predictions = evaluate_dataset(model, cfg, limit, partition)
             results.append(result)
-            if output is not None:
+            if partition is not None:
+                path = partition_path(Path(output), partition, model.name, cfg.name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"result": result, "predictions": predictions}, ensure_ascii=False)
+                                + "\n", encoding="utf-8")
+            elif output is not None:
                 _write(Path(output), model.name, cfg.name, result, predictions)
-    if output is not None:
+    if output is not None and partition is None:
         write_summary(output, results, [m.name for m in models])
+    return results
+
+
+def check_partition(index: int, count: int) -> None:
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"partition {index} of {count}: need 0 <= index < count")
+
+
+def partition_path(output: Path, partition: tuple[int, int], model: str, dataset: str) -> Path:
+    w, n = partition
+    return output / "partitions" / f"{w}-of-{n}" / safe_name(model) / f"{safe_name(dataset)}.json"
+
+
+def merge(output: str | Path, models: list[str], datasets: list[DatasetConfig], count: int,
+          num_fewshot: int | None = None) -> list[dict]:
+    """The ``count`` partitions of every (model, dataset) under ``output`` merged into the predictions,
+    results and summary one process would have written. A missing partition is named."""
+    output = Path(output)
+    results = []
+    for model in models:
+        for cfg in datasets:
+            cfg = with_fewshot(cfg, num_fewshot)
+            records, seconds, result = [], 0.0, None
+            for w in range(count):
+                path = partition_path(output, (w, count), model, cfg.name)
+                if not path.is_file():
+                    raise ValueError(f"partition {w} of {count} of {model} / {cfg.name} is missing ({path}); "
+                                     f"run it (--partition {w}/{count}) before merging")
+                part = json.loads(path.read_text(encoding="utf-8"))
+                records += part["predictions"]
+                seconds += part["result"]["seconds"]
+                result = part["result"]
+            records.sort(key=lambda r: (r["id"], r["rotation"]))
+            result = {**result, "metrics": tasks.metrics_of(records, cfg),
+                      "num_items": sum(r["rotation"] == 0 for r in records), "seconds": round(seconds, 3)}
+            results.append(result)
+            _write(output, model, cfg.name, result, records)
+    write_summary(output, results, models)
     return results
 
 

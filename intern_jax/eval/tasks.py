@@ -273,17 +273,23 @@ def is_correct(cfg: DatasetConfig, prediction: str, item: dict) -> bool:
 
 
 def evaluate(model, cfg: DatasetConfig, items: list[dict], fewshot_pool: list[dict] | None = None,
-             same_pool: bool = True) -> tuple[dict[str, float], list[dict]]:
+             same_pool: bool = True, partition: tuple[int, int] | None = None) -> tuple[dict[str, float], list[dict]]:
     """Score ``items`` with ``model``: ``(metrics, one prediction record per item and rotation)``.
 
     Few-shot examples come from ``fewshot_pool`` (default: ``items``); ``same_pool``: item ``i`` of
-    ``items`` is item ``i`` of the pool, and is never its own example."""
+    ``items`` is item ``i`` of the pool, and is never its own example. ``partition=(w, n)``: only the
+    items whose number is ``w`` modulo ``n`` (prompts exactly as in the whole run); metrics are then
+    left to ``metrics_of`` over the merged records, and ``{}`` is returned for them."""
     pool = items if fewshot_pool is None else fewshot_pool
     units = []  # (item number, rotated item, context)
     for n, (item, examples) in enumerate(zip(items, fewshot_plan(cfg, items, pool, same_pool))):
+        if partition is not None and n % partition[1] != partition[0]:
+            continue
         variants = rotations(item) if cfg.infer.circular else [{**item, "rotation": 0}]
         for variant in variants:
             units.append((n, variant, context_for(cfg, variant, examples)))
+    if not units:
+        return {}, []
     mode = cfg.infer.mode
     if mode == "ll":
         records = _infer_ll(model, cfg, units)
@@ -291,7 +297,7 @@ def evaluate(model, cfg: DatasetConfig, items: list[dict], fewshot_pool: list[di
         records = _infer_ppl(model, cfg, units)
     else:
         records = _infer_gen(model, cfg, units)
-    return metrics_of(records, cfg), records
+    return ({} if partition is not None else metrics_of(records, cfg)), records
 
 
 def _infer_ll(model, cfg, units) -> list[dict]:
