@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import weakref
 
 from intern_jax.agent.tools import Tool, ToolResult, tool
@@ -43,6 +44,7 @@ from intern_jax.agent.tools import Tool, ToolResult, tool
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
 ISOLATION_MODES = ("auto", "namespaces", "process")
 _namespaces_refused: str | None = None  # why "auto" stopped trying namespaces in this process, once they failed
+_fallback_warned = False  # "auto" warns once per process when it gets no namespaces
 _open_sessions: weakref.WeakSet = weakref.WeakSet()  # closed at exit: no process, directory or cgroup outlives us
 
 
@@ -89,7 +91,7 @@ class PythonSandbox:
 
     def _start(self) -> str | None:
         """Start the child and read its greeting; an error message if it could not be isolated as asked."""
-        global _namespaces_refused
+        global _namespaces_refused, _fallback_warned
         if self.workdir is None:
             self.workdir = tempfile.mkdtemp(prefix="intern_jax_sandbox_")
         _open_sessions.add(self)
@@ -117,6 +119,10 @@ class PythonSandbox:
         self.isolation = hello["isolation"]
         self.isolation_detail = hello["detail"] + (f" ({_namespaces_refused})" if mode != self.requested_isolation
                                                    else "")
+        if self.requested_isolation == "auto" and self.isolation == "process" and not _fallback_warned:
+            _fallback_warned = True
+            warnings.warn(f"the Python sandbox runs without namespaces: {self.isolation_detail}; docs/agents.md says "
+                          "what process-only isolation does not protect against", RuntimeWarning, stacklevel=3)
         return None
 
     def _kill(self) -> None:

@@ -188,14 +188,9 @@ def enter_namespaces(workdir: str, nproc: int) -> str:
     sandbox_uid = UID_BASE + starter if as_root else uid
     _drop_privileges(as_root, sandbox_uid, workdir)
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-    try:
-        probe = os.path.join(os.path.dirname(workdir), f".sandbox-probe-{starter}")
-        os.close(os.open(probe, os.O_CREAT | os.O_WRONLY, 0o600))
-    except OSError:
-        pass
-    else:
-        os.unlink(probe)
-        raise OSError(f"writes outside {workdir} still succeed; refusing to run unconfined")
+    for outside in ("/", os.path.dirname(workdir), "/proc"):
+        if not os.statvfs(outside).f_flag & os.ST_RDONLY:
+            raise OSError(f"{outside} is still writable; refusing to run unconfined")
     who = f"uid {sandbox_uid}, no capabilities" if as_root else f"uid {uid} in a user namespace, no capabilities"
     return (f"namespaces: mount (read-only but the session directory), pid, network (no interfaces up), ipc, uts; "
             f"{who}; at most {nproc} processes")
