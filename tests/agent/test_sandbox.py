@@ -268,3 +268,29 @@ def test_a_session_left_open_is_cleaned_up_when_its_owner_exits():
     left = json.loads(proc.stdout)
     assert not os.path.exists(left["workdir"]) and _group(left["pgid"]) == []
     assert left["cgroup"] is None or not os.path.exists(left["cgroup"])
+
+
+@needs_namespaces
+@pytest.mark.skipif(os.geteuid() != 0, reason="not root: every namespaces test above already runs as a user")
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="no unshare command (util-linux) to start as a user")
+def test_started_as_a_user_it_isolates_in_a_user_namespace_without_capabilities():
+    """As root the tests above take the root path (a uid of its own); this one starts the sandbox as uid 1000 (in
+    a user namespace of util-linux's unshare), so the path an ordinary user takes runs here too."""
+    import subprocess
+    import sys
+
+    script = (
+        "import json, os\nfrom intern_jax.agent.sandbox import PythonSandbox\n"
+        "with PythonSandbox(isolation='namespaces', timeout=10) as s:\n"
+        "    inside = s.run(\"import os\\nopen('f.txt', 'w').write('ok')\\nstatus = open('/proc/self/status').read()\\n"
+        "print(os.getuid(), status.split('CapEff:')[1].split()[0], open('f.txt').read())\")\n"
+        "    write = s.run(\"open('/tmp/sandbox-escape.txt', 'w')\")\n"
+        "    net = s.run(\"import socket\\nsocket.create_connection(('127.0.0.1', 9), timeout=2)\")\n"
+        "    print(json.dumps([os.geteuid(), inside.content, s.isolation_detail, write.error, net.error]))\n")
+    proc = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    euid, inside, detail, write, net = json.loads(proc.stdout)
+    assert euid == 1000 and inside == "1000 0000000000000000 ok" and "uid 1000 in a user namespace" in detail
+    assert "Read-only file system" in write and not os.path.exists("/tmp/sandbox-escape.txt")
+    assert "Network is unreachable" in net
