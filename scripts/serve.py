@@ -3,6 +3,7 @@
     python scripts/serve.py --model PATH [--host 127.0.0.1] [--port 23333] [--served-model-name NAME]
         [--api-key KEY | --api-keys FILE] [--max-batch-size N] [--block-size N] [--num-blocks N]
         [--max-num-tokens N] [--max-model-len N] [--[no-]enable-prefix-caching] [--kv-int8] [--max-queue N]
+        [--chat-template FILE] [--tool-call-parser {auto,internlm2,hermes}] [--tp N]
 
 Every request is scheduled by the serving engine (continuous batching over a paged KV cache). Point any
 OpenAI client at ``http://HOST:PORT/v1``. ``GET /health``, ``GET /stats`` (JSON), ``GET /metrics``
@@ -51,6 +52,10 @@ def main(argv=None) -> int:
                         help="reuse the KV pages of shared prompt prefixes")
     engine.add_argument("--kv-int8", action="store_true", help="int8 KV cache")
     engine.add_argument("--max-top-logprobs", type=int, default=5, help="most top_logprobs a request may ask for")
+    engine.add_argument("--tp", type=int, default=1, help="tensor-parallel devices the weights are sharded over")
+    ap.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's")
+    ap.add_argument("--tool-call-parser", choices=["auto", "internlm2", "hermes"], default="auto",
+                    help="the tool-call format the model speaks (auto: from its chat template)")
     ap.add_argument("--max-queue", type=int, default=256,
                     help="requests that may wait beyond the running batch; more get 429")
     ap.add_argument("--drain-timeout", type=float, default=30.0,
@@ -65,6 +70,9 @@ def main(argv=None) -> int:
     if args.max_queue < 0:
         raise ValueError(f"--max-queue must be >= 0, got {args.max_queue}")
     api_keys = _api_keys(args)
+    from intern_jax.serve.tools import check_chat_template, read_chat_template
+
+    chat_template = read_chat_template(args.chat_template) if args.chat_template else None
 
     import uvicorn
 
@@ -76,7 +84,7 @@ def main(argv=None) -> int:
         config = EngineConfig(max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
                               block_size=args.block_size, num_blocks=args.num_blocks,
                               max_model_len=args.max_model_len, enable_prefix_caching=args.enable_prefix_caching,
-                              kv_int8=args.kv_int8, num_top_logprobs=args.max_top_logprobs)
+                              kv_int8=args.kv_int8, num_top_logprobs=args.max_top_logprobs, tp=args.tp)
     except ValueError as e:  # "EngineConfig.max_batch_size must be ..." -> "--max-batch-size must be ..."
         field = str(e).split()[0].removeprefix("EngineConfig.")
         flag = "--max-top-logprobs" if field == "num_top_logprobs" else "--" + field.replace("_", "-")
@@ -85,9 +93,13 @@ def main(argv=None) -> int:
     if model.tokenizer is None:
         raise ValueError(f"--model {args.model} carries no tokenizer; the server needs one (a GGUF file or a "
                          "checkpoint directory with tokenizer.json / tokenizer.model)")
+    if chat_template is not None:
+        model.tokenizer.chat_template = chat_template
+        check_chat_template(model.tokenizer, f"--chat-template {args.chat_template}")
     name = args.served_model_name or Path(args.model).stem
     serving = Engine(model, config)
-    app = create_app(serving, name, api_keys=api_keys, max_queue=args.max_queue)
+    app = create_app(serving, name, api_keys=api_keys, max_queue=args.max_queue,
+                     tool_call_parser=args.tool_call_parser)
     print(f"serve.py: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     # uvicorn drains on SIGTERM / SIGINT (closes the listener, lets responses in flight finish within the
     # timeout), then raises the signal again with the handler it found: this one, so a drain exits with 0

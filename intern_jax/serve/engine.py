@@ -37,7 +37,8 @@ from intern_jax.serve.scheduler import Sequence as Seq
 class EngineConfig:
     """``num_blocks`` 0 sizes the pool for ``max_batch_size`` sequences of a quarter of ``max_model_len``
     each; ``max_model_len`` 0 is the model's context; ``num_top_logprobs`` is the most alternatives a
-    request may ask for (one compiled width for all)."""
+    request may ask for (one compiled width for all); ``tp`` shards the weights over that many devices
+    (the decoder's tensor parallelism; the cache and activations follow)."""
 
     max_batch_size: int = 64
     max_num_tokens: int = 512
@@ -47,9 +48,10 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     kv_int8: bool = False
     num_top_logprobs: int = 0
+    tp: int = 1
 
     def __post_init__(self):
-        for name in ("max_batch_size", "max_num_tokens", "block_size"):
+        for name in ("max_batch_size", "max_num_tokens", "block_size", "tp"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("num_blocks", "max_model_len", "num_top_logprobs"):
@@ -95,7 +97,7 @@ class _Request:
 
 class Engine:
     def __init__(self, model, config: EngineConfig = EngineConfig()):
-        self.decoder = Decoder.from_model(model)
+        self.decoder = Decoder.from_model(model, tp=config.tp)
         self.tokenizer = self.decoder.tokenizer
         self.config = config
         context = self.decoder.config.max_position_embeddings

@@ -29,6 +29,35 @@ def tool_protocol(parser: str, chat_template: str | None):
     return get_protocol(protocol_for_template(chat_template) if parser == "auto" else parser)
 
 
+def read_chat_template(path) -> str:
+    """A Jinja chat template file's text, checked to compile (``--chat-template``); ``check_chat_template``
+    then renders a conversation with it once the tokenizer is known."""
+    from pathlib import Path
+
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(f"--chat-template {path}: not a valid Jinja template: {e.message} (line {e.lineno})") from None
+    return text
+
+
+def check_chat_template(tokenizer, source: str = "--chat-template") -> None:
+    """Render a short conversation with ``tokenizer``'s template; a template that cannot is a ``ValueError``."""
+    sample = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+              {"role": "assistant", "content": "a"}, {"role": "user", "content": "v"}]
+    try:
+        text = tokenizer.apply_chat_template(sample, add_generation_prompt=True)
+    except Exception as e:  # noqa: BLE001 - any failure of the template is the user's to fix
+        raise ValueError(f"{source}: the template cannot render a system/user/assistant conversation: "
+                         f"{type(e).__name__}: {e}") from None
+    if "u" not in text or "v" not in text:
+        raise ValueError(f"{source}: the template renders no message content (does it loop over 'messages'?)")
+
+
 def check_tools(tools) -> list[dict]:
     """OpenAI function tools, each ``{"type": "function", "function": {"name", "description"?, "parameters"?}}``."""
     out, seen = [], set()

@@ -243,15 +243,23 @@ def test_client_disconnect_aborts_the_request_and_frees_its_pages(server):
     _idle(server)
 
 
-def test_serve_script_help_and_bad_flags_are_one_line_errors():
+def test_serve_script_help_and_bad_flags_are_one_line_errors(tmp_path):
     script = str(Path(__file__).parents[2] / "scripts" / "serve.py")
     done = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--max-queue" in done.stdout and "--enable-prefix-caching" in done.stdout
+    assert "--chat-template" in done.stdout and "--tool-call-parser" in done.stdout and "--tp" in done.stdout
+    template = tmp_path / "broken.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}")  # the for block is never closed
     for flags, message in ((["--max-batch-size", "0"], "--max-batch-size must be >= 1"),
                            (["--port", "70000"], "--port must be in [1, 65535]"),
-                           (["--api-keys", "/no/such/keys"], "/no/such/keys: no such file")):
+                           (["--api-keys", "/no/such/keys"], "/no/such/keys: no such file"),
+                           (["--tp", "0"], "--tp must be >= 1"),
+                           (["--chat-template", str(template)], "not a valid Jinja template")):
         done = subprocess.run([sys.executable, script, "--model", "/no/such/model", *flags], capture_output=True,
                               text=True, timeout=120)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("serve.py: error: "), done.stderr
         assert message in lines[0]
+    done = subprocess.run([sys.executable, script, "--model", "m", "--tool-call-parser", "react"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "--tool-call-parser: invalid choice: 'react'" in done.stderr
