@@ -29,6 +29,8 @@ import resource
 import signal
 import stat
 import sys
+import threading
+import time
 import traceback
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -39,6 +41,7 @@ AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 SYS_MOUNT_SETATTR = 442  # the same number on x86_64 and arm64 (new system calls share one table)
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
 UID_BASE = 1_000_000_000
+OWNER_POLL = 0.1  # seconds between checks that the process that started the session is still there
 DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -77,13 +80,21 @@ def _bind_back(path: str, clear: int) -> None:
     _mount_setattr(path, 0, clear, 0)
 
 
-def _relay(pid: int) -> None:
-    """Wait for ``pid`` and end the same way (its signal re-raised on ourselves); never returns."""
+def _relay(pid: int, owner: int | None = None) -> None:
+    """Wait for ``pid`` and end the same way (its signal re-raised on ourselves); never returns. With ``owner``
+    (our parent's pid), also kill ``pid`` if the owner goes away without closing the session."""
     while True:
         try:
-            done, status = os.waitpid(-1, 0)
+            done, status = os.waitpid(-1, 0 if owner is None else os.WNOHANG)
         except ChildProcessError:
             os._exit(1)
+        if done == 0:  # nothing ended yet (polling for the owner)
+            if os.getppid() != owner:
+                os.kill(pid, signal.SIGKILL)  # the namespace's init: the kernel ends everything in it
+                owner = None
+            else:
+                time.sleep(OWNER_POLL)
+            continue
         if done != pid:
             continue  # an orphan re-parented to us (we are PID 1 of the namespace)
         if os.WIFSIGNALED(status):
@@ -97,6 +108,13 @@ def _relay(pid: int) -> None:
         signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
         os._exit(128 + sig)
+
+
+def _watch_owner(owner: int) -> None:
+    """Kill our process group (this interpreter and what it forked) once the owner is gone without closing us."""
+    while os.getppid() == owner:
+        time.sleep(OWNER_POLL)
+    os.killpg(0, signal.SIGKILL)
 
 
 def _python_dirs() -> list[str]:
@@ -154,7 +172,7 @@ class NamespacesUnavailable(OSError):
     """``unshare(2)`` refused: nothing has changed yet, so the process may go on without namespaces."""
 
 
-def enter_namespaces(workdir: str, nproc: int) -> str:
+def enter_namespaces(workdir: str, nproc: int, owner: int) -> str:
     """Isolate as described in the module docstring; returns a one-line description. Raises
     ``NamespacesUnavailable`` when the kernel refuses to create the namespaces, any other OSError when a later
     step fails (then the process is half-isolated and must not run code)."""
@@ -170,7 +188,7 @@ def enter_namespaces(workdir: str, nproc: int) -> str:
                 f.write(text)
     init = os.fork()
     if init:
-        _relay(init)
+        _relay(init, owner)
     # PID 1 of the new namespaces
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -289,6 +307,7 @@ def serve(limit: int, cpu: int, mem: int, reply, requests) -> None:
 def main(argv: list[str]) -> None:
     limit, cpu, mem, fsize, nproc = (int(a) for a in argv[:5])
     isolation, workdir, total = argv[5], argv[6], int(argv[7])
+    owner = os.getppid()
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write raises OSError instead of killing us
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
@@ -300,7 +319,7 @@ def main(argv: list[str]) -> None:
     hello = {"isolation": "process", "detail": "a plain child process with rlimits"}
     if isolation in ("namespaces", "auto"):
         try:
-            hello = {"isolation": "namespaces", "detail": enter_namespaces(workdir, nproc)}
+            hello = {"isolation": "namespaces", "detail": enter_namespaces(workdir, nproc, owner)}
         except OSError as e:
             if isolation == "namespaces" or not isinstance(e, NamespacesUnavailable):
                 reply.write(json.dumps({"error": f"could not isolate the interpreter in namespaces ({e})",
@@ -311,6 +330,8 @@ def main(argv: list[str]) -> None:
     if group:
         hello["cgroup"] = group
         hello["detail"] += f"; all its processes together hold at most {total >> 20} MB (memory cgroup)"
+    if hello["isolation"] == "process":  # no init to watch over us: a thread ends the group if the owner goes
+        threading.Thread(target=_watch_owner, args=(owner,), daemon=True).start()
     reply.write(json.dumps(hello) + "\n")
     reply.flush()
     serve(limit, cpu, mem, reply, requests)

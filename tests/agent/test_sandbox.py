@@ -294,3 +294,32 @@ def test_started_as_a_user_it_isolates_in_a_user_namespace_without_capabilities(
     assert euid == 1000 and inside == "1000 0000000000000000 ok" and "uid 1000 in a user namespace" in detail
     assert "Read-only file system" in write and not os.path.exists("/tmp/sandbox-escape.txt")
     assert "Network is unreachable" in net
+
+
+def test_sessions_end_when_their_owner_is_killed_in_the_middle_of_a_call():
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import json, threading, time\nfrom intern_jax.agent.sandbox import PythonSandbox\n"
+              "sessions = [PythonSandbox(timeout=300), PythonSandbox(timeout=300, isolation='process')]\n"
+              "for s in sessions:\n    s.run('pass')\n"
+              "    threading.Thread(target=s.run, args=('import time\\ntime.sleep(300)',), daemon=True).start()\n"
+              "print(json.dumps([[s.proc.pid, s.workdir, s.cgroup] for s in sessions]), flush=True)\n"
+              "time.sleep(300)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        groups, leftovers = zip(*[(g, rest) for g, *rest in json.loads(owner.stdout.readline())], strict=True)
+        time.sleep(0.5)  # both calls are sleeping inside their sessions
+        assert all(_group(g) for g in groups)
+    finally:
+        owner.send_signal(signal.SIGKILL)  # no exit hook runs
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while any(_group(g) for g in groups) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [_group(g) for g in groups] == [[], []]
+    for workdir, cgroup in leftovers:  # what only the owner's close() removes
+        shutil.rmtree(workdir, ignore_errors=True)
+        if cgroup:
+            os.rmdir(cgroup)
