@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="read answers already cached in --output back")
     ap.add_argument("--json", action="store_true",
                     help="print the results as JSON (per model and dataset: version, mode, metrics, item count)")
+    ap.add_argument("--group", action="append", default=[],
+                    help="NAME=a,b,c: a summary row averaging the first metric of datasets a, b, c (repeatable)")
     ap.add_argument("--workers", type=int, default=1, help="run N partitions of the items in parallel processes")
     ap.add_argument("--partition", help="W/N: run only partition W of N (0-based) into --output, for --merge N")
     ap.add_argument("--merge", type=int, help="merge N finished partitions in --output into the results and summary")
@@ -66,6 +68,7 @@ def main(argv=None) -> int:
     if not args.model and not args.url:
         ap.error("give --model PATH or --url http://HOST:PORT/v1")
     partition = parse_partition(args.partition) if args.partition else None
+    groups = parse_groups(args.group)
     if sum(x is not None for x in (partition, args.merge)) + (args.workers != 1) > 1:
         ap.error("--workers, --partition and --merge exclude each other")
     if args.workers < 1:
@@ -93,7 +96,8 @@ def main(argv=None) -> int:
         names = [name for name, _ in model_specs(args, load=False)]
         if args.workers > 1:
             run_partitions(argv if argv is not None else sys.argv[1:], args.workers)
-        results = merge(output, names, datasets, count, num_fewshot=args.num_fewshot)
+        results = merge(output, names, datasets, count, num_fewshot=args.num_fewshot, groups=groups,
+                        limit=args.limit)
         models = [SimpleNamespace(name=n, cache=None) for n in names]
     else:
         models = [model for _, model in model_specs(args, load=True, output=output, partition=partition)]
@@ -102,7 +106,7 @@ def main(argv=None) -> int:
             print(f"evaluating {what}", file=sys.stderr, flush=True)
 
         results = run(models, datasets, output, limit=args.limit, num_fewshot=args.num_fewshot, progress=progress,
-                      partition=partition)
+                      partition=partition, groups=groups)
         if partition is not None:
             print(f"partition {partition[0]} of {partition[1]} written to {output}/partitions", file=sys.stderr)
             return 0
@@ -114,6 +118,17 @@ def main(argv=None) -> int:
     if args.reuse:
         print(f"reused {reused} cached answers", file=sys.stderr)
     return 0
+
+
+def parse_groups(specs: list[str]) -> dict[str, list[str]]:
+    groups = {}
+    for spec in specs:
+        name, _, members = spec.partition("=")
+        members = [m.strip() for m in members.split(",") if m.strip()]
+        if not name.strip() or not members:
+            raise ValueError(f"--group {spec!r}: give NAME=dataset1,dataset2")
+        groups[name.strip()] = members
+    return groups
 
 
 def parse_partition(text: str) -> tuple[int, int]:

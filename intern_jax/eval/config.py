@@ -18,11 +18,12 @@ from pathlib import Path
 
 from intern_jax.config import ConfigError, check_fields, load_config
 
-INFERENCERS = ("ppl", "ll", "gen")
+INFERENCERS = ("ppl", "ll", "gen", "perplexity")
 POSTPROCESSORS = ("none", "strip", "option_letter", "last_number", "regex", "code_block")
 METRICS = ("accuracy", "exact_match", "numeric_match", "f1", "bleu", "rouge", "pass_at_k")
 FEWSHOT_MODES = ("zero", "fixed", "random", "bm25")
 FORMATS = ("jsonl", "csv", "parquet")
+GENERATORS = ("needle",)
 
 
 @dataclass(frozen=True)
@@ -32,19 +33,26 @@ class ReaderConfig:
     ``fields`` maps the names the prompt uses to the file's columns (``{"question": "q"}``); unmapped
     names are read as they are. ``options``: the column holding the options (a list), or, for CSV, a
     tuple of columns (``("A", "B", "C", "D")``). ``answer``: the reference column (an option index, an
-    option letter, or the answer text for generation tasks).
+    option letter, or the answer text for generation tasks). ``generate``: items made here instead of read
+    (``needle``: ``intern_jax.eval.needle.needle_rows(**generate_args)``); ``path`` is then unused.
     """
 
-    path: str
+    path: str = ""
     format: str = "jsonl"
     fields: dict = field(default_factory=dict)
     options: str | tuple[str, ...] = ""
     answer: str = "answer"
+    generate: str = ""
+    generate_args: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_fields(self, "reader.")
         if self.format not in FORMATS:
             raise ConfigError(f"reader.format={self.format!r}; use one of {', '.join(FORMATS)}")
+        if self.generate and self.generate not in GENERATORS:
+            raise ConfigError(f"reader.generate={self.generate!r}; use one of {', '.join(GENERATORS)}")
+        if not self.generate and not self.path:
+            raise ConfigError("reader.path is empty; give the dataset file (or reader.generate)")
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,9 @@ class FewShotConfig:
 class InferConfig:
     """``ppl``: the option whose filled template (question + continuation) has the lowest perplexity;
     ``ll``: log-likelihood of each option's continuation given the question (acc and acc_norm);
-    ``gen``: generate up to ``max_tokens`` (greedy), ending at a ``stop`` string."""
+    ``gen``: generate up to ``max_tokens`` (greedy), ending at a ``stop`` string; ``perplexity``: held-out
+    perplexity of each filled template (rolling log-likelihood): ``ppl`` (per token, over the whole set)
+    and ``bits_per_byte``."""
 
     mode: str = "ll"
     max_tokens: int = 32
@@ -190,7 +200,7 @@ def load_dataset_config(path: str | Path, overrides=()) -> DatasetConfig:
     if not isinstance(cfg, DatasetConfig):
         raise ConfigError(f"config file {path} binds {type(cfg).__name__}, not an evaluation DatasetConfig")
     base = path.resolve().parent
-    reader = dataclasses.replace(cfg.reader, path=str(base / cfg.reader.path))
+    reader = cfg.reader if cfg.reader.generate else dataclasses.replace(cfg.reader, path=str(base / cfg.reader.path))
     fewshot = cfg.fewshot
     if fewshot.path:
         fewshot = dataclasses.replace(fewshot, path=str(base / fewshot.path))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from intern_jax.eval import tasks
 from intern_jax.eval.config import DatasetConfig, FewShotConfig
-from intern_jax.eval.summary import write_summary
+from intern_jax.eval.summary import with_groups, write_summary
 
 
 def safe_name(name: str) -> str:
@@ -67,9 +67,10 @@ def evaluate_dataset(model, cfg: DatasetConfig, limit: int | None = None,
 
 def run(models: list, datasets: list[DatasetConfig], output: str | Path | None = None,
         limit: int | None = None, num_fewshot: int | None = None, progress=None,
-        partition: tuple[int, int] | None = None) -> list[dict]:
+        partition: tuple[int, int] | None = None, groups: dict[str, list[str]] | None = None) -> list[dict]:
     """Every model on every dataset; writes predictions, results and the summary under ``output``.
-    ``partition=(w, n)``: only partition ``w`` of ``n``, written for ``merge`` (no metrics, no summary)."""
+    ``partition=(w, n)``: only partition ``w`` of ``n``, written for ``merge`` (no metrics, no summary).
+    ``groups``: summary groups (name -> datasets), averaged in the returned results and the summary."""
     if partition is not None:
         check_partition(*partition)
         if output is None:
@@ -90,7 +91,11 @@ def run(models: list, datasets: list[DatasetConfig], output: str | Path | None =
                                 + "\n", encoding="utf-8")
             elif output is not None:
                 _write(Path(output), model.name, cfg.name, result, predictions)
-    if output is not None and partition is None:
+                _plot_needle(Path(output), model.name, cfg, predictions, limit)
+    if partition is not None:
+        return results
+    results = with_groups(results, groups)
+    if output is not None:
         write_summary(output, results, [m.name for m in models])
     return results
 
@@ -106,7 +111,8 @@ def partition_path(output: Path, partition: tuple[int, int], model: str, dataset
 
 
 def merge(output: str | Path, models: list[str], datasets: list[DatasetConfig], count: int,
-          num_fewshot: int | None = None) -> list[dict]:
+          num_fewshot: int | None = None, groups: dict[str, list[str]] | None = None,
+          limit: int | None = None) -> list[dict]:
     """The ``count`` partitions of every (model, dataset) under ``output`` merged into the predictions,
     results and summary one process would have written. A missing partition is named."""
     output = Path(output)
@@ -129,8 +135,22 @@ def merge(output: str | Path, models: list[str], datasets: list[DatasetConfig], 
                       "num_items": sum(r["rotation"] == 0 for r in records), "seconds": round(seconds, 3)}
             results.append(result)
             _write(output, model, cfg.name, result, records)
+            _plot_needle(output, model, cfg, records, limit)
+    results = with_groups(results, groups)
     write_summary(output, results, models)
     return results
+
+
+def _plot_needle(output: Path, model: str, cfg: DatasetConfig, records: list[dict], limit: int | None) -> None:
+    """Needle-in-a-haystack sets: accuracy over depth x length, ``OUT/plots/<model>/<dataset>_heatmap.png``."""
+    if cfg.reader.generate != "needle" or not records:
+        return
+    from intern_jax.eval.needle import heatmap  # noqa: PLC0415
+
+    items = tasks.read_items(cfg.reader, cfg.multiple_choice)[:limit]
+    path = output / "plots" / safe_name(model) / f"{safe_name(cfg.name)}_heatmap.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    heatmap([r for r in records if r["rotation"] == 0], items, path, f"{model} / {cfg.name}")
 
 
 def _write(output: Path, model: str, dataset: str, result: dict, predictions: list[dict]) -> None:

@@ -32,6 +32,12 @@ LETTERS = string.ascii_uppercase
 def _rows(reader: ReaderConfig):
     """``(where, row dict)`` of a JSONL, CSV or Parquet file; ``where`` is ``path:line`` (``path:row N``
     for Parquet, rows counted from 1)."""
+    if reader.generate == "needle":
+        from intern_jax.eval.needle import needle_rows  # noqa: PLC0415
+
+        for n, row in enumerate(needle_rows(**reader.generate_args), start=1):
+            yield f"needle:item {n}", row
+        return
     path = Path(reader.path)
     if not path.is_file():
         raise ValueError(f"dataset file {path} does not exist")
@@ -291,7 +297,9 @@ def evaluate(model, cfg: DatasetConfig, items: list[dict], fewshot_pool: list[di
     if not units:
         return {}, []
     mode = cfg.infer.mode
-    if mode == "ll":
+    if mode == "perplexity":
+        records = _infer_perplexity(model, units)
+    elif mode == "ll":
         records = _infer_ll(model, cfg, units)
     elif mode == "ppl":
         records = _infer_ppl(model, cfg, units)
@@ -317,6 +325,13 @@ def _infer_ll(model, cfg, units) -> list[dict]:
                         "reference": item["reference"], "correct": pred == item["reference"],
                         "correct_norm": pred_norm == item["reference"]})
     return records
+
+
+def _infer_perplexity(model, units) -> list[dict]:
+    texts = [context for _, _, context in units]
+    sums = model.loglikelihood_rolling(texts)
+    return [{"id": n, "rotation": 0, "prompt": text, "loglikelihood": ll, "tokens": model.token_count(text),
+             "bytes": len(text.encode("utf-8"))} for (n, _, _), text, ll in zip(units, texts, sums)]
 
 
 def _infer_ppl(model, cfg, units) -> list[dict]:
@@ -390,9 +405,14 @@ def metrics_of(records: list[dict], cfg: DatasetConfig) -> dict[str, float]:
     """Percentages: ``acc`` (or the evaluator's metric), ``acc_norm`` for ``ll``, and with CircularEval
     ``circular_acc`` (an item counts only if every rotation is right) beside plain ``acc`` (rotation 0).
     ``f1``: the mean token F1; ``bleu``: corpus BLEU; ``rouge``: ``rouge1``, ``rouge2``, ``rougeL`` means;
-    ``pass_at_k``: ``pass@1``."""
+    ``pass_at_k``: ``pass@1``; ``perplexity`` mode: ``ppl`` (exp of the mean negative log-likelihood per
+    token over the whole set) and ``bits_per_byte``."""
     metric = cfg.evaluator.metric
     plain = [r for r in records if r["rotation"] == 0]
+    if cfg.infer.mode == "perplexity":
+        total = -math.fsum(r["loglikelihood"] for r in plain)
+        return {"ppl": round(math.exp(total / max(1, sum(r["tokens"] for r in plain))), 4),
+                "bits_per_byte": round(total / math.log(2) / max(1, sum(r["bytes"] for r in plain)), 4)}
     if not cfg.multiple_choice and metric in ("f1", "bleu", "rouge", "pass_at_k"):
         if metric == "f1":
             return {"f1": round(100.0 * float(np.mean([r["score"] for r in plain])), 2)}
