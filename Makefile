@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint lock clean
+.PHONY: setup system-deps browser-deps demo test lint lock clean
 
 setup: system-deps $(STAMP)
 
@@ -19,6 +19,18 @@ system-deps:
 	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TESSERACT_DEBS) >/dev/null; \
 	else \
 	    echo "OCR of scanned PDF pages needs: sudo apt-get install $(TESSERACT_DEBS)" >&2; \
+	fi
+
+# The web chat page's test drives Debian's chromium headless through chromium-driver (selenium).
+# Installed here when missing and running as root; otherwise this says what to install.
+BROWSER_DEBS := chromium chromium-driver
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing $(BROWSER_DEBS) (the web chat page's browser test)"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_DEBS) >/dev/null; \
+	else \
+	    echo "the web chat page's test needs: sudo apt-get install $(BROWSER_DEBS)" >&2; \
 	fi
 
 # constraints.txt pins every package to the versions the suite was last green with, so a fresh
