@@ -3,7 +3,7 @@
     python scripts/agent.py --model PATH | --url URL [--served-model NAME] [--api-key KEY]
         [--protocol hermes|internlm2|react|rewoo] [--tools calculator,python,search,files]
         [--docs FILE|DIR] [--root DIR] [--mcp URL|COMMAND ...]
-        [--max-steps N] [--max-new-tokens N] [--system TEXT] [--json] "question"
+        [--max-steps N] [--max-new-tokens N] [--system TEXT] [--json] "question" | --questions FILE
 
 ``--model`` runs the model in process; ``--url`` talks to any OpenAI-compatible endpoint
 (``scripts/serve.py`` included; ``--served-model`` defaults to the first one it lists).
@@ -18,8 +18,9 @@ interpreter (a separate process with time, memory and file-size limits); ``searc
 tools of a Model Context Protocol server: a URL (streamable HTTP, e.g. ``scripts/tool_server.py``'s
 ``http://127.0.0.1:8100/mcp``) or a command that speaks MCP on stdio; with ``--mcp`` and no ``--tools``
 only the server's tools are offered. Decoding is greedy.
-``--json`` prints ``{"answer", "stop_reason", "turns", "trace"}`` instead of the answer. The exit status is 1
-when the loop ended without an answer (step limit, repeated call).
+``--json`` prints ``{"answer", "stop_reason", "turns", "trace"}`` instead of the answer; ``--questions FILE``
+answers each line of FILE and prints one such object per line, with the ``question``. The exit status is 1
+when a loop ended without an answer (step limit, repeated call).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def main(argv=None) -> int:
     from intern_jax.agent.tools import ToolRegistry
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("question", help="the question to answer")
+    ap.add_argument("question", nargs="?", help="the question to answer")
+    ap.add_argument("--questions", metavar="FILE", help="answer every line of FILE instead, one JSON object per line "
+                    "on stdout: {\"question\", \"answer\", \"stop_reason\", \"turns\", \"trace\"}")
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", help="checkpoint: GGUF file, HF directory or native checkpoint")
     where.add_argument("--url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
@@ -80,9 +83,17 @@ def main(argv=None) -> int:
 
     if args.url is None and (args.served_model or args.api_key):
         ap.error("--served-model and --api-key go with --url")
-    question = cli.utf8_text(args.question, "the question").strip()
-    if not question:
-        raise ValueError("the question is empty; give one, e.g. \"What is 17 * 23?\"")
+    if (args.question is None) == (args.questions is None):
+        ap.error("give a question or --questions FILE (not both)")
+    if args.questions is not None:
+        with open(args.questions, encoding="utf-8") as f:
+            questions = [line.strip() for line in f if line.strip()]
+        if not questions:
+            raise ValueError(f"--questions {args.questions} has no question (one per line)")
+    else:
+        questions = [cli.utf8_text(args.question, "the question").strip()]
+        if not questions[0]:
+            raise ValueError("the question is empty; give one, e.g. \"What is 17 * 23?\"")
     if args.max_steps < 1:
         raise ValueError(f"--max-steps must be at least 1, got {args.max_steps}")
     cli.sampling_params(max_new_tokens=args.max_new_tokens)  # a bad --max-new-tokens is named before loading
@@ -115,17 +126,24 @@ def main(argv=None) -> int:
         else:
             agent = Agent(chat_model, tools, args.protocol, system=system, max_steps=args.max_steps,
                           on_step=show_step)
-        result = agent.run(question)
+        answered = 0
+        for question in questions:
+            result = agent.run(question)
+            answered += result.answer is not None
+            if args.questions is not None:
+                print(json.dumps({"question": question, **result.to_json()}, ensure_ascii=False), flush=True)
     finally:
         for sandbox in sandboxes:
             sandbox.close()
         for server in servers:
             server.close()
-    if args.json:
+    if args.questions is not None:
+        print(f"{answered} of {len(questions)} questions answered", file=sys.stderr)
+    elif args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
         print(result.answer if result.answer is not None else f"(no answer: {result.transcript[-1]['text']})")
-    return 0 if result.answer is not None else 1
+    return 0 if answered == len(questions) else 1
 
 
 if __name__ == "__main__":

@@ -115,3 +115,25 @@ def test_the_script_reads_files_and_searches_through_an_mcp_server(tmp_path):
     results = [s for s in json.loads(proc.stdout)["trace"] if s["type"] == "result"]
     assert json.loads(results[0]["content"])[0]["id"] == "faq-2"
     assert results[1]["content"] == "the router is in the attic"
+
+
+def test_a_questions_file_gets_one_json_line_per_question(tmp_path):
+    questions = tmp_path / "questions.txt"
+    questions.write_text("What is 2 + 2?\n\nWhat is 17 * 23?\n")
+    Endpoint.replies = ["Final Answer: 4",
+                        'Thought: multiply\nAction: calculator\nAction Input: {"expression": "17 * 23"}',
+                        "Final Answer: 391"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts/agent.py"), "--url", url, "--protocol", "react",
+                               "--questions", str(questions)], capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(x["question"], x["answer"], x["turns"]) for x in lines] == [("What is 2 + 2?", "4", 1),
+                                                                         ("What is 17 * 23?", "391", 2)]
+    assert "2 of 2 questions answered" in proc.stderr
