@@ -115,13 +115,20 @@ PERSON = {"type": "object", "properties": {
 
 
 def test_json_schema_and_json_object_answers_parse_and_validate(server):
-    ask = [{"role": "user", "content": "Invent a person and describe them."}]
+    # a system prompt long enough (over 256 tokens) that these requests use the cache width, and so the
+    # compiled programs, of the tool-call tests above
+    system = ("You write records for a registry of fictional people. " + "Each record gives a full name, an age "
+              "in years, one to three hobbies and a postal address with a city and a five-digit code. " * 9)
+    ask = [{"role": "system", "content": system}, {"role": "user", "content": "Invent a person and describe them."}]
+    assert len(encode_prompt(server.decoder.tokenizer, ask)) > 256
     got = _create(server, messages=ask, max_tokens=160,
                   response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
     assert got.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(got.choices[0].message.content), PERSON)
-    got = _create(server, messages=ask, max_tokens=160, response_format={"type": "json_object"},
-                  temperature=0.7, seed=3)
+    # any object: the grammar keeps the text JSON, the prompt keeps this small model's keys short
+    ask[1]["content"] = "Invent a person and describe them as a JSON object with the keys name, age and city."
+    got = _create(server, messages=ask, max_tokens=100, response_format={"type": "json_object"})
+    assert got.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(got.choices[0].message.content), dict)
 
 
