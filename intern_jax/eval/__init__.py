@@ -1,8 +1,9 @@
 """Evaluation: dataset configs, the three inferencers (ppl / ll / gen), evaluators, CircularEval, the summary.
 
 A model is anything with lm-evaluation-harness's requests (``EvalModel``); ``DecoderLM`` answers them
-in process with the one decoder. Dataset configs live in ``configs/eval/``; ``scripts/evaluate.py``
-is the command line. No OpenAI-endpoint client yet (``--url``), nor bundled public benchmarks.
+in process with the one decoder, ``EndpointLM`` over any OpenAI-compatible endpoint. Dataset configs live
+in ``configs/eval/``; ``scripts/evaluate.py`` is the command line (docs/eval.md). No bundled public
+benchmarks (HumanEval's problems), contamination check or judge mode yet.
 """
 
 from intern_jax.eval.config import (
@@ -17,11 +18,12 @@ from intern_jax.eval.config import (
     find_datasets,
     load_dataset_config,
 )
+from intern_jax.eval.endpoint import EndpointError, EndpointLM
 from intern_jax.eval.model import DecoderLM, EvalModel, RequestCache
-from intern_jax.eval.run import evaluate_dataset, run
+from intern_jax.eval.run import evaluate_dataset, merge, run
 
 __all__ = [
-    "DatasetConfig", "DecoderLM", "EvalModel", "EvaluatorConfig", "FewShotConfig", "InferConfig",
-    "PostprocessConfig", "PromptConfig", "ReaderConfig", "RequestCache", "data_file_config", "evaluate_dataset",
-    "find_datasets", "load_dataset_config", "run",
+    "DatasetConfig", "DecoderLM", "EndpointError", "EndpointLM", "EvalModel", "EvaluatorConfig", "FewShotConfig",
+    "InferConfig", "PostprocessConfig", "PromptConfig", "ReaderConfig", "RequestCache", "data_file_config",
+    "evaluate_dataset", "find_datasets", "load_dataset_config", "merge", "run",
 ]

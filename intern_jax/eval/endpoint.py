@@ -37,8 +37,9 @@ from intern_jax.eval.model import RequestCache, TokenizedLM, cut_at_stop, move_t
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
-class EndpointError(RuntimeError):
-    """An endpoint that answered with an error, or could not be reached after every retry."""
+class EndpointError(ConnectionError):
+    """An endpoint that answered with an error, or could not be reached after every retry (an ``OSError``:
+    the command line reports it in one line)."""
 
 
 class EndpointLM(TokenizedLM):

@@ -111,3 +111,24 @@ def test_a_flaky_endpoint_is_retried_with_backoff_and_an_unreachable_one_ends_in
         reused.generate_until([("another", ["\n"], 8)])
     with pytest.raises(ValueError, match="base URL"):
         EndpointLM("127.0.0.1:8000", served_model="m")
+
+
+@pytest.mark.slow
+def test_evaluate_script_takes_an_endpoint_url(server, tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(CONFIG_DIR.parents[1] / "scripts"))
+    try:
+        import evaluate
+    finally:
+        sys.path.pop(0)
+    argv = ["--url", f"http://127.0.0.1:{server.port}/v1", "--api-key", SERVER_KEY, "--datasets", "arith_mc",
+            "--limit", "3", "--output", str(tmp_path), "--json"]
+    assert evaluate.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["models"] == [SERVER_MODEL] and printed["results"][0]["num_items"] == 3
+    assert (tmp_path / "predictions" / SERVER_MODEL / "arith_mc.jsonl").is_file()
+    assert (tmp_path / "summary.png").is_file()
+    # a wrong key is a clear one-line error, not a retry loop
+    assert evaluate.main([*argv[:3], "wrong", *argv[4:]]) == 2
+    assert "answered 401" in capsys.readouterr().err
