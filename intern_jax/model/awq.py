@@ -7,8 +7,9 @@ activation), a grid over ``alpha`` in ``s = mean|x| ** alpha`` (normalised by ``
 picks the ``s`` whose quantized product is closest to the float one on calibration activations:
 the concatenated q/k/v outputs, the whole MLP output for ``w1``/``w3``, ``w2``'s output. ``s`` is
 folded exactly into the preceding norm (or into ``w3``'s output columns for ``w2``), so the float
-model is unchanged and nothing extra runs at inference. ``wo`` keeps plain RTN: under grouped-query
-attention its input channels have no single preceding weight to fold into (AutoAWQ skips it too).
+model is unchanged and nothing extra runs at inference. For ``wo`` the scale is shared by the query
+heads of one kv head (its input channel ``(h, d)`` comes from value channel ``(h // G, d)``) and folded
+into the value columns of ``wqkv``; AutoAWQ skips ``wo`` under grouped-query attention instead.
 AutoAWQ's additional clipping search is not done. Calibration activations come from one eager
 forward of the float model with recording weights (the model's own code, no second forward).
 """
@@ -64,14 +65,15 @@ class _Recorder:
 
 
 def collect_activations(params, cfg: ModelConfig, batches, keep_rows: int = 256, seed: int = 0):
-    """Per layer, for ``attn`` (wqkv's input), ``ffn`` (w1/w3's) and ``mlp_act`` (w2's): the mean |x|
-    per channel and up to ``keep_rows`` sampled rows per batch. ``batches``: ``tokens [B, T]`` arrays."""
+    """Per layer, for ``attn`` (wqkv's input), ``attn_out`` (wo's), ``ffn`` (w1/w3's) and ``mlp_act``
+    (w2's): the mean |x| per channel and up to ``keep_rows`` sampled rows per batch.
+    ``batches``: ``tokens [B, T]`` arrays."""
     rng = np.random.default_rng(seed)
-    stats = [{k: _Stats() for k in ("attn", "ffn", "mlp_act")} for _ in range(cfg.num_layers)]
+    stats = [{k: _Stats() for k in ("attn", "attn_out", "ffn", "mlp_act")} for _ in range(cfg.num_layers)]
     blocks = []
     for i in range(cfg.num_layers):
         p = jax.tree.map(lambda w, i=i: w[i], params["layers"])
-        record = {"wqkv": "attn", "w1": "ffn", "w2": "mlp_act"}
+        record = {"wqkv": "attn", "wo": "attn_out", "w1": "ffn", "w2": "mlp_act"}
         for name in ("wqkv", "wo", "w1", "w3", "w2"):
             p[name] = _Recorder(p[name], stats[i][record[name]] if name in record else None, keep_rows, rng)
         blocks.append(p)
@@ -143,13 +145,23 @@ def awq_params(params, cfg: ModelConfig, activations, bits: int, group_size: int
         E = cfg.hidden_size
         mean, x = (jnp.asarray(a) for a in act["attn"])
         s_attn, l_attn = lin([f32("wqkv")], x, mean, bits, group_size)
+        mean, x = (jnp.asarray(a) for a in act["attn_out"])
+        K, G, D = cfg.num_kv_heads, cfg.q_per_kv, cfg.head_dim
+        # one scale per value channel, shared by the G query heads that read it
+        mean = jnp.repeat(mean.reshape(K, G, D).mean(axis=1, keepdims=True), G, axis=1).reshape(-1)
+        s_o, l_o = lin([f32("wo").reshape(K * G * D, -1)], x, mean, bits, group_size)
         mean, x = (jnp.asarray(a) for a in act["ffn"])
         s_ffn, l_ffn = mlp(f32("w1"), f32("w3"), f32("w2"), x, mean, bits, group_size)
         mean, x = (jnp.asarray(a) for a in act["mlp_act"])
         s_w2, l_w2 = lin([f32("w2")], x, mean, bits, group_size)
-        s_attn, s_ffn, s_w2 = (np.asarray(a) for a in (s_attn, s_ffn, s_w2))
+        s_attn, s_o, s_ffn, s_w2 = (np.asarray(a) for a in (s_attn, s_o, s_ffn, s_w2))
         new["wqkv"][i] *= s_attn.reshape(E, *([1] * (new["wqkv"].ndim - 2)))
         new["attention_norm"][i] /= s_attn
+        t = s_o.reshape(K, G, D)[:, 0]  # [K, D]: one scale per value channel
+        new["wqkv"][i][:, :, G + 1, :] /= t
+        if "wqkv_bias" in new:
+            new["wqkv_bias"][i][:, G + 1, :] /= t
+        new["wo"][i] *= s_o.reshape(K * G, D, 1)
         new["w1"][i] *= s_ffn[:, None]
         new["w3"][i] *= s_ffn[:, None]
         new["ffn_norm"][i] /= s_ffn
@@ -158,7 +170,7 @@ def awq_params(params, cfg: ModelConfig, activations, bits: int, group_size: int
             new["w3_bias"][i] /= s_w2
         new["w2"][i] *= s_w2[:, None]
         ratios.append({k: float(jnp.min(v) / jnp.maximum(v[0], 1e-30))
-                       for k, v in (("wqkv", l_attn), ("w1_w3", l_ffn), ("w2", l_w2))})
+                       for k, v in (("wqkv", l_attn), ("wo", l_o), ("w1_w3", l_ffn), ("w2", l_w2))})
     dtype = jnp.dtype(cfg.param_dtype)
     out = {**params, "layers": {k: jnp.asarray(v, dtype) for k, v in new.items()}}
     return out, ratios

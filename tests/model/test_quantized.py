@@ -124,7 +124,8 @@ def test_awq_folding_keeps_the_float_model_and_quantizes_it(seed, float32_parity
     tokens = {"tokens": jnp.asarray(batches[0])}
     float32_parity(internlm2.forward(folded, tokens, cfg)[0], internlm2.forward(params, tokens, cfg)[0],
                    what="AWQ scales folded into norms and w3")
-    assert not np.allclose(np.asarray(folded["layers"]["ffn_norm"]), np.asarray(params["layers"]["ffn_norm"]))
+    for name in ("ffn_norm", "attention_norm", "wo", "w2"):  # each searched scale was folded somewhere
+        assert not np.allclose(np.asarray(folded["layers"][name]), np.asarray(params["layers"][name])), name
 
 
 def test_bad_quantization_requests_fail_with_one_clear_error():
