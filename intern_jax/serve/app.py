@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
-import json
 import secrets
 import time
 import uuid
@@ -26,7 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import Headers
 
 from intern_jax.inference.generate import encode_prompt
@@ -34,6 +33,7 @@ from intern_jax.inference.sampling import SamplingError, SamplingParams, per_row
 from intern_jax.serve import tools as tooling
 from intern_jax.serve.engine import Engine, Increment
 from intern_jax.serve.protocol import ChatCompletionRequest, CompletionRequest
+from intern_jax.serve.streams import chain, drain, merged, sse
 from intern_jax.serve.structured import Grammars
 from intern_jax.serve.web import router as web_router
 
@@ -53,10 +53,6 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
-
-
-class _ClientGone(Exception):
-    pass
 
 
 def create_app(engine: Engine, served_model_name: str, api_keys: Sequence[str] | None = None,
@@ -254,15 +250,15 @@ class _Server:
         runs = await self._open_all([(f"{rid}-{i}", prompt, s, extra[i]) for i, s in
                                      enumerate(per_row(sampling, body.n))], {"prompt": "messages"},
                                     top_logprobs=top, ignore_eos=body.ignore_eos)
-        calls = _ToolCalls(self.protocol, [t["function"]["name"] for t in tools], forced=mode == "required") \
+        calls = tooling.ToolCalls(self.protocol, [t["function"]["name"] for t in tools], forced=mode == "required") \
             if mode != "none" else None
         created = int(time.time())
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(self._chat_events(rid, created, runs, body.logprobs, usage, calls))
+            return sse(self._chat_events(rid, created, runs, body.logprobs, usage, calls))
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for i, run in enumerate(runs):
-            incs = await _drain(request, *run)
+            incs = await drain(request, *run)
             if incs is None:
                 for _, stream in runs[i + 1:]:
                     await stream.aclose()
@@ -308,7 +304,8 @@ class _Server:
             raise _field_error(e, {}) from None
         return None
 
-    async def _chat_events(self, rid, created, runs, logprobs: bool, include_usage: bool, calls: _ToolCalls | None):
+    async def _chat_events(self, rid, created, runs, logprobs: bool, include_usage: bool,
+                           calls: tooling.ToolCalls | None):
         def chunk(index, delta, finish_reason=None, lps=None, choices=True, usage=None):
             out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.name,
                    "choices": [{"index": index, "delta": delta, "logprobs": lps, "finish_reason": finish_reason}]
@@ -321,7 +318,7 @@ class _Server:
         prompt_tokens = completion_tokens = 0
         for i in range(len(runs)):
             yield chunk(i, {"role": "assistant", "content": ""})
-        async for i, inc in _merged(runs):
+        async for i, inc in merged(runs):
             split = splitters[i]
             if inc.token_ids or inc.text:
                 lps = {"content": self._logprob_entries([inc])} if logprobs else None
@@ -400,12 +397,12 @@ class _Server:
         scores = await self._score(ids) if body.echo and body.logprobs is not None else [None] * len(ids)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(self._completion_events(rid, created, ids[0], texts[0], runs[0], scores[0], body, usage))
+            return sse(self._completion_events(rid, created, ids[0], texts[0], runs[0], scores[0], body, usage))
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for i, (p, text, run, score) in enumerate(zip(ids, texts, runs, scores)):
             incs = []
             if run is not None:
-                incs = await _drain(request, *run)
+                incs = await drain(request, *run)
                 if incs is None:
                     for _, stream in runs[i + 1:]:
                         await stream.aclose()
@@ -440,7 +437,7 @@ class _Server:
                 yield chunk("", choices=False, usage=_usage(len(ids), 0))
             return
         offset = len(text) if body.echo else 0
-        async for inc in _chain(*run):
+        async for inc in chain(*run):
             if inc.token_ids or inc.text:
                 lps = self._completion_logprobs([], None, [inc], offset) if want else None
                 offset += len(inc.text)
@@ -517,98 +514,6 @@ class _Server:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-class _ToolCalls:
-    """What a chat request with tools needs to read calls back: the protocol, the tool names, whether a
-    grammar forces the reply to be a call."""
-
-    def __init__(self, protocol, names: list[str], forced: bool):
-        self.protocol, self.names, self.forced = protocol, names, forced
-
-    def stream(self) -> tooling.ToolCallStream:
-        return tooling.ToolCallStream(self.protocol, self.names, self.forced)
-
-
-async def _merged(runs) -> AsyncIterator[tuple[int, Increment]]:
-    """``(choice index, increment)`` from several opened requests as they come; closing this closes them all
-    (which aborts those still running)."""
-    if len(runs) == 1:
-        async for inc in _chain(*runs[0]):
-            yield 0, inc
-        return
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump(i, first, rest):
-        try:
-            async for inc in _chain(first, rest):
-                await queue.put((i, inc))
-        except Exception as e:  # noqa: BLE001 - handed to the reader, which raises it
-            await queue.put((i, e))
-
-    tasks = [asyncio.ensure_future(pump(i, *run)) for i, run in enumerate(runs)]
-    left = len(runs)
-    try:
-        while left:
-            i, inc = await queue.get()
-            if isinstance(inc, Exception):
-                raise inc
-            left -= inc.finished
-            yield i, inc
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _chain(first: Increment, rest: AsyncIterator[Increment]) -> AsyncIterator[Increment]:
-    try:
-        yield first
-        if not first.finished:
-            async for inc in rest:
-                yield inc
-    finally:
-        await rest.aclose()
-
-
-async def _drain(request: Request, first: Increment, rest: AsyncIterator[Increment]) -> list[Increment] | None:
-    """All of a request's increments, or None if the client disconnected first (the request is aborted)."""
-    incs = [first]
-    if first.finished:
-        await rest.aclose()
-        return incs
-
-    async def consume():
-        async for inc in rest:
-            incs.append(inc)
-
-    task = asyncio.ensure_future(consume())
-    try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=0.5)
-            if not task.done() and await request.is_disconnected():
-                raise _ClientGone
-        task.result()
-        return incs
-    except _ClientGone:
-        return None
-    finally:
-        if not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        await rest.aclose()
-
-
-def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
-    async def lines():
-        async for event in events:
-            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def _final(incs: Sequence[Increment]) -> Increment:

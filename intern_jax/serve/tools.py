@@ -191,3 +191,14 @@ class ToolCallStream:
             return "", calls
         rest, self.sent = self.text[self.sent:], len(self.text)
         return rest, []
+
+
+class ToolCalls:
+    """What a chat request with tools needs to read calls back: the protocol, the tool names, whether a
+    grammar forces the reply to be a call."""
+
+    def __init__(self, protocol, names: list[str], forced: bool):
+        self.protocol, self.names, self.forced = protocol, names, forced
+
+    def stream(self) -> ToolCallStream:
+        return ToolCallStream(self.protocol, self.names, self.forced)
