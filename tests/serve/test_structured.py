@@ -199,3 +199,63 @@ def test_bad_schema_is_a_value_error_naming_the_field(grammars):
         grammars.json_schema({"type": "object", "properties": {"x": {"type": "no-such-type"}}})
     with pytest.raises(ValueError, match="response_format.json_schema.schema"):
         grammars.json_schema(["not", "a", "schema"])
+
+
+# -- InternLM2's format, on a small InternLM2-style SentencePiece vocabulary trained here --------------
+
+
+@pytest.fixture(scope="module")
+def internlm2_tokenizer(tmp_path_factory):
+    import random
+
+    from intern_jax.tokenizer import train_sentencepiece
+
+    root = tmp_path_factory.mktemp("spm")
+    words = "the weather city paris time zone name get call tool value celsius sunny rain".split()
+    rng = random.Random(0)
+    lines = (" ".join(rng.choice(words) for _ in range(12)) + ' {"a": 1, "b": [2, 3]}' for _ in range(2000))
+    (root / "corpus.txt").write_text("\n".join(lines), encoding="utf-8")
+    return train_sentencepiece([root / "corpus.txt"], root / "tok", vocab_size=300)
+
+
+FORECAST = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
+                                             "parameters": {"type": "object", "properties": {
+                                                 "unit": {"enum": ["celsius", "fahrenheit"]},
+                                                 "days": {"type": "integer", "minimum": 1, "maximum": 9}},
+                                                 "required": ["unit", "days"], "additionalProperties": False}}}
+
+
+def test_every_path_through_an_internlm2_call_mask_is_a_valid_plugin_call(internlm2_tokenizer, rng):
+    from intern_jax.inference.tool_calls import InternLM2Protocol
+    from intern_jax.serve.structured import Grammars
+
+    grammars = Grammars(internlm2_tokenizer, internlm2_tokenizer.vocab_size)
+    grammar = grammars.tool_calls([FORECAST], "internlm2")
+    for _ in range(3):
+        text = _random_walk(grammars, grammar, rng)
+        assert text.startswith("<|action_start|><|plugin|>\n") and text.endswith("<|action_end|>")
+        parsed = InternLM2Protocol().parse(text, ["get_weather"])
+        assert parsed.error is None and [c.name for c in parsed.calls] == ["get_weather"]
+        jsonschema.validate(parsed.calls[0].arguments, FORECAST["function"]["parameters"])
+
+
+def test_internlm2_conversation_with_a_tool_result_renders_in_its_format(internlm2_tokenizer):
+    from intern_jax.serve import tools
+
+    protocol = tools.tool_protocol("auto", internlm2_tokenizer.chat_template)  # no template: InternLM2's
+    assert protocol.name == "internlm2"
+    messages = tools.render_messages([
+        {"role": "system", "content": "You are a weather bot."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"unit": "celsius", "days": 2}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "22 C"}], [FORECAST], protocol)
+    text = internlm2_tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    # InternLM2's chat format (its chat_format.md), written out by hand
+    plugins = json.dumps([FORECAST["function"]], ensure_ascii=False, indent=2)
+    assert text == ("<s><|im_start|>system\nYou are a weather bot.<|im_end|>\n"
+                    f"<|im_start|>system name=<|plugin|>\n{plugins}<|im_end|>\n"
+                    "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+                    '<|im_start|>assistant\n<|action_start|><|plugin|>\n{"name": "get_weather", "parameters": '
+                    '{"unit": "celsius", "days": 2}}<|action_end|>\n<|im_end|>\n'
+                    "<|im_start|>environment name=<|plugin|>\n22 C<|im_end|>\n<|im_start|>assistant\n")
