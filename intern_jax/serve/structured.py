@@ -10,12 +10,12 @@ model, unless ``max_tokens`` cuts it short.
 
 The grammar library is llguidance: it installs from PyPI as one self-contained wheel with no
 dependencies (xgrammar requires torch, transformers and triton at run time, which a JAX server should
-not carry), reads a Hugging Face ``tokenizers`` vocabulary directly, computes a 49k-token mask in a few
-microseconds per token on this CPU (measured: median 4 us, worst 1.2 ms over a 200-token JSON answer
-with SmolLM2's vocabulary), has no per-schema precompilation step (a new schema costs under 1 ms), and
-its Lark grammars embed JSON schemas (``%json``) and special tokens (``<|plugin|>``), which the tool-call
-formats need. JSON is compact (``", "`` and ``": "`` separators, no free whitespace) so that a small
-model cannot wander off in whitespace. This module does not decode and does not schedule.
+not carry), reads a Hugging Face ``tokenizers`` vocabulary directly, has no per-schema precompilation
+step, fills a 49k-token mask in about a tenth of a millisecond on this loaded CPU
+(``scripts/bench/structured.py``, docs/benchmarks.md), and its Lark grammars embed JSON schemas
+(``%json``) and special tokens (``<|plugin|>``), which the tool-call formats need. JSON is compact
+(``", "`` and ``": "`` separators, no free whitespace) so that a small model cannot wander off in
+whitespace. This module does not decode and does not schedule.
 """
 
 from __future__ import annotations
