@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from intern_jax import sharding as shd
 from intern_jax.config import ModelConfig
+from intern_jax.sharding import context_parallel
 
 NEG_INF = -1e30
 
@@ -202,7 +203,7 @@ def attention(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions,
     """Attention dispatch: the model calls only this.
 
     The Pallas flash kernel takes the self-attention case (keys are the queries' own
-    tokens, causal by index; under a mesh, ``_flash_attention_on_mesh``); attention over a
+    tokens, causal by index; under a mesh, per device: ``sharding.context_parallel``); attention over a
     KV cache goes through the XLA path. ``block > 0`` runs the XLA path over blocks of that
     many queries (``attention_xla_blocks``).
     """
@@ -211,48 +212,11 @@ def attention(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions,
         if kernel is not None:
             if jax.sharding.get_abstract_mesh().empty:
                 return kernel(q, k, v, segment_ids=q_segment_ids, causal=True)
-            return _flash_attention_on_mesh(kernel, q, k, v, q_segment_ids, kv_segment_ids)
+            return context_parallel.attention_per_device(kernel, q, k, v, q_segment_ids, kv_segment_ids)
     if 0 < block < q.shape[1]:
         return attention_xla_blocks(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions, block)
     mask = attention_mask(q_segment_ids, q_positions, kv_segment_ids, kv_positions)
     return attention_xla(q, k, v, mask)
-
-
-def _flash_attention_on_mesh(kernel, q, k, v, q_segment_ids, kv_segment_ids):
-    """The flash kernel per device, under ``shard_map`` over the abstract mesh being traced with:
-    GSPMD cannot split a kernel call, so each device runs it on its rows and heads.
-
-    With the sequence split, a device holds ``L`` queries at global positions ``r*L ...`` and
-    the whole sequence of keys ``T`` (gathered by the caller's layout). The kernel aligns the
-    queries with the *end* of the keys, so the keys are rotated by ``T - (r+1)*L``: key
-    ``r*L + i`` lands at index ``T - L + i``, where the kernel's causal mask puts query ``i``,
-    and the later keys that wrap around to the front get segment 0, which nothing sees.
-    (Every device then walks as many key blocks as the last one; the masked ones do no harm.)
-    """
-    mesh = jax.sharding.get_abstract_mesh()
-
-    def spec(x, axes):
-        return shd.fit_spec(shd.logical_to_spec(axes), x.shape, mesh)
-
-    kv_spec = spec(k, ("batch", None, "kv_heads", None))
-    q_spec = spec(q, ("batch", "seq", "heads", None))
-    # the kernel pairs query head h with kv head h // G, which holds per device only if both split alike
-    q_spec = jax.sharding.PartitionSpec(q_spec[0], q_spec[1], kv_spec[2], None)
-    seg_q, seg_kv = jax.sharding.PartitionSpec(*q_spec[:2]), jax.sharding.PartitionSpec(kv_spec[0], None)
-    seq_axes = q_spec[1]
-
-    def local(q, k, v, q_seg, kv_seg):
-        if seq_axes is None:  # whole rows on every device
-            return kernel(q, k, v, segment_ids=q_seg, causal=True)
-        t, length = k.shape[1], q.shape[1]
-        names = (seq_axes,) if isinstance(seq_axes, str) else tuple(seq_axes)
-        shift = t - (jax.lax.axis_index(names) + 1) * length
-        k, v, kv_seg = (jnp.roll(a, shift, axis=1) for a in (k, v, kv_seg))
-        kv_seg = jnp.where(jnp.arange(t)[None, :] < shift, 0, kv_seg)
-        return kernel(q, k, v, segment_ids=q_seg, kv_segment_ids=kv_seg, causal=True)
-
-    return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_q, seg_kv), out_specs=q_spec,
-                         check_vma=False)(q, k, v, q_segment_ids, kv_segment_ids)
 
 
 def _flash_attention_or_none(impl):

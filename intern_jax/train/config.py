@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intern_jax import sharding as shd
 from intern_jax.checkpoint.run import CheckpointConfig
 from intern_jax.config import ConfigError, ModelConfig, apply_overrides, check_fields, load_config
 
 ZERO_MODES = ("none", "full", "hybrid")
+ZERO_AXES = ("fsdp", "sequence")  # the mesh axes over which ZeRO shards training state
 
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -83,6 +86,10 @@ class ParallelConfig:
     weights, so whatever ``zero`` shards over ``fsdp`` is sharded over ``fsdp`` x ``sequence``
     (as Megatron's distributed optimizer shards over data x context-parallel ranks). ``micro_batches``
     splits each step's batch for gradient accumulation.
+
+    ``rules`` maps the model's logical axes onto mesh axes (``sharding.DEFAULT_RULES`` unless a
+    run says otherwise); ``zero`` then decides which of them shard params and optimizer state
+    (``state_rules``).
     """
 
     data: int = 1
@@ -91,6 +98,7 @@ class ParallelConfig:
     tensor: int = 1
     zero: str = "full"
     micro_batches: int = 1
+    rules: dict = field(default_factory=lambda: dict(shd.DEFAULT_RULES))
 
     def __post_init__(self):
         check_fields(self, "parallel.")
@@ -101,9 +109,24 @@ class ParallelConfig:
         sizes = (self.data, self.fsdp, self.sequence, self.tensor)
         if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
             raise ConfigError(f"parallel mesh sizes {sizes}: each must be >= 1, at most one may be -1")
+        if not isinstance(self.rules, Mapping):
+            raise ConfigError(f"parallel.rules must be a dict of logical axis -> mesh axes, got {self.rules!r}")
+        try:
+            shd.check_rules(self.rules)
+        except ValueError as e:
+            raise ConfigError(f"parallel.rules: {e}") from None
 
     def mesh_shape(self) -> dict[str, int]:
         return {"data": self.data, "fsdp": self.fsdp, "sequence": self.sequence, "tensor": self.tensor}
+
+    def state_rules(self) -> tuple[dict, dict]:
+        """Rules for (params and gradients, optimizer state) under ``zero``: ``full`` shards both as
+        ``rules`` say; ``hybrid`` replicates params over the axes that shard state (``fsdp`` and
+        ``sequence``) and keeps the optimizer state sharded; ``none`` replicates both."""
+        sharded = dict(self.rules)
+        replicated = shd.without_mesh_axes(sharded, ZERO_AXES)
+        modes = {"full": (sharded, sharded), "hybrid": (replicated, sharded), "none": (replicated, replicated)}
+        return modes[self.zero]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from intern_jax.train.config import (
     ParallelConfig,
     TrainConfig,
 )
-from intern_jax.train.loop import make_eval_batches, run_training
+from intern_jax.train.loop import TrainedParams, TrainRun, make_eval_batches, run_training
 from intern_jax.train.step import make_batch_sharding, process_row_block
 
 log = logging.getLogger(__name__)
@@ -129,15 +129,11 @@ def load_finetune_config(path, overrides=()) -> FinetuneConfig:
 
 @dataclasses.dataclass
 class FinetuneSetup:
-    """Everything ``run_training`` needs beyond the configs."""
+    """The model config to train with, what is trained (``run_training``'s ``TrainedParams``) and the
+    base model's tokenizer."""
 
     model_cfg: object
-    trainable: object
-    frozen: object
-    assemble: object
-    abstract_trainable: object
-    trainable_shardings: object
-    trainable_kind: str
+    trained: TrainedParams
     tokenizer: object
 
 
@@ -170,7 +166,7 @@ def prepare(cfg: FinetuneConfig, mesh, base=None, *, progress: bool = False) -> 
         raise ValueError(f"base model {cfg.base_model} carries no tokenizer; SFT data cannot be rendered")
     model_cfg = dataclasses.replace(base.config, dtype=cfg.dtype, remat=cfg.remat)
     if cfg.mode == "full":
-        return FinetuneSetup(model_cfg, base.params, None, None, None, None, "model", base.tokenizer)
+        return FinetuneSetup(model_cfg, TrainedParams(initial=base.params), base.tokenizer)
     frozen = base.params
     if cfg.mode == "qlora":
         frozen = Q.quantize_params(frozen, cfg.quant.kind, targets=cfg.quant.targets, block=cfg.quant.block,
@@ -178,10 +174,9 @@ def prepare(cfg: FinetuneConfig, mesh, base=None, *, progress: bool = False) -> 
     adapters = L.init_lora(frozen, cfg.lora, jax.random.key(cfg.seed))
     replicated = NamedSharding(mesh, PartitionSpec())
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), adapters)
-    return FinetuneSetup(
-        model_cfg, adapters, frozen, make_assemble(cfg.lora), abstract,
-        jax.tree.map(lambda _: replicated, adapters), ADAPTER_KIND, base.tokenizer,
-    )
+    trained = TrainedParams(initial=adapters, frozen=frozen, assemble=make_assemble(cfg.lora), abstract=abstract,
+                            shardings=jax.tree.map(lambda _: replicated, adapters), kind=ADAPTER_KIND)
+    return FinetuneSetup(model_cfg, trained, base.tokenizer)
 
 
 def run_record(cfg: FinetuneConfig, stats=None) -> dict:
@@ -213,7 +208,8 @@ def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress:
     mesh = mesh if mesh is not None else make_mesh(cfg.parallel.mesh_shape())
     setup = prepare(cfg, mesh, base, progress=progress)
     train_cfg = cfg.train_config(setup.model_cfg)
-    index, count = process_row_block(make_batch_sharding(mesh), train_cfg.batch_size, train_cfg.seq_len)
+    index, count = process_row_block(make_batch_sharding(mesh, train_cfg.parallel.rules), train_cfg.batch_size,
+                                     train_cfg.seq_len)
     loaded = load_examples(train_cfg.data, setup.tokenizer, progress=progress)
     data_iterator, stats = make_sft_iterator(
         train_cfg.data, setup.tokenizer, process_index=index, process_count=count, loaded=loaded,
@@ -228,10 +224,8 @@ def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress:
     tokenizer_dir = run_dir / "tokenizer"
     if jax.process_index() == 0 and not tokenizer_dir.exists():
         setup.tokenizer.save(tokenizer_dir)
-    return run_training(
-        setup.model_cfg, train_cfg, run_dir=run_dir, data_iterator=data_iterator, trainable=setup.trainable,
-        frozen=setup.frozen, assemble=setup.assemble, abstract_trainable=setup.abstract_trainable,
-        trainable_shardings=setup.trainable_shardings, mesh=mesh, tokenizer_path=tokenizer_dir,
-        trainable_kind=setup.trainable_kind, run_extra=run_record(cfg, stats), on_step=on_step,
-        compiler_options=compiler_options, eval_batches=eval_batches,
-    )
+    return run_training(TrainRun(
+        setup.model_cfg, train_cfg, run_dir, data_iterator, mesh=mesh, trained=setup.trained,
+        eval_batches=eval_batches, tokenizer_path=tokenizer_dir, run_extra=run_record(cfg, stats), on_step=on_step,
+        compiler_options=compiler_options,
+    ))

@@ -1,11 +1,11 @@
 """The training loop shared by pretraining and fine-tuning: resume, step, log, checkpoint, stop.
 
-``run_training(model_cfg, train_cfg, run_dir=..., data_iterator=...)`` resumes from the
+``run_training(TrainRun(model_cfg, train_cfg, run_dir, data_iterator))`` resumes from the
 latest readable checkpoint in ``run_dir`` (params, optimizer state and the iterator's
-position) or starts from ``trainable`` (default: freshly initialised model params), runs
-to ``train_cfg.steps`` and saves every ``checkpoint.save_every`` steps and at the end.
-Fine-tuning passes ``trainable``, ``frozen``, ``assemble`` and shardings exactly as for
-``make_train_step`` (see step.py), plus ``trainable_kind`` for run.json.
+position) or starts from ``TrainRun.trained.initial`` (default: freshly initialised model params),
+runs to ``train_cfg.steps`` and saves every ``checkpoint.save_every`` steps and at the end.
+Fine-tuning gives ``TrainedParams`` (the adapters, the frozen base, ``assemble`` and shardings,
+exactly as ``make_train_step`` takes them, see step.py, plus ``kind`` for run.json).
 
 ``data_iterator`` yields this process's rows of each global batch (batch contract);
 for checkpoints it must be a grain iterator (get_state / set_state). ``max_bad_steps``
@@ -13,7 +13,7 @@ non-finite steps in a row save the last good state and raise ``TrainingDiverged`
 in the main thread) lets the current step finish, saves a checkpoint and raises
 ``TrainingInterrupted``; a second Ctrl-C stops at once.
 
-``eval_batches`` (``make_eval_batches``: this process's rows of held-out batches, per source)
+``TrainRun.eval_batches`` (``make_eval_batches``: this process's rows of held-out batches, per source)
 are evaluated every ``eval.every`` steps and after the last one; the held-out loss goes into
 that step's metrics record. Evaluation reads the params only: training is the same with or
 without it, and its time is left out of tokens/s.
@@ -46,13 +46,7 @@ from intern_jax.model import internlm2
 from intern_jax.sharding import make_mesh
 from intern_jax.train import metrics as M
 from intern_jax.train.config import TrainConfig, check_run_flags, train_config_to_dict, with_run_flags
-from intern_jax.train.step import (
-    make_batch_sharding,
-    make_train_step,
-    process_row_block,
-    shard_batch,
-    zero_rules,
-)
+from intern_jax.train.step import make_batch_sharding, make_train_step, process_row_block, shard_batch
 from intern_jax.train.synthetic import SyntheticData, make_synthetic_iterator
 
 log = logging.getLogger(__name__)
@@ -90,6 +84,44 @@ class _StopOnInterrupt:
         return False
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainedParams:
+    """What the optimizer trains and what the step only reads. The default trains the model's own
+    params, freshly initialised; fine-tuning gives adapters over a frozen base. ``initial``: the
+    trainable tree to start from (None: ``internlm2.init``); ``frozen``: passed to every step, never
+    updated or saved; ``assemble``, ``abstract`` and ``shardings`` (of the trainable tree) and
+    ``frozen_shardings``: as ``make_train_step`` takes them; ``kind``: run.json's ``trainable``."""
+
+    initial: Any = None
+    frozen: Any = None
+    assemble: Callable | None = None
+    abstract: Any = None
+    shardings: Any = None
+    frozen_shardings: Any = None
+    kind: str = "model"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRun:
+    """One training run as ``run_training`` takes it: the configs, the run directory, this process's
+    ``data_iterator``, the ``mesh`` (None: ``train_cfg.parallel``'s over all devices), what is trained,
+    the held-out ``eval_batches`` (``make_eval_batches``), what run.json records beyond the configs
+    (``tokenizer_path``, ``run_extra``), and the caller's hooks: ``on_step(step, metrics)`` with host
+    metrics after every step (tests, custom logging) and XLA ``compiler_options``."""
+
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    run_dir: Path
+    data_iterator: Any
+    mesh: Any = None
+    trained: TrainedParams = TrainedParams()
+    eval_batches: dict | None = None
+    tokenizer_path: Any = None
+    run_extra: dict | None = None
+    on_step: Callable[[int, dict], Any] | None = None
+    compiler_options: dict | None = None
+
+
 @dataclasses.dataclass
 class TrainResult:
     state: dict
@@ -104,7 +136,8 @@ def make_data_iterator(train_cfg: TrainConfig, model_cfg: ModelConfig, mesh=None
     Each process loads its block of rows of the global batch (``step.process_row_block`` over
     ``mesh``, default the config's); processes that share rows load the same ones."""
     mesh = mesh if mesh is not None else make_mesh(train_cfg.parallel.mesh_shape())
-    index, count = process_row_block(make_batch_sharding(mesh), train_cfg.batch_size, train_cfg.seq_len)
+    index, count = process_row_block(make_batch_sharding(mesh, train_cfg.parallel.rules), train_cfg.batch_size,
+                                     train_cfg.seq_len)
     kw = {"process_index": index, "process_count": count}
     if train_cfg.data is None or isinstance(train_cfg.data, SyntheticData):
         return make_synthetic_iterator(
@@ -136,7 +169,8 @@ def make_eval_batches(train_cfg: TrainConfig, mesh=None, load: Callable | None =
     if not train_cfg.eval.every:
         return None
     mesh = mesh if mesh is not None else make_mesh(train_cfg.parallel.mesh_shape())
-    index, count = process_row_block(make_batch_sharding(mesh), train_cfg.batch_size, train_cfg.seq_len)
+    index, count = process_row_block(make_batch_sharding(mesh, train_cfg.parallel.rules), train_cfg.batch_size,
+                                     train_cfg.seq_len)
     batches = load(index, count) if load is not None else _corpus_eval_batches(train_cfg, index, count)
     names = sorted(batches)
     counts = np.array([len(batches[name]) for name in names], np.int64)
@@ -191,67 +225,44 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
-def run_training(
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    *,
-    run_dir,
-    data_iterator,
-    trainable=None,
-    frozen=None,
-    assemble: Callable | None = None,
-    abstract_trainable=None,
-    trainable_shardings=None,
-    frozen_shardings=None,
-    mesh=None,
-    tokenizer_path=None,
-    trainable_kind: str = "model",
-    run_extra: dict | None = None,
-    on_step: Callable[[int, dict], Any] | None = None,
-    compiler_options: dict | None = None,
-    eval_batches: dict | None = None,
-) -> TrainResult:
-    """Train to ``train_cfg.steps``; see the module docstring. ``on_step(step, metrics)`` is
-    called with host metrics after every step (tests, custom logging)."""
-    run_dir = Path(run_dir).absolute()
-    mesh = mesh if mesh is not None else make_mesh(train_cfg.parallel.mesh_shape())
+def run_training(run: TrainRun) -> TrainResult:
+    """Train to ``run.train_cfg.steps``; see the module docstring."""
+    model_cfg, train_cfg, trained = run.model_cfg, run.train_cfg, run.trained
+    run = dataclasses.replace(run, run_dir=Path(run.run_dir).absolute(),
+                              mesh=run.mesh if run.mesh is not None else make_mesh(train_cfg.parallel.mesh_shape()))
+    jit_kw = {"compiler_options": run.compiler_options} if run.compiler_options else {}
     ts = make_train_step(
-        model_cfg, train_cfg, mesh, assemble=assemble, abstract_trainable=abstract_trainable,
-        trainable_shardings=trainable_shardings, frozen_shardings=frozen_shardings,
-        compiler_options=compiler_options,
+        model_cfg, train_cfg, run.mesh, assemble=trained.assemble, abstract_trainable=trained.abstract,
+        trainable_shardings=trained.shardings, frozen_shardings=trained.frozen_shardings, **jit_kw,
     )
-    ckpt_cfg = train_cfg.checkpoint
-    ckpt = Checkpointer(run_dir, ckpt_cfg)
-    primary = jax.process_index() == 0
+    ckpt = Checkpointer(run.run_dir, train_cfg.checkpoint)
     try:
-        restored = ckpt.restore_latest(ts.abstract_state(), data_iterator)
+        restored = ckpt.restore_latest(ts.abstract_state(), run.data_iterator)
         if restored is not None:
             start, state = restored
-            log.info("resumed from step %d in %s", start, run_dir)
+            log.info("resumed from step %d in %s", start, run.run_dir)
         else:
-            start = 0
+            start, trainable = 0, trained.initial
             if trainable is None:
-                rules = zero_rules(train_cfg.parallel.zero)[0]
-                init = functools.partial(internlm2.init, model_cfg, mesh=mesh, rules=rules)
-                trainable = jax.jit(init, **({"compiler_options": compiler_options} if compiler_options else {}))(
-                    jax.random.key(train_cfg.seed)
-                )
+                rules = train_cfg.parallel.state_rules()[0]
+                init = functools.partial(internlm2.init, model_cfg, mesh=run.mesh, rules=rules)
+                trainable = jax.jit(init, **jit_kw)(jax.random.key(train_cfg.seed))
             state = ts.init_state(jax.device_put(trainable, ts.state_shardings["params"]))
-        write_run_json(run_dir, model_cfg, train_config_to_dict(train_cfg), tokenizer_path, trainable=trainable_kind,
-                       extra=run_extra)
-        writer = M.MetricsWriter(
-            run_dir, tensorboard=train_cfg.logging.tensorboard, resume_step=start, enabled=primary
-        )
-        result = _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_iterator, on_step, primary,
-                       eval_batches)
+        write_run_json(run.run_dir, model_cfg, train_config_to_dict(train_cfg), run.tokenizer_path,
+                       trainable=trained.kind, extra=run.run_extra)
+        writer = M.MetricsWriter(run.run_dir, tensorboard=train_cfg.logging.tensorboard, resume_step=start,
+                                 enabled=jax.process_index() == 0)
+        result = _loop(run, ts, ckpt, writer, state, start)
         result.resumed_from = start if restored is not None else None
         return result
     finally:
         ckpt.close()
 
 
-def _loop(model_cfg, train_cfg, ts, ckpt, writer, state, start, frozen, data_iterator, on_step, primary,
-          eval_batches=None):
+def _loop(run: TrainRun, ts, ckpt, writer, state, start: int) -> TrainResult:
+    """Steps ``start + 1 .. train_cfg.steps`` from ``state``: log, evaluate, checkpoint, stop."""
+    model_cfg, train_cfg, frozen, data_iterator = run.model_cfg, run.train_cfg, run.trained.frozen, run.data_iterator
+    eval_batches, on_step, primary = run.eval_batches, run.on_step, jax.process_index() == 0
     total, every = train_cfg.steps, train_cfg.checkpoint.save_every
     eval_every = train_cfg.eval.every if eval_batches else 0
     tokens_per_step = train_cfg.batch_size * train_cfg.seq_len

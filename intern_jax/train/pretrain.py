@@ -17,7 +17,7 @@ from intern_jax.data.config import DataConfig
 from intern_jax.sharding import make_mesh
 from intern_jax.tokenizer import load_tokenizer
 from intern_jax.train.config import TrainConfig, load_train_config
-from intern_jax.train.loop import TrainResult, make_data_iterator, make_eval_batches, run_training
+from intern_jax.train.loop import TrainResult, TrainRun, make_data_iterator, make_eval_batches, run_training
 
 
 def prepare_run(config_path, overrides=()) -> TrainConfig:
@@ -123,11 +123,11 @@ def pretrain(cfg: TrainConfig, run_dir) -> TrainResult:
     copy, so the run directory can be moved and still loads)."""
     model = cfg.model_config
     mesh = make_mesh(cfg.parallel.mesh_shape())
-    return run_training(
-        model, cfg, run_dir=run_dir, data_iterator=make_data_iterator(cfg, model, mesh), mesh=mesh,
+    return run_training(TrainRun(
+        model, cfg, run_dir, make_data_iterator(cfg, model, mesh), mesh=mesh,
         tokenizer_path=copy_tokenizer(cfg.tokenizer, run_dir) if cfg.tokenizer else None,
         eval_batches=make_eval_batches(cfg, mesh),
-    )
+    ))
 
 
 def copy_tokenizer(path, run_dir) -> Path:

@@ -65,19 +65,6 @@ from intern_jax.train.loss import OutputHead, chunked_lm_loss_sums
 from intern_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 
-def zero_rules(zero: str) -> tuple[dict, dict]:
-    """Logical-axis rules for (params and grads, optimizer state) under a ``parallel.zero`` mode."""
-    sharded = dict(shd.DEFAULT_RULES)
-    replicated = {**sharded, "embed": None}
-    if zero == "full":
-        return sharded, sharded
-    if zero == "hybrid":
-        return replicated, sharded
-    if zero == "none":
-        return replicated, replicated
-    raise ConfigError(f"parallel.zero={zero!r}; use none, full or hybrid")
-
-
 def _identity_assemble(trainable, frozen):
     return trainable
 
@@ -131,6 +118,98 @@ class TrainStep:
         return {name: leaf(name) for name in CONTRACT_KEYS}
 
 
+# ---------------------------------------------------------------------------
+# The pieces of a step, in the order a step runs them
+
+
+def make_loss_sums(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh, assemble: Callable):
+    """``loss_sums(trainable, frozen, batch, key, z_loss) -> (summed CE, summed z-loss, target count)``:
+    the model's params assembled, its hidden states under ``mesh``'s activation layout, and the output
+    head fused with the cross-entropy in chunks. ``key`` None: no dropout."""
+    takes_rng = "rng" in inspect.signature(assemble).parameters
+
+    def loss_sums(trainable, frozen, batch, key, z_loss):
+        params = assemble(trainable, frozen, rng=key) if takes_rng else assemble(trainable, frozen)
+        # the model's activation layout: the mesh and the run's logical-axis rules
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), shd.use_rules(train_cfg.parallel.rules):
+            hidden, _ = internlm2.hidden_states(params, batch, model_cfg)
+            head = OutputHead(*internlm2.head_weight(params, model_cfg))
+            return chunked_lm_loss_sums(hidden, head, batch, z_loss, train_cfg.loss_chunk_tokens,
+                                        train_cfg.loss_chunk_vocab)
+
+    return loss_sums
+
+
+def split_micro_batches(batch, k: int, sharding: NamedSharding):
+    """``[batch, ...]`` -> ``[k, batch / k, ...]``: rows j*k + i form micro-batch i, so every device
+    keeps its own rows (``sharding``: ``[k, batch, seq]`` split as the batch is)."""
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+    return jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: sharding, micro))
+
+
+def accumulate_gradients(grads_of: Callable, params, batch, key, k: int, micro_sharding, grad_shardings):
+    """Summed float32 gradients and ``(ce, z, count)`` sums of ``grads_of(params, batch, key)`` over ``k``
+    micro-batches run under ``lax.scan`` (micro-batch ``i`` gets ``fold_in(key, i)``); one call when k == 1."""
+    if k == 1:
+        return grads_of(params, batch, key)
+
+    def add(carry, xs):
+        g_sum, sums = carry
+        mb, i = xs
+        g, aux = grads_of(params, mb, jax.random.fold_in(key, i))
+        return (jax.tree.map(jnp.add, g_sum, g), jax.tree.map(jnp.add, sums, aux)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
+    init = (zeros, (jnp.zeros((), jnp.float32),) * 3)
+    (grads, sums), _ = jax.lax.scan(add, init, (split_micro_batches(batch, k, micro_sharding), jnp.arange(k)))
+    return grads, sums
+
+
+def update_if_finite(optimizer: optax.GradientTransformation, grads, opt_state, params, finite):
+    """``(params, opt_state)`` after one optimizer update, or unchanged when ``finite`` is False.
+
+    A conditional, not a select of new and old values: the skipped branch forwards its operands, so
+    params and optimizer state are updated in place, without copies of the old values."""
+    def apply(operands):
+        grads, opt_state, params = operands
+        updates, new_opt = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_opt
+
+    return jax.lax.cond(finite, apply, lambda ops: (ops[2], ops[1]), (grads, opt_state, params))
+
+
+def _init_state(trainable, optimizer, seed: int) -> dict:
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "updates": jnp.zeros((), jnp.int32),
+        "params": trainable,
+        "opt_state": optimizer.init(trainable),
+        "rng": jax.random.key_data(jax.random.key(seed)),
+        "bad_steps": jnp.zeros((), jnp.int32),
+        "skipped": jnp.zeros((), jnp.int32),
+    }
+
+
+def _check_batch_fits(train_cfg: TrainConfig, mesh, batch_spec) -> None:
+    k = train_cfg.parallel.micro_batches
+    batch_ways, seq_ways = (_devices_along(mesh, entry) for entry in batch_spec)
+    if train_cfg.batch_size % (k * batch_ways):
+        raise ConfigError(
+            f"batch_size {train_cfg.batch_size} must be divisible by micro_batches ({k}) x the "
+            f"data x fsdp devices ({batch_ways}); change batch_size or the mesh"
+        )
+    if train_cfg.seq_len % seq_ways:
+        raise ConfigError(
+            f"seq_len {train_cfg.seq_len} must be divisible by the sequence devices ({seq_ways}); "
+            "change seq_len or parallel.sequence"
+        )
+
+
+# ---------------------------------------------------------------------------
+# The step
+
+
 def make_train_step(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -149,80 +228,35 @@ def make_train_step(
     ``abstract_trainable`` (ShapeDtypeStructs) defaults to the model's params; give it with
     ``trainable_shardings`` when the trainable tree is your own (e.g. adapters).
     """
-    param_rules, opt_rules = zero_rules(train_cfg.parallel.zero)
+    # where everything lives
+    param_rules, opt_rules = train_cfg.parallel.state_rules()
     custom = abstract_trainable is not None
+    if custom and trainable_shardings is None:
+        raise ValueError("a custom trainable tree needs its trainable_shardings")
     if not custom:
         abstract_trainable = internlm2.abstract(model_cfg)
-    if trainable_shardings is None:
-        if custom:
-            raise ValueError("a custom trainable tree needs its trainable_shardings")
-        trainable_shardings = internlm2.param_shardings(model_cfg, mesh, param_rules)
-    if opt_state_shardings is None:
-        opt_state_shardings = (
-            trainable_shardings if custom else internlm2.param_shardings(model_cfg, mesh, opt_rules)
-        )
-    assemble = assemble or _identity_assemble
-    assemble_takes_rng = "rng" in inspect.signature(assemble).parameters
+        if trainable_shardings is None:
+            trainable_shardings = internlm2.param_shardings(model_cfg, mesh, param_rules)
+    if opt_state_shardings is None:  # gradients are reduced onto the optimizer state's layout
+        opt_state_shardings = trainable_shardings if custom else internlm2.param_shardings(model_cfg, mesh, opt_rules)
     replicated = _replicated(mesh)
-
+    frozen_shardings = replicated if frozen_shardings is None else frozen_shardings
+    batch_sharding = make_batch_sharding(mesh, train_cfg.parallel.rules)
+    _check_batch_fits(train_cfg, mesh, batch_sharding.spec)
     k = train_cfg.parallel.micro_batches
-    batch_sharding = make_batch_sharding(mesh)
-    batch_spec = batch_sharding.spec
-    batch_ways, seq_ways = (_devices_along(mesh, entry) for entry in batch_spec)
-    if train_cfg.batch_size % (k * batch_ways):
-        raise ConfigError(
-            f"batch_size {train_cfg.batch_size} must be divisible by micro_batches ({k}) x the "
-            f"data x fsdp devices ({batch_ways}); change batch_size or the mesh"
-        )
-    if train_cfg.seq_len % seq_ways:
-        raise ConfigError(
-            f"seq_len {train_cfg.seq_len} must be divisible by the sequence devices ({seq_ways}); "
-            "change seq_len or parallel.sequence"
-        )
-    micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_spec))
+    micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_sharding.spec))
 
     optimizer = make_optimizer(train_cfg.optimizer, total_steps or train_cfg.steps)
     schedule = learning_rate_schedule(train_cfg.optimizer, total_steps or train_cfg.steps)
-    z_coef = train_cfg.optimizer.z_loss
-    param_treedef = jax.tree.structure(abstract_trainable)
-
     opt_abstract = jax.eval_shape(optimizer.init, abstract_trainable)
-    opt_shardings = _map_param_like(opt_abstract, param_treedef, opt_state_shardings, replicated)
     state_shardings = {
-        "step": replicated,
-        "updates": replicated,
+        "step": replicated, "updates": replicated, "rng": replicated, "bad_steps": replicated, "skipped": replicated,
         "params": trainable_shardings,
-        "opt_state": opt_shardings,
-        "rng": replicated,
-        "bad_steps": replicated,
-        "skipped": replicated,
+        "opt_state": _map_param_like(opt_abstract, jax.tree.structure(abstract_trainable), opt_state_shardings,
+                                     replicated),
     }
-
-    def init_state(trainable):
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "updates": jnp.zeros((), jnp.int32),
-            "params": trainable,
-            "opt_state": optimizer.init(trainable),
-            "rng": jax.random.key_data(jax.random.key(train_cfg.seed)),
-            "bad_steps": jnp.zeros((), jnp.int32),
-            "skipped": jnp.zeros((), jnp.int32),
-        }
-
-    def loss_sums(trainable, frozen, batch, key, z):
-        """(summed cross-entropy, summed z-loss, target count); ``key`` None: no dropout."""
-        params = assemble(trainable, frozen, rng=key) if assemble_takes_rng else assemble(trainable, frozen)
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's activation layout
-            hidden, _ = internlm2.hidden_states(params, batch, model_cfg)
-            head = OutputHead(*internlm2.head_weight(params, model_cfg))
-            return chunked_lm_loss_sums(hidden, head, batch, z, train_cfg.loss_chunk_tokens,
-                                        train_cfg.loss_chunk_vocab)
-
-    def split_micro(batch):
-        """``[batch, ...]`` -> ``[k, batch / k, ...]``: rows j*k + i form micro-batch i, so every
-        device keeps its own rows."""
-        micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
-        return jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sharding, micro))
+    z_coef = train_cfg.optimizer.z_loss
+    loss_sums = make_loss_sums(model_cfg, train_cfg, mesh, assemble or _identity_assemble)
 
     def grads_of(trainable, frozen, batch, key):
         def loss_of(tr):
@@ -237,38 +271,17 @@ def make_train_step(
         batch = {name: batch[name] for name in CONTRACT_KEYS}
         params = state["params"]
         next_rng, step_key = jax.random.split(jax.random.wrap_key_data(state["rng"]))
-        if k == 1:
-            grads, (ce, z, count) = grads_of(params, frozen, batch, step_key)
-        else:
-            micro = split_micro(batch)
-
-            def accumulate(carry, xs):
-                g_sum, sums = carry
-                mb, i = xs
-                g, aux = grads_of(params, frozen, mb, jax.random.fold_in(step_key, i))
-                return (jax.tree.map(jnp.add, g_sum, g), jax.tree.map(jnp.add, sums, aux)), None
-
-            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-            zeros = jax.lax.with_sharding_constraint(zeros, opt_state_shardings)
-            init = (zeros, (jnp.zeros((), jnp.float32),) * 3)
-            (grads, (ce, z, count)), _ = jax.lax.scan(accumulate, init, (micro, jnp.arange(k)))
-
+        # loss and gradients, summed over micro-batches, then divided by the whole batch's target count
+        grads, (ce, z, count) = accumulate_gradients(lambda p, b, key: grads_of(p, frozen, b, key), params, batch,
+                                                     step_key, k, micro_sharding, opt_state_shardings)
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         loss = ce / denom
         grad_norm = optax.tree.norm(grads)
+        # a non-finite loss or gradient skips the update
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-
-        def apply(operands):
-            grads, opt_state, params = operands
-            updates, new_opt = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), new_opt
-
-        # a conditional, not a select of new and old values: the skipped branch forwards its operands,
-        # so params and optimizer state are updated in place, without copies of the old values
-        new_params, new_opt = jax.lax.cond(finite, apply, lambda ops: (ops[2], ops[1]),
-                                           (grads, state["opt_state"], params))
+        new_params, new_opt = update_if_finite(optimizer, grads, state["opt_state"], params, finite)
         bad = jnp.where(finite, 0, state["bad_steps"] + 1)
         new_state = {
             "step": state["step"] + 1,
@@ -279,15 +292,8 @@ def make_train_step(
             "bad_steps": bad,
             "skipped": state["skipped"] + (~finite).astype(jnp.int32),
         }
-        metrics = {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "lr": schedule(state["updates"]),
-            "tokens": count,
-            "finite": finite,
-            "bad_steps": bad,
-            "skipped": new_state["skipped"],
-        }
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["updates"]), "tokens": count,
+                   "finite": finite, "bad_steps": bad, "skipped": new_state["skipped"]}
         if z_coef:
             metrics["z_loss"] = z / denom
         return new_state, metrics
@@ -297,34 +303,23 @@ def make_train_step(
         if k == 1:
             ce, _, count = loss_sums(trainable, frozen, batch, None, 0.0)
         else:
-            def accumulate(carry, mb):
+            def add(carry, mb):
                 ce, _, count = loss_sums(trainable, frozen, mb, None, 0.0)
                 return (carry[0] + ce, carry[1] + count), None
 
             zero = jnp.zeros((), jnp.float32)
-            (ce, count), _ = jax.lax.scan(accumulate, (zero, zero), split_micro(batch))
+            (ce, count), _ = jax.lax.scan(add, (zero, zero), split_micro_batches(batch, k, micro_sharding))
         return {"loss_sum": ce, "tokens": count}
 
-    if frozen_shardings is None:
-        frozen_shardings = replicated
     batch_shardings = {name: batch_sharding for name in CONTRACT_KEYS}
     jit_kw = {"compiler_options": compiler_options} if compiler_options else {}
-    step_jit = jax.jit(
-        step,
-        in_shardings=(state_shardings, frozen_shardings, batch_shardings),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=(0,),
-        **jit_kw,
-    )
-    init_jit = jax.jit(init_state, in_shardings=(trainable_shardings,), out_shardings=state_shardings, **jit_kw)
-    eval_jit = jax.jit(
-        evaluate, in_shardings=(trainable_shardings, frozen_shardings, batch_shardings), out_shardings=replicated,
-        **jit_kw,
-    )
     return TrainStep(
-        step=step_jit,
-        init_state=init_jit,
-        evaluate=eval_jit,
+        step=jax.jit(step, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+                     out_shardings=(state_shardings, replicated), donate_argnums=(0,), **jit_kw),
+        init_state=jax.jit(lambda trainable: _init_state(trainable, optimizer, train_cfg.seed),
+                           in_shardings=(trainable_shardings,), out_shardings=state_shardings, **jit_kw),
+        evaluate=jax.jit(evaluate, in_shardings=(trainable_shardings, frozen_shardings, batch_shardings),
+                         out_shardings=replicated, **jit_kw),
         state_shardings=state_shardings,
         frozen_shardings=frozen_shardings,
         batch_sharding=batch_sharding,
@@ -335,9 +330,10 @@ def make_train_step(
     )
 
 
-def make_batch_sharding(mesh) -> NamedSharding:
-    """``[batch, seq]`` arrays: rows over ``data`` x ``fsdp``, positions over ``sequence``."""
-    return NamedSharding(mesh, shd.logical_to_spec(("batch", "seq")))
+def make_batch_sharding(mesh, rules=None) -> NamedSharding:
+    """``[batch, seq]`` arrays: rows over ``data`` x ``fsdp``, positions over ``sequence`` (by default;
+    ``rules``: the run's, ``ParallelConfig.rules``)."""
+    return NamedSharding(mesh, shd.logical_to_spec(("batch", "seq"), rules))
 
 
 def process_row_block(sharding: NamedSharding, batch_size: int, seq_len: int) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """Properties of the pure-functional model: caching, packing, padding, depth, remat, sharding."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -120,6 +121,17 @@ def test_remat_policies_give_identical_gradients(remat):
     g1 = grad(params, dataclasses.replace(cfg, remat=remat))
     for x, y in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("remat", ["none", "dots"])
+def test_only_the_remat_policy_puts_the_layers_under_checkpoint(remat):
+    """Nothing in the layers wraps itself in jax.checkpoint: with remat="none" the backward pass
+    recomputes nothing; "dots" puts each layer under one checkpoint with its policy."""
+    cfg = tiny(remat=remat)
+    jaxpr = str(jax.make_jaxpr(lambda p: internlm2.forward(p, {"tokens": tokens(cfg, (1, 5))}, cfg)[0])(
+        random_params(cfg)))
+    checkpoints = re.findall(r"= (?:remat2|checkpoint)\[", jaxpr)  # jax.checkpoint's primitive (named remat2)
+    assert len(checkpoints) == (remat != "none")
 
 
 def test_full_remat_in_bf16_with_a_frozen_part_matches_no_remat():

@@ -25,7 +25,14 @@ from intern_jax.train.config import (
     ParallelConfig,
     TrainConfig,
 )
-from intern_jax.train.loop import TrainingDiverged, make_data_iterator, make_eval_batches, run_training
+from intern_jax.train.loop import (
+    TrainedParams,
+    TrainingDiverged,
+    TrainRun,
+    make_data_iterator,
+    make_eval_batches,
+    run_training,
+)
 from intern_jax.train.metrics import read_metrics
 from intern_jax.train.synthetic import SyntheticData, synthetic_batch
 
@@ -58,13 +65,12 @@ def _cfg(data=None, *, steps, data_seed=None, save_every=0, lr=3e-3, keep_last=3
 def _train(cfg, run_dir, mesh=None, iterator=None, init=False, **kw):
     """Train in-process; random weights from numpy unless ``init`` (the loop's own initialiser)."""
     losses = {}
-    if not init:
-        kw["trainable"] = random_params(cfg.model, seed=cfg.seed)
-    result = run_training(
-        cfg.model, cfg, run_dir=run_dir, data_iterator=iterator or make_data_iterator(cfg, cfg.model),
-        mesh=mesh if mesh is not None else make_mesh({"fsdp": 1}, jax.devices()[:1]),
+    trained = TrainedParams() if init else TrainedParams(initial=random_params(cfg.model, seed=cfg.seed))
+    result = run_training(TrainRun(
+        cfg.model, cfg, run_dir, iterator or make_data_iterator(cfg, cfg.model),
+        mesh=mesh if mesh is not None else make_mesh({"fsdp": 1}, jax.devices()[:1]), trained=trained,
         on_step=lambda step, m: losses.__setitem__(step, m["loss"]), compiler_options=FAST, **kw,
-    )
+    ))
     return result, losses
 
 

@@ -4,6 +4,12 @@ Model code names logical axes (``embed``, ``heads``, ``mlp`` ...); this module t
 them into ``PartitionSpec``s for a mesh with axes ``("data", "fsdp", "sequence", "tensor")``.
 Changing parallelism means changing the mesh shape or the rules, never model code.
 
+The rules are a value: a run's config carries them (``ParallelConfig.rules``, default
+``DEFAULT_RULES``) and the code that traces the model binds them with ``use_rules`` beside the
+abstract mesh (the train step does both), so ``constrain`` / ``is_split`` in model code read the
+run's rules without a parameter threaded through the layers. ``context_parallel`` runs a kernel per
+device of a mesh (``shard_map``) for attention over a split sequence.
+
 The axes are ordered outermost first: neighbouring devices (one host, one NVLink domain) share
 the inner axes, so ``tensor`` (a collective in every matmul) and ``sequence`` (the keys and
 values of every layer) get the fastest links.
@@ -11,7 +17,10 @@ values of every layer) get the fastest links.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+import types
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -20,8 +29,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
-# logical axis -> mesh axis (or tuple of mesh axes, or None for replicated)
-DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
+# logical axis -> mesh axis (or tuple of mesh axes, or None for replicated); every logical axis
+# that model code names is listed, so a rules table naming any other is a typo
+DEFAULT_RULES: Mapping[str, str | tuple[str, ...] | None] = types.MappingProxyType({
     "batch": ("data", "fsdp"),
     "seq": "sequence",
     "vocab": "tensor",
@@ -33,8 +43,48 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     "head_dim": None,
     "mlp": "tensor",
     "layers": None,
-    "cache_seq": None,
-}
+})
+
+_ACTIVE_RULES: contextvars.ContextVar[Mapping | None] = contextvars.ContextVar("logical_axis_rules", default=None)
+
+
+def check_rules(rules: Mapping) -> None:
+    """A ValueError naming the entry when ``rules`` names an unknown logical axis or mesh axis."""
+    for name, target in rules.items():
+        if name not in DEFAULT_RULES:
+            raise ValueError(f"sharding rule for unknown logical axis {name!r}; logical axes: "
+                             f"{', '.join(DEFAULT_RULES)}")
+        targets = () if target is None else (target,) if isinstance(target, str) else target
+        if not isinstance(targets, (tuple, list)) or any(t not in MESH_AXES for t in targets):
+            raise ValueError(f"sharding rule {name!r} -> {target!r}: use None, a mesh axis or a tuple of them "
+                             f"(mesh axes: {', '.join(MESH_AXES)})")
+
+
+@contextlib.contextmanager
+def use_rules(rules: Mapping | None):
+    """Bind ``rules`` (None: ``DEFAULT_RULES``) for ``constrain``, ``is_split`` and ``logical_to_spec``
+    called without rules inside the block (what the model reads while a caller traces it)."""
+    token = _ACTIVE_RULES.set(rules)
+    try:
+        yield
+    finally:
+        _ACTIVE_RULES.reset(token)
+
+
+def current_rules() -> Mapping:
+    """The rules bound by ``use_rules``, else ``DEFAULT_RULES``."""
+    rules = _ACTIVE_RULES.get()
+    return DEFAULT_RULES if rules is None else rules
+
+
+def without_mesh_axes(rules: Mapping, axes: Sequence[str]) -> dict:
+    """``rules`` with the mesh ``axes`` taken out of every entry (what those axes split is replicated)."""
+    out = {}
+    for name, target in rules.items():
+        targets = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+        kept = tuple(t for t in targets if t not in axes)
+        out[name] = None if not kept else kept[0] if len(kept) == 1 else kept
+    return out
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence | None = None) -> Mesh:
@@ -71,7 +121,7 @@ def logical_to_spec(axes: Sequence[str | None], rules: Mapping | None = None) ->
     A mesh axis is used at most once per array: a later dimension that maps to an
     already-used mesh axis stays replicated.
     """
-    rules = DEFAULT_RULES if rules is None else rules
+    rules = current_rules() if rules is None else rules
     used: set[str] = set()
     out = []
     for name in axes:
@@ -126,6 +176,6 @@ def is_split(name: str, rules=None) -> bool:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return False
-    target = (DEFAULT_RULES if rules is None else rules).get(name)
+    target = (current_rules() if rules is None else rules).get(name)
     targets = () if target is None else (target,) if isinstance(target, str) else tuple(target)
     return math.prod(mesh.shape.get(t, 1) for t in targets) > 1
