@@ -259,3 +259,29 @@ def test_internlm2_conversation_with_a_tool_result_renders_in_its_format(internl
                     '<|im_start|>assistant\n<|action_start|><|plugin|>\n{"name": "get_weather", "parameters": '
                     '{"unit": "celsius", "days": 2}}<|action_end|>\n<|im_end|>\n'
                     "<|im_start|>environment name=<|plugin|>\n22 C<|im_end|>\n<|im_start|>assistant\n")
+
+
+# -- a streamed reply split into content and tool calls ----------------------------------------------
+
+
+def test_tool_call_stream_holds_back_only_a_possible_call_start():
+    from intern_jax.inference.tool_calls import HermesProtocol
+    from intern_jax.serve.tools import ToolCallStream
+
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"unit": "celsius", "days": 2}}\n</tool_call>'
+    reply = "Let me check. " + call
+    for cut in range(1, len(reply)):  # every split of the reply into two streamed pieces
+        stream = ToolCallStream(HermesProtocol(), ["get_weather"])
+        first = stream.push(reply[:cut])
+        assert "Let me check. ".startswith(first), cut  # no piece of the call is ever sent as content
+        held = reply[len(first): cut]  # only what may start a call (or is one) is held back
+        assert held == "" or "<tool_call>".startswith(held) or held.startswith("<tool_call>"), cut
+        sent = first + stream.push(reply[cut:])
+        rest, calls = stream.finish()
+        assert (sent, rest, len(calls)) == ("Let me check. ", "", 1), cut
+        assert json.loads(calls[0]["function"]["arguments"]) == {"unit": "celsius", "days": 2}
+    # text that only looks like the start of a call is sent at the end, whole
+    stream = ToolCallStream(HermesProtocol(), ["get_weather"])
+    sent = stream.push("a < b and <tool") + stream.push("box> is not a call")
+    rest, calls = stream.finish()
+    assert sent + rest == "a < b and <toolbox> is not a call" and calls == []
