@@ -25,19 +25,19 @@ MODEL, KEY = "smollm2", "test-key"  # as in conftest.py
 SYSTEM = ("You are a careful assistant for a museum of natural history. Answer in one short sentence and "
           "never invent opening hours or prices. ") * 2
 TOPICS = ["whales", "volcanoes", "the moon", "bees", "glaciers", "fossils", "comets", "rivers"]
-REQUESTS, DISTINCT, HANG_UPS = 64, 16, 16
+REQUESTS, DISTINCT, HANG_UPS = 64, 8, 16
 LIMIT = 300  # seconds for the whole load, generous for a loaded 2-core machine that compiles new batch shapes
 
 
 def _conversations() -> list[tuple[list[dict], int]]:
     """DISTINCT (messages, max_tokens) pairs: short and long prompts (some sharing a long system prompt),
-    answers of 4 to 12 tokens."""
+    answers of 4 to 11 tokens; each is sent REQUESTS / DISTINCT times."""
     out = []
     for i in range(DISTINCT):
         topic = TOPICS[i % len(TOPICS)]
         user = {"role": "user", "content": f"Tell me one fact about {topic}." + " Please." * (i % 5)}
         messages = [{"role": "system", "content": SYSTEM}, user] if i % 3 == 0 else [user]
-        out.append((messages, 4 + i % 9))
+        out.append((messages, 4 + i))
     return out
 
 
