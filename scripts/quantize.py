@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-samples", type=int, default=32, help="calibration windows")
     ap.add_argument("--calib-seq-len", type=int, default=256, help="tokens per calibration window")
     ap.add_argument("--head", action="store_true", help="also pack the output head")
+    ap.add_argument("--awq-wo", action="store_true",
+                    help="AWQ: search wo's scale too (folded into the value columns; default: RTN for wo)")
     cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
     if args.bits not in (4, 8):
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     model = load_model(args.model)
     packed, report = quantized.quantize_model(
         model, method=args.method, bits=args.bits, group_size=args.group_size, calib_text=calib_text,
-        calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, head=args.head)
+        calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, head=args.head, awq_wo=args.awq_wo)
     quantized.save_quantized(output, packed.config, packed.params, packed.tokenizer, method=args.method)
     report.update(output=str(output), seconds=round(time.perf_counter() - t0, 1))
     print(json.dumps(report))

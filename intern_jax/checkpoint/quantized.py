@@ -187,7 +187,8 @@ def token_windows(tokenizer, text: str, samples: int, seq_len: int):
 
 
 def quantize_model(model, *, method: str, bits: int, group_size: int, calib_text: str | None = None,
-                   calib_samples: int = 32, calib_seq_len: int = 256, head: bool = False, batch_size: int = 8):
+                   calib_samples: int = 32, calib_seq_len: int = 256, head: bool = False, batch_size: int = 8,
+                   awq_wo: bool = False):
     """``(LoadedModel with packed params, report dict)`` for a loaded float model (``load_model``)."""
     from intern_jax.checkpoint.loaded import LoadedModel  # noqa: PLC0415
     from intern_jax.model import awq  # noqa: PLC0415
@@ -208,8 +209,8 @@ def quantize_model(model, *, method: str, bits: int, group_size: int, calib_text
         windows = token_windows(model.tokenizer, calib_text if calib_text is not None else builtin_text(),
                                 calib_samples, calib_seq_len)
         batches = [windows[i: i + batch_size] for i in range(0, len(windows), batch_size)]
-        packed, cfg, awq_report = awq.quantize_awq(params, cfg, batches, bits, group_size, head=head)
-        report.update(calib_windows=len(windows), calib_seq_len=calib_seq_len,
+        packed, cfg, awq_report = awq.quantize_awq(params, cfg, batches, bits, group_size, head=head, scale_wo=awq_wo)
+        report.update(calib_windows=len(windows), calib_seq_len=calib_seq_len, awq_wo=awq_wo,
                       awq_error_vs_rtn=awq_report)
     report["param_bytes_after"] = q.param_bytes(packed)
     return LoadedModel(cfg, packed, model.tokenizer), report

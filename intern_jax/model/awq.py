@@ -7,9 +7,10 @@ activation), a grid over ``alpha`` in ``s = mean|x| ** alpha`` (normalised by ``
 picks the ``s`` whose quantized product is closest to the float one on calibration activations:
 the concatenated q/k/v outputs, the whole MLP output for ``w1``/``w3``, ``w2``'s output. ``s`` is
 folded exactly into the preceding norm (or into ``w3``'s output columns for ``w2``), so the float
-model is unchanged and nothing extra runs at inference. For ``wo`` the scale is shared by the query
-heads of one kv head (its input channel ``(h, d)`` comes from value channel ``(h // G, d)``) and folded
-into the value columns of ``wqkv``; AutoAWQ skips ``wo`` under grouped-query attention instead.
+model is unchanged and nothing extra runs at inference. ``wo`` keeps plain RTN by default, as AutoAWQ
+does under grouped-query attention; with ``scale_wo`` its scale is shared by the query heads of one kv
+head (input channel ``(h, d)`` comes from value channel ``(h // G, d)``) and folded into the value
+columns of ``wqkv`` (on SmolLM2 at W4 g64 that raised held-out perplexity: docs/benchmarks.md).
 AutoAWQ's additional clipping search is not done. Calibration activations come from one eager
 forward of the float model with recording weights (the model's own code, no second forward).
 """
@@ -129,7 +130,7 @@ def search_mlp_scale(w1, w3, w2, x, mean_abs, bits: int, group_size: int):
     return _search(loss, mean_abs)
 
 
-def awq_params(params, cfg: ModelConfig, activations, bits: int, group_size: int):
+def awq_params(params, cfg: ModelConfig, activations, bits: int, group_size: int, *, scale_wo: bool = False):
     """Float params with the AWQ scales searched on ``activations`` (``collect_activations``) folded in:
     the same function as ``params``, ready for ``quantized.quantize_params``. Also returns, per layer, the
     mean-squared output error at the chosen scale relative to RTN's (alpha = 0), for reporting."""
@@ -145,11 +146,13 @@ def awq_params(params, cfg: ModelConfig, activations, bits: int, group_size: int
         E = cfg.hidden_size
         mean, x = (jnp.asarray(a) for a in act["attn"])
         s_attn, l_attn = lin([f32("wqkv")], x, mean, bits, group_size)
-        mean, x = (jnp.asarray(a) for a in act["attn_out"])
         K, G, D = cfg.num_kv_heads, cfg.q_per_kv, cfg.head_dim
-        # one scale per value channel, shared by the G query heads that read it
-        mean = jnp.repeat(mean.reshape(K, G, D).mean(axis=1, keepdims=True), G, axis=1).reshape(-1)
-        s_o, l_o = lin([f32("wo").reshape(K * G * D, -1)], x, mean, bits, group_size)
+        s_o, l_o = jnp.ones(K * G * D), jnp.ones(1)  # RTN for wo unless asked
+        if scale_wo:
+            mean, x = (jnp.asarray(a) for a in act["attn_out"])
+            # one scale per value channel, shared by the G query heads that read it
+            mean = jnp.repeat(mean.reshape(K, G, D).mean(axis=1, keepdims=True), G, axis=1).reshape(-1)
+            s_o, l_o = lin([f32("wo").reshape(K * G * D, -1)], x, mean, bits, group_size)
         mean, x = (jnp.asarray(a) for a in act["ffn"])
         s_ffn, l_ffn = mlp(f32("w1"), f32("w3"), f32("w2"), x, mean, bits, group_size)
         mean, x = (jnp.asarray(a) for a in act["mlp_act"])
@@ -177,12 +180,12 @@ def awq_params(params, cfg: ModelConfig, activations, bits: int, group_size: int
 
 
 def quantize_awq(params, cfg: ModelConfig, batches, bits: int, group_size: int, *, head: bool = False,
-                 keep_rows: int = 256, seed: int = 0):
+                 keep_rows: int = 256, seed: int = 0, scale_wo: bool = False):
     """``(packed params, cfg, report)``: activations collected on ``batches``, scales searched and folded,
     then round-to-nearest (``quantized.quantize_params``)."""
     quantized.check_params(params, cfg, bits, group_size, head=head)  # before the long collection
     acts = collect_activations(params, cfg, batches, keep_rows, seed)
-    scaled, ratios = awq_params(params, cfg, acts, bits, group_size)
+    scaled, ratios = awq_params(params, cfg, acts, bits, group_size, scale_wo=scale_wo)
     packed, cfg = quantized.quantize_params(scaled, cfg, bits, group_size, head=head)
     report = {k: float(math.fsum(r[k] for r in ratios) / len(ratios)) for k in ratios[0]}
     return packed, cfg, report

@@ -3,7 +3,8 @@
     python scripts/bench/quantize.py [--group-size 64] [--windows 16] [--seq-len 256] [--new-tokens 48]
 
 In one run: the float32 model (the GGUF's Q4_1 weights expanded), W8 RTN, W4 RTN and W4 AWQ
-(calibrated on the built-in calibration text), all at ``--group-size`` with the head in float32,
+(calibrated on the built-in calibration text; with ``wo`` on RTN, and with ``wo``'s scale searched
+too), all at ``--group-size`` with the head in float32,
 and the GGUF file kept packed (its own Q4_1 blocks, group 32, and the Q8_0 head). Perplexity is
 over ``--windows`` windows of the built-in held-out text (standard-library docstrings disjoint from
 the calibration ones); decode is batch-1 greedy, ``--new-tokens`` tokens after a warm-up run of the
@@ -62,9 +63,10 @@ def main(argv=None) -> int:
     windows = qckpt.token_windows(tok, qckpt.builtin_text("heldout"), args.windows, args.seq_len)
     prompt = tok.encode("The history of the printing press begins")
     variants = [("f32 (Q4_1 expanded)", lambda: (base, {}))]
-    for method, bits in (("rtn", 8), ("rtn", 4), ("awq", 4)):
-        variants.append((f"W{bits} {method.upper()} g{args.group_size}", lambda m=method, b=bits: qckpt.quantize_model(
-            base, method=m, bits=b, group_size=args.group_size, calib_samples=args.calib_samples)))
+    for method, bits, wo in (("rtn", 8, False), ("rtn", 4, False), ("awq", 4, False), ("awq", 4, True)):
+        name = f"W{bits} {method.upper()} g{args.group_size}" + (" + wo scales" if wo else "")
+        variants.append((name, lambda m=method, b=bits, wo=wo: qckpt.quantize_model(
+            base, method=m, bits=b, group_size=args.group_size, calib_samples=args.calib_samples, awq_wo=wo)))
     variants.append(("GGUF Q4_1 kept packed (g32)", lambda: (load_model(path, keep_quantized=True), {})))
     rows, batches = [], []
     for name, make in variants:

@@ -120,7 +120,7 @@ def test_awq_folding_keeps_the_float_model_and_quantizes_it(seed, float32_parity
     batches = [np.random.default_rng(seed).integers(0, cfg.vocab_size, (2, 16))]
     acts = awq.collect_activations(params, cfg, batches, keep_rows=32)
     assert acts[0]["attn"][1].shape == (32, cfg.hidden_size) and acts[0]["mlp_act"][0].shape == (cfg.intermediate_size,)
-    folded, _ = awq.awq_params(params, cfg, acts, 4, 32)
+    folded, _ = awq.awq_params(params, cfg, acts, 4, 32, scale_wo=True)
     tokens = {"tokens": jnp.asarray(batches[0])}
     float32_parity(internlm2.forward(folded, tokens, cfg)[0], internlm2.forward(params, tokens, cfg)[0],
                    what="AWQ scales folded into norms and w3")
