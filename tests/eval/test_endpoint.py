@@ -132,3 +132,44 @@ def test_evaluate_script_takes_an_endpoint_url(server, tmp_path, capsys):
     # a wrong key is a clear one-line error, not a retry loop
     assert evaluate.main([*argv[:3], "wrong", *argv[4:]]) == 2
     assert "answered 401" in capsys.readouterr().err
+
+
+class _NoZero(http.server.BaseHTTPRequestHandler):
+    """Refuses max_tokens 0 (as some servers do); with 1, echoes the prompt's tokens and one generated token."""
+
+    bodies = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).bodies.append(body)
+        if body["max_tokens"] == 0:
+            status, reply = 400, {"error": {"message": "max_tokens: must be >= 1"}}
+        else:  # prompt "Q: x yes": tokens Q | : | " x" | " yes", then the generated " no"
+            status = 200
+            lp = {"tokens": ["Q", ":", " x", " yes", " no"], "token_logprobs": [None, -1.0, -2.0, -3.0, -9.0],
+                  "text_offset": [0, 1, 2, 4, 8], "top_logprobs": [None, None, None, {" yes": -3.0}, {" no": -9.0}]}
+            reply = {"choices": [{"index": 0, "text": "Q: x yes no", "logprobs": lp}]}
+        data = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_that_refuses_max_tokens_0_is_asked_with_1_and_the_generated_token_is_dropped():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoZero)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        lm = EndpointLM(f"http://127.0.0.1:{httpd.server_port}/v1", served_model="m", backoff=0.01)
+        # the context's trailing space moves to the continuation; the continuation is " yes" (offset 4)
+        assert lm.loglikelihood([("Q: x ", "yes")]) == [(-3.0, True)]
+        assert [b["max_tokens"] for b in _NoZero.bodies] == [0, 1]
+        assert _NoZero.bodies[-1]["prompt"] == ["Q: x yes"] and _NoZero.bodies[-1]["echo"] is True
+        # rolling: every prompt token that has a log-probability, not the generated one
+        assert lm.loglikelihood_rolling(["Q: x yes"]) == [-6.0] and lm.token_count("Q: x yes") == 3
+    finally:
+        httpd.shutdown()
