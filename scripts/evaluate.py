@@ -55,6 +55,9 @@ def main(argv=None) -> int:
                     help="print the results as JSON (per model and dataset: version, mode, metrics, item count)")
     ap.add_argument("--group", action="append", default=[],
                     help="NAME=a,b,c: a summary row averaging the first metric of datasets a, b, c (repeatable)")
+    ap.add_argument("--contamination", action="append", default=[],
+                    help="a corpus (JSONL with 'text', plain text, or a directory of them): report each dataset's "
+                         "share of items with a 13-gram in it and the scores on the clean items (repeatable)")
     ap.add_argument("--workers", type=int, default=1, help="run N partitions of the items in parallel processes")
     ap.add_argument("--partition", help="W/N: run only partition W of N (0-based) into --output, for --merge N")
     ap.add_argument("--merge", type=int, help="merge N finished partitions in --output into the results and summary")
@@ -87,6 +90,11 @@ def main(argv=None) -> int:
     datasets += [eval_config.data_file_config(path) for path in args.data]
 
     from intern_jax.eval import run  # noqa: PLC0415
+    corpus = None
+    if args.contamination:
+        from intern_jax.eval.contamination import corpus_ngrams  # noqa: PLC0415
+
+        corpus = corpus_ngrams(args.contamination)
     from intern_jax.eval.run import check_partition, merge  # noqa: PLC0415
     from intern_jax.eval.summary import to_markdown  # noqa: PLC0415
 
@@ -97,7 +105,7 @@ def main(argv=None) -> int:
         if args.workers > 1:
             run_partitions(argv if argv is not None else sys.argv[1:], args.workers)
         results = merge(output, names, datasets, count, num_fewshot=args.num_fewshot, groups=groups,
-                        limit=args.limit)
+                        limit=args.limit, contamination=corpus)
         models = [SimpleNamespace(name=n, cache=None) for n in names]
     else:
         models = [model for _, model in model_specs(args, load=True, output=output, partition=partition)]
@@ -106,7 +114,7 @@ def main(argv=None) -> int:
             print(f"evaluating {what}", file=sys.stderr, flush=True)
 
         results = run(models, datasets, output, limit=args.limit, num_fewshot=args.num_fewshot, progress=progress,
-                      partition=partition, groups=groups)
+                      partition=partition, groups=groups, contamination=corpus)
         if partition is not None:
             print(f"partition {partition[0]} of {partition[1]} written to {output}/partitions", file=sys.stderr)
             return 0

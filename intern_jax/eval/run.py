@@ -67,10 +67,13 @@ def evaluate_dataset(model, cfg: DatasetConfig, limit: int | None = None,
 
 def run(models: list, datasets: list[DatasetConfig], output: str | Path | None = None,
         limit: int | None = None, num_fewshot: int | None = None, progress=None,
-        partition: tuple[int, int] | None = None, groups: dict[str, list[str]] | None = None) -> list[dict]:
+        partition: tuple[int, int] | None = None, groups: dict[str, list[str]] | None = None,
+        contamination: set[int] | None = None) -> list[dict]:
     """Every model on every dataset; writes predictions, results and the summary under ``output``.
     ``partition=(w, n)``: only partition ``w`` of ``n``, written for ``merge`` (no metrics, no summary).
-    ``groups``: summary groups (name -> datasets), averaged in the returned results and the summary."""
+    ``groups``: summary groups (name -> datasets), averaged in the returned results and the summary.
+    ``contamination``: a corpus's 13-gram hashes (``contamination.corpus_ngrams``): each result also gets
+    ``contaminated`` (% of items) and ``clean_<metric>`` (the metrics on the other items)."""
     if partition is not None:
         check_partition(*partition)
         if output is None:
@@ -83,6 +86,8 @@ def run(models: list, datasets: list[DatasetConfig], output: str | Path | None =
                 progress(f"{model.name} / {cfg.name}" + (f" (partition {partition[0]} of {partition[1]})"
                                                          if partition else ""))
             result, predictions = evaluate_dataset(model, cfg, limit, partition)
+            if contamination is not None and partition is None:
+                _add_contamination(result, cfg, predictions, limit, contamination)
             results.append(result)
             if partition is not None:
                 path = partition_path(Path(output), partition, model.name, cfg.name)
@@ -112,7 +117,7 @@ def partition_path(output: Path, partition: tuple[int, int], model: str, dataset
 
 def merge(output: str | Path, models: list[str], datasets: list[DatasetConfig], count: int,
           num_fewshot: int | None = None, groups: dict[str, list[str]] | None = None,
-          limit: int | None = None) -> list[dict]:
+          limit: int | None = None, contamination: set[int] | None = None) -> list[dict]:
     """The ``count`` partitions of every (model, dataset) under ``output`` merged into the predictions,
     results and summary one process would have written. A missing partition is named."""
     output = Path(output)
@@ -133,12 +138,28 @@ def merge(output: str | Path, models: list[str], datasets: list[DatasetConfig], 
             records.sort(key=lambda r: (r["id"], r["rotation"]))
             result = {**result, "metrics": tasks.metrics_of(records, cfg),
                       "num_items": sum(r["rotation"] == 0 for r in records), "seconds": round(seconds, 3)}
+            if contamination is not None:
+                _add_contamination(result, cfg, records, limit, contamination)
             results.append(result)
             _write(output, model, cfg.name, result, records)
             _plot_needle(output, model, cfg, records, limit)
     results = with_groups(results, groups)
     write_summary(output, results, models)
     return results
+
+
+def _add_contamination(result: dict, cfg: DatasetConfig, records: list[dict], limit: int | None,
+                       corpus: set[int]) -> None:
+    """``contaminated`` (% of items sharing a 13-gram with the corpus) and the metrics on the clean items."""
+    from intern_jax.eval.contamination import contaminated  # noqa: PLC0415
+
+    flags = contaminated(tasks.read_items(cfg.reader, cfg.multiple_choice)[:limit], corpus)
+    clean = [r for r in records if not flags[r["id"]]]
+    extra = {"contaminated": round(100.0 * sum(flags) / max(1, len(flags)), 2)}
+    if clean:
+        extra.update({f"clean_{k}": v for k, v in tasks.metrics_of(clean, cfg).items()})
+    result["metrics"] = {**result["metrics"], **extra}
+    result["clean_items"] = len(flags) - sum(flags)
 
 
 def _plot_needle(output: Path, model: str, cfg: DatasetConfig, records: list[dict], limit: int | None) -> None:
