@@ -100,15 +100,27 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 # Running code
 
 
+# The child limits itself before it runs the program: no Python code runs between fork and exec in this
+# (multithreaded) process, as a ``preexec_fn`` would.
+_BOOT = """import resource, sys
+cpu, memory = int(sys.argv[2]), int(sys.argv[3])
+for limit, value in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, memory), (resource.RLIMIT_FSIZE, 16 << 20),
+                     (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0)):
+    resource.setrlimit(limit, (value, value))
+program = sys.argv[1]
+sys.argv = ["program"]
+exec(compile(program, "<program>", "exec"), {"__name__": "__main__"})
+"""
+
+
 def run_python(program: str, timeout: float = 10.0, memory_mb: int = 1024) -> tuple[bool, str]:
     """Run ``program`` in a fresh, limited Python process: ``(passed, why)``; passed means it exited 0
     within ``timeout`` seconds. ``why``: ``"passed"``, ``"timed out"`` or the last line of its stderr."""
-    limits = _limits(timeout, memory_mb)
     with tempfile.TemporaryDirectory(prefix="eval-code-") as cwd:
         env = {"PATH": "/usr/bin:/bin", "HOME": cwd, "TMPDIR": cwd, "PYTHONHASHSEED": "0", "LANG": "C.UTF-8"}
-        proc = subprocess.Popen([sys.executable, "-I", "-c", program], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                                preexec_fn=limits)
+        args = [sys.executable, "-I", "-c", _BOOT, program, str(max(1, int(timeout) + 1)), str(memory_mb << 20)]
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
         try:
             _, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -120,20 +132,6 @@ def run_python(program: str, timeout: float = 10.0, memory_mb: int = 1024) -> tu
         return True, "passed"
     lines = err.decode("utf-8", "replace").strip().splitlines()
     return False, lines[-1][:300] if lines else f"exit status {proc.returncode}"
-
-
-def _limits(timeout: float, memory_mb: int):
-    import resource  # noqa: PLC0415  (POSIX only; imported where it is used)
-
-    def apply():
-        cpu = max(1, int(timeout) + 1)
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
