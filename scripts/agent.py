@@ -1,7 +1,7 @@
 """Answer a question with a model that calls tools: prints each step to stderr as it happens, the answer to stdout.
 
     python scripts/agent.py --model PATH | --url URL [--served-model NAME] [--api-key KEY]
-        [--protocol hermes|internlm2|react|rewoo] [--tools calculator,python,search,files]
+        [--protocol hermes|internlm2|react|rewoo|openai] [--tools calculator,python,search,files]
         [--docs FILE|DIR] [--root DIR] [--mcp URL|COMMAND ...]
         [--max-steps N] [--max-new-tokens N] [--system TEXT] [--json] "question" | --questions FILE
 
@@ -11,7 +11,8 @@
 ``--protocol`` is how tools are shown to the model and how its calls are read: ``hermes``
 (``<tool_call>`` JSON, for ChatML models), ``internlm2`` (InternLM2's plugin and interpreter actions),
 ``react`` (Thought / Action / Action Input / Observation / Final Answer); ``rewoo`` plans every call
-first (``#E1 = tool[input]``), runs them, then answers. ``python`` is a sandboxed
+first (``#E1 = tool[input]``), runs them, then answers; ``openai`` (with ``--url``) sends the tools in the
+request's ``tools`` and reads the server's ``tool_calls`` (native function calling). ``python`` is a sandboxed
 interpreter (a separate process with time, memory and file-size limits); ``search`` finds passages of
 ``--docs`` (a JSONL file with a ``text`` field per line, or a directory written by
 ``scripts/process_data.py``) by BM25; ``files`` reads text files under ``--root``. ``--mcp`` adds the
@@ -64,8 +65,9 @@ def main(argv=None) -> int:
     where.add_argument("--url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     ap.add_argument("--served-model", help="with --url: the model name (default: the first the server lists)")
     ap.add_argument("--api-key", help="with --url: the server's API key")
-    ap.add_argument("--protocol", choices=[*sorted(PROTOCOLS), "rewoo"], default="hermes",
-                    help="rewoo: plan all tool calls first, run them, then answer")
+    ap.add_argument("--protocol", choices=[*sorted(PROTOCOLS), "openai", "rewoo"], default="hermes",
+                    help="rewoo: plan all tool calls first, run them, then answer; openai (with --url): the tools "
+                         "go in the request, the server reads the calls (native function calling)")
     ap.add_argument("--tools", help=f"comma-separated, from: {', '.join(BUILTIN_TOOLS)} (default: calculator)")
     ap.add_argument("--docs", help="with --tools search: a JSONL file or a processed corpus directory")
     ap.add_argument("--root", help="with --tools files: the directory whose files the agent may read")
@@ -83,6 +85,8 @@ def main(argv=None) -> int:
 
     if args.url is None and (args.served_model or args.api_key):
         ap.error("--served-model and --api-key go with --url")
+    if args.url is None and args.protocol == "openai":
+        ap.error("--protocol openai sends the tools to an OpenAI-compatible endpoint: it goes with --url")
     if (args.question is None) == (args.questions is None):
         ap.error("give a question or --questions FILE (not both)")
     if args.questions is not None:

@@ -12,6 +12,7 @@ OpenAI-compatible endpoint. This module holds no prompt text.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from intern_jax.agent.files import FileReader
+from intern_jax.agent.native import OpenAIToolsProtocol, Reply
 from intern_jax.agent.protocols import Parsed, ToolCall, get_protocol
 from intern_jax.agent.sandbox import PythonSandbox
 from intern_jax.agent.search import DocumentSearch
@@ -101,12 +103,17 @@ class OpenAIChatModel:
             reason = getattr(e, "reason", e)
             raise ConnectionError(f"{method} {self.base_url + path} failed: {reason}; is the server running?") from None
 
-    def chat(self, messages: list[dict], stop: Sequence[str] = ()) -> str:
+    def chat(self, messages: list[dict], stop: Sequence[str] = (), tools: Sequence[dict] | None = None) -> str:
+        """The reply's text; with ``tools`` (OpenAI function schemas, sent in the request: native function
+        calling) a ``Reply`` whose ``tool_calls`` are the calls the server read from the model's output."""
         body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
         if stop:
             body["stop"] = list(stop)
-        reply = self._request("POST", "/chat/completions", body)
-        return reply["choices"][0]["message"].get("content") or ""
+        if tools:
+            body["tools"] = list(tools)
+        message = self._request("POST", "/chat/completions", body)["choices"][0]["message"]
+        text = message.get("content") or ""
+        return Reply(text, message.get("tool_calls")) if tools else text
 
 
 @dataclasses.dataclass
@@ -128,7 +135,13 @@ class Agent:
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
         self.model, self.tools, self.system, self.max_steps, self.on_step = model, tools, system, max_steps, on_step
+        if protocol == OpenAIToolsProtocol.name:
+            protocol = OpenAIToolsProtocol()
         self.protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+        self.native = getattr(self.protocol, "native", False)
+        if self.native and "tools" not in inspect.signature(model.chat).parameters:
+            raise ValueError(f"the {self.protocol.name!r} protocol sends the tools in the request; "
+                             f"{type(model).__name__} cannot (use OpenAIChatModel with a server that takes tools)")
 
     def run(self, question: str) -> AgentResult:
         messages = [*self.protocol.system_messages(self.tools.schemas, self.system),
@@ -142,7 +155,8 @@ class Agent:
 
         previous: list[str] | None = None
         for turn in range(1, self.max_steps + 1):
-            reply = self.model.chat(messages, self.protocol.stop)
+            reply = (self.model.chat(messages, self.protocol.stop, tools=self.tools.schemas) if self.native
+                     else self.model.chat(messages, self.protocol.stop))
             parsed: Parsed = self.protocol.parse(reply, self.tools.names)
             messages.append(self.protocol.assistant_message(reply))
             record({"turn": turn, "type": "reply", "text": reply})
