@@ -10,7 +10,7 @@ folded exactly into the preceding norm (or into ``w3``'s output columns for ``w2
 model is unchanged and nothing extra runs at inference. ``wo`` keeps plain RTN by default, as AutoAWQ
 does under grouped-query attention; with ``scale_wo`` its scale is shared by the query heads of one kv
 head (input channel ``(h, d)`` comes from value channel ``(h // G, d)``) and folded into the value
-columns of ``wqkv`` (on SmolLM2 at W4 g64 that raised held-out perplexity: docs/benchmarks.md).
+columns of ``wqkv`` (on SmolLM2 at W4 g64 it changed held-out perplexity by nothing measurable).
 AutoAWQ's additional clipping search is not done. Calibration activations come from one eager
 forward of the float model with recording weights (the model's own code, no second forward).
 """
