@@ -118,9 +118,9 @@ def quantized_matmul_xla(x, w_q, scales, zeros=None, *, bits, group_size=None, m
     (default x's dtype), accumulated in f32.
 
     A few rows (decode) multiply the int weight elementwise by each row of activations and reduce
-    over each group, which XLA:CPU fuses into one pass over the int weight (measured 1.4x the f32
-    dot's time for int8, ~4x for int4, where a fused dequantize-and-dot runs 20-30x slower); more
-    rows (prefill) dequantize the weight once and run one dot.
+    over each group, which XLA:CPU fuses into one pass over the int weight (a fused dequantize-and-dot
+    runs far slower there; decode rates in docs/benchmarks.md); more rows (prefill) dequantize the
+    weight once and run one dot.
     """
     _check_layout(x.shape[-1], w_q, scales, zeros, mins, bits, group_size)
     out_dtype = out_dtype or x.dtype
