@@ -68,11 +68,14 @@ def test_masked_insert_and_step_pick_the_best_allowed_token(dec, tiny, rng):
     second = batch.step(masks[1]).tokens
 
     # the reference: the model's full forward over prompt + first token, argmax over the allowed set
+    # (segments from the lengths, not from ``tokens > 0``: token 0 is a token the model may pick)
     tokens = np.zeros((3, 12), np.int32)
+    segments = np.zeros((3, 12), np.int32)
     for r, p in enumerate(prompts):
         tokens[r, : len(p) + 1] = p + [int(first[r])]
-    logits = np.asarray(jax.jit(lambda t: internlm2.forward(params, {"tokens": t, "segment_ids": (t > 0).astype(
-        np.int32)}, cfg)[0])(tokens), np.float32)
+        segments[r, : len(p) + 1] = 1
+    logits = np.asarray(jax.jit(lambda t, s: internlm2.forward(params, {"tokens": t, "segment_ids": s}, cfg)[0])(
+        tokens, segments), np.float32)
     for r, p in enumerate(prompts):
         for i, got in enumerate((first[r], second[r])):
             allowed = np.asarray(apply_token_bitmask(logits[r, len(p) - 1 + i][None], masks[i][r][None]))[0]
