@@ -33,12 +33,13 @@ from intern_jax.inference.sampling import SamplingError, SamplingParams, per_row
 from intern_jax.serve import tools as tooling
 from intern_jax.serve.engine import Engine, Increment
 from intern_jax.serve.protocol import ChatCompletionRequest, CompletionRequest
-from intern_jax.serve.streams import chain, drain, merged, sse
+from intern_jax.serve.streams import drain, merged, sse
 from intern_jax.serve.structured import Grammars
 from intern_jax.serve.web import router as web_router
 
 MAX_BODY_BYTES = 4 << 20
 _MIN_LOGPROB = -9999.0  # JSON has no -inf
+_DISCONNECT_POLL_S = 0.25  # how often a request waiting for its first token checks that its client is there
 
 
 class APIError(Exception):
@@ -181,17 +182,29 @@ class _Server:
             field = "max_tokens" if e.field == "max_new_tokens" else e.field
             raise APIError(400, f"{field}: {e.detail}", field) from None
 
-    async def _open(self, request_id: str, prompt, sampling: SamplingParams, rename: dict, **options):
-        """Submit to the engine; ``(first increment, the rest)``. Engine validation errors become 400s."""
+    async def _open(self, request_id: str, prompt, sampling: SamplingParams, rename: dict, request: Request,
+                    **options):
+        """Submit to the engine; ``(first increment, the rest)``. Engine validation errors become 400s. A
+        client that goes away before the first increment (its request still queued, say) cancels the
+        request there and then, so it never takes a slot or pages."""
         if self.in_flight >= self.engine.config.max_batch_size + self.max_queue:
             raise APIError(429, f"the server's queue is full ({self.max_queue} waiting requests); retry later",
                            type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
         stream = self._increments(request_id, prompt, sampling, **options)
+        first = asyncio.ensure_future(stream.__anext__())
         try:
-            first = await stream.__anext__()
+            while not first.done():
+                await asyncio.wait({first}, timeout=_DISCONNECT_POLL_S)
+                if not first.done() and await request.is_disconnected():
+                    raise APIError(499, "the client closed the request", code="client_closed")
+            return first.result(), stream
         except ValueError as e:
             raise _field_error(e, rename) from None
-        return first, stream
+        finally:
+            if not first.done():  # cancelling it closes engine.submit, which aborts the (queued) request
+                first.cancel()
+                await asyncio.gather(first, return_exceptions=True)
+                await stream.aclose()
 
     async def _increments(self, request_id: str, prompt, sampling, **options) -> AsyncIterator[Increment]:
         """The engine's increments for one request. Closing this early (the client went away) closes
@@ -206,10 +219,10 @@ class _Server:
         finally:
             self.in_flight -= 1
 
-    async def _open_all(self, requests: Sequence[tuple], rename: dict, **options) -> list:
+    async def _open_all(self, requests: Sequence[tuple], rename: dict, request: Request, **options) -> list:
         """Open ``(request_id, prompt, sampling, per-request options)`` engine requests together; if one is
-        refused, close the others and raise its error."""
-        opened = await asyncio.gather(*[self._open(rid, p, smp, rename, **options, **extra)
+        refused (or the client goes away), close the others and raise its error."""
+        opened = await asyncio.gather(*[self._open(rid, p, smp, rename, request, **options, **extra)
                                         for rid, p, smp, extra in requests], return_exceptions=True)
         failed = [r for r in opened if isinstance(r, BaseException)]
         if failed:
@@ -233,13 +246,12 @@ class _Server:
             mode, names = tooling.check_tool_choice(body.tool_choice, tools)
             raw = [{"role": m.role, "content": _text_content(m.content, i), "tool_calls": m.tool_calls,
                     "tool_call_id": m.tool_call_id, "name": m.name} for i, m in enumerate(body.messages)]
-            messages = tooling.render_messages(raw, tools if mode != "none" else [], self.protocol)
+            text = tooling.render_prompt(self.tokenizer, raw, tools if mode != "none" else [], self.protocol)
         except ValueError as e:
             raise _field_error(e, {}) from None
-        try:
-            prompt = encode_prompt(self.tokenizer, messages)
         except Exception as e:  # noqa: BLE001 - the template refused the conversation (a jinja error)
             raise APIError(400, f"messages: the chat template cannot render them: {e}", "messages") from None
+        prompt = self.tokenizer.encode(text, add_bos=False)  # as encode_prompt: the template writes any BOS
         sampling = self._sampling(body, max_tokens)
         if mode != "none" and self.protocol.stop:
             sampling = dataclasses.replace(sampling, stop=tuple(dict.fromkeys(sampling.stop + self.protocol.stop)))
@@ -248,7 +260,7 @@ class _Server:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         extra = [{"constraint": self.grammars.constraint(grammar)} if grammar else {} for _ in range(body.n)]
         runs = await self._open_all([(f"{rid}-{i}", prompt, s, extra[i]) for i, s in
-                                     enumerate(per_row(sampling, body.n))], {"prompt": "messages"},
+                                     enumerate(per_row(sampling, body.n))], {"prompt": "messages"}, request,
                                     top_logprobs=top, ignore_eos=body.ignore_eos)
         calls = tooling.ToolCalls(self.protocol, [t["function"]["name"] for t in tools], forced=mode == "required") \
             if mode != "none" else None
@@ -322,24 +334,23 @@ class _Server:
             split = splitters[i]
             if inc.token_ids or inc.text:
                 lps = {"content": self._logprob_entries([inc])} if logprobs else None
-                text = split.push(inc.text) if split else inc.text
+                text, deltas = split.push(inc.text) if split else (inc.text, [])
                 if text or lps:
                     yield chunk(i, {"content": text}, lps=lps)
+                for delta in deltas:  # a call's name as soon as it is read, then its arguments piece by piece
+                    yield chunk(i, {"tool_calls": [delta]})
             if inc.finished:
                 if inc.finish_reason == "error":
                     yield _error_body(inc.error)
                     return
                 reason = inc.finish_reason
                 if split:
-                    rest, tool_calls = split.finish()
+                    rest, deltas = split.finish()
                     if rest:
                         yield chunk(i, {"content": rest})
-                    for k, call in enumerate(tool_calls):  # the name first, then the arguments
-                        fn = call["function"]
-                        yield chunk(i, {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
-                                                        "function": {"name": fn["name"], "arguments": ""}}]})
-                        yield chunk(i, {"tool_calls": [{"index": k, "function": {"arguments": fn["arguments"]}}]})
-                    reason = "tool_calls" if tool_calls else reason
+                    for delta in deltas:
+                        yield chunk(i, {"tool_calls": [delta]})
+                    reason = "tool_calls" if split.calls else reason
                 yield chunk(i, {}, finish_reason=reason)
                 prompt_tokens = inc.prompt_tokens
                 completion_tokens += inc.completion_tokens
@@ -372,10 +383,6 @@ class _Server:
         if body.best_of not in (None, 1):
             raise APIError(400, "best_of: only 1 is supported", "best_of")
         prompts = _prompt_list(body.prompt)
-        if body.stream and len(prompts) > 1:
-            raise APIError(400, "prompt: a streamed completion takes one prompt", "prompt")
-        if body.stream and body.n > 1:
-            raise APIError(400, "n: a streamed completion takes n=1 (chat completions stream n > 1)", "n")
         if body.max_tokens == 0 and not body.echo:
             raise APIError(400, "max_tokens: must be >= 1 (0 only with echo=true, to score the prompt)", "max_tokens")
         sampling = self._sampling(body, body.max_tokens if body.max_tokens != 0 else 1)
@@ -393,11 +400,12 @@ class _Server:
             runs = [None] * len(ids)
         else:
             runs = await self._open_all([(f"{rid}-{i}", p, samplings[i], {}) for i, p in enumerate(ids)],
-                                        {"top_logprobs": "logprobs"}, top_logprobs=top, ignore_eos=body.ignore_eos)
+                                        {"top_logprobs": "logprobs"}, request, top_logprobs=top,
+                                        ignore_eos=body.ignore_eos)
         scores = await self._score(ids) if body.echo and body.logprobs is not None else [None] * len(ids)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return sse(self._completion_events(rid, created, ids[0], texts[0], runs[0], scores[0], body, usage))
+            return sse(self._completion_events(rid, created, ids, texts, runs, scores, n, body, usage))
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for i, (p, text, run, score) in enumerate(zip(ids, texts, runs, scores)):
             incs = []
@@ -419,36 +427,42 @@ class _Server:
         return {"id": rid, "object": "text_completion", "created": created, "model": self.name, "choices": choices,
                 "usage": _usage(prompt_tokens, completion_tokens)}
 
-    async def _completion_events(self, rid, created, ids, text, run, score, body, include_usage: bool):
-        def chunk(text, logprobs=None, finish_reason=None, choices=True, usage=None):
+    async def _completion_events(self, rid, created, ids, texts, runs, scores, n: int, body, include_usage: bool):
+        """Every choice's chunks (``index`` k * n + j: sample j of prompt k), interleaved as they come."""
+        def chunk(index, text, logprobs=None, finish_reason=None, choices=True, usage=None):
             out = {"id": rid, "object": "text_completion", "created": created, "model": self.name,
-                   "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]
+                   "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]
                    if choices else []}
             if include_usage:
                 out["usage"] = usage
             return out
 
         want = body.logprobs is not None
+        prompt_tokens = sum(len(p) for p in ids[::n])  # each prompt counted once, however many choices
+        offsets = [len(t) if body.echo else 0 for t in texts]
         if body.echo:
-            yield chunk(text, self._completion_logprobs(ids, score, []) if want else None)
-        if run is None:
-            yield chunk("", finish_reason="length")
+            for i, (p, text, score) in enumerate(zip(ids, texts, scores)):
+                yield chunk(i, text, self._completion_logprobs(p, score, []) if want else None)
+        if runs[0] is None:  # score only
+            for i in range(len(ids)):
+                yield chunk(i, "", finish_reason="length")
             if include_usage:
-                yield chunk("", choices=False, usage=_usage(len(ids), 0))
+                yield chunk(None, "", choices=False, usage=_usage(prompt_tokens, 0))
             return
-        offset = len(text) if body.echo else 0
-        async for inc in chain(*run):
+        completion_tokens = 0
+        async for i, inc in merged(runs):
             if inc.token_ids or inc.text:
-                lps = self._completion_logprobs([], None, [inc], offset) if want else None
-                offset += len(inc.text)
-                yield chunk(inc.text, lps)
+                lps = self._completion_logprobs([], None, [inc], offsets[i]) if want else None
+                offsets[i] += len(inc.text)
+                yield chunk(i, inc.text, lps)
             if inc.finished:
                 if inc.finish_reason == "error":
                     yield _error_body(inc.error)
                     return
-                yield chunk("", finish_reason=inc.finish_reason)
-                if include_usage:
-                    yield chunk("", choices=False, usage=_usage(inc.prompt_tokens, inc.completion_tokens))
+                yield chunk(i, "", finish_reason=inc.finish_reason)
+                completion_tokens += inc.completion_tokens
+        if include_usage:
+            yield chunk(None, "", choices=False, usage=_usage(prompt_tokens, completion_tokens))
 
     def _check_prompt(self, ids: list[int]) -> None:
         vocab = self.engine.decoder.config.vocab_size

@@ -142,6 +142,36 @@ def test_completions_echo_logprobs_equal_decoder_score(server):
                for t, x in zip(lp.top_logprobs[len(ids):], lp.token_logprobs[len(ids):]))
 
 
+def test_streamed_completions_with_n_over_two_prompts_equal_the_whole_response(server):
+    # choice k * n + j is sample j (seed + j) of prompt k, streamed interleaved; each index's chunks add
+    # up to that choice of the same request not streamed: text (echo included), log-probabilities with
+    # their text offsets, finish reason, and the usage
+    kw = dict(model=MODEL, prompt=["The capital of France is", "Once upon a time, a dragon"], n=2, max_tokens=6,
+              temperature=0.9, seed=11, echo=True, logprobs=1)
+    whole = server.client.completions.create(**kw)
+    assert [c.index for c in whole.choices] == [0, 1, 2, 3]
+    texts, lps, offsets, reasons, usage, order = {}, {}, {}, {}, None, []
+    for chunk in server.client.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            order.append(c.index)
+            texts[c.index] = texts.get(c.index, "") + c.text
+            if c.logprobs is not None:
+                lps.setdefault(c.index, []).extend(c.logprobs.token_logprobs)
+                offsets.setdefault(c.index, []).extend(c.logprobs.text_offset)
+            if c.finish_reason:
+                reasons[c.index] = c.finish_reason
+    assert sorted(set(order)) == [0, 1, 2, 3]
+    for c in whole.choices:
+        assert (texts[c.index], reasons[c.index]) == (c.text, c.finish_reason)
+        assert offsets[c.index] == c.logprobs.text_offset
+        np.testing.assert_allclose([x if x is not None else 0.0 for x in lps[c.index]],
+                                   [x if x is not None else 0.0 for x in c.logprobs.token_logprobs], atol=2e-3)
+    assert whole.choices[0].text.startswith(kw["prompt"][0]) and whole.choices[2].text.startswith(kw["prompt"][1])
+    assert (usage.prompt_tokens, usage.completion_tokens) == (whole.usage.prompt_tokens, whole.usage.completion_tokens)
+    _idle(server)
+
+
 def test_eight_concurrent_requests_all_succeed_and_free_every_page(server):
     questions = [f"Give one fact about the number {i}." for i in range(8)]
 

@@ -140,3 +140,42 @@ def test_64_concurrent_streams_with_a_quarter_hanging_up_give_the_greedy_answers
                            f"{text!r} vs {want.text!r}"
     assert finished >= REQUESTS - HANG_UPS
     assert elapsed < LIMIT, f"64 short requests took {elapsed:.0f} s"
+
+
+def test_a_queued_request_whose_client_hangs_up_is_cancelled_without_taking_a_slot(server):
+    """The engine full (its 8 slots running long answers), one more request waits in the queue; its
+    client hangs up: the request leaves the queue while the 8 still run, so it was never admitted (no
+    slot, no pages, no prefill)."""
+    server.idle()
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    slots = server.engine.config.max_batch_size
+    fills = []
+    try:
+        for k in range(slots):  # each answers at its first token: all 8 are running
+            body = {"model": MODEL, "messages": [{"role": "user", "content": f"Count to {k + 10}."}],
+                    "max_tokens": 900, "temperature": 0, "ignore_eos": True, "stream": True}
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+            assert conn.getresponse().status == 200
+            fills.append(conn)
+        queued = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "I wait in the queue."}], "max_tokens": 4}
+        queued.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+        deadline = time.monotonic() + 20
+        while (before := server.raw("GET", "/stats")[1])["waiting"] != 1:
+            assert time.monotonic() < deadline, before
+            time.sleep(0.05)
+        assert before["running"] == slots
+        queued.sock.shutdown(socket.SHUT_RDWR)
+        queued.close()
+        while (after := server.raw("GET", "/stats")[1])["waiting"] != 0:
+            assert time.monotonic() < deadline, f"the hung-up request is still queued: {after}"
+            time.sleep(0.05)
+        # gone from the queue while every slot is still busy with the first 8: never admitted, never prefilled
+        assert after["running"] == slots and after["prefilled_tokens"] == before["prefilled_tokens"]
+        assert after["requests_in_flight"] == slots and after["responses"].get("499", 0) >= 1
+    finally:
+        for conn in fills:
+            conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
+    server.idle()

@@ -275,16 +275,17 @@ def test_tool_call_stream_holds_back_only_a_possible_call_start():
     reply = "Let me check. " + call
     for cut in range(1, len(reply)):  # every split of the reply into two streamed pieces
         stream = ToolCallStream(HermesProtocol(), ["get_weather"])
-        first = stream.push(reply[:cut])
+        first, deltas = stream.push(reply[:cut])
         assert "Let me check. ".startswith(first), cut  # no piece of the call is ever sent as content
         held = reply[len(first): cut]  # only what may start a call (or is one) is held back
         assert held == "" or "<tool_call>".startswith(held) or held.startswith("<tool_call>"), cut
-        sent = first + stream.push(reply[cut:])
-        rest, calls = stream.finish()
-        assert (sent, rest, len(calls)) == ("Let me check. ", "", 1), cut
-        assert json.loads(calls[0]["function"]["arguments"]) == {"unit": "celsius", "days": 2}
+        second, more = stream.push(reply[cut:])
+        rest, last = stream.finish()
+        assert (first + second, rest, len(stream.calls)) == ("Let me check. ", "", 1), cut
+        arguments = "".join(d["function"]["arguments"] for d in deltas + more + last)
+        assert json.loads(arguments) == {"unit": "celsius", "days": 2}
     # text that only looks like the start of a call is sent at the end, whole
     stream = ToolCallStream(HermesProtocol(), ["get_weather"])
-    sent = stream.push("a < b and <tool") + stream.push("box> is not a call")
-    rest, calls = stream.finish()
-    assert sent + rest == "a < b and <toolbox> is not a call" and calls == []
+    sent = stream.push("a < b and <tool")[0] + stream.push("box> is not a call")[0]
+    rest, deltas = stream.finish()
+    assert sent + rest == "a < b and <toolbox> is not a call" and deltas == [] and stream.calls == []

@@ -49,20 +49,24 @@ def test_required_tool_choice_forces_a_call_that_validates_and_streams_the_same(
     _assert_valid_calls(choice.message.tool_calls)
     assert len(choice.message.tool_calls) == 1
 
+    # streamed: the call's id, type and name first, then its arguments in pieces as they are generated
     calls, reasons = {}, []
     for chunk in _create(server, stream=True, **kw):
         for c in chunk.choices:
             reasons += [c.finish_reason] if c.finish_reason else []
-            assert not c.delta.content
+            assert not c.delta.content  # no markup as content
             for d in c.delta.tool_calls or []:
-                call = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
-                call["id"] = d.id or call["id"]
-                call["name"] += d.function.name or "" if d.function else ""
-                call["arguments"] += d.function.arguments or "" if d.function else ""
+                if d.index not in calls:
+                    assert d.id and d.type == "function" and d.function.name and not d.function.arguments
+                    calls[d.index] = {"id": d.id, "name": d.function.name, "arguments": "", "pieces": 0}
+                else:
+                    assert d.id is None and not d.function.name and d.function.arguments
+                    calls[d.index]["arguments"] += d.function.arguments
+                    calls[d.index]["pieces"] += 1
     want = choice.message.tool_calls[0]
-    assert reasons == ["tool_calls"] and list(calls) == [0] and calls[0]["id"]
-    assert (calls[0]["name"], json.loads(calls[0]["arguments"])) == (want.function.name,
-                                                                     json.loads(want.function.arguments))
+    assert reasons == ["tool_calls"] and list(calls) == [0]
+    assert (calls[0]["name"], calls[0]["arguments"]) == (want.function.name, want.function.arguments)
+    assert calls[0]["pieces"] > 1
     server.idle()
 
 
@@ -179,3 +183,78 @@ def test_bad_tools_and_response_formats_are_400s_naming_the_field(server, change
     status, error, _ = server.raw("POST", "/v1/chat/completions", body)
     assert status == 400, error
     assert error["error"]["param"] == param and error["error"]["message"].startswith(param), error
+
+
+# A Qwen2.5-style chat template that describes the tools itself (it reads ``tools``), written out here
+QWEN_STYLE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- else %}{{- 'You are Qwen.' }}{%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions.\n\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}{{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nReturn calls within <tool_call></tool_call> XML tags.<|im_end|>\n" }}
+{%- elif messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == "user" or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}{{- '\n' + message.content }}{%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
+            {{- '\n<tool_call>\n{"name": "' + tool_call.name + '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {{- '<|im_start|>user\n<tool_response>\n' + message.content + '\n</tool_response><|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"""
+
+
+def test_a_template_that_reads_tools_renders_them_itself(server):
+    import copy
+
+    import jinja2
+
+    from intern_jax.serve import tools as tooling
+
+    args = {"city": "Paris", "unit": "celsius"}
+    messages = [{"role": "system", "content": "You are a weather bot."}, *ASK,
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": json.dumps(args)}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "22 degrees and sunny"}]
+    # the reference: jinja2 itself renders the template over the conversation in Hugging Face's shapes
+    # (a call's arguments as an object, ``tools`` as given, ``tojson`` as json.dumps)
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda x: json.dumps(x, ensure_ascii=False)
+    hf_messages = [messages[0], *ASK, {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": args}}]},
+        {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "22 degrees and sunny"}]
+    expected = env.from_string(QWEN_STYLE).render(messages=hf_messages, tools=TOOLS, add_generation_prompt=True)
+    assert "<tools>\n" + json.dumps(WEATHER) in expected and "function signatures" not in expected
+
+    tokenizer = copy.copy(server.decoder.tokenizer)
+    tokenizer.chat_template = QWEN_STYLE
+    assert tooling.template_renders_tools(QWEN_STYLE)
+    assert not tooling.template_renders_tools(server.decoder.tokenizer.chat_template)  # SmolLM2's: injected
+    protocol = tooling.tool_protocol("auto", QWEN_STYLE)
+    raw = [{"role": m["role"], "content": m.get("content") or "", "tool_calls": m.get("tool_calls"),
+            "tool_call_id": m.get("tool_call_id"), "name": None} for m in messages]
+    assert tooling.render_prompt(tokenizer, raw, TOOLS, protocol) == expected
+
+    # over HTTP: the server's tokenizer with this template for the length of one request
+    live = server.decoder.tokenizer
+    saved = live.chat_template
+    live.chat_template = QWEN_STYLE
+    try:
+        got = _create(server, messages=messages, tools=TOOLS, max_tokens=1)
+    finally:
+        live.chat_template = saved
+    assert got.usage.prompt_tokens == len(live.encode(expected))
