@@ -151,23 +151,26 @@ def test_a_queued_request_whose_client_hangs_up_is_cancelled_without_taking_a_sl
     slots = server.engine.config.max_batch_size
     fills = []
     try:
-        for k in range(slots):  # each answers at its first token: all 8 are running
-            body = {"model": MODEL, "messages": [{"role": "user", "content": f"Count to {k + 10}."}],
+        conversations = _conversations()  # the load test's: their shapes are compiled, their prompts cached
+        for k in range(slots):  # sent together, so that one step prefills them all
+            body = {"model": MODEL, "messages": conversations[k % len(conversations)][0],
                     "max_tokens": 900, "temperature": 0, "ignore_eos": True, "stream": True}
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
             conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
-            assert conn.getresponse().status == 200
             fills.append(conn)
+        for conn in fills:  # each answers at its first token: all 8 are running
+            assert conn.getresponse().status == 200
         queued = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "I wait in the queue."}], "max_tokens": 4}
         queued.request("POST", "/v1/chat/completions", json.dumps(body), headers)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120  # generous: a loaded machine may be compiling a new shape
         while (before := server.raw("GET", "/stats")[1])["waiting"] != 1:
             assert time.monotonic() < deadline, before
             time.sleep(0.05)
         assert before["running"] == slots
         queued.sock.shutdown(socket.SHUT_RDWR)
         queued.close()
+        deadline = time.monotonic() + 60
         while (after := server.raw("GET", "/stats")[1])["waiting"] != 0:
             assert time.monotonic() < deadline, f"the hung-up request is still queued: {after}"
             time.sleep(0.05)
