@@ -78,7 +78,8 @@ class ModelConfig:
     """Architecture of an InternLM2 / Llama-family decoder.
 
     ``attention_bias`` is InternLM2's ``bias`` (wqkv and wo); ``mlp_bias`` exists only in
-    the Llama layout. ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype.
+    the Llama layout. ``param_dtype`` is the parameters' storage dtype. How the model runs
+    (compute dtype, remat, attention kernel) is not the model's: see ``Execution``.
     """
 
     vocab_size: int
@@ -95,15 +96,12 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
-    dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: str = "none"  # none | full | dots | dots_no_batch
-    attention_impl: str = "xla"  # xla | pallas | auto
-    # queries per block of the XLA attention path when training (0: all at once). Blocks hold
-    # [block, keys] scores instead of [queries, keys], and the backward pass recomputes them.
-    attention_chunk: int = 0
     initializer_range: float = 0.02
     name: str = ""
+
+    # keys that older config files and overrides set here, and where they live now (in a training config)
+    MOVED_KEYS = {name: f"execution.{name}" for name in ("dtype", "remat", "attention_impl", "attention_chunk")}
 
     def __post_init__(self):
         check_fields(self)
@@ -122,16 +120,66 @@ class ModelConfig:
             raise ConfigError(
                 f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"
             )
-        if self.remat not in ("none", "full", "dots", "dots_no_batch"):
-            raise ConfigError(f"remat={self.remat!r}; use none, full, dots or dots_no_batch")
-        if self.attention_impl not in ("xla", "pallas", "auto"):
-            raise ConfigError(f"attention_impl={self.attention_impl!r}; use xla, pallas or auto")
-        if self.attention_chunk < 0:
-            raise ConfigError(f"attention_chunk must be >= 0 (0: all queries at once), got {self.attention_chunk}")
 
     @property
     def q_per_kv(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = ("xla", "pallas", "auto")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a model runs, as opposed to what it is (``ModelConfig``): the run's choice, carried by the
+    training and fine-tuning configs and by a loaded model (``LoadedModel.execution``), and passed to
+    ``internlm2.forward`` and the ``Decoder``.
+
+    ``dtype``: the compute dtype; "" computes in the parameters' storage dtype
+    (``ModelConfig.param_dtype``). ``remat``: what the backward pass of the layer stack keeps
+    (none, full, dots, dots_no_batch; see ``model.remat``). ``attention_impl``: xla, pallas or auto
+    (pallas where a kernel exists for the backend). ``attention_chunk``: queries per block of the
+    XLA attention path when training (0: all at once); blocks hold ``[block, keys]`` scores instead
+    of ``[queries, keys]``, and the backward pass recomputes them.
+    """
+
+    dtype: str = ""
+    remat: str = "none"
+    attention_impl: str = "xla"
+    attention_chunk: int = 0
+
+    def __post_init__(self):
+        check_fields(self, "execution.")
+        if self.dtype and self.dtype not in DTYPES:
+            raise ConfigError(f"execution.dtype={self.dtype!r}; use {', '.join(DTYPES)} or '' (the params' dtype)")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"execution.remat={self.remat!r}; use {', '.join(REMAT_POLICIES)}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"execution.attention_impl={self.attention_impl!r}; use {', '.join(ATTENTION_IMPLS)}")
+        if self.attention_chunk < 0:
+            raise ConfigError(f"execution.attention_chunk must be >= 0 (0: all queries at once), got "
+                              f"{self.attention_chunk}")
+
+    def compute_dtype(self, cfg: ModelConfig) -> str:
+        """The dtype the model computes in: ``dtype``, or the parameters' when it is ""."""
+        return self.dtype or cfg.param_dtype
+
+
+# The execution fields that model configs (and the run.json files written with them) once held.
+EXECUTION_FIELDS = tuple(f.name for f in dataclasses.fields(Execution))
+
+
+def split_execution(model_dict: dict) -> tuple[dict, dict]:
+    """A model config dict (a run.json's ``model_config``, a native checkpoint's config) split into the
+    model's own fields and the execution fields it carries from before they moved to ``Execution``.
+    A recorded compute ``dtype`` equal to ``param_dtype`` becomes "" (the params' dtype), what it meant."""
+    model = {k: v for k, v in model_dict.items() if k not in EXECUTION_FIELDS}
+    execution = {k: v for k, v in model_dict.items() if k in EXECUTION_FIELDS}
+    if execution.get("dtype") == model.get("param_dtype", "float32"):
+        execution["dtype"] = ""
+    return model, execution
 
 
 # ---------------------------------------------------------------------------
@@ -192,6 +240,10 @@ def _set_path(obj, parts: list[str], raw: str, full_key: str):
         raise ConfigError(f"cannot set {full_key!r}: {type(obj).__name__} has no fields")
     fields = {f.name: f for f in dataclasses.fields(obj)}
     head = parts[0]
+    moved = getattr(type(obj), "MOVED_KEYS", {})
+    if head not in fields and head in moved:
+        now = ".".join([moved[head], *parts[1:]])
+        raise ConfigError(f"config key {full_key!r} has moved: set {now} instead (--set {now}=...)")
     if head not in fields:
         raise ConfigError(
             f"unknown config key {full_key!r}: {type(obj).__name__} has no field {head!r}; "
@@ -245,7 +297,9 @@ def to_dict(cfg) -> dict:
 
 
 def model_config_from_dict(d: dict) -> ModelConfig:
-    d = dict(d)
+    """A ModelConfig from its dict; execution fields recorded inside it by older files are dropped
+    (``split_execution`` reads them)."""
+    d, _ = split_execution(d)
     scaling = d.pop("rope_scaling", None) or {}
     valid = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = set(d) - valid

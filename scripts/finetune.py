@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. --set lora.rank=16 (repeatable)")
     ap.add_argument("--output", help="run directory (default: runs/<config name>)")
-    ap.add_argument("--steps", type=int, help="total training steps (overrides steps)")
-    ap.add_argument("--save-every", type=int, help="checkpoint every N steps (overrides checkpoint.save_every)")
+    ap.add_argument("--steps", type=int, help="total training steps (overrides train.steps)")
+    ap.add_argument("--save-every", type=int, help="checkpoint every N steps (overrides train.checkpoint.save_every)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--compare", action="append", default=[], metavar="QUESTION",
                     help="after training, print the base model's and the fine-tuned model's greedy answers "

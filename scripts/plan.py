@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     mesh = make_mesh(cfg.parallel.mesh_shape())
     plan = plan_memory(cfg, mesh)
     print(f"{cfg.name or Path(args.config).stem}: batch {cfg.batch_size} x {cfg.seq_len} tokens, "
-          f"{cfg.parallel.micro_batches} micro-batches, zero={cfg.parallel.zero}, remat={cfg.model_config.remat}")
+          f"{cfg.parallel.micro_batches} micro-batches, zero={cfg.parallel.zero}, remat={cfg.execution.remat}")
     print(plan.table(args.device_memory_gb))
     return 0
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from intern_jax.config import ConfigError, ModelConfig, RopeScaling, apply_overrides, load_config
+from intern_jax.config import ConfigError, Execution, ModelConfig, RopeScaling, apply_overrides, load_config
 
 
 def test_override_coerces_types_and_nested_fields():
@@ -26,7 +26,6 @@ def test_unknown_key_lists_valid_fields():
     [
         ("num_layers=three", "expects an integer"),
         ("tie_word_embeddings=maybe", "expects a boolean"),
-        ("remat=sometimes", "remat='sometimes'"),
         ("rope_scaling.type=yarn", "not supported"),
         ("rope_scaling=2", "group of settings"),
         ("num_layers", "must look like key.path=value"),
@@ -61,3 +60,23 @@ def test_overrides_apply_in_any_order():
     assert (cfg.batch_size, cfg.parallel.micro_batches) == (64, 64)
     with pytest.raises(ConfigError, match="cannot set batch_size='63'"):
         load_train_config(path, ["batch_size=63", "parallel.micro_batches=64"])
+
+
+def test_execution_policy_is_checked_and_old_model_keys_name_where_they_moved():
+    """How the model runs is the run's (``execution``), not the model config's: a bad value is named,
+    and the keys that once sat in the model config say where they live now."""
+    from intern_jax.train.config import load_train_config  # noqa: PLC0415
+
+    with pytest.raises(ConfigError, match="remat='sometimes'"):
+        apply_overrides(Execution(), ["remat=sometimes"])
+    with pytest.raises(ConfigError, match="attention_impl='cuda'"):
+        Execution(attention_impl="cuda")
+    with pytest.raises(ConfigError, match="'remat' has moved: set execution.remat"):
+        load_config("configs/model/tiny.py", ["remat=full"])
+    path = "configs/pretrain/tiny.py"
+    with pytest.raises(ConfigError, match="'model.attention_chunk' has moved: set execution.attention_chunk"):
+        load_train_config(path, ["model.attention_chunk=64"])
+    cfg = load_train_config(path, ["execution.remat=dots", "execution.dtype=bfloat16"])
+    assert cfg.execution == Execution(dtype="bfloat16", remat="dots")
+    assert cfg.execution.compute_dtype(cfg.model) == "bfloat16"
+    assert Execution().compute_dtype(ModelConfig(1, 8, 1, 1, 1, 8, param_dtype="float16")) == "float16"

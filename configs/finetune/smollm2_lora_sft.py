@@ -9,22 +9,23 @@ from intern_jax.checkpoint import embedded_model_path
 from intern_jax.data.sft import SFTDataConfig
 from intern_jax.model.lora import LoraConfig
 from intern_jax.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig
-from intern_jax.train.finetune import FinetuneConfig
+from intern_jax.train.finetune import FinetuneConfig, finetune_training
 
 DATA = Path(__file__).resolve().parent / "smollm2_persona.jsonl"
 
 config = FinetuneConfig(
-    name="smollm2_lora_sft",
     base_model=str(embedded_model_path()),
-    data=SFTDataConfig(path=str(DATA), format="messages"),
     mode="lora",
     lora=LoraConfig(rank=16, alpha=32.0, dropout=0.0, targets=r"layers/(wqkv|wo|w1|w2|w3)"),
-    steps=20,
-    batch_size=2,
-    seq_len=128,
-    dtype="float32",
     base_dtype="float32",
-    optimizer=OptimizerConfig(learning_rate=2e-3, warmup_steps=3, min_lr_ratio=0.1, weight_decay=0.0, b2=0.999),
-    checkpoint=CheckpointConfig(save_every=0, keep_last=1),
-    logging=LoggingConfig(log_every=5, tensorboard=False),
+    train=finetune_training(
+        SFTDataConfig(path=str(DATA), format="messages"),
+        name="smollm2_lora_sft",
+        steps=20,
+        batch_size=2,
+        seq_len=128,
+        optimizer=OptimizerConfig(learning_rate=2e-3, warmup_steps=3, min_lr_ratio=0.1, weight_decay=0.0, b2=0.999),
+        checkpoint=CheckpointConfig(save_every=0, keep_last=1),
+        logging=LoggingConfig(log_every=5, tensorboard=False),
+    ),
 )

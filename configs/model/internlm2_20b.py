@@ -16,5 +16,4 @@ config = ModelConfig(
     max_position_embeddings=32768,
     tie_word_embeddings=False,
     attention_bias=False,
-    dtype="bfloat16",
 )

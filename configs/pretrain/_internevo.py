@@ -7,7 +7,7 @@ warmup then cosine to 10% of the peak; bf16 compute over fp32 master weights, fu
 import dataclasses
 from pathlib import Path
 
-from intern_jax.config import load_config
+from intern_jax.config import Execution, load_config
 from intern_jax.data.config import DataConfig
 from intern_jax.train.config import (
     CheckpointConfig,
@@ -23,12 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def internevo_run(model_file: str, *, name: str, learning_rate: float, batch_size: int, micro_batches: int,
                   parallel: dict, seq_len: int = 4096, steps: int = 250_000) -> TrainConfig:
-    model = dataclasses.replace(
-        load_config(ROOT / "configs/model" / model_file), dtype="bfloat16", param_dtype="float32", remat="full"
-    )
+    model = dataclasses.replace(load_config(ROOT / "configs/model" / model_file), param_dtype="float32")
     return TrainConfig(
         name=name,
         model=model,
+        execution=Execution(dtype="bfloat16", remat="full"),
         # a corpus processed with the InternLM2 tokenizer (scripts/process_data.py); set data.path / tokenizer
         data=DataConfig(path="runs/internlm2_corpus", num_workers=4, holdout=0.001),
         tokenizer="runs/internlm2_corpus/tokenizer",

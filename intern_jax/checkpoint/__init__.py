@@ -4,8 +4,8 @@ Formats: the native orbax directory (native.py), Hugging Face safetensors in the
 and Llama layouts (hf.py), GGUF files (gguf.py) and training run directories (run.py, adapter
 runs merged into their base); peft.py exports adapters. Every loader produces the one native
 params tree of ``intern_jax.model.internlm2`` in ``config.param_dtype`` (float32 unless
-``dtype`` is given; the compute ``dtype`` follows it) and, with a mesh, places it with the
-model's shardings. Nothing here runs the model.
+``dtype`` is given) and, with a mesh, places it with the model's shardings. Nothing here runs
+the model: how it runs (``config.Execution``) comes along only where a run directory records it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from intern_jax.checkpoint.hf import save_hf
 from intern_jax.checkpoint.loaded import LoadedModel, place_params
 from intern_jax.checkpoint.native import save_native
 from intern_jax.checkpoint.quantized import save_quantized
+from intern_jax.config import Execution
 from intern_jax.tokenizer import load_tokenizer
 
 __all__ = [
@@ -87,16 +88,23 @@ def detect_format(path) -> str:
     )
 
 
-def load_model(path, *, dtype=None, mesh=None, progress: bool = False, keep_quantized: bool = False) -> LoadedModel:
-    """Load any supported checkpoint as ``LoadedModel(config, params, tokenizer)``.
+def load_model(path, *, dtype=None, mesh=None, progress: bool = False, keep_quantized: bool = False,
+               execution: Execution | None = None) -> LoadedModel:
+    """Load any supported checkpoint as ``LoadedModel(config, params, tokenizer, execution)``.
 
     ``dtype`` casts the params (default: float32 for HF/GGUF, the stored dtype for native);
     ``mesh`` places them with ``internlm2.param_shardings``; ``progress`` shows a bar.
+    ``execution`` (how the model is to run: compute dtype, attention kernel) replaces the loaded one
+    (a training run's own policy, else computing in the params' dtype).
     A quantized native checkpoint (``scripts/quantize.py``) always loads with its projections packed;
     ``keep_quantized`` loads a GGUF file's Q8_0 / Q4_0 / Q4_1 projections (and head) packed too, with
     exactly the file's values, instead of expanding them to floats.
     """
-    path = Path(path)
+    model = _load(Path(path), dtype, mesh, progress, keep_quantized)
+    return model if execution is None else model._replace(execution=execution)
+
+
+def _load(path: Path, dtype, mesh, progress: bool, keep_quantized: bool) -> LoadedModel:
     kind = detect_format(path)
     if kind == "run":
         if run.read_run_json(path).get("trainable") == run.ADAPTER_KIND:  # adapters: merged into their base model

@@ -277,7 +277,7 @@ def load_gguf(path: Path, dtype=None, progress: bool = False, keep_quantized: bo
     source = str(path)
     cfg = config_from_gguf(reader, source)
     dtype = np.dtype(dtype or cfg.param_dtype)
-    cfg = dataclasses.replace(cfg, param_dtype=dtype.name, dtype=dtype.name)
+    cfg = dataclasses.replace(cfg, param_dtype=dtype.name)
 
     by_hf = {}
     unknown = []

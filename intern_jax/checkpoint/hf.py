@@ -280,7 +280,7 @@ def load_hf(directory: Path, dtype=None, progress: bool = False) -> tuple[ModelC
     """Config (``param_dtype`` = ``dtype`` or float32) and numpy params of an HF checkpoint directory."""
     cfg, layout = read_config(directory)
     dtype = np.dtype(dtype or cfg.param_dtype)
-    cfg = dataclasses.replace(cfg, param_dtype=dtype.name, dtype=dtype.name)
+    cfg = dataclasses.replace(cfg, param_dtype=dtype.name)
     shards = SafetensorsShards(directory)
     params = layouts.params_from_tensors(shards.get, shards.names(), cfg, layout, dtype, str(directory), progress)
     return cfg, params

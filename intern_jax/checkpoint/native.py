@@ -91,7 +91,7 @@ def load_native(directory, dtype=None, mesh=None) -> tuple[ModelConfig, dict]:
     if dtype is not None and jnp.dtype(dtype) != jnp.dtype(cfg.param_dtype):
         name = jnp.dtype(dtype).name
         params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(name), p), out_shardings=shardings)(params)
-        cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
+        cfg = dataclasses.replace(cfg, param_dtype=name)
     return cfg, params
 
 

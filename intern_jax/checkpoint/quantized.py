@@ -123,7 +123,7 @@ def load_quantized(directory, *, dtype=None, mesh=None):
                          "checkpoint is damaged or incomplete: write it again") from e
     name = jnp.dtype(dtype or cfg.param_dtype).name
     if name != jnp.dtype(cfg.param_dtype).name:
-        cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
+        cfg = dataclasses.replace(cfg, param_dtype=name)
     for path, w in meta["weights"].items():
         keys = path.split("/")
         node = tree
@@ -131,7 +131,7 @@ def load_quantized(directory, *, dtype=None, mesh=None):
             node = node[k]
         _set(tree, path, PackedWeight(node["q"], node["scales"], node.get("mins"), int(w["bits"]),
                                       int(w["group_size"]), tuple(w["in_shape"]), tuple(w["out_shape"]),
-                                      jnp.dtype(cfg.dtype).name))
+                                      jnp.dtype(cfg.param_dtype).name))
     # the full-precision leaves in the asked dtype; packed codes, scales and offsets stay as stored
     tree = jax.tree.map(lambda x: x if is_packed(x) or x.dtype == name else x.astype(name), tree, is_leaf=is_packed)
     return cfg, tree

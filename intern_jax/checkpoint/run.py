@@ -2,7 +2,8 @@
 
 A run directory::
 
-    run.json                  model config, tokenizer path, train config, what "params" holds
+    run.json                  model config, execution policy, tokenizer path, train config, what
+                              "params" holds
     checkpoints/<step>/       params (the trainable tree), train_state (optimizer state, step,
                               rng, counters), data (the input iterator's state, per process)
     metrics.jsonl, tensorboard/
@@ -11,7 +12,8 @@ A run directory::
 Restoring takes target shardings from the caller, so a checkpoint written on one mesh
 restores onto another. A step that fails to restore (damaged file) is moved to
 ``checkpoints_damaged/`` with a warning and the previous one is used. ``load_run`` reads a
-full-model run; ``load_adapter_run`` rebuilds an adapter run's base and merges its LoRA
+full-model run with the run's execution policy (``run_execution``: run.json files written before the
+policy left the model config carry it there); ``load_adapter_run`` rebuilds an adapter run's base and merges its LoRA
 adapters into it (as PEFT merges). Nothing here trains.
 """
 
@@ -29,7 +31,7 @@ import jax.numpy as jnp
 
 from intern_jax.checkpoint.loaded import LoadedModel, place_params
 from intern_jax.checkpoint.native import damage_reason
-from intern_jax.config import ConfigError, ModelConfig, check_fields, model_config_from_dict
+from intern_jax.config import ConfigError, Execution, ModelConfig, check_fields, model_config_from_dict, split_execution
 from intern_jax.model import internlm2
 from intern_jax.model import lora as L
 from intern_jax.tokenizer import load_tokenizer
@@ -60,16 +62,18 @@ class CheckpointConfig:
 
 
 def write_run_json(run_dir, model_cfg: ModelConfig, train_config: dict | None, tokenizer_path=None,
-                   *, trainable: str = "model", extra: dict | None = None) -> Path:
+                   *, trainable: str = "model", extra: dict | None = None,
+                   execution: Execution | None = None) -> Path:
     """Describe the run for readers (convert.py, chat.py): ``train_config`` is the train config as a
-    JSON-ready dict; ``trainable="model"`` means the checkpoints' ``params`` item is the full model
-    params tree."""
+    JSON-ready dict; ``execution`` how the model ran; ``trainable="model"`` means the checkpoints'
+    ``params`` item is the full model params tree."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "format": RUN_FORMAT,
         "trainable": trainable,
         "model_config": dataclasses.asdict(model_cfg),
+        "execution": dataclasses.asdict(execution or Execution()),
         "tokenizer": _relative_to(tokenizer_path, run_dir) if tokenizer_path else None,
         "train_config": train_config,
         **(extra or {}),
@@ -281,10 +285,18 @@ def data_restore_args(iterator):
     return CheckpointRestore(iterator)
 
 
+def run_execution(record: dict) -> Execution:
+    """The execution policy a run.json records: its ``execution``, or, in files written before the
+    policy left the model config, the execution fields inside ``model_config``."""
+    if "execution" in record:
+        return Execution(**record["execution"])
+    return Execution(**split_execution(record.get("model_config", {}))[1])
+
+
 def load_run(run_dir, *, dtype=None, mesh=None, step: int | None = None):
-    """``LoadedModel(config, params, tokenizer)`` from a pretraining run: the params of the
+    """``LoadedModel(config, params, tokenizer, execution)`` from a pretraining run: the params of the
     latest (or given) checkpoint, placed with the model's shardings on ``mesh`` (default:
-    the first device) and cast to ``dtype`` if given."""
+    the first device) and cast to ``dtype`` if given (then computed in it, too); the run's policy."""
     run_dir = Path(run_dir).absolute()
     record = read_run_json(run_dir)
     if record.get("trainable", "model") != "model":
@@ -294,6 +306,7 @@ def load_run(run_dir, *, dtype=None, mesh=None, step: int | None = None):
         )
     try:
         cfg = model_config_from_dict(record["model_config"])
+        execution = run_execution(record)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{run_dir / RUN_FILE} holds no usable model_config ({e}); is the run directory "
                          "damaged? rerun the training command to rewrite it") from None
@@ -320,14 +333,15 @@ def load_run(run_dir, *, dtype=None, mesh=None, step: int | None = None):
     if dtype is not None and jnp.dtype(dtype) != jnp.dtype(cfg.param_dtype):
         name = jnp.dtype(dtype).name
         params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(name), p), out_shardings=shardings)(params)
-        cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
+        cfg = dataclasses.replace(cfg, param_dtype=name)
+        execution = dataclasses.replace(execution, dtype="")
     tokenizer = None
     if (tokenizer_path := run_tokenizer_path(run_dir, record)) is not None:
         if not tokenizer_path.exists():
             raise FileNotFoundError(f"the tokenizer of run {run_dir}, {tokenizer_path}, does not exist; put it back "
                                     f"or copy it to {run_dir / 'tokenizer'}")
         tokenizer = load_tokenizer(tokenizer_path)
-    return LoadedModel(cfg, params, tokenizer)
+    return LoadedModel(cfg, params, tokenizer, execution)
 
 
 def load_adapters(run_dir, step: int | None = None):
@@ -372,7 +386,7 @@ def load_adapter_run(run_dir, *, dtype=None, mesh=None, step: int | None = None)
     if dtype is not None:
         name = jnp.dtype(dtype).name
         params = jax.tree.map(lambda x: x.astype(name), params)
-        cfg = dataclasses.replace(cfg, param_dtype=name, dtype=name)
+        cfg = dataclasses.replace(cfg, param_dtype=name)
     if mesh is not None:
         params = place_params(jax.device_get(params), cfg, mesh)
     return base._replace(config=cfg, params=params)

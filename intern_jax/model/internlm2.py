@@ -29,8 +29,10 @@ import jax
 import jax.numpy as jnp
 
 from intern_jax import sharding as shd
-from intern_jax.config import ModelConfig
+from intern_jax.config import Execution, ModelConfig
 from intern_jax.model import kv_cache, layers, remat
+
+DEFAULT_EXECUTION = Execution()
 
 # logical axes of the hidden states [B, T, E] between layers: the embedding dimension is whole on
 # every device (FSDP shards the weights' ``embed`` axis, not the activations')
@@ -138,15 +140,17 @@ def _finish(p, x, attn, cfg: ModelConfig):
     return x + ff
 
 
-def forward(params, batch, cfg: ModelConfig, cache=None):
+def forward(params, batch, cfg: ModelConfig, cache=None, *, execution: Execution = DEFAULT_EXECUTION):
     """Logits ``[B, T, V]`` (float32) and the updated cache (or None).
 
     ``batch``: ``tokens [B, T]`` int32 and optionally ``positions [B, T]`` (default
     0..T-1) and ``segment_ids [B, T]`` (default all ones; 0 = padding). With a cache,
     the tokens are appended after each row's cached tokens and attend to them.
+    ``execution``: how to run (compute dtype, remat, attention kernel); the default computes
+    in the params' dtype with XLA attention and no remat.
     """
-    x, cache = hidden_states(params, batch, cfg, cache)
-    return head_logits(params, x, cfg), cache
+    x, cache = hidden_states(params, batch, cfg, cache, execution=execution)
+    return head_logits(params, x, cfg, execution=execution), cache
 
 
 def head_weight(params, cfg: ModelConfig):
@@ -157,13 +161,13 @@ def head_weight(params, cfg: ModelConfig):
     return params["output"], 1
 
 
-def head_logits(params, x, cfg: ModelConfig):
+def head_logits(params, x, cfg: ModelConfig, *, execution: Execution = DEFAULT_EXECUTION):
     """Float32 logits ``[..., V]`` of final hidden states ``x [..., E]`` (tied or untied head)."""
     w, vocab_axis = head_weight(params, cfg)
-    return layers.output_logits(x, w.astype(jnp.dtype(cfg.dtype)), vocab_axis)
+    return layers.output_logits(x, w.astype(jnp.dtype(execution.compute_dtype(cfg))), vocab_axis)
 
 
-def hidden_states(params, batch, cfg: ModelConfig, cache=None):
+def hidden_states(params, batch, cfg: ModelConfig, cache=None, *, execution: Execution = DEFAULT_EXECUTION):
     """The final-normed hidden states ``[B, T, E]`` (compute dtype) and the cache: ``forward``
     without the output head (``head_logits`` applies it), for losses that chunk the head."""
     tokens = batch["tokens"]
@@ -174,7 +178,7 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
     segment_ids = batch.get("segment_ids")
     if segment_ids is None:
         segment_ids = jnp.ones((b, t), jnp.int32)
-    dtype = jnp.dtype(cfg.dtype)
+    dtype = jnp.dtype(execution.compute_dtype(cfg))
     # Under a mesh the table is gathered whole for the lookup (FSDP gathers every layer's weights the
     # same way): looking tokens up in a table split along the embedding would give activations split
     # along it, which GSPMD moves to the batch x sequence split only by replicating them.
@@ -209,8 +213,8 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
             q = shd.constrain(q, ("batch", "seq", "heads", None))
             k, v = (shd.constrain(a, ("batch", None, "kv_heads", None)) for a in (k, v))
             attn = layers.attention(
-                q, k, v, segment_ids, positions, kv_segment_ids, kv_positions, impl=cfg.attention_impl,
-                block=cfg.attention_chunk,
+                q, k, v, segment_ids, positions, kv_segment_ids, kv_positions, impl=execution.attention_impl,
+                block=execution.attention_chunk,
             )
             attn = shd.constrain(attn, ("batch", "seq", "heads", None))
             return shd.constrain(_finish(p, x, attn, cfg), ACTIVATION_AXES)
@@ -219,7 +223,7 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
             for p in blocks:
                 x = layer(x, p)
         else:
-            x = remat.scan_layers(layer, x, blocks, cfg.remat)
+            x = remat.scan_layers(layer, x, blocks, execution.remat)
     else:
         # The cache owns its layout: each layer hands it the new keys and values and gets the
         # attention over everything cached so far (kv_cache.DenseKV / PagedKV).
@@ -227,7 +231,7 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
             x, cache, i = carry
             p = cast(p)
             q, k, v = _qkv(p, x, cos, sin, cfg)
-            attn, cache = cache.write_and_attend(i, step, q, k, v, impl=cfg.attention_impl)
+            attn, cache = cache.write_and_attend(i, step, q, k, v, impl=execution.attention_impl)
             return (_finish(p, x, attn, cfg), cache, i + 1), None
 
         if isinstance(blocks, (list, tuple)):
@@ -245,6 +249,6 @@ def hidden_states(params, batch, cfg: ModelConfig, cache=None):
     return x, cache
 
 
-@partial(jax.jit, static_argnames=("cfg",))
-def forward_jit(params, batch, cfg: ModelConfig, cache=None):
-    return forward(params, batch, cfg, cache)
+@partial(jax.jit, static_argnames=("cfg", "execution"))
+def forward_jit(params, batch, cfg: ModelConfig, cache=None, *, execution: Execution = DEFAULT_EXECUTION):
+    return forward(params, batch, cfg, cache, execution=execution)

@@ -16,7 +16,8 @@ Both keep token ``j`` of a sequence at logical slot ``j``; ``lengths [batch]`` c
 tokens written. New tokens go to slots ``lengths .. lengths + T - 1`` (right padding, segment
 0, is never written), and a query at slot ``s`` sees the keys at slots ``<= s``. Keys and
 values may be stored as int8 with one float32 scale per token and head
-(``kernels.quantize_kv_int8``): half the bytes of bf16, a quarter of f32.
+(``kernels.quantize_kv_int8``): half the bytes of bf16, a quarter of f32. Unquantized, they are
+stored in ``dtype``: the model's compute dtype, which by default is the params' (``param_dtype``).
 
 Attention over the cache: XLA over the layer's keys (dense: in place; paged: pages gathered
 into rows) everywhere; on GPU, paged attention runs ``kernels.paged_prefill_attention``, the
@@ -119,7 +120,7 @@ class DenseKV(_Common):
     @classmethod
     def init(cls, cfg: ModelConfig, batch_size: int, capacity: int, *, dtype=None, int8: bool = False) -> DenseKV:
         shape = (cfg.num_layers, batch_size, capacity, cfg.num_kv_heads, cfg.head_dim)
-        return cls(*_empty(shape, dtype or cfg.dtype, int8), jnp.zeros((batch_size,), jnp.int32))
+        return cls(*_empty(shape, dtype or cfg.param_dtype, int8), jnp.zeros((batch_size,), jnp.int32))
 
     @property
     def capacity(self) -> int:
@@ -188,7 +189,7 @@ class PagedKV(_Common):
     def init(cls, cfg: ModelConfig, num_pages: int, page_size: int, batch_size: int, pages_per_seq: int, *,
              dtype=None, int8: bool = False) -> PagedKV:
         shape = (cfg.num_layers, cfg.num_kv_heads, num_pages, page_size, cfg.head_dim)
-        return cls(*_empty(shape, dtype or cfg.dtype, int8), jnp.zeros((batch_size, pages_per_seq), jnp.int32),
+        return cls(*_empty(shape, dtype or cfg.param_dtype, int8), jnp.zeros((batch_size, pages_per_seq), jnp.int32),
                    jnp.zeros((batch_size,), jnp.int32))
 
     @staticmethod
@@ -197,7 +198,7 @@ class PagedKV(_Common):
         per_token = cfg.num_layers * cfg.num_kv_heads * 2
         if int8:
             return page_size * per_token * (cfg.head_dim + 4)
-        return page_size * per_token * cfg.head_dim * jnp.dtype(dtype or cfg.dtype).itemsize
+        return page_size * per_token * cfg.head_dim * jnp.dtype(dtype or cfg.param_dtype).itemsize
 
     @property
     def page_size(self) -> int:

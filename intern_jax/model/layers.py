@@ -9,6 +9,7 @@ with (the train step's): without one, every function runs as on a single device.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -79,6 +80,16 @@ def is_structured_weight(w) -> bool:
     every array inside it keeps the leading ``layers`` axis, so ``lax.scan`` slices it per layer.
     """
     return hasattr(w, "matmul")
+
+
+def reshape_target(shape: tuple, size: int) -> tuple[int, ...]:
+    """A structured weight's ``reshape(*shape)`` arguments (one tuple, or the sizes one by one) as a
+    tuple of sizes, a ``-1`` resolved against the weight's ``size`` elements as ``numpy.reshape`` does."""
+    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else tuple(shape)
+    if -1 in shape:
+        known = math.prod(d for d in shape if d != -1)
+        shape = tuple(size // known if d == -1 else d for d in shape)
+    return shape
 
 
 def rows(x, features: int = 1):

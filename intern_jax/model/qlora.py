@@ -104,11 +104,8 @@ class QuantizedWeight:
 
     def reshape(self, *shape):
         """Reshape the weight part (the ``lead`` axes must stay in front); codes are untouched."""
-        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         size = math.prod(self.shape)
-        if -1 in shape:
-            known = math.prod(d for d in shape if d != -1)
-            shape = tuple(size // known if d == -1 else d for d in shape)
+        shape = layers.reshape_target(shape, size)
         lead = self.lead
         if math.prod(shape) != size or tuple(shape[: len(lead)]) != lead:
             raise ValueError(f"cannot reshape quantized weight {self.shape} to {shape}")

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from intern_jax.model import layers
 from kernels.quantized_matmul import dequantize as dequantize_codes
 from kernels.quantized_matmul import pack_int4, quantized_matmul, quantized_matmul_xla
 
@@ -93,11 +94,7 @@ class PackedWeight:
 
     def reshape(self, *shape):
         """A new split of the same input and output (the model's ``wo`` flattening); codes untouched."""
-        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        size = math.prod(self.shape)
-        if -1 in shape:
-            known = math.prod(d for d in shape if d != -1)
-            shape = tuple(size // known if d == -1 else d for d in shape)
+        shape = layers.reshape_target(shape, math.prod(self.shape))
         lead, rest = shape[: len(self.lead)], shape[len(self.lead):]
         n_in = math.prod(self.in_shape)
         for k in range(1, len(rest)):

@@ -1,7 +1,7 @@
 """Rematerialization policies: what the backward pass of a stack of layers keeps and what it recomputes.
 
 ``scan_layers(layer, x, blocks, remat)`` runs ``x = layer(x, p)`` over blocks stacked on a leading
-``layers`` axis under ``lax.scan`` with one of the policies in ``REMAT_MODES``:
+``layers`` axis under ``lax.scan`` with one of the policies in ``REMAT_POLICIES``:
 
 - ``none``: keep every intermediate the backward pass needs (no recompute);
 - ``dots``: keep the outputs of the matrix products, recompute the elementwise ops between them
@@ -22,7 +22,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-REMAT_MODES = ("none", "full", "dots", "dots_no_batch")
+from intern_jax.config import REMAT_POLICIES
 
 # remat="full" is remat_scan; these policies go to jax.checkpoint around each layer
 _CHECKPOINT_POLICIES: dict[str, Callable] = {
@@ -33,8 +33,8 @@ _CHECKPOINT_POLICIES: dict[str, Callable] = {
 
 def scan_layers(layer, x, blocks, remat: str = "none"):
     """``x`` after ``layer(x, p)`` for each layer ``p`` of the stacked ``blocks``, under policy ``remat``."""
-    if remat not in REMAT_MODES:
-        raise ValueError(f"remat={remat!r}; use one of {', '.join(REMAT_MODES)}")
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r}; use one of {', '.join(REMAT_POLICIES)}")
     if remat == "full":
         return remat_scan(layer, x, blocks)
     body = lambda x, p: (layer(x, p), None)  # noqa: E731

@@ -1,7 +1,8 @@
 """Typed, frozen configuration of a training run: optimizer, parallelism, checkpoints, logging.
 
-``TrainConfig`` nests the ``ModelConfig`` (or a path to a model config file), the data
-pipeline's config and the groups below; ``load_train_config`` reads a config file and
+``TrainConfig`` nests the ``ModelConfig`` (or a path to a model config file), how the model
+runs (``config.Execution``: compute dtype, remat, attention kernel), the data pipeline's config
+and the groups below; ``load_train_config`` reads a config file and
 applies ``--set a.b=value`` overrides with the same rules as ``intern_jax.config``.
 Defaults here are generic; the numbers of particular runs live in ``configs/pretrain/``.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from intern_jax import sharding as shd
 from intern_jax.checkpoint.run import CheckpointConfig
-from intern_jax.config import ConfigError, ModelConfig, apply_overrides, check_fields, load_config
+from intern_jax.config import ConfigError, Execution, ModelConfig, apply_overrides, check_fields, load_config
 
 ZERO_MODES = ("none", "full", "hybrid")
 ZERO_AXES = ("fsdp", "sequence")  # the mesh axes over which ZeRO shards training state
@@ -184,10 +185,13 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. ``model`` is a ModelConfig or the path of a model config file;
+    """One training run. ``model`` is a ModelConfig or the path of a model config file (None only
+    where the run takes it from a checkpoint: fine-tuning, ``FinetuneConfig.train``);
+    ``execution`` how it runs (compute dtype, remat, attention kernel);
     ``data`` is the input pipeline's config (``intern_jax.data.pipeline.DataConfig``, or
     ``train.synthetic.SyntheticData``). ``batch_size`` (global, all processes) and ``seq_len``
-    are set here: a data config's own ``batch_size`` / ``seq_len`` follow them. ``tokenizer``
+    are set here, once: a data config that leaves its own ``batch_size`` / ``seq_len`` at their
+    defaults follows them (``data_config``), one that sets another value is an error. ``tokenizer``
     is a tokenizer path recorded in run.json. ``max_bad_steps`` non-finite steps in a row stop the run.
     ``loss_chunk_tokens``: the output head and cross-entropy run over this many sequence positions
     (of every row) at a time, recomputed in the backward pass; 0 = all at once. Same loss either way;
@@ -197,6 +201,7 @@ class TrainConfig:
 
     model: Any
     data: Any = None
+    execution: Execution = field(default_factory=Execution)
     steps: int = 1000
     batch_size: int = 8
     seq_len: int = 512
@@ -214,7 +219,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self)
-        if not isinstance(self.model, (ModelConfig, str, Path)):
+        if self.model is not None and not isinstance(self.model, (ModelConfig, str, Path)):
             raise ConfigError(f"model must be a ModelConfig or a model config path, got {type(self.model).__name__}")
         if self.steps < 1 or self.batch_size < 1 or self.seq_len < 1:
             raise ConfigError(f"steps, batch_size and seq_len must be >= 1, got {self.steps}, {self.batch_size} and "
@@ -233,21 +238,50 @@ class TrainConfig:
         if self.max_bad_steps < 1:
             raise ConfigError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
         self.eval.check_source(self.data)
-        if dataclasses.is_dataclass(self.data):
-            names = {f.name for f in dataclasses.fields(self.data)}
-            follow = {k: getattr(self, k) for k in ("batch_size", "seq_len") if k in names}
-            if any(getattr(self.data, k) != v for k, v in follow.items()):
-                object.__setattr__(self, "data", dataclasses.replace(self.data, **follow))
+        check_data_follows(self.data, batch_size=self.batch_size, seq_len=self.seq_len)
+
+    @property
+    def data_config(self):
+        """``data`` as the run reads it: its ``batch_size`` and ``seq_len`` are the run's."""
+        return data_following(self.data, batch_size=self.batch_size, seq_len=self.seq_len)
 
     @property
     def model_config(self) -> ModelConfig:
         """The ModelConfig itself (a path is loaded, relative to the working directory)."""
         if isinstance(self.model, ModelConfig):
             return self.model
+        if self.model is None:
+            raise ConfigError("model is not set; give a ModelConfig or a model config file (e.g. "
+                              "model='configs/model/tiny.py')")
         cfg = load_config(self.model)
         if not isinstance(cfg, ModelConfig):
             raise ConfigError(f"{self.model} binds config to a {type(cfg).__name__}, not a ModelConfig")
         return cfg
+
+
+def _run_settings(data, settings: dict) -> dict:
+    """The run-wide ``settings`` that the data config ``data`` also has a field for."""
+    if not dataclasses.is_dataclass(data):
+        return {}
+    names = {f.name for f in dataclasses.fields(data)}
+    return {k: v for k, v in settings.items() if k in names}
+
+
+def check_data_follows(data, **settings) -> None:
+    """A ConfigError naming both settings when the data config sets ``batch_size`` or ``seq_len`` to
+    something other than the run's (left at its default, it follows the run's)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(data)} if dataclasses.is_dataclass(data) else {}
+    for key, value in _run_settings(data, settings).items():
+        own = getattr(data, key)
+        if own != value and own != defaults[key]:
+            raise ConfigError(f"data.{key}={own} disagrees with {key}={value}: the run's {key} is set once, "
+                              f"as {key}; drop data.{key} (it follows {key})")
+
+
+def data_following(data, **settings):
+    """``data`` with the run-wide ``settings`` (``batch_size``, ``seq_len``) it has fields for."""
+    follow = _run_settings(data, settings)
+    return dataclasses.replace(data, **follow) if follow else data
 
 
 def load_train_config(path, overrides: typing.Sequence[str] = ()) -> TrainConfig:
@@ -264,7 +298,8 @@ def load_train_config(path, overrides: typing.Sequence[str] = ()) -> TrainConfig
 
 
 def train_config_to_dict(cfg: TrainConfig) -> dict:
-    """JSON-ready dict (run.json); non-dataclass leaves such as paths become strings."""
+    """JSON-ready dict (run.json; the data config as the run reads it); non-dataclass leaves such as paths
+    become strings."""
 
     def convert(x):
         if dataclasses.is_dataclass(x):
@@ -277,7 +312,7 @@ def train_config_to_dict(cfg: TrainConfig) -> dict:
             return x
         return str(x)
 
-    return convert(cfg)
+    return convert(dataclasses.replace(cfg, data=cfg.data_config))
 
 
 def check_run_flags(*, steps: int | None = None, save_every: int | None = None) -> None:
@@ -289,8 +324,11 @@ def check_run_flags(*, steps: int | None = None, save_every: int | None = None) 
 
 
 def with_run_flags(cfg, *, steps: int | None = None, save_every: int | None = None, quiet: bool = False):
-    """``cfg`` (a TrainConfig or FinetuneConfig) with the scripts' common flags applied:
+    """``cfg`` (a TrainConfig, or a FinetuneConfig: its ``train``) with the scripts' common flags applied:
     ``--steps``, ``--save-every`` and ``--quiet`` (no progress bar)."""
+    if not isinstance(cfg, TrainConfig):
+        return dataclasses.replace(cfg, train=with_run_flags(cfg.train, steps=steps, save_every=save_every,
+                                                             quiet=quiet))
     check_run_flags(steps=steps, save_every=save_every)
     changes = {}
     if steps is not None:

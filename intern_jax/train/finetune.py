@@ -28,14 +28,7 @@ from intern_jax.model import lora as L
 from intern_jax.model import qlora as Q
 from intern_jax.model.lora import LoraConfig
 from intern_jax.sharding import make_mesh
-from intern_jax.train.config import (
-    CheckpointConfig,
-    EvalConfig,
-    LoggingConfig,
-    OptimizerConfig,
-    ParallelConfig,
-    TrainConfig,
-)
+from intern_jax.train.config import CheckpointConfig, OptimizerConfig, TrainConfig
 from intern_jax.train.loop import TrainedParams, TrainRun, make_eval_batches, run_training
 from intern_jax.train.step import make_batch_sharding, process_row_block
 
@@ -69,51 +62,56 @@ class QuantConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-    """One fine-tuning run. ``base_model``: any checkpoint ``load_model`` reads. ``mode``: full,
-    lora or qlora. ``dtype`` is the compute dtype, ``base_dtype`` the frozen base's storage dtype
-    (full mode: the trained params' dtype); ``remat`` as the model config, ``loss_chunk_tokens`` and
-    ``loss_chunk_vocab`` as the train config. ``batch_size`` is global; ``parallel.micro_batches``
-    accumulates gradients as in pretraining. ``eval`` as in pretraining, on the examples that
-    ``data.holdout`` keeps out of training (or every example of the file ``eval.path``)."""
+    """One fine-tuning run: the base checkpoint, how it is adapted, and the training run over it.
+
+    ``base_model``: any checkpoint ``load_model`` reads, held in ``base_dtype`` (full mode: the trained
+    params' dtype). ``mode``: full, lora or qlora (``lora``, ``quant``). ``train``: every setting of the
+    training run, as in pretraining (steps, batch and sequence sizes, ``execution``, optimizer,
+    parallelism, checkpoints, logging, ``eval``), with ``model`` left unset (the base checkpoint's
+    config, taken when it is loaded) and ``data`` an ``SFTDataConfig``; ``train.eval`` evaluates on
+    the examples that ``train.data.holdout`` keeps out of training (or every example of the file
+    ``train.eval.path``). ``finetune_training`` gives the fine-tuning defaults."""
 
     base_model: str
-    data: SFTDataConfig
+    train: TrainConfig
     mode: str = "lora"
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
-    steps: int = 1000
-    batch_size: int = 8
-    seq_len: int = 2048
-    seed: int = 0
-    dtype: str = "float32"
     base_dtype: str = "float32"
-    remat: str = "none"
-    loss_chunk_tokens: int = 512
-    loss_chunk_vocab: int = 8192
-    optimizer: OptimizerConfig = dataclasses.field(
-        default_factory=lambda: OptimizerConfig(learning_rate=2e-4, warmup_steps=30, weight_decay=0.0, b2=0.999)
-    )
-    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
-    checkpoint: CheckpointConfig = dataclasses.field(default_factory=lambda: CheckpointConfig(save_every=500))
-    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-    name: str = ""
+
+    # keys of older fine-tuning configs and overrides, now in the training group
+    MOVED_KEYS = {**{f.name: f"train.{f.name}" for f in dataclasses.fields(TrainConfig)},
+                  "dtype": "train.execution.dtype", "remat": "train.execution.remat"}
 
     def __post_init__(self):
         check_fields(self)
-        if self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(f"train must be a TrainConfig (finetune_training(...) gives the fine-tuning "
+                              f"defaults), got {type(self.train).__name__}")
+        if self.train.model is not None:
+            raise ConfigError("train.model must be left unset: fine-tuning takes the base checkpoint's config")
         if self.mode not in MODES:
             raise ConfigError(f"mode={self.mode!r}; use one of {', '.join(MODES)}")
-        self.eval.check_source(self.data, items="conversations", example=0.05, path="a chat file")
+        self.train.eval.check_source(self.train.data, items="conversations", example=0.05, path="a chat file")
+
+    @property
+    def data(self) -> SFTDataConfig:
+        return self.train.data
 
     def train_config(self, model_cfg) -> TrainConfig:
-        return TrainConfig(
-            model=model_cfg, data=self.data, steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len,
-            seed=self.seed, optimizer=self.optimizer, parallel=self.parallel, checkpoint=self.checkpoint,
-            logging=self.logging, eval=self.eval, name=self.name, loss_chunk_tokens=self.loss_chunk_tokens,
-            loss_chunk_vocab=self.loss_chunk_vocab,
-        )
+        """The training run over the base model whose config is ``model_cfg``."""
+        return dataclasses.replace(self.train, model=model_cfg)
+
+
+def finetune_training(data: SFTDataConfig, **settings) -> TrainConfig:
+    """A fine-tuning run's ``TrainConfig`` over ``data``: 2048-token rows, AdamW 2e-4 with 30 warmup
+    steps, no weight decay, beta2 0.999, a checkpoint every 500 steps; ``settings`` override them."""
+    defaults = {
+        "seq_len": 2048,
+        "optimizer": OptimizerConfig(learning_rate=2e-4, warmup_steps=30, weight_decay=0.0, b2=0.999),
+        "checkpoint": CheckpointConfig(save_every=500),
+    }
+    return TrainConfig(model=None, data=data, **{**defaults, **settings})
 
 
 def load_finetune_config(path, overrides=()) -> FinetuneConfig:
@@ -164,14 +162,14 @@ def prepare(cfg: FinetuneConfig, mesh, base=None, *, progress: bool = False) -> 
         base = load_model(cfg.base_model, dtype=cfg.base_dtype, progress=progress)
     if base.tokenizer is None:
         raise ValueError(f"base model {cfg.base_model} carries no tokenizer; SFT data cannot be rendered")
-    model_cfg = dataclasses.replace(base.config, dtype=cfg.dtype, remat=cfg.remat)
+    model_cfg = base.config
     if cfg.mode == "full":
         return FinetuneSetup(model_cfg, TrainedParams(initial=base.params), base.tokenizer)
     frozen = base.params
     if cfg.mode == "qlora":
         frozen = Q.quantize_params(frozen, cfg.quant.kind, targets=cfg.quant.targets, block=cfg.quant.block,
                                    double_quant=cfg.quant.double_quant, progress=progress)
-    adapters = L.init_lora(frozen, cfg.lora, jax.random.key(cfg.seed))
+    adapters = L.init_lora(frozen, cfg.lora, jax.random.key(cfg.train.seed))
     replicated = NamedSharding(mesh, PartitionSpec())
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), adapters)
     trained = TrainedParams(initial=adapters, frozen=frozen, assemble=make_assemble(cfg.lora), abstract=abstract,
@@ -201,22 +199,23 @@ def finetune(cfg: FinetuneConfig, run_dir, *, base=None, on_step=None, progress:
     """Fine-tune per ``cfg`` into ``run_dir`` (resuming when it holds checkpoints); returns the TrainResult.
 
     ``base`` (a LoadedModel) skips loading ``cfg.base_model``; ``mesh`` (default: all devices shaped
-    by ``cfg.parallel``), ``on_step`` and ``compiler_options`` go to ``run_training``.
+    by ``cfg.train.parallel``), ``on_step`` and ``compiler_options`` go to ``run_training``.
     """
-    progress = cfg.logging.progress if progress is None else progress
+    progress = cfg.train.logging.progress if progress is None else progress
     run_dir = Path(run_dir).absolute()
-    mesh = mesh if mesh is not None else make_mesh(cfg.parallel.mesh_shape())
+    mesh = mesh if mesh is not None else make_mesh(cfg.train.parallel.mesh_shape())
     setup = prepare(cfg, mesh, base, progress=progress)
     train_cfg = cfg.train_config(setup.model_cfg)
     index, count = process_row_block(make_batch_sharding(mesh, train_cfg.parallel.rules), train_cfg.batch_size,
                                      train_cfg.seq_len)
-    loaded = load_examples(train_cfg.data, setup.tokenizer, progress=progress)
+    data = train_cfg.data_config
+    loaded = load_examples(data, setup.tokenizer, progress=progress)
     data_iterator, stats = make_sft_iterator(
-        train_cfg.data, setup.tokenizer, process_index=index, process_count=count, loaded=loaded,
+        data, setup.tokenizer, process_index=index, process_count=count, loaded=loaded,
     )
     eval_batches = make_eval_batches(train_cfg, mesh, load=lambda i, c: make_sft_eval_batches(
-        train_cfg.data, setup.tokenizer, path=cfg.eval.path, process_index=i, process_count=c,
-        max_batches=cfg.eval.max_batches, loaded=loaded,
+        data, setup.tokenizer, path=train_cfg.eval.path, process_index=i, process_count=c,
+        max_batches=train_cfg.eval.max_batches, loaded=loaded,
     ))
     log.info("data: %s", stats.summary())
     if stats.skipped:

@@ -146,13 +146,13 @@ def make_data_iterator(train_cfg: TrainConfig, model_cfg: ModelConfig, mesh=None
         )
     from intern_jax.data.pipeline import make_pretrain_iterator  # noqa: PLC0415
 
-    return make_pretrain_iterator(train_cfg.data, **kw)
+    return make_pretrain_iterator(train_cfg.data_config, **kw)
 
 
 def _corpus_eval_batches(train_cfg: TrainConfig, index: int, count: int) -> dict[str, list[dict]]:
     from intern_jax.data.pipeline import make_eval_batches as pipeline_eval_batches  # noqa: PLC0415
 
-    data = train_cfg.data
+    data = train_cfg.data_config
     if not isinstance(data, DataConfig):
         data = DataConfig(path=train_cfg.eval.path, seq_len=train_cfg.seq_len, batch_size=train_cfg.batch_size)
     return pipeline_eval_batches(data, path=train_cfg.eval.path, process_index=index, process_count=count,
@@ -249,7 +249,7 @@ def run_training(run: TrainRun) -> TrainResult:
                 trainable = jax.jit(init, **jit_kw)(jax.random.key(train_cfg.seed))
             state = ts.init_state(jax.device_put(trainable, ts.state_shardings["params"]))
         write_run_json(run.run_dir, model_cfg, train_config_to_dict(train_cfg), run.tokenizer_path,
-                       trainable=trained.kind, extra=run.run_extra)
+                       trainable=trained.kind, extra=run.run_extra, execution=train_cfg.execution)
         writer = M.MetricsWriter(run.run_dir, tensorboard=train_cfg.logging.tensorboard, resume_step=start,
                                  enabled=jax.process_index() == 0)
         result = _loop(run, ts, ckpt, writer, state, start)
@@ -414,7 +414,8 @@ def run_from_cli(prog: str, args, load: Callable, train: Callable) -> tuple[int,
         output_dir(args.output)
     cfg = load(args.config, args.overrides)
     cfg = with_run_flags(cfg, steps=args.steps, save_every=args.save_every, quiet=args.quiet)
-    output = output_dir(args.output or Path("runs") / (cfg.name or Path(args.config).stem))
+    settings = getattr(cfg, "train", cfg)  # a FinetuneConfig holds its training run's settings in ``train``
+    output = output_dir(args.output or Path("runs") / (settings.name or Path(args.config).stem))
     try:
         result = train(cfg, output)
     except TrainingDiverged as e:
@@ -423,7 +424,7 @@ def run_from_cli(prog: str, args, load: Callable, train: Callable) -> tuple[int,
     m = result.last_metrics
     if m:
         print(f"step {result.step}: loss {m['loss']:.4f}; run directory {output}")
-    elif result.resumed_from is not None and result.resumed_from >= cfg.steps:
-        print(f"{output} is already at step {result.resumed_from} (steps: {cfg.steps}); nothing to train. Raise "
+    elif result.resumed_from is not None and result.resumed_from >= settings.steps:
+        print(f"{output} is already at step {result.resumed_from} (steps: {settings.steps}); nothing to train. Raise "
               "--steps to continue it", file=sys.stderr)
     return 0, output

@@ -132,7 +132,7 @@ def make_loss_sums(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh, assembl
         params = assemble(trainable, frozen, rng=key) if takes_rng else assemble(trainable, frozen)
         # the model's activation layout: the mesh and the run's logical-axis rules
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), shd.use_rules(train_cfg.parallel.rules):
-            hidden, _ = internlm2.hidden_states(params, batch, model_cfg)
+            hidden, _ = internlm2.hidden_states(params, batch, model_cfg, execution=train_cfg.execution)
             head = OutputHead(*internlm2.head_weight(params, model_cfg))
             return chunked_lm_loss_sums(hidden, head, batch, z_loss, train_cfg.loss_chunk_tokens,
                                         train_cfg.loss_chunk_vocab)
@@ -147,23 +147,27 @@ def split_micro_batches(batch, k: int, sharding: NamedSharding):
     return jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: sharding, micro))
 
 
+def sum_over_micro_batches(fn: Callable, batch, key, k: int, micro_sharding, zeros):
+    """``fn(batch, key)`` (a pytree of sums) summed over ``k`` micro-batches under ``lax.scan``, starting from
+    ``zeros``; micro-batch ``i`` gets ``fold_in(key, i)`` (a None key stays None). One call when k == 1."""
+    if k == 1:
+        return fn(batch, key)
+
+    def add(total, xs):
+        mb, i = xs
+        out = fn(mb, None if key is None else jax.random.fold_in(key, i))
+        return jax.tree.map(jnp.add, total, out), None
+
+    total, _ = jax.lax.scan(add, zeros, (split_micro_batches(batch, k, micro_sharding), jnp.arange(k)))
+    return total
+
+
 def accumulate_gradients(grads_of: Callable, params, batch, key, k: int, micro_sharding, grad_shardings):
     """Summed float32 gradients and ``(ce, z, count)`` sums of ``grads_of(params, batch, key)`` over ``k``
-    micro-batches run under ``lax.scan`` (micro-batch ``i`` gets ``fold_in(key, i)``); one call when k == 1."""
-    if k == 1:
-        return grads_of(params, batch, key)
-
-    def add(carry, xs):
-        g_sum, sums = carry
-        mb, i = xs
-        g, aux = grads_of(params, mb, jax.random.fold_in(key, i))
-        return (jax.tree.map(jnp.add, g_sum, g), jax.tree.map(jnp.add, sums, aux)), None
-
+    micro-batches (the gradient sums laid out as ``grad_shardings``)."""
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
-    init = (zeros, (jnp.zeros((), jnp.float32),) * 3)
-    (grads, sums), _ = jax.lax.scan(add, init, (split_micro_batches(batch, k, micro_sharding), jnp.arange(k)))
-    return grads, sums
+    zeros = (jax.lax.with_sharding_constraint(zeros, grad_shardings), (jnp.zeros((), jnp.float32),) * 3)
+    return sum_over_micro_batches(lambda b, key: grads_of(params, b, key), batch, key, k, micro_sharding, zeros)
 
 
 def update_if_finite(optimizer: optax.GradientTransformation, grads, opt_state, params, finite):
@@ -189,21 +193,6 @@ def _init_state(trainable, optimizer, seed: int) -> dict:
         "bad_steps": jnp.zeros((), jnp.int32),
         "skipped": jnp.zeros((), jnp.int32),
     }
-
-
-def _check_batch_fits(train_cfg: TrainConfig, mesh, batch_spec) -> None:
-    k = train_cfg.parallel.micro_batches
-    batch_ways, seq_ways = (_devices_along(mesh, entry) for entry in batch_spec)
-    if train_cfg.batch_size % (k * batch_ways):
-        raise ConfigError(
-            f"batch_size {train_cfg.batch_size} must be divisible by micro_batches ({k}) x the "
-            f"data x fsdp devices ({batch_ways}); change batch_size or the mesh"
-        )
-    if train_cfg.seq_len % seq_ways:
-        raise ConfigError(
-            f"seq_len {train_cfg.seq_len} must be divisible by the sequence devices ({seq_ways}); "
-            "change seq_len or parallel.sequence"
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -242,7 +231,7 @@ def make_train_step(
     replicated = _replicated(mesh)
     frozen_shardings = replicated if frozen_shardings is None else frozen_shardings
     batch_sharding = make_batch_sharding(mesh, train_cfg.parallel.rules)
-    _check_batch_fits(train_cfg, mesh, batch_sharding.spec)
+    check_batch_fits(train_cfg, mesh, batch_sharding.spec)
     k = train_cfg.parallel.micro_batches
     micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_sharding.spec))
 
@@ -300,15 +289,8 @@ def make_train_step(
 
     def evaluate(trainable, frozen, batch):
         batch = {name: batch[name] for name in CONTRACT_KEYS}
-        if k == 1:
-            ce, _, count = loss_sums(trainable, frozen, batch, None, 0.0)
-        else:
-            def add(carry, mb):
-                ce, _, count = loss_sums(trainable, frozen, mb, None, 0.0)
-                return (carry[0] + ce, carry[1] + count), None
-
-            zero = jnp.zeros((), jnp.float32)
-            (ce, count), _ = jax.lax.scan(add, (zero, zero), split_micro_batches(batch, k, micro_sharding))
+        sums = lambda b, _: loss_sums(trainable, frozen, b, None, 0.0)  # noqa: E731  (no dropout, no z-loss)
+        ce, _, count = sum_over_micro_batches(sums, batch, None, k, micro_sharding, (jnp.zeros((), jnp.float32),) * 3)
         return {"loss_sum": ce, "tokens": count}
 
     batch_shardings = {name: batch_sharding for name in CONTRACT_KEYS}
@@ -330,10 +312,31 @@ def make_train_step(
     )
 
 
+# ---------------------------------------------------------------------------
+# Feeding the step: where a batch's rows and positions live, and which rows each process loads
+
+
 def make_batch_sharding(mesh, rules=None) -> NamedSharding:
     """``[batch, seq]`` arrays: rows over ``data`` x ``fsdp``, positions over ``sequence`` (by default;
     ``rules``: the run's, ``ParallelConfig.rules``)."""
     return NamedSharding(mesh, shd.logical_to_spec(("batch", "seq"), rules))
+
+
+def check_batch_fits(train_cfg: TrainConfig, mesh, batch_spec) -> None:
+    """A ConfigError unless the batch splits evenly into micro-batches over the data x fsdp devices and
+    its positions over the sequence devices (``batch_spec``: the batch sharding's ``PartitionSpec``)."""
+    k = train_cfg.parallel.micro_batches
+    batch_ways, seq_ways = (_devices_along(mesh, entry) for entry in batch_spec)
+    if train_cfg.batch_size % (k * batch_ways):
+        raise ConfigError(
+            f"batch_size {train_cfg.batch_size} must be divisible by micro_batches ({k}) x the "
+            f"data x fsdp devices ({batch_ways}); change batch_size or the mesh"
+        )
+    if train_cfg.seq_len % seq_ways:
+        raise ConfigError(
+            f"seq_len {train_cfg.seq_len} must be divisible by the sequence devices ({seq_ways}); "
+            "change seq_len or parallel.sequence"
+        )
 
 
 def process_row_block(sharding: NamedSharding, batch_size: int, seq_len: int) -> tuple[int, int]:

@@ -9,7 +9,7 @@ the suite's parent process never takes the device.
 
 Imports: only what the GPU machine's image has (jax, numpy, optax, ...). The pretraining and
 fine-tuning config files build data configs whose modules import grain, which that image lacks,
-so the recipes' model settings are restated here (``PRETRAIN_MODEL`` and ``QLORA``) and a test
+so the recipes' model settings are restated here (``PRETRAIN_MODEL``, ``PRETRAIN_EXECUTION`` and ``QLORA``) and a test
 (tests/bench/test_device_suite.py) checks them against the config files.
 """
 
@@ -35,7 +35,8 @@ CPU_PLAN_QLORA_GIB = 9.25  # docs/benchmarks.md, fine-tuning: compiled memory an
 
 # The pretraining recipe's model settings (configs/pretrain/_internevo.py: bf16 compute over fp32
 # master weights, full remat) and the QLoRA recipe (configs/finetune/internlm2_7b_qlora_chat.py).
-PRETRAIN_MODEL = {"dtype": "bfloat16", "param_dtype": "float32", "remat": "full"}
+PRETRAIN_MODEL = {"param_dtype": "float32"}
+PRETRAIN_EXECUTION = {"dtype": "bfloat16", "remat": "full"}
 QLORA = {
     "quant": {"kind": "nf4", "block": 64, "double_quant": True, "targets": r"layers/(wqkv|wo|w1|w2|w3)"},
     "lora": {"rank": 64, "alpha": 16.0, "dropout": 0.1, "targets": r"layers/(wqkv|wo|w1|w2|w3)"},
@@ -380,6 +381,7 @@ def train(part: Part):
     import jax
     import numpy as np
 
+    from intern_jax.config import Execution
     from intern_jax.model import internlm2
     from intern_jax.sharding import make_mesh
     from intern_jax.train.config import ParallelConfig, TrainConfig
@@ -393,9 +395,10 @@ def train(part: Part):
     sheet = peak_flops_per_device(jax.devices()[0])
     mesh = make_mesh({"fsdp": 1}, jax.devices()[:1])
     for attention in ("xla", "pallas"):
-        cfg = _model_config("internlm2_1_8b.py", part.smoke, **PRETRAIN_MODEL, attention_impl=attention)
+        cfg = _model_config("internlm2_1_8b.py", part.smoke, **PRETRAIN_MODEL)
         tc = TrainConfig(model=cfg, steps=1000, batch_size=batch, seq_len=seq,
-                         parallel=ParallelConfig(fsdp=1, micro_batches=batch))
+                         parallel=ParallelConfig(fsdp=1, micro_batches=batch),
+                         execution=Execution(**PRETRAIN_EXECUTION, attention_impl=attention))
         state = step = None
         try:
             ts = make_train_step(cfg, tc, mesh)
@@ -469,6 +472,7 @@ def qlora(part: Part):
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
 
+    from intern_jax.config import Execution
     from intern_jax.model import internlm2
     from intern_jax.model import lora as L
     from intern_jax.model import qlora as Q
@@ -479,8 +483,7 @@ def qlora(part: Part):
     from intern_jax.train.synthetic import SyntheticData, synthetic_batch
 
     seq = 64 if part.smoke else QLORA["seq_len"]
-    cfg = _model_config("internlm2_7b.py", part.smoke, dtype=QLORA["dtype"], param_dtype=QLORA["base_dtype"],
-                        remat=QLORA["remat"], attention_impl="pallas")
+    cfg = _model_config("internlm2_7b.py", part.smoke, param_dtype=QLORA["base_dtype"])
     mesh = make_mesh({"fsdp": 1}, jax.devices()[:1])
     replicated = NamedSharding(mesh, PartitionSpec())
     frozen = Q.quantize_params(internlm2.abstract(cfg), abstract=True, **QLORA["quant"])
@@ -490,7 +493,8 @@ def qlora(part: Part):
     tc = TrainConfig(model=cfg, steps=1000, batch_size=1, seq_len=seq,
                      optimizer=OptimizerConfig(learning_rate=2e-4, warmup_steps=90, min_lr_ratio=0.0, b2=0.999,
                                                weight_decay=0.0),
-                     parallel=ParallelConfig(fsdp=1, zero="none"))
+                     parallel=ParallelConfig(fsdp=1, zero="none"),
+                     execution=Execution(dtype=QLORA["dtype"], remat=QLORA["remat"], attention_impl="pallas"))
     ts = make_train_step(cfg, tc, mesh, assemble=make_assemble(lora), abstract_trainable=adapters,
                          trainable_shardings=jax.tree.map(lambda _: replicated, adapters))
     # compile before anything is allocated, so that compile-time scratch cannot set the peak
@@ -549,7 +553,7 @@ def decode(part: Part):
     prompt_len, new_tokens = (16, 8) if part.smoke else (1024, 128)
     batches = (1, 4) if part.smoke else (1, 64)
     copy = part.calibration.get("copy_gb_per_s")
-    cfg = _model_config("internlm2_1_8b.py", part.smoke, dtype="bfloat16", param_dtype="bfloat16")
+    cfg = _model_config("internlm2_1_8b.py", part.smoke, param_dtype="bfloat16")
     # the public face: a Decoder lays the weights out for decoding once and keeps the compiled executables,
     # so the second generate of a shape runs without compiling
     decoder = intern_jax.Decoder(internlm2.init(cfg, jax.random.key(0)), cfg)

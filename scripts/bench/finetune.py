@@ -46,7 +46,7 @@ def qlora_memory(seq_len: int, rank: int, quant: str | None, attention: str = "x
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from intern_jax.config import load_config
+    from intern_jax.config import Execution, load_config
     from intern_jax.model import internlm2
     from intern_jax.model import lora as L
     from intern_jax.model import qlora as Q
@@ -56,8 +56,7 @@ def qlora_memory(seq_len: int, rank: int, quant: str | None, attention: str = "x
     from intern_jax.train.step import make_train_step
 
     root = Path(__file__).resolve().parents[2]
-    cfg = dataclasses.replace(load_config(root / "configs/model/internlm2_7b.py"), dtype="bfloat16",
-                              param_dtype="bfloat16", remat="full", attention_impl=attention)
+    cfg = dataclasses.replace(load_config(root / "configs/model/internlm2_7b.py"), param_dtype="bfloat16")
     mesh = make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
     replicated = NamedSharding(mesh, PartitionSpec())
     frozen = internlm2.abstract(cfg)
@@ -67,7 +66,8 @@ def qlora_memory(seq_len: int, rank: int, quant: str | None, attention: str = "x
     adapters = L.abstract_lora(frozen, lora)
     train_cfg = TrainConfig(model=cfg, steps=1000, batch_size=micro_batches, seq_len=seq_len,
                             optimizer=OptimizerConfig(learning_rate=2e-4, warmup_steps=10),
-                            parallel=ParallelConfig(fsdp=1, zero="none", micro_batches=micro_batches))
+                            parallel=ParallelConfig(fsdp=1, zero="none", micro_batches=micro_batches),
+                            execution=Execution(remat="full", attention_impl=attention))
     ts = make_train_step(cfg, train_cfg, mesh, assemble=make_assemble(lora), abstract_trainable=adapters,
                          trainable_shardings=jax.tree.map(lambda _: replicated, adapters))
     start = time.perf_counter()

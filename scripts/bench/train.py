@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     import transformers
 
     from intern_jax.checkpoint import save_hf
-    from intern_jax.config import ModelConfig
+    from intern_jax.config import Execution, ModelConfig
     from intern_jax.model import internlm2
     from intern_jax.sharding import make_mesh
     from intern_jax.train.config import OptimizerConfig, ParallelConfig, TrainConfig
@@ -56,12 +56,12 @@ def main(argv=None) -> int:
     cfg = ModelConfig(
         name="bench-llama", vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
         num_heads=heads, num_kv_heads=max(heads // 2, 1), intermediate_size=int(args.hidden * 2.75) // 64 * 64,
-        max_position_embeddings=max(args.seq_len, 512), rope_theta=10000.0, remat=args.remat,
+        max_position_embeddings=max(args.seq_len, 512), rope_theta=10000.0,
     )
     total = args.warmup + args.steps
     opt = OptimizerConfig(learning_rate=1e-3, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.01, grad_clip=1.0)
     tc = TrainConfig(model=cfg, steps=total, batch_size=args.batch, seq_len=args.seq_len, optimizer=opt,
-                     parallel=ParallelConfig(fsdp=1))
+                     parallel=ParallelConfig(fsdp=1), execution=Execution(remat=args.remat))
     data = SyntheticData(seed=0)
     batches = [synthetic_batch(data, cfg.vocab_size, args.batch, args.seq_len, i) for i in range(total)]
     params = internlm2.init(cfg, jax.random.key(0))

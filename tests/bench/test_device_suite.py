@@ -205,17 +205,17 @@ def test_the_kernel_programs_lower_to_triton_at_the_device_shapes():
 
 def test_suite_settings_are_the_recipes():
     """The suite restates the recipes' model settings (their config files import grain); they must agree."""
-    from intern_jax.config import load_config
+    from intern_jax.config import Execution, load_config
     from intern_jax.train.config import load_train_config
     from intern_jax.train.finetune import load_finetune_config
 
     suite = load_parts()
     pretrain = load_train_config(ROOT / "configs/pretrain/internlm2_1_8b.py")
     ours = dataclasses.replace(load_config(ROOT / "configs/model/internlm2_1_8b.py"), **suite.PRETRAIN_MODEL)
-    assert ours == pretrain.model
+    assert ours == pretrain.model and Execution(**suite.PRETRAIN_EXECUTION) == pretrain.execution
 
     recipe = load_finetune_config(ROOT / "configs/finetune/internlm2_7b_qlora_chat.py")
     assert suite.QLORA["quant"] == dataclasses.asdict(recipe.quant)
     assert suite.QLORA["lora"] == dataclasses.asdict(recipe.lora)
     assert (suite.QLORA["dtype"], suite.QLORA["base_dtype"], suite.QLORA["remat"], suite.QLORA["seq_len"]) == (
-        recipe.dtype, recipe.base_dtype, recipe.remat, recipe.seq_len)
+        recipe.train.execution.dtype, recipe.base_dtype, recipe.train.execution.remat, recipe.train.seq_len)

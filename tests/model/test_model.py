@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from intern_jax import testing
-from intern_jax.config import ModelConfig, RopeScaling
+from intern_jax.config import Execution, ModelConfig, RopeScaling
 from intern_jax.model import internlm2
 from intern_jax.model.kv_cache import DenseKV
 from intern_jax.sharding import make_mesh
@@ -112,13 +112,13 @@ def test_remat_policies_give_identical_gradients(remat):
     params = random_params(cfg)
     toks = tokens(cfg, (2, 9))
 
-    def loss(p, c):
-        logits, _ = internlm2.forward(p, {"tokens": toks}, c)
+    def loss(p, e):
+        logits, _ = internlm2.forward(p, {"tokens": toks}, cfg, execution=e)
         return jnp.mean(jax.nn.logsumexp(logits, -1))
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
-    g0 = grad(params, cfg)
-    g1 = grad(params, dataclasses.replace(cfg, remat=remat))
+    g0 = grad(params, Execution())
+    g1 = grad(params, Execution(remat=remat))
     for x, y in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-5)
 
@@ -127,8 +127,8 @@ def test_remat_policies_give_identical_gradients(remat):
 def test_only_the_remat_policy_puts_the_layers_under_checkpoint(remat):
     """Nothing in the layers wraps itself in jax.checkpoint: with remat="none" the backward pass
     recomputes nothing; "dots" puts each layer under one checkpoint with its policy."""
-    cfg = tiny(remat=remat)
-    jaxpr = str(jax.make_jaxpr(lambda p: internlm2.forward(p, {"tokens": tokens(cfg, (1, 5))}, cfg)[0])(
+    cfg, run = tiny(), Execution(remat=remat)
+    jaxpr = str(jax.make_jaxpr(lambda p: internlm2.forward(p, {"tokens": tokens(cfg, (1, 5))}, cfg, execution=run)[0])(
         random_params(cfg)))
     checkpoints = re.findall(r"= (?:remat2|checkpoint)\[", jaxpr)  # jax.checkpoint's primitive (named remat2)
     assert len(checkpoints) == (remat != "none")
@@ -138,21 +138,21 @@ def test_full_remat_in_bf16_with_a_frozen_part_matches_no_remat():
     """remat="full" (layer inputs kept as raw 16-bit words, gradients only for differentiated leaves)
     gives the gradients of no remat, for bfloat16 compute over packed rows, when only some weights
     are differentiated and the rest are closed over."""
-    cfg = tiny(dtype="bfloat16")
+    cfg, bf16 = tiny(), Execution(dtype="bfloat16")
     params = random_params(cfg)
     toks = tokens(cfg, (2, 12))
     seg = jnp.asarray([[1] * 5 + [2] * 7, [1] * 10 + [0] * 2], jnp.int32)
     pos = jnp.asarray([list(range(5)) + list(range(7)), list(range(10)) + [0, 0]], jnp.int32)
     batch = {"tokens": toks, "segment_ids": seg, "positions": pos}
 
-    def loss(trained, c):
+    def loss(trained, e):
         p = {**params, "layers": {**params["layers"], **trained}}
-        logits, _ = internlm2.forward(p, batch, c)
+        logits, _ = internlm2.forward(p, batch, cfg, execution=e)
         return jnp.sum(jax.nn.logsumexp(logits, -1) * (seg != 0))
 
     trained = {k: params["layers"][k] for k in ("w1", "wo", "ffn_norm")}
     grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    (v0, g0), (v1, g1) = grad(trained, cfg), grad(trained, dataclasses.replace(cfg, remat="full"))
+    (v0, g0), (v1, g1) = grad(trained, bf16), grad(trained, dataclasses.replace(bf16, remat="full"))
     np.testing.assert_allclose(v1, v0, rtol=1e-6)
     for name in trained:
         scale = float(jnp.abs(g0[name]).max())
@@ -199,15 +199,13 @@ def test_pallas_attention_gives_xla_logits_and_gradients():
     seg = jnp.array([[1] * 6 + [2] * 7 + [0] * 3, [1] * 16], jnp.int32)
     pos = jnp.array([list(range(6)) + list(range(7)) + [0] * 3, list(range(16))], jnp.int32)
     batch = {"tokens": tokens(cfg, (2, 16)), "segment_ids": seg, "positions": pos}
-    pallas_cfg = dataclasses.replace(cfg, attention_impl="pallas")
-
-    def loss(p, c):
-        logits, _ = internlm2.forward(p, batch, c)
+    def loss(p, e):
+        logits, _ = internlm2.forward(p, batch, cfg, execution=e)
         return jnp.sum(jnp.where(seg[..., None] > 0, jax.nn.log_softmax(logits), 0.0)), logits
 
     grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
-    g_xla, l_xla = grad(params, cfg)
-    g_pallas, l_pallas = grad(params, pallas_cfg)
+    g_xla, l_xla = grad(params, Execution())
+    g_pallas, l_pallas = grad(params, Execution(attention_impl="pallas"))
     np.testing.assert_allclose(l_pallas, l_xla, atol=1e-4, rtol=1e-4)
     for x, y in zip(jax.tree.leaves(g_pallas), jax.tree.leaves(g_xla)):
         np.testing.assert_allclose(x, y, atol=1e-3, rtol=1e-3)
@@ -224,13 +222,13 @@ def test_query_blocks_give_whole_attention_logits_and_gradients(block):
     pos = jnp.array([list(range(6)) + list(range(7)) + [0] * 4, list(range(17))], jnp.int32)
     batch = {"tokens": tokens(cfg, (2, 17)), "segment_ids": seg, "positions": pos}
 
-    def loss(p, c):
-        logits, _ = internlm2.forward(p, batch, c)
+    def loss(p, e):
+        logits, _ = internlm2.forward(p, batch, cfg, execution=e)
         return jnp.sum(jnp.where(seg[..., None] > 0, jax.nn.log_softmax(logits), 0.0)), logits
 
     grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
-    g_all, l_all = grad(params, cfg)
-    g_blocks, l_blocks = grad(params, dataclasses.replace(cfg, attention_chunk=block))
+    g_all, l_all = grad(params, Execution())
+    g_blocks, l_blocks = grad(params, Execution(attention_chunk=block))
     np.testing.assert_allclose(l_blocks, l_all, atol=1e-5, rtol=1e-5)
     for x, y in zip(jax.tree.leaves(g_blocks), jax.tree.leaves(g_all)):  # key gradients add up per block
         np.testing.assert_allclose(x, y, atol=5e-5, rtol=1e-4)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from intern_jax.config import Execution
 from intern_jax.model import internlm2
 from intern_jax.model import qlora as Q
 from intern_jax.testing import assert_close, fast_jit, random_params, tiny_config
@@ -72,13 +73,13 @@ def test_double_quantized_scales_reconstruct_within_int8_step_and_codes_unchange
 
 
 def test_quantized_model_runs_under_scan_and_matches_dequantized_params():
-    cfg = tiny_config(dtype="bfloat16")
+    cfg, bf16 = tiny_config(), Execution(dtype="bfloat16")
     params = random_params(cfg, seed=4)
     quantized = Q.quantize_params(params, "nf4", double_quant=True)
     assert isinstance(quantized["layers"]["w1"], Q.QuantizedWeight)
     assert not isinstance(quantized["norm"], Q.QuantizedWeight)
     batch = {"tokens": jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 9)), jnp.int32)}
-    forward = fast_jit(lambda p: internlm2.forward(p, batch, cfg)[0])
+    forward = fast_jit(lambda p: internlm2.forward(p, batch, cfg, execution=bf16)[0])
     assert_close(forward(quantized), forward(Q.dequantize_params(quantized)), 1e-6, "on-the-fly dequantization")
     reference = forward(params)
     err = np.abs(np.asarray(forward(quantized) - reference)).max()

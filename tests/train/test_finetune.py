@@ -11,6 +11,7 @@ import pytest
 
 from intern_jax.checkpoint import load_model, save_native
 from intern_jax.checkpoint.run import load_adapters
+from intern_jax.config import Execution
 from intern_jax.data.sft import SFTDataConfig, load_examples, make_sft_eval_batches
 from intern_jax.model import internlm2
 from intern_jax.model import lora as L
@@ -52,14 +53,20 @@ def data_file(tmp_path_factory):
 FAST = {"xla_backend_optimization_level": 0}
 
 
-def _cfg(base_dir, data_file, mode, steps, **kw):
+def _cfg(base_dir, data_file, mode, steps, **train):
     return F.FinetuneConfig(
-        base_model=str(base_dir), data=SFTDataConfig(path=str(data_file)), mode=mode, steps=steps,
-        batch_size=8, seq_len=64, lora=L.LoraConfig(rank=4, alpha=8.0, dropout=0.1),
-        optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=0, weight_decay=0.0),
-        checkpoint=CheckpointConfig(save_every=0, async_save=False),
-        logging=LoggingConfig(log_every=1, tensorboard=False, progress=False), **kw,
+        base_model=str(base_dir), mode=mode, lora=L.LoraConfig(rank=4, alpha=8.0, dropout=0.1),
+        train=F.finetune_training(
+            SFTDataConfig(path=str(data_file)), steps=steps, batch_size=8, seq_len=64,
+            optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=0, weight_decay=0.0),
+            checkpoint=CheckpointConfig(save_every=0, async_save=False),
+            logging=LoggingConfig(log_every=1, tensorboard=False, progress=False), **train,
+        ),
     )
+
+
+def _with_train(cfg, **train):
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
 
 
 def test_lora_run_checkpoints_only_adapters_records_base_and_merges_on_load(base_dir, data_file, tmp_path):
@@ -103,8 +110,8 @@ def test_lora_run_checkpoints_only_adapters_records_base_and_merges_on_load(base
 def test_lora_held_out_evaluation_matches_the_merged_model_and_leaves_training_unchanged(
         base_dir, data_file, tmp_path):
     data = SFTDataConfig(path=str(data_file), holdout=0.25)  # 24 usable rows: 6 held out, 18 trained on
-    plain = dataclasses.replace(_cfg(base_dir, data_file, "lora", 4), data=data)
-    evaluated = dataclasses.replace(plain, eval=EvalConfig(every=2))
+    plain = _with_train(_cfg(base_dir, data_file, "lora", 4), data=data)
+    evaluated = _with_train(plain, eval=EvalConfig(every=2))
     runs = {}
     for name, cfg in (("plain", plain), ("eval", evaluated)):
         losses = []
@@ -118,14 +125,14 @@ def test_lora_held_out_evaluation_matches_the_merged_model_and_leaves_training_u
     merged = load_model(tmp_path / "eval")  # base + final adapters (dropout off)
     tokenizer = merged.tokenizer
     train_cfg = evaluated.train_config(merged.config)
-    (name, batches), = make_sft_eval_batches(train_cfg.data, tokenizer).items()
+    (name, batches), = make_sft_eval_batches(train_cfg.data_config, tokenizer).items()
     assert name == "chat" and records[-1][f"eval_loss/{name}"] == records[-1]["eval_loss"]
     ce, count = reference_lm_loss_sums(merged.params, merged.config, batches)
     assert records[-1]["eval_tokens"] == count
     np.testing.assert_allclose(records[-1]["eval_loss"], ce / count, rtol=1e-5)
 
     # the held-out conversations are six of the file's, none of them trained on
-    examples, _ = load_examples(train_cfg.data, tokenizer)
+    examples, _ = load_examples(train_cfg.data_config, tokenizer)
     held = [tuple(e["tokens"]) for e in examples[::4]]
     packed = [tuple(b["tokens"][r][b["segment_ids"][r] == s]) for b in batches for r in range(b["tokens"].shape[0])
               for s in range(1, b["segment_ids"][r].max() + 1)]
@@ -134,11 +141,11 @@ def test_lora_held_out_evaluation_matches_the_merged_model_and_leaves_training_u
 
 def test_qlora_run_trains_adapters_over_an_nf4_base(base_dir, data_file, tmp_path):
     losses = []
-    cfg = _cfg(base_dir, data_file, "qlora", 4, dtype="bfloat16", remat="full")
+    cfg = _cfg(base_dir, data_file, "qlora", 4, execution=Execution(dtype="bfloat16", remat="full"))
     F.finetune(cfg, tmp_path / "qlora", on_step=lambda s, m: losses.append(m["loss"]), compiler_options=FAST)
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
     record = json.loads((tmp_path / "qlora" / "run.json").read_text())
-    assert record["quant"]["kind"] == "nf4" and record["model_config"]["remat"] == "full"
+    assert record["quant"]["kind"] == "nf4" and record["execution"]["remat"] == "full"
 
 
 def test_full_run_updates_all_params_and_loads_as_a_model(base_dir, data_file, tmp_path):
@@ -168,9 +175,9 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "finetune").
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_finetune_configs_load_and_accept_overrides(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # configs that generate data write it relative to the working directory
-    cfg = F.load_finetune_config(path, ["steps=3", "optimizer.learning_rate=1e-4"])
-    assert isinstance(cfg, F.FinetuneConfig) and cfg.steps == 3 and cfg.optimizer.learning_rate == 1e-4
-    assert cfg.train_config(tiny_config()).data.seq_len == cfg.seq_len
+    cfg = F.load_finetune_config(path, ["train.steps=3", "train.optimizer.learning_rate=1e-4"])
+    assert isinstance(cfg, F.FinetuneConfig) and cfg.train.steps == 3 and cfg.train.optimizer.learning_rate == 1e-4
+    assert cfg.train_config(tiny_config()).data_config.seq_len == cfg.train.seq_len
 
 
 @pytest.mark.slow

@@ -162,11 +162,18 @@ def _params_template(cfg):
 
 
 def test_pipeline_iterator_batches_follow_the_train_config(tmp_path):
+    """A data config that leaves batch_size and seq_len unset reads the run's (also after an override);
+    one that sets another value is refused, naming both settings, instead of being rewritten."""
     corpus = byte_corpus(tmp_path / "corpus", max_files=5)
-    cfg = dataclasses.replace(_cfg(DataConfig(path=str(corpus), seq_len=999, batch_size=2), steps=1), seq_len=32)
-    assert (cfg.data.seq_len, cfg.data.batch_size) == (32, 8)
-    batch = next(make_pretrain_iterator(cfg.data, process_index=0, process_count=1))
+    cfg = dataclasses.replace(_cfg(DataConfig(path=str(corpus)), steps=1), seq_len=32)
+    assert (cfg.data_config.seq_len, cfg.data_config.batch_size) == (32, 8)
+    batch = next(make_pretrain_iterator(cfg.data_config, process_index=0, process_count=1))
     assert batch["tokens"].shape == (8, 32)
+    with pytest.raises(ConfigError, match="data.seq_len=999 disagrees with seq_len=64"):
+        _cfg(DataConfig(path=str(corpus), seq_len=999), steps=1)
+    with pytest.raises(ConfigError, match="data.batch_size=2 disagrees with batch_size=8"):
+        _cfg(DataConfig(path=str(corpus), batch_size=2), steps=1)
+    assert _cfg(DataConfig(path=str(corpus), seq_len=64), steps=1).data_config.seq_len == 64  # agreeing is fine
 
 
 def test_resuming_with_a_changed_model_is_an_error_and_moves_nothing(tmp_path, seed):

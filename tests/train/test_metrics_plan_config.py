@@ -107,7 +107,7 @@ def test_unknown_and_invalid_config_keys_fail_with_the_valid_names():
     with pytest.raises(ConfigError, match="expects an integer"):
         load_train_config(ROOT / "configs/pretrain/tiny.py", ["steps=many"])
     cfg = load_train_config(ROOT / "configs/pretrain/internlm2_7b.py", ["model.num_layers=2", "seq_len=128"])
-    assert cfg.model.num_layers == 2 and cfg.data.seq_len == 128
+    assert cfg.model.num_layers == 2 and cfg.data_config.seq_len == 128
     assert (cfg.optimizer.b1, cfg.optimizer.b2, cfg.optimizer.eps) == (0.9, 0.95, 1e-8)
     assert (cfg.optimizer.weight_decay, cfg.optimizer.grad_clip) == (0.01, 1.0)
 

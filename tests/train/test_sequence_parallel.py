@@ -4,7 +4,6 @@ The losses, parameters and gradient norms of sequence-split steps against one de
 test_step.py (``dp2xsp2xtp2``, ``fsdp2xsp4``) and, across two processes, in test_processes.py.
 """
 
-import dataclasses
 import re
 
 import jax
@@ -13,7 +12,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from intern_jax import sharding as shd
-from intern_jax.config import ConfigError
+from intern_jax.config import ConfigError, Execution
 from intern_jax.model import internlm2
 from intern_jax.sharding import make_mesh
 from intern_jax.testing import tiny_config
@@ -114,10 +113,10 @@ def test_sequence_split_attention_variants_give_the_one_device_losses_and_grad_n
     batches = [synthetic_batch(data, cfg.vocab_size, 4, 64, i) for i in range(3)]
     params = random_params(cfg, seed=seed % 1000)
 
-    def run(model, parallel, devices):
-        tc = TrainConfig(model=model, steps=10, batch_size=4, seq_len=64, parallel=ParallelConfig(**parallel),
-                         optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1))
-        ts = make_train_step(model, tc, make_mesh(tc.parallel.mesh_shape(), jax.devices()[:devices]),
+    def run(execution, parallel, devices):
+        tc = TrainConfig(model=cfg, steps=10, batch_size=4, seq_len=64, parallel=ParallelConfig(**parallel),
+                         optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1), execution=execution)
+        ts = make_train_step(cfg, tc, make_mesh(tc.parallel.mesh_shape(), jax.devices()[:devices]),
                              compiler_options={"xla_backend_optimization_level": 0})
         state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
         losses, grad_norms = [], []
@@ -127,11 +126,10 @@ def test_sequence_split_attention_variants_give_the_one_device_losses_and_grad_n
             grad_norms.append(float(m["grad_norm"]))
         return losses, grad_norms
 
-    want = run(cfg, {"fsdp": 1}, 1)
+    want = run(Execution(), {"fsdp": 1}, 1)
     if variant == "pallas":
-        got = run(dataclasses.replace(cfg, attention_impl="pallas"), {"data": 2, "fsdp": 1, "sequence": 2,
-                                                                     "tensor": 2}, 8)
+        got = run(Execution(attention_impl="pallas"), {"data": 2, "fsdp": 1, "sequence": 2, "tensor": 2}, 8)
     else:
-        got = run(dataclasses.replace(cfg, attention_chunk=8), {"data": 2, "fsdp": 1, "sequence": 4}, 8)
+        got = run(Execution(attention_chunk=8), {"data": 2, "fsdp": 1, "sequence": 4}, 8)
     np.testing.assert_allclose(got[0], want[0], atol=1e-5, rtol=0, err_msg=f"seed {seed}: losses")
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, err_msg=f"seed {seed}: grad_norm")

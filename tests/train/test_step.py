@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from intern_jax.config import ConfigError
+from intern_jax.config import ConfigError, Execution
 from intern_jax.sharding import make_mesh
 from intern_jax.testing import random_params, tiny_config
 from intern_jax.train.config import OptimizerConfig, ParallelConfig, TrainConfig
@@ -251,10 +251,10 @@ def test_remat_and_mixed_precision_keep_the_fp32_trajectory(reference, variant):
     """remat changes memory, not numbers; bf16 compute over fp32 master weights stays close and
     keeps params and optimizer state in float32. (z-loss rides along on the bf16 variant.)"""
     seed, batches, params, want = reference[:4]
-    model = dataclasses.replace(CFG, remat="full") if variant == "remat_full" else \
-        dataclasses.replace(CFG, dtype="bfloat16", param_dtype="float32")
+    model = dataclasses.replace(CFG, param_dtype="float32")
+    run = Execution(remat="full") if variant == "remat_full" else Execution(dtype="bfloat16")
     z = 0.0 if variant == "remat_full" else 1e-4
-    tc = dataclasses.replace(_train_cfg(fsdp=1), model=model)
+    tc = dataclasses.replace(_train_cfg(fsdp=1), model=model, execution=run)
     tc = dataclasses.replace(tc, optimizer=dataclasses.replace(tc.optimizer, z_loss=z))
     ts = make_train_step(model, tc, make_mesh({"fsdp": 1}, jax.devices()[:1]), compiler_options=FAST)
     state = ts.init_state(jax.device_put(params, ts.state_shardings["params"]))
