@@ -16,7 +16,7 @@ import inspect
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Protocol
 
 from intern_jax.agent.files import FileReader
@@ -144,6 +144,45 @@ class Agent:
                              f"{type(model).__name__} cannot (use OpenAIChatModel with a server that takes tools)")
 
     def run(self, question: str) -> AgentResult:
+        steps = self._steps(question)
+        request = next(steps)
+        while True:
+            try:
+                request = steps.send(self._ask(request))
+            except StopIteration as done:
+                return done.value
+
+    def run_many(self, questions: Sequence[str]) -> list[AgentResult]:
+        """``run`` over every question, the conversations in lockstep: each turn asks the model for all the
+        unfinished ones at once when it has ``chat_many(conversations, stop)`` (``DecoderChatModel``: one
+        batched generate), one by one otherwise. Results are those ``run`` gives, in order."""
+        results: list[AgentResult | None] = [None] * len(questions)
+        live: dict[int, tuple] = {}
+        for i, question in enumerate(questions):
+            steps = self._steps(question)
+            live[i] = (steps, next(steps))
+        while live:
+            order = list(live)
+            if hasattr(self.model, "chat_many") and not self.native:
+                replies = self.model.chat_many([live[i][1] for i in order], self.protocol.stop)
+            else:
+                replies = [self._ask(live[i][1]) for i in order]
+            for i, reply in zip(order, replies, strict=True):
+                steps = live[i][0]
+                try:
+                    live[i] = (steps, steps.send(reply))
+                except StopIteration as done:
+                    results[i] = done.value
+                    del live[i]
+        return results
+
+    def _ask(self, messages: list[dict]) -> str:
+        return (self.model.chat(messages, self.protocol.stop, tools=self.tools.schemas) if self.native
+                else self.model.chat(messages, self.protocol.stop))
+
+    def _steps(self, question: str) -> Generator[list[dict], str, AgentResult]:
+        """The loop as a generator: yields the messages to answer, receives the model's reply to them, and
+        returns the result (so ``run`` and ``run_many`` drive one loop)."""
         messages = [*self.protocol.system_messages(self.tools.schemas, self.system),
                     {"role": "user", "content": question}]
         transcript: list[dict] = []
@@ -155,8 +194,7 @@ class Agent:
 
         previous: list[str] | None = None
         for turn in range(1, self.max_steps + 1):
-            reply = (self.model.chat(messages, self.protocol.stop, tools=self.tools.schemas) if self.native
-                     else self.model.chat(messages, self.protocol.stop))
+            reply = yield list(messages)
             parsed: Parsed = self.protocol.parse(reply, self.tools.names)
             messages.append(self.protocol.assistant_message(reply))
             record({"turn": turn, "type": "reply", "text": reply})
