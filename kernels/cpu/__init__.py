@@ -152,7 +152,7 @@ def main() -> int:
         return 0
     try:
         path = build()
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:
         print(f"native quantized GEMV: not built, packed weights will use the XLA path: {e}", file=sys.stderr)
         return 0
     print(f"native quantized GEMV: {path}")

@@ -1,6 +1,7 @@
 """Quantized weights on the embedded SmolLM2: held-out perplexity, decode tokens/s and parameter bytes.
 
     python scripts/bench/quantize.py [--group-size 64] [--windows 16] [--seq-len 256] [--new-tokens 48]
+    python scripts/bench/quantize.py --decode-only   # packed decode: native CPU kernel vs XLA path vs f32
 
 In one run: the float32 model (the GGUF's Q4_1 weights expanded), W8 RTN, W4 RTN and W4 AWQ
 (calibrated on the built-in calibration text; with ``wo`` on RTN, and with ``wo``'s scale searched
@@ -50,7 +51,12 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-samples", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3, help="decode timings per model, interleaved; the best is kept")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="single-stream decode only: f32 against W8 / W4 RTN (head packed too) and the GGUF kept "
+                         "packed, each on the native CPU kernel and on the XLA path; no perplexity, no AWQ")
     args = ap.parse_args(argv)
+    if args.decode_only:
+        return decode_paths(args)
 
     from intern_jax.checkpoint import embedded_model_path, load_model
     from intern_jax.checkpoint import quantized as qckpt
@@ -96,6 +102,53 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['model']} | {r['ppl']:.3f} | {r['param_bytes'] / 1e6:.0f} | {r['decode_tok_s']:.1f} | "
               f"{r['decode_tok_s'] / f32['decode_tok_s']:.2f}x |")
+    return 0
+
+
+def decode_paths(args) -> int:
+    """Batch-1 greedy decode tok/s of packed weights on the native kernel and on the XLA path, against f32."""
+    from intern_jax.checkpoint import embedded_model_path, load_model
+    from intern_jax.checkpoint import quantized as qckpt
+    from intern_jax.inference import Decoder
+    from intern_jax.model.quantized import param_bytes
+    from kernels import cpu as native
+
+    path = embedded_model_path()
+    base = load_model(path)
+    prompt = base.tokenizer.encode("The history of the printing press begins")
+    kept = load_model(path, keep_quantized=True)
+    models = [("f32 (Q4_1 expanded)", base, False)]
+    for bits in (8, 4):
+        packed, _ = qckpt.quantize_model(base, method="rtn", bits=bits, group_size=args.group_size, head=True)
+        name = f"W{bits} RTN g{args.group_size} + head"
+        models += [(f"{name}, native", packed, True), (f"{name}, XLA", packed, False)]
+    models += [("GGUF Q4_1 + Q8_0 head kept packed, native", kept, True),
+               ("GGUF Q4_1 + Q8_0 head kept packed, XLA", kept, False)]
+    rows, batches = [], []
+    for name, model, use_native in models:
+        # the path is chosen when a step is traced: the warm-up run compiles this decoder under the setting
+        os.environ[native.ENV] = "1" if use_native else "0"
+        decoder = Decoder.from_model(model)
+        batches.append(decoder.new_batch(1, 256))
+        decode_rate(batches[-1], prompt, args.new_tokens)
+        rows.append({"model": name, "param_bytes": param_bytes(model.params)})
+    os.environ.pop(native.ENV)
+    for _ in range(args.rounds):  # interleaved, best of --rounds (see main)
+        for row, batch in zip(rows, batches, strict=True):
+            rate = decode_rate(batch, prompt, args.new_tokens)
+            row["decode_tok_s"] = round(max(rate, row.get("decode_tok_s", 0.0)), 2)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    f32 = rows[0]["decode_tok_s"]
+    print(f"\n{cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; native kernel: "
+          f"{native.isa()}; {args.new_tokens} tokens, best of {args.rounds} interleaved rounds\n")
+    print("| weights | path | parameter MB | decode tok/s | vs f32 |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for r in rows:
+        name, _, kind = r["model"].rpartition(", ")
+        name, kind = (name, kind) if name else (r["model"], "XLA")
+        print(f"| {name} | {kind} | {r['param_bytes'] / 1e6:.0f} | {r['decode_tok_s']:.1f} | "
+              f"{r['decode_tok_s'] / f32:.2f}x |")
     return 0
 
 
