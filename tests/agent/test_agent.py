@@ -3,9 +3,7 @@ on the next turn, the step limit, the repeat guard; and one short turn of the re
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 
 import pytest
 
@@ -101,53 +99,19 @@ def test_real_model_runs_one_hermes_turn_and_ends_with_a_transcript(smollm2_deco
     assert result.transcript and result.transcript[0]["type"] == "reply" and result.turns == 1
 
 
-class CannedEndpoint(http.server.BaseHTTPRequestHandler):
-    """A stand-in OpenAI endpoint on loopback: lists one model, answers chat requests with canned replies."""
-
-    replies: list[str] = []
-    bodies: list[dict] = []
-
-    def do_GET(self):
-        self._send(200, {"data": [{"id": "tiny", "object": "model"}]})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).bodies.append({**body, "auth": self.headers.get("Authorization")})
-        if not type(self).replies:
-            return self._send(400, {"error": {"message": "no more replies", "param": "messages"}})
-        self._send(200, {"choices": [{"message": {"role": "assistant", "content": type(self).replies.pop(0)}}]})
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-def test_the_loop_runs_over_an_openai_compatible_endpoint():
+def test_the_loop_runs_over_an_openai_compatible_endpoint(endpoint):
     react_call = 'Thought: math\nAction: calculator\nAction Input: {"expression": "2 * 21"}'
-    CannedEndpoint.replies, CannedEndpoint.bodies = [react_call, "Final Answer: 42"], []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CannedEndpoint)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        model = OpenAIChatModel(url, api_key="secret", max_tokens=32)
-        assert model.model == "tiny"
-        result = Agent(model, ToolRegistry([calculator]), "react").run("2*21?")
-        assert result.stop_reason == "answer" and result.answer == "42" and result.turns == 2
-        assert CannedEndpoint.bodies[1]["messages"][-1] == {"role": "user", "content": "Observation: 42"}
-        first = CannedEndpoint.bodies[0]
-        assert first["model"] == "tiny" and first["temperature"] == 0.0 and first["max_tokens"] == 32
-        assert first["auth"] == "Bearer secret" and first["stop"] == ["\nObservation:", "Observation:"]
-        with pytest.raises(ConnectionError, match="HTTP 400.*no more replies"):
-            model.chat([{"role": "user", "content": "again"}])
-    finally:
-        server.shutdown()
-        server.server_close()
+    endpoint.replies[:] = [react_call, "Final Answer: 42"]
+    model = OpenAIChatModel(endpoint.url, api_key="secret", max_tokens=32)
+    assert model.model == "tiny"
+    result = Agent(model, ToolRegistry([calculator]), "react").run("2*21?")
+    assert result.stop_reason == "answer" and result.answer == "42" and result.turns == 2
+    assert endpoint.bodies[1]["messages"][-1] == {"role": "user", "content": "Observation: 42"}
+    first = endpoint.bodies[0]
+    assert first["model"] == "tiny" and first["temperature"] == 0.0 and first["max_tokens"] == 32
+    assert first["auth"] == "Bearer secret" and first["stop"] == ["\nObservation:", "Observation:"]
+    with pytest.raises(ConnectionError, match="HTTP 400.*no more replies"):
+        model.chat([{"role": "user", "content": "again"}])
+    endpoint.close()
     with pytest.raises(ConnectionError, match="is the server running"):
-        OpenAIChatModel(url, "tiny").chat([{"role": "user", "content": "hi"}])
+        OpenAIChatModel(endpoint.url, "tiny").chat([{"role": "user", "content": "hi"}])

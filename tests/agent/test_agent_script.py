@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -48,90 +46,49 @@ def test_builtin_tools_name_what_is_missing(names, options, message):
         builtin_tools(names, **options)
 
 
-class Endpoint(http.server.BaseHTTPRequestHandler):
-    """A stand-in OpenAI endpoint on loopback answering chat requests with canned replies."""
-
-    replies: list[str] = []
-
-    def do_GET(self):
-        self._send({"data": [{"id": "canned"}]})
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self._send({"choices": [{"message": {"role": "assistant", "content": type(self).replies.pop(0)}}]})
-
-    def _send(self, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.mark.parametrize("protocol, replies", [
     ("react", ['Thought: multiply\nAction: calculator\nAction Input: {"expression": "17 * 23"}', "Final Answer: 391"]),
     ("rewoo", ["Plan: multiply.\n#E1 = calculator[17 * 23]", "391"]),
 ])
-def test_the_script_answers_through_an_endpoint_and_prints_the_trace(protocol, replies):
-    Endpoint.replies = list(replies)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts/agent.py"), "--url", url, "--protocol", protocol,
-                               "--json", "What is 17 * 23?"], capture_output=True, text=True, timeout=120)
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_the_script_answers_through_an_endpoint_and_prints_the_trace(endpoint, protocol, replies):
+    endpoint.replies[:] = list(replies)
+    url = endpoint.url
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/agent.py"), "--url", url, "--protocol", protocol,
+                           "--json", "What is 17 * 23?"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["answer"] == "391" and out["stop_reason"] == "answer" and out["turns"] == 2
     assert "call calculator" in proc.stderr and "result: 391" in proc.stderr
 
 
-def test_the_script_reads_files_and_searches_through_an_mcp_server(tmp_path):
+def test_the_script_reads_files_and_searches_through_an_mcp_server(endpoint, tmp_path):
     docs = tmp_path / "docs.jsonl"
     docs.write_text(json.dumps({"id": "faq-2", "text": "The warranty lasts two years."}) + "\n"
                     + json.dumps({"id": "faq-1", "text": "Reset the router by holding its button."}) + "\n")
     (tmp_path / "note.txt").write_text("the router is in the attic")
-    Endpoint.replies = ['Thought: look it up\nAction: search\nAction Input: {"query": "warranty"}',
-                        'Thought: and the note\nAction: read_file\nAction Input: {"path": "note.txt"}',
-                        "Final Answer: two years"]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        mcp = f"{sys.executable} {ROOT / 'scripts/tool_server.py'} --transport stdio --tools search --docs {docs}"
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts/agent.py"), "--url", url, "--protocol", "react",
-                               "--tools", "files", "--root", str(tmp_path), "--mcp", mcp, "--json",
-                               "How long is the warranty?"], capture_output=True, text=True, timeout=120)
-    finally:
-        server.shutdown()
-        server.server_close()
+    endpoint.replies[:] = ['Thought: look it up\nAction: search\nAction Input: {"query": "warranty"}',
+                           'Thought: and the note\nAction: read_file\nAction Input: {"path": "note.txt"}',
+                           "Final Answer: two years"]
+    url = endpoint.url
+    mcp = f"{sys.executable} {ROOT / 'scripts/tool_server.py'} --transport stdio --tools search --docs {docs}"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/agent.py"), "--url", url, "--protocol", "react",
+                           "--tools", "files", "--root", str(tmp_path), "--mcp", mcp, "--json",
+                           "How long is the warranty?"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     results = [s for s in json.loads(proc.stdout)["trace"] if s["type"] == "result"]
     assert json.loads(results[0]["content"])[0]["id"] == "faq-2"
     assert results[1]["content"] == "the router is in the attic"
 
 
-def test_a_questions_file_gets_one_json_line_per_question(tmp_path):
+def test_a_questions_file_gets_one_json_line_per_question(endpoint, tmp_path):
     questions = tmp_path / "questions.txt"
     questions.write_text("What is 2 + 2?\n\nWhat is 17 * 23?\n")
-    Endpoint.replies = ["Final Answer: 4",
-                        'Thought: multiply\nAction: calculator\nAction Input: {"expression": "17 * 23"}',
-                        "Final Answer: 391"]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts/agent.py"), "--url", url, "--protocol", "react",
-                               "--questions", str(questions)], capture_output=True, text=True, timeout=120)
-    finally:
-        server.shutdown()
-        server.server_close()
+    endpoint.replies[:] = ["Final Answer: 4",
+                           'Thought: multiply\nAction: calculator\nAction Input: {"expression": "17 * 23"}',
+                           "Final Answer: 391"]
+    url = endpoint.url
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/agent.py"), "--url", url, "--protocol", "react",
+                           "--questions", str(questions)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(x["question"], x["answer"], x["turns"]) for x in lines] == [("What is 2 + 2?", "4", 1),

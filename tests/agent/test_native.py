@@ -4,47 +4,9 @@ endpoint on loopback (the server's side of ``tools`` is tested in tests/serve/te
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
-
 import pytest
 
 from intern_jax.agent import Agent, OpenAIChatModel, ToolRegistry, calculator
-
-
-class Recorder(http.server.BaseHTTPRequestHandler):
-    """An OpenAI endpoint on loopback that answers with canned messages and keeps every request body."""
-
-    replies: list[dict] = []
-    bodies: list[dict] = []
-
-    def do_GET(self):
-        self._send({"data": [{"id": "canned"}]})
-
-    def do_POST(self):
-        type(self).bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self._send({"choices": [{"message": {"role": "assistant", **type(self).replies.pop(0)}}]})
-
-    def _send(self, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def endpoint():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    Recorder.bodies = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
 
 
 def call(id_: str, name: str, arguments: str) -> dict:
@@ -52,13 +14,13 @@ def call(id_: str, name: str, arguments: str) -> dict:
 
 
 def test_tools_go_in_the_request_and_results_answer_each_call_id(endpoint):
-    Recorder.replies = [{"content": None, "tool_calls": [call("c1", "calculator", '{"expression": "17 * 23"}'),
+    endpoint.replies[:] = [{"content": None, "tool_calls": [call("c1", "calculator", '{"expression": "17 * 23"}'),
                                                          call("c2", "calculator", '{"expression": "2 + 2"}')]},
                         {"content": "391 and 4."}]
     registry = ToolRegistry([calculator])
-    result = Agent(OpenAIChatModel(endpoint), registry, "openai", system="Be brief.").run("17*23 and 2+2?")
+    result = Agent(OpenAIChatModel(endpoint.url), registry, "openai", system="Be brief.").run("17*23 and 2+2?")
     assert result.answer == "391 and 4." and result.turns == 2
-    first, second = Recorder.bodies
+    first, second = endpoint.bodies
     assert first["tools"] == registry.schemas == second["tools"]
     assert first["messages"] == [{"role": "system", "content": "Be brief."},
                                  {"role": "user", "content": "17*23 and 2+2?"}]
@@ -70,12 +32,12 @@ def test_tools_go_in_the_request_and_results_answer_each_call_id(endpoint):
 
 
 def test_unusable_calls_become_a_correction_and_leave_no_call_unanswered(endpoint):
-    Recorder.replies = [{"content": "", "tool_calls": [call("c1", "calculator", '{"expression": ')]},
+    endpoint.replies[:] = [{"content": "", "tool_calls": [call("c1", "calculator", '{"expression": ')]},
                         {"content": None, "tool_calls": [call("c2", "weather", "{}")]},
                         {"content": "done"}]
-    result = Agent(OpenAIChatModel(endpoint), ToolRegistry([calculator]), "openai").run("q")
+    result = Agent(OpenAIChatModel(endpoint.url), ToolRegistry([calculator]), "openai").run("q")
     assert result.answer == "done" and [s["type"] for s in result.transcript].count("parse_error") == 2
-    third = Recorder.bodies[2]["messages"]
+    third = endpoint.bodies[2]["messages"]
     assert all("tool_calls" not in m for m in third)  # the refused calls were not kept
     assert [m["role"] for m in third] == ["user", "assistant", "user", "assistant", "user"]
     assert "not valid JSON" in third[2]["content"] and "unknown tool 'weather'" in third[4]["content"]
