@@ -1,6 +1,6 @@
-"""The main job on the embedded defaults, end to end: corpus -> pretraining -> LoRA fine-tuning -> chat.
+"""The main job on the embedded defaults, end to end: corpus -> pretraining -> LoRA fine-tuning -> chat -> tools.
 
-    python scripts/demo.py [--only corpus,pretrain,finetune,chat] [--runs DIR]
+    python scripts/demo.py [--only corpus,pretrain,finetune,chat,tools] [--runs DIR]
 
 1. builds the embedded corpus (Python standard library source and docstrings -> cleaning, language
    routing, filters, dedup -> SentencePiece tokenizer -> ArrayRecord token shards) in runs/corpus;
@@ -8,7 +8,11 @@
    in the run directory);
 3. LoRA-fine-tunes the embedded SmolLM2-135M-Instruct on a generated persona set and prints
    its answers before and after;
-4. chats with SmolLM2 (streaming).
+4. chats with SmolLM2 (streaming);
+5. closes the chain with an agent: generates a seeded tool-use set (arithmetic word problems answered through
+   calculator calls in the agent's own Hermes-style format, plus questions that need no tool), LoRA-fine-tunes
+   SmolLM2 on it into runs/demo-smollm2-tools (``scripts/agent.py --model runs/demo-smollm2-tools`` loads it),
+   and prints the base and fine-tuned models' success rates on held-out problems.
 
 Each stage is one of the project's command-line scripts, printed before it runs, so every step can be
 repeated by hand. Rerunning resumes: finished corpus shards and finished runs are not redone.
@@ -28,7 +32,7 @@ from intern_jax import cli  # light: no jax
 
 ROOT = Path(__file__).resolve().parents[1]
 
-STAGES = ("corpus", "pretrain", "finetune", "chat")
+STAGES = ("corpus", "pretrain", "finetune", "chat", "tools")
 
 
 def run(args: list[str]) -> None:
@@ -117,6 +121,16 @@ def main(argv=None) -> int:
     if "chat" in stages:
         print("== 4. chatting with the embedded SmolLM2 (streaming)", flush=True)
         chat(args.prompt, args.max_new_tokens)
+    if "tools" in stages:
+        print("== 5. an agent: fine-tuning SmolLM2 to call the calculator, then scoring it on held-out problems",
+              flush=True)
+        data, tools_dir = runs / "tool-data", runs / "demo-smollm2-tools"
+        run(["scripts/make_tool_data.py", "--output", str(data / "train.jsonl"),
+             "--heldout", str(data / "heldout.jsonl")])
+        run(["scripts/finetune.py", "--config", "configs/finetune/smollm2_tools.py", "--quiet",
+             "--set", f"train.data.path={data / 'train.jsonl'}", "--output", str(tools_dir)])
+        run(["scripts/eval_tools.py", "--with-base", "--model", str(tools_dir),
+             "--problems", str(data / "heldout.jsonl")])
     return 0
 
 
