@@ -167,3 +167,13 @@ def test_the_committed_files_are_the_generators_output_and_fit_the_training_rows
     learned = smollm2.tokenizer.decode([int(t) for t, w in zip(example["tokens"], example["token_loss"]) if w])
     assistant = [m["content"] for m in longest["messages"] if m["role"] == "assistant"]
     assert learned == "<|im_end|>".join(assistant) + "<|im_end|>"
+
+
+def test_a_bad_problems_file_names_the_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"question": "q", "expression": "1 + 1", "answer": 2}\n{"question": "q", "answer": "x"}\n')
+    with pytest.raises(ValueError, match=r"p.jsonl:2: expected a JSON object with question, expression"):
+        load_problems(path)
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="holds no problems"):
+        load_problems(path)
