@@ -3,10 +3,13 @@
 ``random_params`` perturbs every leaf (norms around 1, biases around 0) with numpy, so no
 weight is trivially 0 or 1 and no random-number program has to be compiled. Not for training.
 ``load_transformers_gguf`` is the independent peer (transformers reading a GGUF file).
+``JSONHandler`` is the base of the stand-in HTTP endpoints that tests run on loopback.
 """
 
 from __future__ import annotations
 
+import http.server
+import json
 from pathlib import Path
 
 import jax
@@ -98,3 +101,19 @@ def load_transformers_gguf(path):
                              f"unexpected {unexpected}") from e
         model.tie_weights()
     return model.eval()
+
+
+class JSONHandler(http.server.BaseHTTPRequestHandler):
+    """A stand-in endpoint's request handler: ``send_json(status, payload)`` answers with a JSON body, and no
+    request is logged to stderr. Subclasses write ``do_GET`` / ``do_POST``."""
+
+    def send_json(self, status: int, payload) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass

@@ -9,35 +9,26 @@ from types import SimpleNamespace
 
 import pytest
 
+from intern_jax.testing import JSONHandler
 
-class CannedEndpoint(http.server.BaseHTTPRequestHandler):
+
+class CannedEndpoint(JSONHandler):
     """Lists one model (``tiny``) and answers each chat request with the next canned reply: a string is the
     message's content, a dict the message's fields (``content``, ``tool_calls``). Every request body is kept
     (with its ``Authorization`` header as ``auth``); with no reply left the answer is HTTP 400."""
 
     def do_GET(self):
-        self._send(200, {"data": [{"id": "tiny", "object": "model"}]})
+        self.send_json(200, {"data": [{"id": "tiny", "object": "model"}]})
 
     def do_POST(self):
         state = self.server.state
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         state.bodies.append({**body, "auth": self.headers.get("Authorization")})
         if not state.replies:
-            return self._send(400, {"error": {"message": "no more replies", "param": "messages"}})
+            return self.send_json(400, {"error": {"message": "no more replies", "param": "messages"}})
         reply = state.replies.pop(0)
         message = {"content": reply} if isinstance(reply, str) else reply
-        self._send(200, {"choices": [{"message": {"role": "assistant", **message}}]})
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, {"choices": [{"message": {"role": "assistant", **message}}]})
 
 
 @pytest.fixture

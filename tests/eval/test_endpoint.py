@@ -14,6 +14,7 @@ from intern_jax.eval import DecoderLM, RequestCache
 from intern_jax.eval.config import find_datasets
 from intern_jax.eval.endpoint import EndpointError, EndpointLM
 from intern_jax.eval.run import evaluate_dataset
+from intern_jax.testing import JSONHandler
 
 from ..conftest import SERVER_KEY, SERVER_MODEL
 
@@ -65,7 +66,7 @@ def test_greedy_generations_over_http_equal_the_in_process_ones_text_and_chat(se
     server.idle()
 
 
-class _Flaky(http.server.BaseHTTPRequestHandler):
+class _Flaky(JSONHandler):
     """Answers 503 to the first ``fail`` requests, then one fixed completion."""
 
     fail = 2
@@ -75,18 +76,9 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         type(self).seen += 1
         if type(self).seen <= type(self).fail:
-            self.send_response(503)
-            body = b'{"error": {"message": "overloaded"}}'
+            self.send_json(503, {"error": {"message": "overloaded"}})
         else:
-            self.send_response(200)
-            body = json.dumps({"choices": [{"index": 0, "text": " 42\n\nmore"}]}).encode()
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+            self.send_json(200, {"choices": [{"index": 0, "text": " 42\n\nmore"}]})
 
 
 def test_a_flaky_endpoint_is_retried_with_backoff_and_an_unreachable_one_ends_in_a_clear_error(tmp_path):
@@ -134,7 +126,7 @@ def test_evaluate_script_takes_an_endpoint_url(server, tmp_path, capsys):
     assert "answered 401" in capsys.readouterr().err
 
 
-class _NoZero(http.server.BaseHTTPRequestHandler):
+class _NoZero(JSONHandler):
     """Refuses max_tokens 0 (as some servers do); with 1, echoes the prompt's tokens and one generated token."""
 
     bodies = []
@@ -149,15 +141,7 @@ class _NoZero(http.server.BaseHTTPRequestHandler):
             lp = {"tokens": ["Q", ":", " x", " yes", " no"], "token_logprobs": [None, -1.0, -2.0, -3.0, -9.0],
                   "text_offset": [0, 1, 2, 4, 8], "top_logprobs": [None, None, None, {" yes": -3.0}, {" no": -9.0}]}
             reply = {"choices": [{"index": 0, "text": "Q: x yes no", "logprobs": lp}]}
-        data = json.dumps(reply).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(status, reply)
 
 
 def test_a_server_that_refuses_max_tokens_0_is_asked_with_1_and_the_generated_token_is_dropped():
