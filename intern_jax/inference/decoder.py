@@ -105,9 +105,29 @@ def _step(params, cache, state, tokens, cfg: ModelConfig, num_top: int, allowed=
     return tokens, info, cache, state
 
 
-def _masked_step(params, cache, state, tokens, allowed, cfg: ModelConfig, num_top: int):
-    """``_step`` with an allowed-token bitmask ``[B, W]`` for every slot (all ones: unconstrained)."""
-    return _step(params, cache, state, tokens, cfg, num_top, allowed)
+def _masked_step(params, cache, state, tokens, allowed, cfg: ModelConfig, num_top: int, width: int):
+    """``_prefix_step`` with an allowed-token bitmask ``[B, W]`` for every slot (all ones: unconstrained)."""
+    return _prefix_step(params, cache, state, tokens, cfg, num_top, width, allowed)
+
+
+def _prefix_step(params, cache, state, tokens, cfg: ModelConfig, num_top: int, width: int, allowed=None):
+    """``_step`` over the first ``width`` slots only (every live slot is among them): the model runs on
+    ``width`` rows instead of all of them. The other slots keep their state and emit ``NO_TOKEN``."""
+    b = tokens.shape[0]
+    if width >= b:
+        return _step(params, cache, state, tokens, cfg, num_top, allowed)
+    index = jnp.arange(width)
+    head = lambda a: a[:width]  # noqa: E731
+    part, sub = cache.rows(index), jax.tree.map(head, state)
+    picked, info, part, sub = _step(params, part, sub, head(tokens), cfg, num_top,
+                                    None if allowed is None else head(allowed))
+    cache = cache.set_rows(index, part)
+    state = jax.tree.map(lambda a, r: a.at[:width].set(r), state, sub)
+
+    def pad(x, fill):
+        return jnp.concatenate([x, jnp.full((b - width, *x.shape[1:]), fill, x.dtype)])
+
+    return pad(picked, NO_TOKEN), {k: pad(v, 0) for k, v in info.items()}, cache, state
 
 
 def _run(params, cache, state, tokens, cfg: ModelConfig, num_top: int, num_steps: int):
@@ -323,7 +343,8 @@ class DecodeBatch:
 
     def insert(self, slots: Sequence[int], prompts: Sequence[Sequence[int]],
                sampling: Sequence[SamplingParams], *, keep: Sequence[int] | None = None,
-               history: Sequence[Sequence[int]] | None = None, allowed: np.ndarray | None = None) -> StepOutput:
+               history: Sequence[Sequence[int]] | None = None, allowed: np.ndarray | None = None,
+               generated: Sequence[Sequence[int]] | None = None) -> StepOutput:
         """Prefill ``prompts`` into ``slots`` after their first ``keep`` cached tokens (default 0: a new
         sequence) and pick each one's first token, which is returned and fed at the next step.
 
@@ -331,6 +352,8 @@ class DecodeBatch:
         ``history[i]`` (default: the prompt) seeds the repetition penalty: pass the whole sequence
         when ``keep`` > 0. ``allowed``: None, or an allowed-token bitmask per prompt ``[n, ceil(V / 32)]``
         int32 for its first token (see ``sampling.apply_token_bitmask``; -1 rows allow everything).
+        ``generated[i]``: the tokens the sequence had already generated before it was dropped and is
+        now prefilled again (see ``sampling.init_state``); ``max_new_tokens`` then still counts them.
         Returns a ``StepOutput`` over the inserted slots, in order.
         """
         n = len(slots)
@@ -361,7 +384,9 @@ class DecodeBatch:
         for i, h in enumerate(history):
             hist[i, : len(h)] = h
             hist_mask[i, : len(h)] = True
-        row_state = smp.init_state(padded, self.decoder.config.vocab_size, hist, hist_mask, stop_width=width)
+        generated = None if generated is None else list(generated) + [[]] * (rows - n)
+        row_state = smp.init_state(padded, self.decoder.config.vocab_size, hist, hist_mask, stop_width=width,
+                                   generated=generated)
         d = self.decoder
         masks = None
         if allowed is not None:
@@ -383,10 +408,11 @@ class DecodeBatch:
         d = self.decoder
         self._fit_tables(self._longest_live() + 1)
         args = (d.params, self.cache, self.state, jnp.asarray(self.last))
-        fn = _step
+        fn = _prefix_step
         if allowed is not None:
             fn, args = _masked_step, (*args, jnp.asarray(allowed, jnp.int32))
-        exe, _ = d.compiled(fn, {"cfg": d._cfg, "num_top": self.num_top}, (1, 2), *args)
+        static = {"cfg": d._cfg, "num_top": self.num_top, "width": self._live_width()}
+        exe, _ = d.compiled(fn, static, (1, 2), *args)
         tokens, info, self.cache, self.state = exe(*args)
         out = _to_host(tokens, info)
         self.last = out.tokens.copy()
@@ -406,6 +432,15 @@ class DecodeBatch:
         last_index = np.where(has, emitted.shape[1] - 1 - np.argmax(emitted[:, ::-1], axis=1), 0)
         self.last = np.where(has, out.tokens[np.arange(self.slots), last_index], self.last).astype(np.int32)
         return out
+
+    def _live_width(self) -> int:
+        """Paged batches: the power-of-two prefix of slots that holds every slot with a token to feed
+        (the engine fills the lowest free slots first, so a lightly loaded batch steps few rows).
+        Dense batches step every slot: taking a prefix of a dense cache would copy it."""
+        if self.tables is None:
+            return self.slots
+        fed = np.flatnonzero(self.last != NO_TOKEN)
+        return min(self.slots, bucket(int(fed[-1]) + 1 if fed.size else 1, 1))
 
     def _longest_live(self) -> int:
         if self.tables is None:

@@ -108,14 +108,30 @@ def per_row(sampling: SamplingParams | Sequence[SamplingParams], batch_size: int
     return rows
 
 
+@jax.jit
+def _advance_keys(keys, steps):
+    """Each row's raw key data ``[B, 2]`` as it is after ``steps [B]`` sampled tokens (``sample`` keeps the
+    first half of every split)."""
+
+    def advance(key, n):
+        split = lambda _, k: jax.random.key_data(jax.random.split(jax.random.wrap_key_data(k))[0])  # noqa: E731
+        return jax.lax.fori_loop(0, n, split, key)
+
+    return jax.vmap(advance)(keys, steps)
+
+
 def init_state(rows: Sequence[SamplingParams], vocab_size: int, prompt_tokens=None, prompt_mask=None,
-               max_new_tokens: Sequence[int] | None = None, stop_width: int | None = None) -> dict:
+               max_new_tokens: Sequence[int] | None = None, stop_width: int | None = None,
+               generated: Sequence[Sequence[int]] | None = None) -> dict:
     """Sampling state for a batch (host-side construction, arrays on device).
 
     ``prompt_tokens [B, T]`` with ``prompt_mask [B, T]`` seed the repetition-penalty presence
     mask. ``max_new_tokens`` overrides the per-row budgets (e.g. clamped to the context).
     ``stop_width`` pads the stop-id table to a fixed width so shapes stay stable.
-    Rows whose budget is 0 start done.
+    ``generated[b]``: tokens row ``b`` already generated (a sequence resumed after its cache was
+    dropped): they count against its budget and ``min_new_tokens``, feed the presence/frequency
+    penalties, and its random stream continues where it stopped, so the rest of its sample is the
+    one it would have drawn uninterrupted. Rows whose budget is spent start done.
     """
     b = len(rows)
     budgets = np.array([r.max_new_tokens for r in rows] if max_new_tokens is None else max_new_tokens, np.int32)
@@ -130,6 +146,14 @@ def init_state(rows: Sequence[SamplingParams], vocab_size: int, prompt_tokens=No
         r_idx, c_idx = np.nonzero(mask)
         presence[r_idx, toks[r_idx, c_idx]] = True
     keys = jnp.stack([jax.random.key_data(jax.random.key(r.seed)) for r in rows])
+    done_already = np.zeros(b, np.int32)
+    counts = np.zeros((b, vocab_size), np.int32)
+    if generated is not None:
+        for i, g in enumerate(generated):
+            done_already[i] = len(g)
+            np.add.at(counts[i], np.asarray(g, np.int64), 1)
+        if done_already.any():
+            keys = _advance_keys(keys, jnp.asarray(done_already))
     return {
         "key": keys,  # [B, 2] uint32 raw key data
         "temperature": jnp.asarray([r.temperature for r in rows], jnp.float32),
@@ -140,11 +164,11 @@ def init_state(rows: Sequence[SamplingParams], vocab_size: int, prompt_tokens=No
         "presence_penalty": jnp.asarray([r.presence_penalty for r in rows], jnp.float32),
         "frequency_penalty": jnp.asarray([r.frequency_penalty for r in rows], jnp.float32),
         "min_new_tokens": jnp.asarray([r.min_new_tokens for r in rows], jnp.int32),
-        "counts": jnp.zeros((b, vocab_size), jnp.int32),  # generated tokens per id (presence/frequency)
+        "counts": jnp.asarray(counts),  # generated tokens per id (presence/frequency)
         "stop_ids": jnp.asarray(stops),
         "max_new_tokens": jnp.asarray(budgets),
-        "num_generated": jnp.zeros((b,), jnp.int32),
-        "done": jnp.asarray(budgets <= 0),
+        "num_generated": jnp.asarray(done_already),
+        "done": jnp.asarray(budgets <= done_already),
         "stopped": jnp.zeros((b,), bool),  # done because a stop token came (vs. the budget)
         "presence": jnp.asarray(presence),
     }

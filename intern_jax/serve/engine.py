@@ -241,11 +241,12 @@ class Engine:
             pieces.append(seq.tokens[c.start: c.end])
             keep.append(c.start)
             history.append(seq.tokens[: c.end])
-            left = seq.sampling.max_new_tokens - len(seq.output)
-            samplings.append(dataclasses.replace(seq.sampling, max_new_tokens=left if c.last else 0))
+            # a preempted sequence resumes its budget, penalties and random stream where they were
+            samplings.append(seq.sampling if c.last else dataclasses.replace(seq.sampling, max_new_tokens=0))
         # inserts always carry masks (-1 rows: free), so a constrained request compiles no insert of its own
         allowed = self._masks([(i, c.seq) for i, c in enumerate(chunks) if c.last], len(chunks), always=True)
-        result = self.batch.insert(slots, pieces, samplings, keep=keep, history=history, allowed=allowed)
+        result = self.batch.insert(slots, pieces, samplings, keep=keep, history=history, allowed=allowed,
+                                   generated=[c.seq.output for c in chunks])
         self.prefilled_tokens += sum(len(p) for p in pieces)
         for i, c in enumerate(chunks):
             seq = c.seq

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import heapq
 import itertools
 
 from intern_jax.inference.sampling import SamplingParams
@@ -85,7 +86,8 @@ class Scheduler:
         self.max_batch_size, self.max_num_tokens = max_batch_size, max_num_tokens
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
-        self.free_slots = list(range(max_batch_size))[::-1]
+        self.free_slots = list(range(max_batch_size))  # a min-heap: the lowest free slot is taken first, so
+        # running sequences stay packed at the low slots and the decoder steps only that prefix
         self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
@@ -109,7 +111,7 @@ class Scheduler:
         self.pool.release(seq.blocks)
         seq.blocks, seq.computed, seq.decoding, seq.resumed = [], 0, False, False
         if seq.slot is not None:
-            self.free_slots.append(seq.slot)
+            heapq.heappush(self.free_slots, seq.slot)
             seq.slot = None
 
     def _grow(self, seq: Sequence, tokens: int) -> bool:
@@ -174,7 +176,7 @@ class Scheduler:
                 self._drop(seq)
                 break
             self.waiting.popleft()
-            seq.slot = self.free_slots.pop()
+            seq.slot = heapq.heappop(self.free_slots)
             self.running.append(seq)
             plan.prefill.append(chunk)
             budget -= chunk.end - chunk.start

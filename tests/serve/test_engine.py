@@ -2,6 +2,7 @@
 else runs beside it; pages never leak; prefix hits, preemption, abort and bad input."""
 
 import asyncio
+import dataclasses
 import time
 
 import numpy as np
@@ -52,6 +53,19 @@ def test_concurrent_requests_each_equal_generate_alone(dec, alone, kw):
     assert [r.token_ids for r in again] == [r.token_ids for r in results] * 2
     assert engine.stats()["compiled_executables"] - before <= 3 * 5 + 5
     assert engine.stats()["generated_tokens"] == 3 * 12 * len(PROMPTS)
+
+
+def test_a_preempted_sampled_request_draws_what_it_draws_alone(dec, seed):
+    """Recomputed after preemption, a sampled request resumes its random stream, its budget and its
+    frequency penalty's counts where they were: its tokens equal ``generate``'s for it alone."""
+    sampling = SamplingParams(max_new_tokens=12, temperature=1.0, frequency_penalty=0.7, seed=seed % 2**31)
+    want = [generate(dec, [p], dataclasses.replace(sampling, seed=sampling.seed + i)).tokens[0]
+            for i, p in enumerate(PROMPTS)]
+    engine = _engine(dec, num_blocks=9)
+    results = engine.generate(PROMPTS, sampling)
+    assert engine.scheduler.num_preemptions > 0
+    assert [r.token_ids for r in results] == want
+    _assert_no_leak(engine)
 
 
 def test_shared_prefix_is_prefilled_once(dec, alone):
