@@ -3,7 +3,7 @@
     python scripts/evaluate.py --model PATH [--model PATH2 ...] --datasets arith_mc,arith_qa --output DIR
         [--url http://HOST:PORT/v1 [--api-key KEY] [--served-model NAME] [--tokenizer PATH]]
         [--config configs/eval/X.py ...] [--data mine.jsonl ...] [--limit N] [--num-fewshot K] [--batch-size B]
-        [--reuse] [--json] [--workers N | --partition W/N | --merge N]
+        [--reuse] [--json] [--workers N | --partition W/N | --merge N] [--judge-model PATH | --judge-url URL]
 
 ``--datasets`` names configs in configs/eval/; ``--config`` gives config files. ``--output DIR`` receives
 predictions/, results/, cache/ and summary.md / .csv / .json; ``--reuse`` reads answers already in
@@ -11,7 +11,8 @@ DIR/cache back instead of recomputing them; ``--json`` prints the results as JSO
 ``--url`` evaluates an OpenAI-compatible endpoint (log-likelihoods from /v1/completions with echo and
 logprobs, generations from chat or text completions). ``--workers N`` runs N partitions of the items in
 parallel processes and merges them; ``--partition W/N`` runs one (a SLURM array task), ``--merge N``
-merges N finished partitions (docs/eval.md).
+merges N finished partitions (docs/eval.md). Datasets with a judge config (``judge_single``, ``judge_pairwise``)
+have their generated answers rated or compared by ``--judge-model`` / ``--judge-url``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--contamination", action="append", default=[],
                     help="a corpus (JSONL with 'text', plain text, or a directory of them): report each dataset's "
                          "share of items with a 13-gram in it and the scores on the clean items (repeatable)")
+    ap.add_argument("--judge-model", help="the judge of datasets with a judge config (a checkpoint, as --model)")
+    ap.add_argument("--judge-url", help="the judge as an OpenAI-compatible endpoint (as --url; --api-key applies)")
     ap.add_argument("--workers", type=int, default=1, help="run N partitions of the items in parallel processes")
     ap.add_argument("--partition", help="W/N: run only partition W of N (0-based) into --output, for --merge N")
     ap.add_argument("--merge", type=int, help="merge N finished partitions in --output into the results and summary")
@@ -88,6 +91,10 @@ def main(argv=None) -> int:
     datasets = eval_config.find_datasets(args.datasets, CONFIG_DIR) if args.datasets else []
     datasets += [eval_config.load_dataset_config(path) for path in args.config]
     datasets += [eval_config.data_file_config(path) for path in args.data]
+    if args.judge_model and args.judge_url:
+        ap.error("give one judge: --judge-model or --judge-url")
+    if any(cfg.judge is not None for cfg in datasets) and (partition or args.merge or args.workers > 1):
+        ap.error("judged datasets run in one process: drop --workers / --partition / --merge")
 
     from intern_jax.eval import run  # noqa: PLC0415
     corpus = None
@@ -98,6 +105,7 @@ def main(argv=None) -> int:
     from intern_jax.eval.run import check_partition, merge  # noqa: PLC0415
     from intern_jax.eval.summary import to_markdown  # noqa: PLC0415
 
+    judge = None
     if args.merge is not None or args.workers > 1:
         count = args.merge if args.merge is not None else args.workers
         check_partition(0, count)
@@ -113,16 +121,19 @@ def main(argv=None) -> int:
         def progress(what: str) -> None:
             print(f"evaluating {what}", file=sys.stderr, flush=True)
 
+        judge = judge_model(args, output) if (args.judge_model or args.judge_url) else None
         results = run(models, datasets, output, limit=args.limit, num_fewshot=args.num_fewshot, progress=progress,
-                      partition=partition, groups=groups, contamination=corpus)
+                      partition=partition, groups=groups, contamination=corpus, judge=judge)
+
         if partition is not None:
             print(f"partition {partition[0]} of {partition[1]} written to {output}/partitions", file=sys.stderr)
             return 0
+    names = [m.name for m in models]
     if args.json:
-        print(json.dumps({"models": [m.name for m in models], "results": results}, indent=2, ensure_ascii=False))
+        print(json.dumps({"models": names, "results": results}, indent=2, ensure_ascii=False))
     else:
-        sys.stdout.write(to_markdown(results, [m.name for m in models]))
-    reused = sum(m.cache.hits for m in models if m.cache is not None)
+        sys.stdout.write(to_markdown(results, names))
+    reused = sum(m.cache.hits for m in [*models, judge] if m is not None and m.cache is not None)
     if args.reuse:
         print(f"reused {reused} cached answers", file=sys.stderr)
     return 0
@@ -193,6 +204,30 @@ def model_specs(args, *, load: bool, output=None, partition=None) -> list[tuple[
         lm.cache = cache(lm.name) or lm.cache
         specs.append((lm.name, lm))
     return specs
+
+
+def judge_model(args, output):
+    """The judge (``--judge-model`` in process or ``--judge-url``), its answers cached in OUT/cache/judge-NAME.jsonl."""
+    from intern_jax.eval import DecoderLM, RequestCache  # noqa: PLC0415
+    from intern_jax.eval.endpoint import EndpointLM  # noqa: PLC0415
+    from intern_jax.eval.run import safe_name  # noqa: PLC0415
+
+    if args.judge_model:
+        from intern_jax.checkpoint import load_model  # noqa: PLC0415
+
+        path = Path(args.judge_model)
+        loaded = load_model(args.judge_model)
+        if loaded.tokenizer is None:
+            raise ValueError(f"--judge-model {path} carries no tokenizer; a judge needs one")
+        judge = DecoderLM(loaded, "judge-" + safe_name(path.stem if path.suffix else path.name),
+                          batch_size=args.batch_size)
+    else:
+        judge = EndpointLM(args.judge_url, served_model=args.served_model, api_key=args.api_key,
+                           batch_size=args.batch_size, concurrency=args.concurrency)
+        judge.name = "judge-" + safe_name(judge.name)
+    if output is not None:
+        judge.cache = RequestCache(output / "cache" / f"{judge.name}.jsonl", reuse=args.reuse)
+    return judge
 
 
 def run_partitions(argv: list[str], workers: int) -> None:

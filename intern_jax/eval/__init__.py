@@ -1,9 +1,9 @@
 """Evaluation: dataset configs, the three inferencers (ppl / ll / gen), evaluators, CircularEval, the summary.
 
 A model is anything with lm-evaluation-harness's requests (``EvalModel``); ``DecoderLM`` answers them
-in process with the one decoder, ``EndpointLM`` over any OpenAI-compatible endpoint. Dataset configs live
-in ``configs/eval/``; ``scripts/evaluate.py`` is the command line (docs/eval.md). No bundled public
-benchmarks (HumanEval's problems), contamination check or judge mode yet.
+in process with the one decoder, ``EndpointLM`` over any OpenAI-compatible endpoint; a judge model
+(``judge.py``) rates or compares generated answers. Dataset configs live in ``configs/eval/``;
+``scripts/evaluate.py`` is the command line (docs/eval.md).
 """
 
 from intern_jax.eval.config import (
@@ -11,6 +11,7 @@ from intern_jax.eval.config import (
     EvaluatorConfig,
     FewShotConfig,
     InferConfig,
+    JudgeConfig,
     PostprocessConfig,
     PromptConfig,
     ReaderConfig,
@@ -24,6 +25,6 @@ from intern_jax.eval.run import evaluate_dataset, merge, run
 
 __all__ = [
     "DatasetConfig", "DecoderLM", "EndpointError", "EndpointLM", "EvalModel", "EvaluatorConfig", "FewShotConfig",
-    "InferConfig", "PostprocessConfig", "PromptConfig", "ReaderConfig", "RequestCache", "data_file_config",
-    "evaluate_dataset", "find_datasets", "load_dataset_config", "merge", "run",
+    "InferConfig", "JudgeConfig", "PostprocessConfig", "PromptConfig", "ReaderConfig", "RequestCache",
+    "data_file_config", "evaluate_dataset", "find_datasets", "load_dataset_config", "merge", "run",
 ]

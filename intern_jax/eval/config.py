@@ -24,6 +24,7 @@ METRICS = ("accuracy", "exact_match", "numeric_match", "f1", "bleu", "rouge", "p
 FEWSHOT_MODES = ("zero", "fixed", "random", "bm25")
 FORMATS = ("jsonl", "csv", "parquet")
 GENERATORS = ("needle",)
+JUDGE_MODES = ("single", "pairwise")
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,25 @@ class EvaluatorConfig:
 
 
 @dataclass(frozen=True)
+class JudgeConfig:
+    """Judge mode (``intern_jax.eval.judge``): a judge model (``--judge-model`` / ``--judge-url``) reads the
+    generated answers. ``single``: rates each 1-10; ``pairwise``: compares each model's answers with the
+    first model's, both orders. ``template``: the judge's prompt ("": MT-Bench's, see ``eval.judge``);
+    ``max_tokens``: the judgement's length."""
+
+    mode: str = "single"
+    template: str = ""
+    max_tokens: int = 256
+
+    def __post_init__(self):
+        check_fields(self, "judge.")
+        if self.mode not in JUDGE_MODES:
+            raise ConfigError(f"judge.mode={self.mode!r}; use one of {', '.join(JUDGE_MODES)}")
+        if self.max_tokens < 1:
+            raise ConfigError(f"judge.max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     name: str
     reader: ReaderConfig
@@ -158,9 +178,13 @@ class DatasetConfig:
     infer: InferConfig = field(default_factory=InferConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    judge: JudgeConfig | None = None  # judged by a model (answers are generated: infer.mode 'gen')
 
     def __post_init__(self):
         check_fields(self)
+        if self.judge is not None and self.infer.mode != "gen":
+            raise ConfigError(f"dataset {self.name}: a judge reads generated answers; set infer.mode='gen' "
+                              f"(got {self.infer.mode!r})")
         multiple_choice = self.infer.mode in ("ppl", "ll")
         if multiple_choice and not self.reader.options:
             raise ConfigError(f"dataset {self.name}: infer.mode={self.infer.mode!r} scores options; "
@@ -178,9 +202,11 @@ class DatasetConfig:
 
     @property
     def version(self) -> str:
-        """A short hash of the prompt settings (prompt, few-shot, inferencer, post-processor, evaluator)."""
+        """A short hash of the prompt settings (prompt, few-shot, inferencer, post-processor, evaluator, judge)."""
         settings = {k: dataclasses.asdict(getattr(self, k))
                     for k in ("prompt", "fewshot", "infer", "postprocess", "evaluator")}
+        if self.judge is not None:  # judged sets only: the other versions stay as they were
+            settings["judge"] = dataclasses.asdict(self.judge)
         settings["fewshot"].pop("path")
         if self.evaluator.metric != "pass_at_k":  # the code runs' time limit shapes only pass@k
             settings["evaluator"].pop("timeout")

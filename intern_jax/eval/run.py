@@ -8,7 +8,7 @@ Models are loaded by the caller; this module only drives ``EvalModel`` requests.
 Partitions (``--workers N``, or one SLURM array task each): partition ``w`` of ``n`` scores the items
 whose number is ``w`` modulo ``n`` and writes ``OUT/partitions/<w>-of-<n>/<model>/<dataset>.jsonl``;
 ``merge`` reads all ``n`` back, orders the records as one process would, and computes the metrics from
-them, so the merged outputs are those of a single run.
+them, so the merged outputs are those of a single run. Judged datasets (``eval.judge``) run in one process.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import re
 import time
 from pathlib import Path
 
+from intern_jax.eval import judge as judging
 from intern_jax.eval import tasks
 from intern_jax.eval.config import DatasetConfig, FewShotConfig
 from intern_jax.eval.summary import with_groups, write_summary
@@ -68,17 +69,21 @@ def evaluate_dataset(model, cfg: DatasetConfig, limit: int | None = None,
 def run(models: list, datasets: list[DatasetConfig], output: str | Path | None = None,
         limit: int | None = None, num_fewshot: int | None = None, progress=None,
         partition: tuple[int, int] | None = None, groups: dict[str, list[str]] | None = None,
-        contamination: set[int] | None = None) -> list[dict]:
+        contamination: set[int] | None = None, judge=None) -> list[dict]:
     """Every model on every dataset; writes predictions, results and the summary under ``output``.
     ``partition=(w, n)``: only partition ``w`` of ``n``, written for ``merge`` (no metrics, no summary).
     ``groups``: summary groups (name -> datasets), averaged in the returned results and the summary.
     ``contamination``: a corpus's 13-gram hashes (``contamination.corpus_ngrams``): each result also gets
-    ``contaminated`` (% of items) and ``clean_<metric>`` (the metrics on the other items)."""
+    ``contaminated`` (% of items) and ``clean_<metric>`` (the metrics on the other items).
+    ``judge``: the ``EvalModel`` that judges datasets with a ``judge`` config (``eval.judge``): single
+    grading as each model finishes; pairwise once every model has answered (the first model is the base)."""
     if partition is not None:
         check_partition(*partition)
         if output is None:
             raise ValueError("a partition needs --output (the directory the partitions are merged in)")
+    _check_judging(models, datasets, judge, partition)
     results = []
+    answers: dict[str, list] = {}  # pairwise sets: every model's (result, predictions), judged at the end
     for model in models:
         for cfg in datasets:
             cfg = with_fewshot(cfg, num_fewshot)
@@ -86,7 +91,16 @@ def run(models: list, datasets: list[DatasetConfig], output: str | Path | None =
                 progress(f"{model.name} / {cfg.name}" + (f" (partition {partition[0]} of {partition[1]})"
                                                          if partition else ""))
             result, predictions = evaluate_dataset(model, cfg, limit, partition)
-            if contamination is not None and partition is None:
+            if cfg.judge is not None:
+                result["mode"] = f"judge-{cfg.judge.mode}"
+                if cfg.judge.mode == "pairwise":
+                    answers.setdefault(cfg.name, []).append((cfg, result, predictions))
+                    results.append(result)
+                    continue
+                if progress:
+                    progress(f"{judge.name} judging {model.name} / {cfg.name}")
+                result["metrics"] = judging.rate_answers(judge, cfg, predictions)
+            if contamination is not None and partition is None and cfg.judge is None:
                 _add_contamination(result, cfg, predictions, limit, contamination)
             results.append(result)
             if partition is not None:
@@ -97,12 +111,39 @@ def run(models: list, datasets: list[DatasetConfig], output: str | Path | None =
             elif output is not None:
                 _write(Path(output), model.name, cfg.name, result, predictions)
                 _plot_needle(Path(output), model.name, cfg, predictions, limit)
+    for entries in answers.values():
+        (cfg, base_result, base_predictions), *others = entries
+        base_result["metrics"] = {}  # the base's own column: compared against, not scored
+        for _, result, predictions in others:
+            if progress:
+                progress(f"{judge.name} comparing {result['model']} with {base_result['model']} / {cfg.name}")
+            result["metrics"] = judging.compare_answers(judge, cfg, predictions, base_predictions,
+                                                        base_result["model"])
+        if output is not None:
+            for _, result, predictions in entries:
+                _write(Path(output), result["model"], cfg.name, result, predictions)
     if partition is not None:
         return results
     results = with_groups(results, groups)
     if output is not None:
         write_summary(output, results, [m.name for m in models])
     return results
+
+
+def _check_judging(models: list, datasets: list[DatasetConfig], judge, partition) -> None:
+    judged = [cfg for cfg in datasets if cfg.judge is not None]
+    if not judged:
+        return
+    names = ", ".join(cfg.name for cfg in judged)
+    if judge is None:
+        raise ValueError(f"dataset(s) {names} are judged by a model: give --judge-model PATH or --judge-url URL")
+    if partition is not None:
+        raise ValueError(f"dataset(s) {names} are judged by a model; run them in one process "
+                         "(no --workers / --partition)")
+    pairwise = [cfg.name for cfg in judged if cfg.judge.mode == "pairwise"]
+    if pairwise and len(models) < 2:
+        raise ValueError(f"dataset(s) {', '.join(pairwise)} compare models pairwise: give at least two models "
+                         "(--model / --url; the first is the base the others are compared with)")
 
 
 def check_partition(index: int, count: int) -> None:
