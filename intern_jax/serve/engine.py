@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 
+import jax
 import numpy as np
 
 from intern_jax.inference.decoder import Decoder, PagedLayout
@@ -36,7 +38,9 @@ from intern_jax.serve.scheduler import Sequence as Seq
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
     """``num_blocks`` 0 sizes the pool for ``max_batch_size`` sequences of a quarter of ``max_model_len``
-    each; ``max_model_len`` 0 is the model's context; ``num_top_logprobs`` is the most alternatives a
+    each, unless ``cache_fraction`` (0 < f <= 0.95) sizes it to that share of the memory free once the
+    weights are loaded (the device's, or on CPU the host's available memory); ``max_model_len`` 0 is
+    the model's context; ``num_top_logprobs`` is the most alternatives a
     request may ask for (one compiled width for all); ``tp`` shards the weights over that many devices
     (the decoder's tensor parallelism; the cache and activations follow)."""
 
@@ -49,8 +53,13 @@ class EngineConfig:
     kv_int8: bool = False
     num_top_logprobs: int = 0
     tp: int = 1
+    cache_fraction: float = 0.0
 
     def __post_init__(self):
+        if not (0.0 <= self.cache_fraction <= 0.95):  # NaN fails too
+            raise ValueError(f"EngineConfig.cache_fraction must be in (0, 0.95] (0: off), got {self.cache_fraction}")
+        if self.cache_fraction and self.num_blocks:
+            raise ValueError("EngineConfig: set num_blocks or cache_fraction, not both")
         for name in ("max_batch_size", "max_num_tokens", "block_size", "tp"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -104,6 +113,8 @@ class Engine:
         self.max_model_len = min(config.max_model_len or context, context)
         per_seq = -(-self.max_model_len // config.block_size)
         num_blocks = config.num_blocks or max(per_seq, config.max_batch_size * max(1, per_seq // 4))
+        if config.cache_fraction:
+            num_blocks = self._blocks_for_fraction(config, per_seq)
         self.pool = BlockPool(num_blocks, config.block_size, prefix_caching=config.enable_prefix_caching)
         self.scheduler = Scheduler(self.pool, max_batch_size=config.max_batch_size,
                                    max_num_tokens=config.max_num_tokens)
@@ -125,6 +136,20 @@ class Engine:
         self.generated_tokens = 0
         self.busy_seconds = 0.0
         self.steps = 0
+
+    def _blocks_for_fraction(self, config: EngineConfig, per_seq: int) -> int:
+        """Pages filling ``cache_fraction`` of the memory free now (the weights are already resident)."""
+        probe = self.decoder.new_batch(1, paged=PagedLayout(1, config.block_size, 1), kv_int8=config.kv_int8)
+        page_bytes = sum(x.nbytes for x in (probe.cache.k, probe.cache.v, probe.cache.k_scales, probe.cache.v_scales)
+                         if x is not None)
+        free, where = free_memory_bytes()
+        num_blocks = int(config.cache_fraction * free // page_bytes)
+        if num_blocks < per_seq:
+            raise ValueError(
+                f"cache_fraction={config.cache_fraction}: {config.cache_fraction} x {free / 2**30:.2f} GiB free "
+                f"({where}) holds {num_blocks} pages of {config.block_size} tokens, but one sequence of "
+                f"max_model_len={self.max_model_len} needs {per_seq}; raise cache_fraction or lower max_model_len")
+        return num_blocks
 
     # -- requests in ---------------------------------------------------------------------------
 
@@ -478,6 +503,22 @@ class Engine:
             "steps": self.steps,
             "compiled_executables": self.decoder.num_executables,
         }
+
+
+def free_memory_bytes() -> tuple[int, str]:
+    """Bytes free for the KV cache now, and where: the first device's limit less what is in use when the
+    backend reports it (GPU, TPU), else the host's available memory (``MemAvailable``) on CPU."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), "device memory"
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "host MemAvailable"
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "host free pages"
 
 
 def _increment(req: _Request) -> Increment:

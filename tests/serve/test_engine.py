@@ -68,6 +68,25 @@ def test_a_preempted_sampled_request_draws_what_it_draws_alone(dec, seed):
     _assert_no_leak(engine)
 
 
+def test_cache_fraction_sizes_the_pool_from_the_memory_left(dec, tiny, alone):
+    cfg, _ = tiny
+    page_bytes = cfg.num_layers * 2 * 8 * cfg.num_kv_heads * cfg.head_dim * 4  # float32 keys and values, pages of 8
+    with open("/proc/meminfo") as fh:
+        available = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    engine = _engine(dec, cache_fraction=2e-5)
+    want = 2e-5 * available / page_bytes
+    assert abs(engine.pool.num_blocks - want) <= 0.1 * want  # the host's free memory moves a little meanwhile
+    assert engine.generate([PROMPTS[3]], SamplingParams(max_new_tokens=12))[0].token_ids == alone[3]
+    _assert_no_leak(engine)
+    with pytest.raises(ValueError, match=r"cache_fraction=1e-12: .* holds 0 pages .* needs 16"):
+        _engine(dec, cache_fraction=1e-12)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="cache_fraction must be in"):
+            EngineConfig(cache_fraction=bad)
+    with pytest.raises(ValueError, match="num_blocks or cache_fraction, not both"):
+        EngineConfig(cache_fraction=0.5, num_blocks=4)
+
+
 def test_shared_prefix_is_prefilled_once(dec, alone):
     engine = _engine(dec)
     first = engine.generate([PROMPTS[6]], SamplingParams(max_new_tokens=12))
