@@ -155,12 +155,12 @@ def test_a_queued_request_whose_client_hangs_up_is_cancelled_without_taking_a_sl
         for k in range(slots):  # sent together, so that one step prefills them all
             body = {"model": MODEL, "messages": conversations[k % len(conversations)][0],
                     "max_tokens": 900, "temperature": 0, "ignore_eos": True, "stream": True}
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=LIMIT)
             conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
             fills.append(conn)
         for conn in fills:  # each answers at its first token: all 8 are running
             assert conn.getresponse().status == 200
-        queued = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        queued = http.client.HTTPConnection("127.0.0.1", server.port, timeout=LIMIT)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "I wait in the queue."}], "max_tokens": 4}
         queued.request("POST", "/v1/chat/completions", json.dumps(body), headers)
         deadline = time.monotonic() + 120  # generous: a loaded machine may be compiling a new shape
