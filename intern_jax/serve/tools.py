@@ -4,10 +4,12 @@
 names the field); ``render_messages`` turns a conversation with ``tool_calls`` and ``tool`` messages into
 plain chat messages in the model's format (``inference.tool_calls``: Hermes' ``<tool_call>`` /
 ``<tool_response>`` for ChatML models, InternLM2's ``<|plugin|>`` actions and ``environment`` results),
-with the tools described in the system message; ``parse_reply`` reads the calls back out of a reply as
-OpenAI ``tool_calls``; ``ToolCallStream`` does the same for a streamed reply, passing text through until
-a call starts. Forcing a call (``required`` or a named function) is a grammar (``structured.py``).
-No decoding and no HTTP here.
+with the tools described in the system message; ``render_prompt`` uses it, or hands ``tools`` to a chat
+template that reads them itself; ``parse_reply`` reads the calls back out of a reply as OpenAI
+``tool_calls``; ``ToolCallStream`` does the same for a streamed reply, passing text through until a
+call starts and then sending each call's name and its arguments piece by piece as they are generated.
+Forcing a call (``required`` or a named function) is a grammar (``structured.py``). No decoding and no
+HTTP here.
 """
 
 from __future__ import annotations
