@@ -66,15 +66,23 @@ def loss_summary(run_dir: Path) -> str:
 
 
 def chat(prompt: str, max_new_tokens: int) -> None:
+    import jax  # noqa: PLC0415
+
     import intern_jax as ij  # noqa: PLC0415  (jax is imported only for this stage)
+    from kernels import cpu as native_cpu  # noqa: PLC0415
 
     path = ij.embedded_model_path()
     start = time.perf_counter()
-    model = ij.load_model(path)
+    # the file's own Q4_1 / Q8_0 blocks kept packed when the native CPU kernel multiplies them: the same
+    # values as the float32 load, decoded faster (docs/benchmarks.md); otherwise float32 (the XLA packed
+    # path is slower than float32)
+    packed = jax.default_backend() == "cpu" and native_cpu.available()
+    model = ij.load_model(path, keep_quantized=packed)
     cfg = model.config
     model = ij.Decoder.from_model(model)
+    weights = "the file's Q4_1/Q8_0 blocks kept packed (native CPU kernel)" if packed else "float32"
     print(f"   {path.name}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}; "
-          f"loaded in {time.perf_counter() - start:.1f}s", flush=True)
+          f"weights: {weights}; loaded in {time.perf_counter() - start:.1f}s", flush=True)
     print(f"== user: {prompt}\n== assistant: ", end="", flush=True)
     sampling = ij.SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     _, result = ij.generate_text(
