@@ -92,11 +92,6 @@ class FinetuneConfig:
             raise ConfigError("train.model must be left unset: fine-tuning takes the base checkpoint's config")
         if self.mode not in MODES:
             raise ConfigError(f"mode={self.mode!r}; use one of {', '.join(MODES)}")
-        self.train.eval.check_source(self.train.data, items="conversations", example=0.05, path="a chat file")
-
-    @property
-    def data(self) -> SFTDataConfig:
-        return self.train.data
 
     def train_config(self, model_cfg) -> TrainConfig:
         """The training run over the base model whose config is ``model_cfg``."""

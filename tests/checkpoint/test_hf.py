@@ -319,4 +319,4 @@ def test_released_internlm2_7b_config_json_maps_to_our_7b_config():
     cfg, layout = config_from_hf(released)
     ours = load_config("configs/model/internlm2_7b.py")
     assert layout == "internlm2"
-    assert cfg == dataclasses.replace(ours, name="", dtype="float32")
+    assert cfg == dataclasses.replace(ours, name="")

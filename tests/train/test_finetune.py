@@ -184,7 +184,7 @@ def test_finetune_configs_load_and_accept_overrides(path, tmp_path, monkeypatch)
 def test_smollm2_persona_lora_changes_the_answer_and_still_stops_at_im_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = next(p for p in CONFIGS if p.stem == "smollm2_lora_sft")
-    cfg = F.load_finetune_config(path, ["logging.progress=false"])
+    cfg = F.load_finetune_config(path, ["train.logging.progress=false"])
     from intern_jax.sharding import make_mesh
 
     F.finetune(cfg, tmp_path / "run", mesh=make_mesh({"fsdp": 1}, devices=jax.devices()[:1]))  # the demo's 1 device
