@@ -30,11 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from intern_jax.config import ModelConfig
+from intern_jax.config import Execution, ModelConfig
 from intern_jax.inference import sampling as smp
 from intern_jax.inference.sampling import NO_TOKEN, SamplingParams
 from intern_jax.model import internlm2
 from intern_jax.model.kv_cache import DenseKV, PagedKV
+from intern_jax.model.layers import is_structured_weight
 from intern_jax.sharding import make_mesh
 
 
@@ -185,14 +186,21 @@ class Decoder:
     """Decoding for one model: prepared parameters and the compiled functions, shared by its batches.
 
     ``Decoder(params, config, tokenizer=None)``, or ``Decoder.from_model(load_model(path))``.
-    ``config`` stays the model's own; the decode layout is private. ``tp=N`` shards the weights over
+    ``config`` stays the model's own; the decode layout is private. ``execution`` (``config.Execution``)
+    gives the compute dtype (default: the params'); decoding runs the XLA attention path, and remat and
+    ``attention_chunk`` (training memory settings) do not apply. ``tp=N`` shards the weights over
     the first N devices with the logical-axis rules training uses (heads, kv heads, MLP and vocabulary
     split over ``tensor``); the cache and every activation follow by sharding propagation.
     """
 
-    def __init__(self, params, config: ModelConfig, tokenizer=None, *, tp: int = 1):
+    def __init__(self, params, config: ModelConfig, tokenizer=None, *, tp: int = 1,
+                 execution: Execution | None = None):
         self.config = config
         self.tokenizer = tokenizer
+        self.execution = execution or Execution()
+        if self.execution.attention_impl != "xla":
+            raise ValueError(f"execution.attention_impl={self.execution.attention_impl!r}: the decoder runs "
+                             "the XLA attention path; leave attention_impl at 'xla' for decoding")
         self.mesh = None
         if tp > 1:
             if tp > len(jax.devices()):
@@ -200,16 +208,24 @@ class Decoder:
             self.mesh = make_mesh({"tensor": tp}, jax.devices()[:tp])
             params = jax.device_put(params, internlm2.param_shardings(config, self.mesh))
         self.params, self._cfg = decode_layout(params, config)
+        # the compute dtype, applied once: weights held in it compute exactly as weights cast per layer
+        compute = self.execution.compute_dtype(config)
+        if compute != config.param_dtype:
+            self.params = jax.tree.map(lambda w: w.astype(compute), self.params, is_leaf=is_structured_weight)
+            self._cfg = dataclasses.replace(self._cfg, param_dtype=compute)
         self._executables: dict = {}
         self._lock = threading.Lock()
         self.compile_seconds = 0.0
 
     @classmethod
-    def from_model(cls, model, *, tp: int = 1) -> Decoder:
-        """A decoder for a loaded model (anything with ``params``, ``config`` and ``tokenizer``)."""
+    def from_model(cls, model, *, tp: int = 1, execution: Execution | None = None) -> Decoder:
+        """A decoder for a loaded model (anything with ``params``, ``config`` and ``tokenizer``), run with
+        ``execution`` or, by default, the compute dtype the model carries (``LoadedModel.execution``)."""
         if isinstance(model, Decoder):
             return model
-        return cls(model.params, model.config, getattr(model, "tokenizer", None), tp=tp)
+        if execution is None and getattr(model, "execution", None) is not None:
+            execution = Execution(dtype=model.execution.dtype)
+        return cls(model.params, model.config, getattr(model, "tokenizer", None), tp=tp, execution=execution)
 
     @property
     def num_executables(self) -> int:
@@ -241,11 +257,12 @@ class Decoder:
         """
         cfg = self.config
         context = cfg.max_position_embeddings
+        dtype = self.execution.compute_dtype(cfg)
         if paged is None:
-            cache = DenseKV.init(cfg, slots, bucket(capacity or context), int8=kv_int8)
+            cache = DenseKV.init(cfg, slots, bucket(capacity or context), dtype=dtype, int8=kv_int8)
         else:
             per_slot = paged.pages_per_slot or -(-context // paged.page_size)
-            cache = PagedKV.init(cfg, paged.num_pages, paged.page_size, slots, per_slot, int8=kv_int8)
+            cache = PagedKV.init(cfg, paged.num_pages, paged.page_size, slots, per_slot, dtype=dtype, int8=kv_int8)
             tables = np.arange(slots * per_slot, dtype=np.int32).reshape(slots, per_slot) % paged.num_pages
             cache = cache.with_block_tables(tables)
         return DecodeBatch(self, cache, num_top_logprobs, stop_width)

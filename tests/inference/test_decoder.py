@@ -1,7 +1,6 @@
 """The KV cache layouts and the decoder's slots, log-probabilities, scoring and stop strings,
 each against a plain full forward (no cache) of the same model."""
 
-import dataclasses
 import threading
 from functools import partial
 
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from intern_jax.config import Execution
 from intern_jax.inference import Decoder, PagedLayout, SamplingParams, StopStrings, generate
 from intern_jax.inference.sampling import NO_TOKEN
 from intern_jax.model import internlm2
@@ -29,9 +29,9 @@ def _full_logits(params, tokens, cfg):
     return internlm2.forward(params, {"tokens": tokens}, cfg)[0]
 
 
-@partial(jax.jit, static_argnames=("cfg",))
-def _cached(params, tokens, cache, cfg):
-    return internlm2.forward(params, {"tokens": tokens}, cfg, cache)
+@partial(jax.jit, static_argnames=("cfg", "execution"))
+def _cached(params, tokens, cache, cfg, execution=Execution()):
+    return internlm2.forward(params, {"tokens": tokens}, cfg, cache, execution=execution)
 
 
 def _shuffled_tables(batch, pages_per_seq, num_pages, seed):
@@ -40,12 +40,12 @@ def _shuffled_tables(batch, pages_per_seq, num_pages, seed):
     return order.reshape(batch, pages_per_seq).astype(np.int32)
 
 
-def _decode_pieces(params, cfg, cache, seqs):
+def _decode_pieces(params, cfg, cache, seqs, execution=Execution()):
     """Prefill 5 tokens, then feed the rest one at a time; all logits ``[B, T, V]``."""
-    logits, cache = _cached(params, jnp.asarray(seqs[:, :5]), cache, cfg)
+    logits, cache = _cached(params, jnp.asarray(seqs[:, :5]), cache, cfg, execution)
     pieces = [logits]
     for i in range(5, seqs.shape[1]):
-        logits, cache = _cached(params, jnp.asarray(seqs[:, i: i + 1]), cache, cfg)
+        logits, cache = _cached(params, jnp.asarray(seqs[:, i: i + 1]), cache, cfg, execution)
         pieces.append(logits)
     return np.asarray(jnp.concatenate(pieces, axis=1)), cache
 
@@ -98,9 +98,9 @@ def test_pallas_paged_kernel_path_matches_the_xla_path(tiny):
     tables = _shuffled_tables(2, 2, 6, 5)
     out = {}
     for impl in ("xla", "pallas"):
-        run_cfg = dataclasses.replace(cfg, attention_impl=impl)
-        cache = PagedKV.init(run_cfg, num_pages=6, page_size=16, batch_size=2, pages_per_seq=2)
-        out[impl], _ = _decode_pieces(params, run_cfg, cache.with_block_tables(tables), seqs)
+        cache = PagedKV.init(cfg, num_pages=6, page_size=16, batch_size=2, pages_per_seq=2)
+        out[impl], _ = _decode_pieces(params, cfg, cache.with_block_tables(tables), seqs,
+                                      Execution(attention_impl=impl))
     np.testing.assert_allclose(out["pallas"], out["xla"], atol=1e-4, rtol=1e-4)
 
 
