@@ -114,6 +114,9 @@ def group_gemv(x, q, scales, mins=None, *, bits: int, group_size: int, out_dtype
     """
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits}")
+    if not available():
+        raise RuntimeError(f"the native quantized GEMV is unavailable ({_state.get('error', ENV + '=0')}); "
+                           "multiply with kernels.quantized_matmul.quantized_matmul_xla instead")
     x = jnp.asarray(x)
     lead, d_in = x.shape[:-1], x.shape[-1]
     want = (d_in if bits == 8 else d_in // 2, None)

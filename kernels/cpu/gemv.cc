@@ -189,6 +189,8 @@ struct Job {
   Problem P;
   int64_t chunks = 0;
   std::atomic<int64_t> next{0}, done{0};
+  std::mutex mu;  // the caller sleeps on `finished` when a helper still holds the last chunks
+  std::condition_variable finished;
 };
 
 void work_on(Job& job) {
@@ -200,7 +202,10 @@ void work_on(Job& job) {
 #else
     columns_scalar(P, c0, c1);
 #endif
-    job.done.fetch_add(1, std::memory_order_release);
+    if (job.done.fetch_add(1, std::memory_order_acq_rel) + 1 == job.chunks) {
+      std::lock_guard<std::mutex> lock(job.mu);
+      job.finished.notify_all();
+    }
   }
 }
 
@@ -257,7 +262,17 @@ void run(std::shared_ptr<Job> job) {
   const bool share = job->chunks > 1 && P.I * P.O * P.M >= ((int64_t)1 << 16) && pool().helpers() > 0;
   if (share) pool().offer(job);
   work_on(*job);
-  while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
+  // a short spin (the helper is usually mid-chunk), then sleep: on a loaded machine the helper may
+  // have been descheduled, and spinning would only take the core it needs
+  for (int spin = 0; spin < 4000 && job->done.load(std::memory_order_acquire) < job->chunks; ++spin) {
+#ifdef GEMV_AVX512
+    _mm_pause();
+#endif
+  }
+  if (job->done.load(std::memory_order_acquire) < job->chunks) {
+    std::unique_lock<std::mutex> lock(job->mu);
+    job->finished.wait(lock, [&] { return job->done.load(std::memory_order_acquire) >= job->chunks; });
+  }
   if (share) pool().withdraw();
 }
 

@@ -128,3 +128,20 @@ def test_decoder_greedy_tokens_equal_on_native_and_xla_paths(built, seed, monkey
     monkeypatch.setenv(native.ENV, "0")
     xla = generate(Decoder(packed, qcfg), prompts, greedy).tokens
     assert ours == xla
+
+
+@pytest.mark.slow
+def test_gguf_kept_packed_greedy_chat_equals_the_float32_load(built, smollm2_decoder):
+    """The demo's default: the file's Q4_1 / Q8_0 blocks on the native kernel decode as the float32 load
+    does (whose greedy tokens tests/inference/test_real_model.py ties to transformers)."""
+    from intern_jax.checkpoint import embedded_model_path, load_model
+    from intern_jax.inference import encode_prompt
+
+    model = load_model(embedded_model_path(), keep_quantized=True)
+    assert quantized.is_packed(model.params["layers"]["w1"]) and model.params["output"].bits == 8
+    kept = Decoder.from_model(model)
+    tok = smollm2_decoder.tokenizer
+    prompts = [encode_prompt(tok, [{"role": "user", "content": q}])
+               for q in ("Name three prime numbers.", "Write a haiku about the sea.")]
+    greedy = SamplingParams(max_new_tokens=16)  # decode rows: the native path
+    assert generate(kept, prompts, greedy).tokens == generate(smollm2_decoder, prompts, greedy).tokens
