@@ -12,8 +12,9 @@ lock-guarded table of its own, so it may be shared between threads. It knows thr
   the serving engine are drivers over it.
 - per-token log-probabilities of each chosen token under the model's distribution (before any
   sampling filter), with the top-k alternatives when asked for;
-- ``score``: the log-probability of each continuation token given its context (one forward,
-  no cache), for evaluation and the corpus quality filter.
+- ``score``: the log-probability of each continuation token given its context, for evaluation
+  and the corpus quality filter (``inference.scoring``: a context shared by several continuations
+  is computed once).
 
 It does not schedule requests (the engine does) nor turn tokens into text (``generate_text``
 and ``ChatSession.send`` do, stop strings included).
@@ -32,6 +33,7 @@ import numpy as np
 
 from intern_jax.config import Execution, ModelConfig
 from intern_jax.inference import sampling as smp
+from intern_jax.inference import scoring
 from intern_jax.inference.sampling import NO_TOKEN, SamplingParams
 from intern_jax.model import internlm2
 from intern_jax.model.kv_cache import DenseKV, PagedKV
@@ -160,15 +162,6 @@ def _run(params, cache, state, tokens, cfg: ModelConfig, num_top: int, num_steps
     return out, infos, cache, state
 
 
-def _token_logprobs(params, tokens, segment_ids, cfg: ModelConfig):
-    """``log p(tokens[:, t + 1] | tokens[:, :t + 1])`` ``[B, T - 1]`` and whether each was the argmax."""
-    logits, _ = internlm2.forward(params, {"tokens": tokens, "segment_ids": segment_ids}, cfg)
-    logprobs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    target = tokens[:, 1:]
-    chosen = jnp.take_along_axis(logprobs, target[:, :, None], axis=2)[:, :, 0]
-    return chosen, jnp.argmax(logprobs, axis=-1) == target
-
-
 # ---------------------------------------------------------------------------
 
 
@@ -267,29 +260,14 @@ class Decoder:
             cache = cache.with_block_tables(tables)
         return DecodeBatch(self, cache, num_top_logprobs, stop_width)
 
-    def score(self, sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def score(self, sequences: Sequence[Sequence[int]], starts: Sequence[int], *,
+              batch_size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each token sequence, the log-probability of every token from index ``start`` on given
-        the tokens before it, and whether it was the model's greedy choice: ``[(logprobs, is_greedy)]``."""
-        for seq, start in zip(sequences, starts, strict=True):
-            if not 1 <= start <= len(seq):
-                raise ValueError(f"score: start {start} must be in [1, {len(seq)}] (at least one context token)")
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        results: list = [None] * len(sequences)
-        for lo in range(0, len(order), 8):
-            chunk = order[lo: lo + 8]
-            t = bucket(max(len(sequences[i]) for i in chunk))
-            tokens = np.zeros((bucket(len(chunk), 1), t), np.int32)
-            segments = np.zeros_like(tokens)
-            for r, i in enumerate(chunk):
-                tokens[r, : len(sequences[i])] = sequences[i]
-                segments[r, : len(sequences[i])] = 1
-            exe, _ = self.compiled(_token_logprobs, {"cfg": self._cfg}, (), self.params, jnp.asarray(tokens),
-                                   jnp.asarray(segments))
-            logprobs, greedy = (np.asarray(a) for a in exe(self.params, jnp.asarray(tokens), jnp.asarray(segments)))
-            for r, i in enumerate(chunk):
-                n = len(sequences[i])
-                results[i] = (logprobs[r, starts[i] - 1: n - 1], greedy[r, starts[i] - 1: n - 1])
-        return results
+        the tokens before it, and whether it was the model's greedy choice: ``[(logprobs, is_greedy)]``.
+
+        Sequences that share a context have it computed once, and the output head runs only where a
+        token is scored (``inference.scoring``); ``batch_size`` continuations run per forward."""
+        return scoring.score_sequences(self, sequences, starts, batch_size=batch_size)
 
 
 @dataclasses.dataclass
