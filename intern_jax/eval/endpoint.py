@@ -224,16 +224,21 @@ class EndpointLM(TokenizedLM):
         return self._counts[text]
 
     def generate_until(self, requests: Sequence[tuple]) -> list[str]:
-        """``[(prompt, stop strings, max_tokens)]`` -> greedy text, cut before the first stop string. Chat
-        messages go to ``/chat/completions``, text or token ids to ``/completions``."""
+        """``[(prompt, stop strings, max_tokens[, {"temperature", "seed"}])]`` -> text (greedy unless the request
+        asks to sample), cut before the first stop string. Chat messages go to ``/chat/completions``, text or
+        token ids to ``/completions``."""
         keys = [request_key(self.name, "generate_until", list(r)) for r in requests]
         out: list = [self.cache.get(k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
 
         def one(i):
-            prompt, stops, max_tokens = requests[i]
+            prompt, stops, max_tokens = requests[i][:3]
+            sampling = requests[i][3] if len(requests[i]) > 3 else {}
             stops = [stops] if isinstance(stops, str) else [s for s in (stops or ()) if s]
-            body = {"model": self.served_model, "max_tokens": int(max_tokens), "temperature": 0.0}
+            body = {"model": self.served_model, "max_tokens": int(max_tokens),
+                    "temperature": float(sampling.get("temperature", 0.0))}
+            if "seed" in sampling:
+                body["seed"] = int(sampling["seed"])
             if stops:
                 body["stop"] = stops[:4]  # OpenAI's limit; the rest are applied here
             if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):

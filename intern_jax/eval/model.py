@@ -3,7 +3,8 @@
 A model for evaluation is anything with ``loglikelihood``, ``loglikelihood_rolling``,
 ``generate_until`` and ``token_count`` (``EvalModel``); tasks build their work from those
 requests and never know what answers them. ``DecoderLM`` answers them with a ``Decoder``:
-scores from ``Decoder.score`` (one forward over context + continuation), generations from the
+scores from ``Decoder.score`` (a context shared by several continuations, such as a question and
+its options, is computed once; the head runs only where a token is scored), generations from the
 decoder's batched greedy ``generate``. It writes no scoring or decoding code of its own.
 
 Context / continuation split (as lm-eval's ``HFLM._encode_pair``): trailing spaces of the
@@ -153,8 +154,8 @@ def move_trailing_spaces(context: str, continuation: str) -> tuple[str, str]:
 
 
 class DecoderLM(TokenizedLM):
-    """``EvalModel`` over a ``Decoder`` (or a loaded model). ``batch_size`` sequences per scoring call,
-    longest first; ``cache`` (a ``RequestCache``) answers repeated requests."""
+    """``EvalModel`` over a ``Decoder`` (or a loaded model). ``batch_size`` sequences per forward
+    (scoring and generation); ``cache`` (a ``RequestCache``) answers repeated requests."""
 
     def __init__(self, model, name: str = "model", *, batch_size: int = 16, cache: RequestCache | None = None,
                  max_length: int = 0):
@@ -220,7 +221,8 @@ class DecoderLM(TokenizedLM):
         return [float(v) for v in out]
 
     def generate_until(self, requests: Sequence[tuple]) -> list[str]:
-        """``[(prompt, stop strings, max_tokens)]`` -> greedy text, cut before the first stop string.
+        """``[(prompt, stop strings, max_tokens[, {"temperature", "seed"}])]`` -> text, cut before the first
+        stop string: greedy, or sampled at the request's temperature with its seed.
 
         ``prompt``: text, chat messages (``[{"role", "content"}]``, the chat template applied) or token ids.
         """
@@ -241,8 +243,10 @@ class DecoderLM(TokenizedLM):
             budget = max(int(requests[i][2]) for i in chunk)
             context = self.decoder.config.max_position_embeddings
             rows = [prompts[i][-max(1, context - budget - 1):] for i in chunk]
-            sampling = [SamplingParams(temperature=0.0, max_new_tokens=int(requests[i][2]),
-                                       stop_ids=tuple(sorted(stop_ids))) for i in chunk]
+            sampling = [SamplingParams(temperature=float(_sampling(requests[i]).get("temperature", 0.0)),
+                                       seed=int(_sampling(requests[i]).get("seed", 0)),
+                                       max_new_tokens=int(requests[i][2]), stop_ids=tuple(sorted(stop_ids)))
+                        for i in chunk]
             result = generate(self.decoder, rows, sampling)
             fresh = {}
             for i, tokens in zip(chunk, result.tokens):
@@ -255,15 +259,16 @@ class DecoderLM(TokenizedLM):
     # -- the one scorer --------------------------------------------------------------------
 
     def _score(self, sequences, starts):
-        """``Decoder.score`` in batches of ``batch_size``, longest first; results in the given order."""
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-        results: list = [None] * len(sequences)
-        for lo in range(0, len(order), self.batch_size):
-            chunk = order[lo: lo + self.batch_size]
-            scored = self.decoder.score([sequences[i] for i in chunk], [starts[i] for i in chunk])
-            for i, r in zip(chunk, scored):
-                results[i] = r
-        return results
+        """``Decoder.score`` over every request at once (it groups them by context and batches them,
+        ``batch_size`` continuations per forward); results in the given order."""
+        if not sequences:  # everything answered from the cache
+            return []
+        return self.decoder.score(sequences, starts, batch_size=self.batch_size)
+
+
+def _sampling(request) -> dict:
+    """A generation request's sampling settings (its optional fourth element; none: greedy)."""
+    return request[3] if len(request) > 3 and request[3] else {}
 
 
 def cut_at_stop(text: str, stops) -> str:

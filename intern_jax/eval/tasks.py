@@ -354,23 +354,33 @@ def _infer_ppl(model, cfg, units) -> list[dict]:
 
 def _infer_gen(model, cfg, units) -> list[dict]:
     requests = []
-    for _, _, context in units:
+    for n, item, context in units:
         prompt = context
         if cfg.prompt.chat:
             prompt = [{"role": "user", "content": context}]
             if cfg.prompt.system:
                 prompt = [{"role": "system", "content": cfg.prompt.system}, *prompt]
-        requests.append((prompt, list(cfg.infer.stop), cfg.infer.max_tokens))
+        request = (prompt, list(cfg.infer.stop), cfg.infer.max_tokens)
+        if not cfg.infer.sampled:
+            requests.append(request)  # greedy: the plain request (and its cache key) as always
+            continue
+        seeds = [sample_seed(cfg.infer.seed, n, j, item["rotation"]) for j in range(cfg.infer.num_samples)]
+        requests += [(*request, {"temperature": cfg.infer.temperature, "seed": s}) for s in seeds]
     texts = model.generate_until(requests)
+    samples = cfg.infer.num_samples if cfg.infer.sampled else 1
     records = []
-    for (n, item, context), text in zip(units, texts):
-        pred = postprocess(cfg.postprocess, text, len(item.get("options") or LETTERS))
+    for u, (n, item, context) in enumerate(units):
+        outputs = texts[u * samples: (u + 1) * samples]
+        preds = [postprocess(cfg.postprocess, t, len(item.get("options") or LETTERS)) for t in outputs]
         reference = LETTERS[item["reference"]] if item.get("options") else item["reference"]
-        records.append({"id": n, "rotation": item["rotation"], "prompt": context, "output": text,
-                        "prediction": pred, "reference": reference})
+        records.append({"id": n, "rotation": item["rotation"], "prompt": context, "output": outputs[0],
+                        "prediction": preds[0], "reference": reference})
+        if samples > 1:
+            records[-1]["samples"] = [{"output": t, "prediction": p} for t, p in zip(outputs, preds)]
     metric = cfg.evaluator.metric
     if metric == "pass_at_k" and not units[0][1].get("options"):
         _run_programs(cfg, [u[1] for u in units], records)
+        return records
     for (_, item, _), record in zip(units, records):
         pred = record["prediction"]
         if item.get("options") or metric not in ("f1", "rouge", "pass_at_k"):
@@ -384,31 +394,51 @@ def _infer_gen(model, cfg, units) -> list[dict]:
     return records
 
 
+def sample_seed(seed: int, item: int, sample: int, rotation: int = 0) -> int:
+    """The seed of sample ``sample`` of item ``item`` (and rotation): the same in every run, partition and worker."""
+    return int(np.random.SeedSequence([seed, item, rotation, sample]).generate_state(1)[0] % 2**31)
+
+
 def _run_programs(cfg: DatasetConfig, items: list[dict], records: list[dict]) -> None:
-    """pass_at_k: each prediction's HumanEval program, run in limited processes (a few at a time)."""
+    """pass_at_k: each prediction's HumanEval program (every sample's, when sampled), run in limited processes
+    (a few at a time). A record gets ``correct`` / ``execution`` (its first completion's) and, sampled,
+    ``num_correct`` and each sample's verdict."""
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
-    programs = []
+    programs, owners = [], []
     for item in items:
         for field in ("prompt", "entry_point"):
             if field not in item:
                 raise ValueError(f"evaluator.metric='pass_at_k' needs the item field {field!r} (HumanEval's "
                                  f"layout: prompt, test, entry_point); fields: {', '.join(sorted(item))}")
     for item, record in zip(items, records):
-        programs.append(scores.humaneval_program(item["prompt"], record["prediction"], item["reference"],
-                                                 item["entry_point"]))
+        for sample in record.get("samples") or [record]:
+            programs.append(scores.humaneval_program(item["prompt"], sample["prediction"], item["reference"],
+                                                     item["entry_point"]))
+            owners.append(sample)
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
         results = list(pool.map(lambda p: scores.run_python(p, cfg.evaluator.timeout), programs))
-    for record, (passed, why) in zip(records, results):
-        record["correct"], record["execution"] = passed, why
+    for sample, (passed, why) in zip(owners, results):
+        sample["correct"], sample["execution"] = passed, why
+    for record in records:
+        if "samples" in record:
+            record["correct"], record["execution"] = record["samples"][0]["correct"], record["samples"][0]["execution"]
+            record["num_correct"] = sum(s["correct"] for s in record["samples"])
+
+
+def _pass_at(record: dict, k: int) -> float:
+    """pass@k of one item: the unbiased estimator over its samples, or (one completion) whether it passed."""
+    if "samples" not in record:
+        return float(record["correct"])
+    return scores.pass_at_k(len(record["samples"]), record["num_correct"], k)
 
 
 def metrics_of(records: list[dict], cfg: DatasetConfig) -> dict[str, float]:
     """Percentages: ``acc`` (or the evaluator's metric), ``acc_norm`` for ``ll``, and with CircularEval
     ``circular_acc`` (an item counts only if every rotation is right) beside plain ``acc`` (rotation 0).
     ``f1``: the mean token F1; ``bleu``: corpus BLEU; ``rouge``: ``rouge1``, ``rouge2``, ``rougeL`` means;
-    ``pass_at_k``: ``pass@1``; ``perplexity`` mode: ``ppl`` (exp of the mean negative log-likelihood per
-    token over the whole set) and ``bits_per_byte``."""
+    ``pass_at_k``: ``pass@k`` for each of ``evaluator.k`` (the mean over items); ``perplexity`` mode: ``ppl``
+    (exp of the mean negative log-likelihood per token over the whole set) and ``bits_per_byte``."""
     metric = cfg.evaluator.metric
     plain = [r for r in records if r["rotation"] == 0]
     if cfg.infer.mode == "perplexity":
@@ -424,7 +454,8 @@ def metrics_of(records: list[dict], cfg: DatasetConfig) -> dict[str, float]:
         if metric == "rouge":
             return {k: round(100.0 * float(np.mean([r["scores"][k] for r in plain])), 2)
                     for k in ("rouge1", "rouge2", "rougeL")}
-        return {"pass@1": round(100.0 * float(np.mean([r["correct"] for r in plain])), 2)}
+        return {f"pass@{k}": round(100.0 * float(np.mean([_pass_at(r, k) for r in plain])), 2)
+                for k in cfg.evaluator.k}
     name = "acc" if cfg.multiple_choice else metric
     keys = [("correct", name)] + ([("correct_norm", "acc_norm")] if cfg.infer.mode == "ll" else [])
     out = {metric: round(100.0 * sum(r[key] for r in plain) / len(plain), 2) for key, metric in keys}
