@@ -66,9 +66,11 @@ def decode_layout(params, cfg: ModelConfig):
 # The compiled pieces (pure functions; the decoder compiles them per shape bucket)
 
 
-def _last_logits(params, tokens, segment_ids, cache, cfg: ModelConfig):
-    """Append ``tokens [B, T]`` (right padding: segment 0) to the cache; logits ``[B, V]`` at each row's last token."""
-    x, cache = internlm2.hidden_states(params, {"tokens": tokens, "segment_ids": segment_ids}, cfg, cache)
+def _last_logits(params, tokens, segment_ids, cache, cfg: ModelConfig, attention: str = "xla"):
+    """Append ``tokens [B, T]`` (right padding: segment 0) to the cache; logits ``[B, V]`` at each row's last token.
+    ``attention``: the cache's attention implementation (``Execution.attention_impl``)."""
+    x, cache = internlm2.hidden_states(params, {"tokens": tokens, "segment_ids": segment_ids}, cfg, cache,
+                                       execution=Execution(attention_impl=attention))
     last = jnp.maximum(jnp.sum(segment_ids != 0, axis=1) - 1, 0)
     x = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]  # the head runs on one row per sequence
     return internlm2.head_logits(params, x, cfg), cache
@@ -86,44 +88,46 @@ def _pick(logits, state, num_top: int, allowed=None):
 
 
 def _insert(params, cache, state, rows, tokens, segment_ids, keep, row_state, allowed, cfg: ModelConfig,
-            num_top: int):
+            num_top: int, attention: str = "xla"):
     """Prefill ``tokens [n, T]`` into slots ``rows [n]`` after their first ``keep [n]`` cached tokens;
     ``allowed``: None, or the first tokens' allowed-token bitmasks ``[n, W]``."""
     part = cache.rows(rows).with_lengths(keep)
-    logits, part = _last_logits(params, tokens, segment_ids, part, cfg)
+    logits, part = _last_logits(params, tokens, segment_ids, part, cfg, attention)
     first, info, row_state = _pick(logits, row_state, num_top, allowed)
     cache = cache.set_rows(rows, part)
     state = jax.tree.map(lambda a, r: a.at[rows].set(r, mode="drop"), state, row_state)
     return first, info, cache, state
 
 
-def _step(params, cache, state, tokens, cfg: ModelConfig, num_top: int, allowed=None):
+def _step(params, cache, state, tokens, cfg: ModelConfig, num_top: int, allowed=None, attention: str = "xla"):
     """Feed each live slot its last token ``[B]`` and pick the next (among ``allowed [B, W]``'s tokens
     when given); done slots emit ``NO_TOKEN``."""
     done = state["done"] | (cache.lengths >= cache.capacity)
     state = {**state, "done": done}
     segment_ids = (~done).astype(jnp.int32)[:, None]
-    logits, cache = _last_logits(params, jnp.maximum(tokens, 0)[:, None], segment_ids, cache, cfg)
+    logits, cache = _last_logits(params, jnp.maximum(tokens, 0)[:, None], segment_ids, cache, cfg, attention)
     tokens, info, state = _pick(logits, state, num_top, allowed)
     return tokens, info, cache, state
 
 
-def _masked_step(params, cache, state, tokens, allowed, cfg: ModelConfig, num_top: int, width: int):
+def _masked_step(params, cache, state, tokens, allowed, cfg: ModelConfig, num_top: int, width: int,
+                 attention: str = "xla"):
     """``_prefix_step`` with an allowed-token bitmask ``[B, W]`` for every slot (all ones: unconstrained)."""
-    return _prefix_step(params, cache, state, tokens, cfg, num_top, width, allowed)
+    return _prefix_step(params, cache, state, tokens, cfg, num_top, width, allowed, attention)
 
 
-def _prefix_step(params, cache, state, tokens, cfg: ModelConfig, num_top: int, width: int, allowed=None):
+def _prefix_step(params, cache, state, tokens, cfg: ModelConfig, num_top: int, width: int, allowed=None,
+                 attention: str = "xla"):
     """``_step`` over the first ``width`` slots only (every live slot is among them): the model runs on
     ``width`` rows instead of all of them. The other slots keep their state and emit ``NO_TOKEN``."""
     b = tokens.shape[0]
     if width >= b:
-        return _step(params, cache, state, tokens, cfg, num_top, allowed)
+        return _step(params, cache, state, tokens, cfg, num_top, allowed, attention)
     index = jnp.arange(width)
     head = lambda a: a[:width]  # noqa: E731
     part, sub = cache.rows(index), jax.tree.map(head, state)
     picked, info, part, sub = _step(params, part, sub, head(tokens), cfg, num_top,
-                                    None if allowed is None else head(allowed))
+                                    None if allowed is None else head(allowed), attention)
     cache = cache.set_rows(index, part)
     state = jax.tree.map(lambda a, r: a.at[:width].set(r), state, sub)
 
@@ -133,7 +137,7 @@ def _prefix_step(params, cache, state, tokens, cfg: ModelConfig, num_top: int, w
     return pad(picked, NO_TOKEN), {k: pad(v, 0) for k, v in info.items()}, cache, state
 
 
-def _run(params, cache, state, tokens, cfg: ModelConfig, num_top: int, num_steps: int):
+def _run(params, cache, state, tokens, cfg: ModelConfig, num_top: int, num_steps: int, attention: str = "xla"):
     """Up to ``num_steps`` steps in one ``while_loop``, ending early once every slot is done.
 
     Returns ``tokens [B, num_steps]`` (``NO_TOKEN`` where nothing was emitted), their infos
@@ -152,7 +156,7 @@ def _run(params, cache, state, tokens, cfg: ModelConfig, num_top: int, num_steps
 
     def body(carry):
         i, tokens, cache, state, out, infos = carry
-        tokens, info, cache, state = _step(params, cache, state, tokens, cfg, num_top)
+        tokens, info, cache, state = _step(params, cache, state, tokens, cfg, num_top, attention=attention)
         out = out.at[:, i].set(tokens)
         infos = {k: infos[k].at[:, i].set(v) for k, v in info.items()}
         return i + 1, tokens, cache, state, out, infos
@@ -180,7 +184,8 @@ class Decoder:
 
     ``Decoder(params, config, tokenizer=None)``, or ``Decoder.from_model(load_model(path))``.
     ``config`` stays the model's own; the decode layout is private. ``execution`` (``config.Execution``)
-    gives the compute dtype (default: the params'); decoding runs the XLA attention path, and remat and
+    gives the compute dtype (default: the params') and the attention implementation of the cached forward
+    (``attention_impl``: xla, pallas, or auto, the Pallas kernels where the backend has them); remat and
     ``attention_chunk`` (training memory settings) do not apply. ``tp=N`` shards the weights over
     the first N devices with the logical-axis rules training uses (heads, kv heads, MLP and vocabulary
     split over ``tensor``); the cache and every activation follow by sharding propagation.
@@ -191,13 +196,13 @@ class Decoder:
         self.config = config
         self.tokenizer = tokenizer
         self.execution = execution or Execution()
-        if self.execution.attention_impl != "xla":
-            raise ValueError(f"execution.attention_impl={self.execution.attention_impl!r}: the decoder runs "
-                             "the XLA attention path; leave attention_impl at 'xla' for decoding")
         self.mesh = None
         if tp > 1:
             if tp > len(jax.devices()):
                 raise ValueError(f"tp={tp} needs {tp} devices; {len(jax.devices())} are visible")
+            if any(is_structured_weight(w) for w in jax.tree.leaves(params, is_leaf=is_structured_weight)):
+                raise ValueError(f"tp={tp} with packed (quantized) weights: tensor parallelism shards float "
+                                 "weights only; serve this checkpoint with tp=1, or its float original with tp")
             self.mesh = make_mesh({"tensor": tp}, jax.devices()[:tp])
             params = jax.device_put(params, internlm2.param_shardings(config, self.mesh))
         self.params, self._cfg = decode_layout(params, config)
@@ -206,6 +211,9 @@ class Decoder:
         if compute != config.param_dtype:
             self.params = jax.tree.map(lambda w: w.astype(compute), self.params, is_leaf=is_structured_weight)
             self._cfg = dataclasses.replace(self._cfg, param_dtype=compute)
+        # what every compiled decode function is specialised on: the decode layout's config and the attention
+        # implementation ("auto": the Pallas paged kernel on GPU, the XLA gather elsewhere)
+        self._static = {"cfg": self._cfg, "attention": self.execution.attention_impl}
         self._executables: dict = {}
         self._lock = threading.Lock()
         self.compile_seconds = 0.0
@@ -390,7 +398,7 @@ class DecodeBatch:
             masks = jnp.asarray(masks)
         args = (d.params, self.cache, self.state, jnp.asarray(index), jnp.asarray(tokens), jnp.asarray(segments),
                 jnp.asarray(keep_rows), row_state, masks)
-        exe, _ = d.compiled(_insert, {"cfg": d._cfg, "num_top": self.num_top}, (1, 2), *args)
+        exe, _ = d.compiled(_insert, {**d._static, "num_top": self.num_top}, (1, 2), *args)
         first, info, self.cache, self.state = exe(*args)
         out = _to_host(first, info)
         self.last[np.asarray(slots)] = out.tokens[:n]
@@ -406,7 +414,7 @@ class DecodeBatch:
         fn = _prefix_step
         if allowed is not None:
             fn, args = _masked_step, (*args, jnp.asarray(allowed, jnp.int32))
-        static = {"cfg": d._cfg, "num_top": self.num_top, "width": self._live_width()}
+        static = {**d._static, "num_top": self.num_top, "width": self._live_width()}
         exe, _ = d.compiled(fn, static, (1, 2), *args)
         tokens, info, self.cache, self.state = exe(*args)
         out = _to_host(tokens, info)
@@ -418,7 +426,7 @@ class DecodeBatch:
         d = self.decoder
         self._fit_tables(self._longest_live() + num_steps)
         args = (d.params, self.cache, self.state, jnp.asarray(self.last))
-        static = {"cfg": d._cfg, "num_top": self.num_top, "num_steps": int(num_steps)}
+        static = {**d._static, "num_top": self.num_top, "num_steps": int(num_steps)}
         exe, _ = d.compiled(_run, static, (1, 2), *args)
         tokens, infos, self.cache, self.state = exe(*args)
         out = _to_host(tokens, infos)

@@ -182,6 +182,30 @@ def test_generate_reports_the_logprob_of_every_token(tiny, dec):
     assert all(x <= 0 for row in result.logprobs for x in row)
 
 
+def test_tensor_parallel_packed_weights_are_refused_by_name(tiny):
+    from intern_jax.model.quantized import quantize_params
+
+    cfg, params = tiny
+    with pytest.raises(ValueError, match=r"tp=2 with packed \(quantized\) weights.*tp=1"):
+        Decoder(quantize_params(params, cfg, 8, 32), cfg, tp=2)
+
+
+def test_the_paged_kernel_decodes_the_xla_paths_tokens(tiny):
+    """``Execution(attention_impl="pallas")`` reaches the cached forward: the paged batch reads its pages
+    through the Pallas kernel (interpreted on CPU; its programs carry the kernel) and decodes what the XLA
+    gather decodes."""
+    cfg, params = tiny
+    sampling = [SamplingParams(max_new_tokens=3)] * 2
+    tokens, kernel = {}, {}
+    for impl in ("xla", "pallas"):
+        decoder = Decoder(params, cfg, execution=Execution(attention_impl=impl))
+        batch = decoder.new_batch(2, paged=PagedLayout(num_pages=8, page_size=8, pages_per_slot=4))
+        tokens[impl] = [list(batch.insert([0, 1], PROMPTS[:2], sampling).tokens), list(batch.step().tokens)]
+        kernel[impl] = ["paged_prefill" in exe.as_text() for exe in decoder._executables.values()]
+    assert tokens["pallas"] == tokens["xla"]
+    assert kernel == {"xla": [False, False], "pallas": [True, True]}
+
+
 @pytest.mark.parametrize("tp", [2, 4])
 def test_tensor_parallel_decoding_gives_the_same_greedy_tokens(tiny, dec, tp):
     cfg, params = tiny
