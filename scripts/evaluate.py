@@ -4,6 +4,7 @@
         [--url http://HOST:PORT/v1 [--api-key KEY] [--served-model NAME] [--tokenizer PATH]]
         [--config configs/eval/X.py ...] [--data mine.jsonl ...] [--limit N] [--num-fewshot K] [--batch-size B]
         [--reuse] [--json] [--workers N | --partition W/N | --merge N] [--judge-model PATH | --judge-url URL]
+        [--deployments fp,w8,w4,awq4,kv8,awq4+kv8 [--calib-data FILE|embedded] [--calib-samples N]]
 
 ``--datasets`` names configs in configs/eval/; ``--config`` gives config files. ``--output DIR`` receives
 predictions/, results/, cache/ and summary.md / .csv / .json; ``--reuse`` reads answers already in
@@ -13,6 +14,8 @@ logprobs, generations from chat or text completions). ``--workers N`` runs N par
 parallel processes and merges them; ``--partition W/N`` runs one (a SLURM array task), ``--merge N``
 merges N finished partitions (docs/eval.md). Datasets with a judge config (``judge_single``, ``judge_pairwise``)
 have their generated answers rated or compared by ``--judge-model`` / ``--judge-url``.
+``--deployments`` evaluates deployment variants of each --model side by side, built in memory from the one
+loaded model (``fp``, ``w8``, ``w4``, ``awq4``, ``kv8`` and ``WEIGHTS+kv8``), one column ``MODEL[variant]`` each.
 """
 
 from __future__ import annotations
@@ -64,6 +67,17 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="run N partitions of the items in parallel processes")
     ap.add_argument("--partition", help="W/N: run only partition W of N (0-based) into --output, for --merge N")
     ap.add_argument("--merge", type=int, help="merge N finished partitions in --output into the results and summary")
+    ap.add_argument("--deployments",
+                    help="comma-separated deployment variants of each --model, one summary column each: fp (as "
+                         "loaded), w8 / w4 (round-to-nearest weights), awq4 (AWQ 4-bit weights), kv8 (int8 KV "
+                         "cache), WEIGHTS+kv8 (both); default: the model as loaded only")
+    ap.add_argument("--calib-data", default="embedded",
+                    help="--deployments awq4: calibration text file (UTF-8), or 'embedded' for the built-in text")
+    ap.add_argument("--calib-samples", type=int, default=8, help="--deployments awq4: calibration windows")
+    ap.add_argument("--calib-seq-len", type=int, default=256, help="--deployments awq4: tokens per window")
+    ap.add_argument("--quant-group-size", type=int,
+                    help="--deployments: input rows per weight scale (default: 128, or the largest power of two "
+                         "dividing every projection's input)")
     cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
 
@@ -87,6 +101,12 @@ def main(argv=None) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.deployments is not None:
+        from intern_jax.eval.deployments import parse_deployments  # noqa: PLC0415
+
+        args.deployments = parse_deployments(args.deployments)
+        if args.url or not args.model:
+            ap.error("--deployments builds variants of in-process models: give --model, not --url")
     output = cli.output_dir(args.output) if args.output else None
     datasets = eval_config.find_datasets(args.datasets, CONFIG_DIR) if args.datasets else []
     datasets += [eval_config.load_dataset_config(path) for path in args.config]
@@ -183,6 +203,9 @@ def model_specs(args, *, load: bool, output=None, partition=None) -> list[tuple[
 
     for path in args.model:
         name = unique(Path(path).stem if Path(path).suffix else Path(path).name)
+        if getattr(args, "deployments", None):
+            specs += deployment_specs(args, path, name, load=load, cache=lambda n: cache(safe_name(n)))
+            continue
         model = None
         if load:
             from intern_jax.checkpoint import load_model  # noqa: PLC0415
@@ -204,6 +227,28 @@ def model_specs(args, *, load: bool, output=None, partition=None) -> list[tuple[
         lm.cache = cache(lm.name) or lm.cache
         specs.append((lm.name, lm))
     return specs
+
+
+def deployment_specs(args, path, name: str, *, load: bool, cache) -> list[tuple[str, object]]:
+    """``(NAME[variant], model or None)`` for each of ``--deployments`` of the model at ``path``."""
+    from intern_jax.eval.deployments import Settings, deployment_models  # noqa: PLC0415
+
+    names = [f"{name}[{dep.name}]" for dep in args.deployments]
+    if not load:
+        return [(n, None) for n in names]
+    from intern_jax.checkpoint import load_model  # noqa: PLC0415
+
+    loaded = load_model(path)
+    if loaded.tokenizer is None:
+        raise ValueError(f"--model {path} carries no tokenizer; evaluation needs one")
+    calib_text = None
+    if args.calib_data != "embedded":
+        calib_text = cli.utf8_text(Path(args.calib_data).read_text(encoding="utf-8"), f"--calib-data {args.calib_data}")
+    settings = Settings(group_size=args.quant_group_size, calib_text=calib_text, calib_samples=args.calib_samples,
+                        calib_seq_len=args.calib_seq_len)
+    models = deployment_models(loaded, args.deployments, name, batch_size=args.batch_size, settings=settings,
+                               cache=cache)
+    return [(m.name, m) for m in models]
 
 
 def judge_model(args, output):
