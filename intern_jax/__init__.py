@@ -2,7 +2,8 @@
 
 The public face is small: ``load_model`` (any supported checkpoint format), ``generate`` /
 ``stream_generate`` / ``generate_text`` (the one decoding implementation), ``SamplingParams``,
-``Decoder`` (what they all drive), ``ChatSession`` and ``load_config``. Everything else lives in the sub-packages.
+``Decoder`` (what they all drive), ``ChatSession``, ``load_config`` and the configs
+(``ModelConfig``: what a model is; ``Execution``: how it runs). Everything else lives in the sub-packages.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _EXPORTS = {
     "Decoder": "intern_jax.inference",
     "load_config": "intern_jax.config",
     "ModelConfig": "intern_jax.config",
+    "Execution": "intern_jax.config",
     "load_tokenizer": "intern_jax.tokenizer",
 }
 
