@@ -107,6 +107,9 @@ def main(argv=None) -> int:
         args.deployments = parse_deployments(args.deployments)
         if args.url or not args.model:
             ap.error("--deployments builds variants of in-process models: give --model, not --url")
+        if args.calib_samples < 1 or args.calib_seq_len < 2:
+            raise ValueError(f"--calib-samples must be >= 1 and --calib-seq-len >= 2, got {args.calib_samples} "
+                             f"and {args.calib_seq_len}")
     output = cli.output_dir(args.output) if args.output else None
     datasets = eval_config.find_datasets(args.datasets, CONFIG_DIR) if args.datasets else []
     datasets += [eval_config.load_dataset_config(path) for path in args.config]

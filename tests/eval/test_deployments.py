@@ -84,6 +84,8 @@ def test_unknown_deployment_names_the_known_ones(capsys):
     assert "unknown deployment 'w3'" in err and "fp, w8, w4, awq4, kv8" in err
     assert main(["--model", "smol.gguf", *ARGS, "--deployments", "kv8,fp+kv8"]) == 2
     assert "'fp+kv8' repeats" in capsys.readouterr().err
+    assert main(["--model", "smol.gguf", *ARGS, "--deployments", "awq4", "--calib-samples", "0"]) == 2
+    assert "--calib-samples must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse's error: variants of in-process models only
         main(["--url", "http://127.0.0.1:9/v1", *ARGS, "--deployments", "w8"])
     assert "give --model, not --url" in capsys.readouterr().err
