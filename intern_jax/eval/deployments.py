@@ -25,13 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
-
 from intern_jax.eval.model import DecoderLM, RequestCache
-from intern_jax.inference import Decoder, scoring
-from intern_jax.model import internlm2
-from intern_jax.model.kv_cache import DenseKV
+from intern_jax.inference import Decoder
 
 WEIGHTS = {
     "fp": "the model as loaded",
@@ -89,22 +84,7 @@ def default_group_size(params) -> int:
     return group
 
 
-# -- the int8 KV cache in scoring ----------------------------------------------------------------
-
-
-def _score_rows_int8(params, context, context_segments, row_group, tokens, segments, targets, cfg):
-    """``scoring._score_rows`` with the dense cache stored as int8 (the same forward otherwise)."""
-    rows, k = tokens.shape
-    if context is None:
-        cache = DenseKV.init(cfg, rows, k, int8=True)
-    else:
-        cache = DenseKV.init(cfg, context.shape[0], context.shape[1] + k, int8=True)
-        _, cache = internlm2.hidden_states(params, {"tokens": context, "segment_ids": context_segments}, cfg, cache)
-        cache = cache.rows(row_group)
-    x, _ = internlm2.hidden_states(params, {"tokens": tokens, "segment_ids": segments}, cfg, cache)
-    logprobs = jax.nn.log_softmax(internlm2.head_logits(params, x, cfg).astype(jnp.float32), axis=-1)
-    chosen = jnp.take_along_axis(logprobs, targets[:, :, None], axis=2)[:, :, 0]
-    return chosen, jnp.argmax(logprobs, axis=-1) == targets
+# -- the int8 KV cache, in generation and scoring ---------------------------------------------------
 
 
 class Int8KVDecoder(Decoder):
@@ -114,10 +94,8 @@ class Int8KVDecoder(Decoder):
         return super().new_batch(slots, capacity, paged=paged, kv_int8=True, num_top_logprobs=num_top_logprobs,
                                  stop_width=stop_width)
 
-    def compiled(self, fn, static, donate, *args):
-        if fn is scoring._score_rows:  # the scorer's forward, with its cache stored as int8
-            fn = _score_rows_int8
-        return super().compiled(fn, static, donate, *args)
+    def score(self, sequences, starts, *, batch_size=32, kv_int8=True):
+        return super().score(sequences, starts, batch_size=batch_size, kv_int8=True)
 
 
 # -- building the variants -----------------------------------------------------------------------

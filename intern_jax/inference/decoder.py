@@ -269,13 +269,14 @@ class Decoder:
         return DecodeBatch(self, cache, num_top_logprobs, stop_width)
 
     def score(self, sequences: Sequence[Sequence[int]], starts: Sequence[int], *,
-              batch_size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+              batch_size: int = 32, kv_int8: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each token sequence, the log-probability of every token from index ``start`` on given
         the tokens before it, and whether it was the model's greedy choice: ``[(logprobs, is_greedy)]``.
 
         Sequences that share a context have it computed once, and the output head runs only where a
-        token is scored (``inference.scoring``); ``batch_size`` continuations run per forward."""
-        return scoring.score_sequences(self, sequences, starts, batch_size=batch_size)
+        token is scored (``inference.scoring``); ``batch_size`` continuations run per forward;
+        ``kv_int8``: the contexts' keys and values are held as int8."""
+        return scoring.score_sequences(self, sequences, starts, batch_size=batch_size, kv_int8=kv_int8)
 
 
 @dataclasses.dataclass

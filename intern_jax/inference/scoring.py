@@ -39,15 +39,16 @@ def bucket(n: int, minimum: int) -> int:
     return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
-def _score_rows(params, context, context_segments, row_group, tokens, segments, targets, cfg: ModelConfig):
+def _score_rows(params, context, context_segments, row_group, tokens, segments, targets, cfg: ModelConfig,
+                int8: bool = False):
     """Log p of ``targets [C, K]`` after ``tokens [C, K]`` (segment 0: padding), each row continuing its
     group's context (``context [G, S]``, row ``c`` belongs to group ``row_group[c]``; ``context`` None:
-    no context). Returns ``(logprobs [C, K], is_greedy [C, K])``."""
+    no context), over a cache stored as int8 when ``int8``. Returns ``(logprobs [C, K], is_greedy [C, K])``."""
     rows, k = tokens.shape
     if context is None:
-        cache = DenseKV.init(cfg, rows, k)
+        cache = DenseKV.init(cfg, rows, k, int8=int8)
     else:
-        cache = DenseKV.init(cfg, context.shape[0], context.shape[1] + k)
+        cache = DenseKV.init(cfg, context.shape[0], context.shape[1] + k, int8=int8)
         _, cache = internlm2.hidden_states(params, {"tokens": context, "segment_ids": context_segments}, cfg, cache)
         cache = cache.rows(row_group)
     x, _ = internlm2.hidden_states(params, {"tokens": tokens, "segment_ids": segments}, cfg, cache)
@@ -90,12 +91,13 @@ def _batch_tokens(rows: int, context: int, cont: int) -> tuple[int, int]:
 
 
 def score_sequences(decoder, sequences: Sequence[Sequence[int]], starts: Sequence[int], *,
-                    batch_size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+                    batch_size: int = 32, kv_int8: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each token sequence, the log-probability of every token from index ``start`` on given the tokens
     before it, and whether it was the model's greedy choice: ``[(logprobs [n - start], is_greedy)]``.
 
     ``decoder``: a ``Decoder`` (its decode-layout parameters and compiled-function table are used).
-    ``batch_size``: continuations per forward.
+    ``batch_size``: continuations per forward; ``kv_int8``: the contexts' keys and values held as int8,
+    as an int8-KV deployment holds them.
     """
     sequences = [list(map(int, s)) for s in sequences]
     starts = [int(s) for s in starts]
@@ -107,11 +109,11 @@ def score_sequences(decoder, sequences: Sequence[Sequence[int]], starts: Sequenc
                              "(at least one context token)")
     results: list = [None] * len(sequences)
     for batch in plan_batches(sequences, starts, max(1, int(batch_size))):
-        _run_batch(decoder, sequences, starts, batch, results)
+        _run_batch(decoder, sequences, starts, batch, results, kv_int8)
     return results
 
 
-def _run_batch(decoder, sequences, starts, groups: list[list[int]], results: list) -> None:
+def _run_batch(decoder, sequences, starts, groups: list[list[int]], results: list, kv_int8: bool) -> None:
     rows = [i for g in groups for i in g]
     width = bucket(max(len(sequences[i]) - starts[i] for i in rows), 4)  # scored tokens per row
     n_rows = bucket(len(rows), 4)
@@ -140,7 +142,7 @@ def _run_batch(decoder, sequences, starts, groups: list[list[int]], results: lis
     args = [decoder.params, None if context is None else jnp.asarray(context),
             None if context is None else jnp.asarray(context_segments), jnp.asarray(row_group),
             jnp.asarray(tokens), jnp.asarray(segments), jnp.asarray(targets)]
-    exe, _ = decoder.compiled(_score_rows, {"cfg": decoder._cfg}, (), *args)
+    exe, _ = decoder.compiled(_score_rows, {"cfg": decoder._cfg, "int8": kv_int8}, (), *args)
     logprobs, greedy = (np.asarray(a) for a in exe(*args))
     r = 0
     for group in groups:
