@@ -76,6 +76,48 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+MAP_COUNT_LIMIT_FILE = "/proc/sys/vm/max_map_count"
+
+
+def _memory_map_count() -> int | None:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return f.read().count(b"\n")
+    except OSError:
+        return None
+
+
+def _memory_map_limit() -> int:
+    try:
+        with open(MAP_COUNT_LIMIT_FILE) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65530
+
+
+MEMORY_MAP_BUDGET = _memory_map_limit() // 2
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Every live XLA:CPU executable holds memory mappings of its own (three for a small function, several
+    hundred for a whole model's step), and the kernel allows a process ``vm.max_map_count`` of them
+    (65530 by default): the compile that finds none left dies with a segmentation fault. jit's caches keep
+    every executable the suite compiles, and the session's decoders keep theirs (up to their bound), which
+    together pass that limit well before the suite ends. When the process holds half the limit, both are
+    emptied; what is needed again is compiled again."""
+    count = _memory_map_count()
+    if count is not None and count > MEMORY_MAP_BUDGET:
+        import gc
+
+        from intern_jax.inference import Decoder
+
+        jax.clear_caches()
+        for obj in gc.get_objects():
+            if isinstance(obj, Decoder):
+                obj.forget_compiled()
+        gc.collect()
+
+
 @pytest.fixture(scope="session")
 def seed() -> int:
     """The session seed (``TEST_SEED``): derive every random input of a test from it."""

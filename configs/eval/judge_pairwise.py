@@ -1,14 +1,12 @@
 """Open questions compared pairwise by a judge model (OpenCompass's subjective evaluation): every model
 answers in chat, the judge (``--judge-model`` / ``--judge-url``) compares each model's answer with the first
 model's, twice with the positions swapped. Metrics: ``win_rate_vs_<first model>`` (ties count half) and
-``unparsed`` judgements."""
+``unparsed`` judgements. Questions, prompt and answer length are judge_single.py's."""
 
-from intern_jax.eval.config import DatasetConfig, InferConfig, JudgeConfig, PromptConfig, ReaderConfig
+import dataclasses
+from pathlib import Path
 
-config = DatasetConfig(
-    name="judge_pairwise",
-    reader=ReaderConfig(path="data/open_questions.jsonl", answer="reference"),
-    prompt=PromptConfig(template="{question}", chat=True),
-    infer=InferConfig(mode="gen", max_tokens=96, stop=()),
-    judge=JudgeConfig(mode="pairwise", max_tokens=192),
-)
+from intern_jax.config import load_config
+
+single = load_config(Path(__file__).resolve().parent / "judge_single.py")
+config = dataclasses.replace(single, name="judge_pairwise", judge=dataclasses.replace(single.judge, mode="pairwise"))

@@ -22,6 +22,7 @@ and ``ChatSession.send`` do, stop strings included).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import time
@@ -189,10 +190,20 @@ class Decoder:
     ``attention_chunk`` (training memory settings) do not apply. ``tp=N`` shards the weights over
     the first N devices with the logical-axis rules training uses (heads, kv heads, MLP and vocabulary
     split over ``tensor``); the cache and every activation follow by sharding propagation.
+
+    Compiled functions are kept per argument shape, at most ``max_executables`` of them (least recently
+    used dropped first, counted in ``evicted_executables``): each XLA:CPU executable of a full model holds
+    several hundred memory mappings of its own while it lives, and a process that keeps compiling new
+    shapes would otherwise run into the kernel's per-process limit (``vm.max_map_count``), where the next
+    compile crashes.
     """
 
+    DEFAULT_MAX_EXECUTABLES = 48
+
     def __init__(self, params, config: ModelConfig, tokenizer=None, *, tp: int = 1,
-                 execution: Execution | None = None):
+                 execution: Execution | None = None, max_executables: int = DEFAULT_MAX_EXECUTABLES):
+        if max_executables < 1:
+            raise ValueError(f"max_executables must be >= 1, got {max_executables}")
         self.config = config
         self.tokenizer = tokenizer
         self.execution = execution or Execution()
@@ -214,7 +225,9 @@ class Decoder:
         # what every compiled decode function is specialised on: the decode layout's config and the attention
         # implementation ("auto": the Pallas paged kernel on GPU, the XLA gather elsewhere)
         self._static = {"cfg": self._cfg, "attention": self.execution.attention_impl}
-        self._executables: dict = {}
+        self._executables: collections.OrderedDict = collections.OrderedDict()
+        self.max_executables = max_executables
+        self.evicted_executables = 0
         self._lock = threading.Lock()
         self.compile_seconds = 0.0
 
@@ -240,13 +253,24 @@ class Decoder:
         with self._lock:
             exe = self._executables.get(key)
             if exe is not None:
+                self._executables.move_to_end(key)
                 return exe, 0.0
             t0 = time.perf_counter()
             exe = jax.jit(lambda *a: fn(*a, **static), donate_argnums=donate).lower(*args).compile()
             seconds = time.perf_counter() - t0
             self._executables[key] = exe
+            while len(self._executables) > self.max_executables:
+                self._executables.popitem(last=False)
+                self.evicted_executables += 1
             self.compile_seconds += seconds
             return exe, seconds
+
+    def forget_compiled(self) -> int:
+        """Drop every compiled function (each is compiled again when next needed); how many were held."""
+        with self._lock:
+            n = len(self._executables)
+            self._executables.clear()
+            return n
 
     def new_batch(self, slots: int, capacity: int | None = None, *, paged: PagedLayout | None = None,
                   kv_int8: bool = False, num_top_logprobs: int = 0, stop_width: int = 4) -> DecodeBatch:

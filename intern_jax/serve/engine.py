@@ -502,6 +502,7 @@ class Engine:
             "tokens_per_s": round(self.generated_tokens / self.busy_seconds, 2) if self.busy_seconds else 0.0,
             "steps": self.steps,
             "compiled_executables": self.decoder.num_executables,
+            "evicted_executables": self.decoder.evicted_executables,
         }
 
 

@@ -4,7 +4,6 @@ The model is a tiny random one (2 layers, SmolLM2's tokenizer and vocabulary), s
 compiles in a second; every route under test is the same for any model."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +24,13 @@ def tiny_smol(smollm2):
     return LoadedModel(cfg, testing.random_params(cfg, seed=3, scale=0.3, norm_scale=0.3), smollm2.tokenizer)
 
 
-def evaluate_main():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import evaluate  # noqa: PLC0415
-    finally:
-        sys.path.pop(0)
-    return evaluate.main
-
-
 def loglikelihoods(out: Path, model: str) -> np.ndarray:
     rows = [json.loads(line) for line in (out / "predictions" / model / "arith_mc.jsonl").read_text().splitlines()]
     return np.array([r["loglikelihoods"] for r in rows])
 
 
-def test_deployments_side_by_side_match_their_independent_routes(tiny_smol, monkeypatch, tmp_path, capsys):
+def test_deployments_side_by_side_match_their_independent_routes(evaluate_main, tiny_smol, monkeypatch, tmp_path,
+                                                                  capsys):
     import intern_jax.checkpoint
     from intern_jax.checkpoint.loaded import LoadedModel
     from intern_jax.eval import DecoderLM, find_datasets
@@ -47,14 +38,13 @@ def test_deployments_side_by_side_match_their_independent_routes(tiny_smol, monk
     from intern_jax.model.quantized import quantize_params
 
     monkeypatch.setattr(intern_jax.checkpoint, "load_model", lambda path: tiny_smol)
-    main = evaluate_main()
 
     # the plain evaluation of the model as loaded
-    assert main(["--model", "smol.gguf", *ARGS, "--output", str(tmp_path / "plain")]) == 0
+    assert evaluate_main(["--model", "smol.gguf", *ARGS, "--output", str(tmp_path / "plain")]) == 0
     capsys.readouterr()
 
     out = tmp_path / "deployed"
-    assert main(["--model", "smol.gguf", *ARGS, "--output", str(out), "--deployments", "fp,w8,kv8",
+    assert evaluate_main(["--model", "smol.gguf", *ARGS, "--output", str(out), "--deployments", "fp,w8,kv8",
                  "--quant-group-size", str(GROUP), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["models"] == ["smol[fp]", "smol[w8]", "smol[kv8]"]
@@ -77,15 +67,14 @@ def test_deployments_side_by_side_match_their_independent_routes(tiny_smol, monk
     np.testing.assert_allclose(kv8, fp, rtol=0.05, atol=0.5)
 
 
-def test_unknown_deployment_names_the_known_ones(capsys):
-    main = evaluate_main()
-    assert main(["--model", "smol.gguf", *ARGS, "--deployments", "fp,w3"]) == 2
+def test_unknown_deployment_names_the_known_ones(evaluate_main, capsys):
+    assert evaluate_main(["--model", "smol.gguf", *ARGS, "--deployments", "fp,w3"]) == 2
     err = capsys.readouterr().err
     assert "unknown deployment 'w3'" in err and "fp, w8, w4, awq4, kv8" in err
-    assert main(["--model", "smol.gguf", *ARGS, "--deployments", "kv8,fp+kv8"]) == 2
+    assert evaluate_main(["--model", "smol.gguf", *ARGS, "--deployments", "kv8,fp+kv8"]) == 2
     assert "'fp+kv8' repeats" in capsys.readouterr().err
-    assert main(["--model", "smol.gguf", *ARGS, "--deployments", "awq4", "--calib-samples", "0"]) == 2
+    assert evaluate_main(["--model", "smol.gguf", *ARGS, "--deployments", "awq4", "--calib-samples", "0"]) == 2
     assert "--calib-samples must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse's error: variants of in-process models only
-        main(["--url", "http://127.0.0.1:9/v1", *ARGS, "--deployments", "w8"])
+        evaluate_main(["--url", "http://127.0.0.1:9/v1", *ARGS, "--deployments", "w8"])
     assert "give --model, not --url" in capsys.readouterr().err

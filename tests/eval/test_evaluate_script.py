@@ -10,25 +10,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def evaluate_main():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import evaluate  # noqa: PLC0415
-    finally:
-        sys.path.pop(0)
-    return evaluate.main
-
-
 @pytest.mark.slow
-def test_evaluate_script_on_smollm2_writes_the_summary_and_reuses_its_answers(smollm2_decoder, monkeypatch,
-                                                                              tmp_path, capsys):
+def test_evaluate_script_on_smollm2_writes_the_summary_and_reuses_its_answers(evaluate_main, smollm2_decoder,
+                                                                              monkeypatch, tmp_path, capsys):
     import intern_jax.checkpoint
 
     monkeypatch.setattr(intern_jax.checkpoint, "load_model", lambda path: smollm2_decoder)
-    main = evaluate_main()
     argv = ["--model", "smollm2.gguf", "--datasets", "arith_mc,arith_qa", "--output", str(tmp_path),
             "--limit", "4", "--batch-size", "8"]
-    assert main(argv) == 0
+    assert evaluate_main(argv) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0] == "| dataset | version | metric | mode | smollm2 |"
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -46,10 +36,10 @@ def test_evaluate_script_on_smollm2_writes_the_summary_and_reuses_its_answers(sm
 
     monkeypatch.setattr(smollm2_decoder, "score", refuse)
     monkeypatch.setattr("intern_jax.eval.model.generate", refuse)
-    assert main([*argv, "--reuse"]) == 0
+    assert evaluate_main([*argv, "--reuse"]) == 0
     captured = capsys.readouterr()
     assert captured.out == table and "reused" in captured.err
-    assert main([*argv, "--reuse", "--json"]) == 0
+    assert evaluate_main([*argv, "--reuse", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     def without_time(results):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in results]

@@ -2,21 +2,11 @@
 (a tiny random model with SmolLM2's tokenizer, saved as a Hugging Face checkpoint the workers load)."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def evaluate_main():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import evaluate  # noqa: PLC0415
-    finally:
-        sys.path.pop(0)
-    return evaluate.main
 
 
 @pytest.fixture(scope="module")
@@ -43,29 +33,27 @@ def outputs(directory: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_two_workers_give_the_outputs_of_one_process_and_their_answers_are_reused(tiny_checkpoint, tmp_path,
-                                                                                  capsys):
-    main = evaluate_main()
+def test_two_workers_give_the_outputs_of_one_process_and_their_answers_are_reused(evaluate_main, tiny_checkpoint,
+                                                                                  tmp_path, capsys):
     argv = ["--model", str(tiny_checkpoint), "--datasets", "arith_mc,commonsense_mc_circular",
             "--limit", "5", "--batch-size", "4"]
-    assert main([*argv, "--output", str(tmp_path / "one")]) == 0
-    assert main([*argv, "--output", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert evaluate_main([*argv, "--output", str(tmp_path / "one")]) == 0
+    assert evaluate_main([*argv, "--output", str(tmp_path / "two"), "--workers", "2"]) == 0
     capsys.readouterr()
     one, two = outputs(tmp_path / "one"), outputs(tmp_path / "two")
     assert two == one
     assert len(two["predictions"]) == 2 and all(r["num_items"] == 5 for r in two["results"])
     assert sorted(p.name for p in (tmp_path / "two" / "partitions").iterdir()) == ["0-of-2", "1-of-2"]
     # one process over the partitions' caches recomputes nothing
-    assert main([*argv, "--output", str(tmp_path / "two"), "--reuse"]) == 0
+    assert evaluate_main([*argv, "--output", str(tmp_path / "two"), "--reuse"]) == 0
     err = capsys.readouterr().err
     assert "reused 100 cached answers" in err, err  # arith_mc 5 x 4 options, circular 5 x 4 rotations x 4 options
     assert outputs(tmp_path / "two") == one
 
 
-def test_partition_flags_are_checked(tmp_path, capsys):
-    main = evaluate_main()
+def test_partition_flags_are_checked(evaluate_main, tmp_path, capsys):
     base = ["--model", "x", "--datasets", "arith_mc", "--output", str(tmp_path)]
     for flags, message in [(["--partition", "2/2"], "need 0 <= W < N"), (["--partition", "two"], "give W/N"),
                            (["--merge", "2"], "partition 0 of 2 of x / arith_mc is missing")]:
-        assert main([*base, *flags]) == 2
+        assert evaluate_main([*base, *flags]) == 2
         assert message in capsys.readouterr().err

@@ -250,3 +250,34 @@ def test_stop_strings_cut_the_text_at_the_first_match_across_pieces(pieces, stop
     text = "".join(s.push(p) for p in pieces) + s.flush()
     assert text == want
     assert s.stopped == (want != "".join(pieces))
+
+
+def test_compiled_functions_are_bounded_least_recently_used_first_and_recompile_the_same(tiny):
+    """At most ``max_executables`` compiled functions live at once: the least recently used one is
+    dropped (and freed: nothing else holds it), and compiled again when its shape comes back."""
+    import gc
+    import weakref
+
+    cfg, params = tiny
+    decoder = Decoder(params, cfg, max_executables=2)
+    sampling = SamplingParams(max_new_tokens=1)
+
+    def first_tokens(slots):
+        batch = decoder.new_batch(slots, 32)
+        return list(batch.insert(list(range(slots)), PROMPTS[:slots], [sampling] * slots).tokens)
+
+    one = first_tokens(1)
+    oldest = weakref.ref(next(iter(decoder._executables.values())))
+    two = first_tokens(2)
+    assert first_tokens(1) == one and decoder.num_executables == 2 and decoder.evicted_executables == 0
+    first_tokens(4)  # a third shape: the 2-slot insert, least recently used, goes
+    gc.collect()
+    assert decoder.num_executables == 2 and decoder.evicted_executables == 1 and oldest() is not None
+    before = decoder.compile_seconds
+    assert first_tokens(2) == two and decoder.compile_seconds > before  # compiled again, same tokens
+    assert decoder.evicted_executables == 2
+    gc.collect()
+    assert oldest() is None  # the 1-slot insert was evicted by the recompiled 2-slot one, and freed
+    assert decoder.forget_compiled() == 2 and decoder.num_executables == 0
+    with pytest.raises(ValueError, match="max_executables must be >= 1"):
+        Decoder(params, cfg, max_executables=0)

@@ -78,13 +78,20 @@ def test_a_named_tool_choice_calls_that_tool(server):
     _assert_valid_calls(calls, ["get_time"])
 
 
+WEATHER_ARGS = {"city": "Paris", "unit": "celsius"}
+
+
+def _weather_call_and_result() -> list[dict]:
+    """A system message, the question, the assistant's call to get_weather and the tool's answer (OpenAI shapes)."""
+    return [{"role": "system", "content": "You are a weather bot."}, *ASK,
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": json.dumps(WEATHER_ARGS)}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "22 degrees and sunny"}]
+
+
 def test_a_tool_result_goes_back_in_hermes_format(server):
-    args = {"city": "Paris", "unit": "celsius"}
-    messages = [{"role": "system", "content": "You are a weather bot."}, *ASK,
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "call_1", "type": "function",
-                     "function": {"name": "get_weather", "arguments": json.dumps(args)}}]},
-                {"role": "tool", "tool_call_id": "call_1", "content": "22 degrees and sunny"}]
+    messages = _weather_call_and_result()
     # the prompt as Hermes-format ChatML templates (Qwen2.5, Hermes 2 Pro) write it, by hand
     system = ("You are a weather bot.\n\n# Tools\n\nYou may call one or more functions to assist with the user "
               "query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
@@ -224,18 +231,13 @@ def test_a_template_that_reads_tools_renders_them_itself(server):
 
     from intern_jax.serve import tools as tooling
 
-    args = {"city": "Paris", "unit": "celsius"}
-    messages = [{"role": "system", "content": "You are a weather bot."}, *ASK,
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "call_1", "type": "function",
-                     "function": {"name": "get_weather", "arguments": json.dumps(args)}}]},
-                {"role": "tool", "tool_call_id": "call_1", "content": "22 degrees and sunny"}]
+    messages = _weather_call_and_result()
     # the reference: jinja2 itself renders the template over the conversation in Hugging Face's shapes
     # (a call's arguments as an object, ``tools`` as given, ``tojson`` as json.dumps)
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = lambda x: json.dumps(x, ensure_ascii=False)
     hf_messages = [messages[0], *ASK, {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": args}}]},
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": WEATHER_ARGS}}]},
         {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "22 degrees and sunny"}]
     expected = env.from_string(QWEN_STYLE).render(messages=hf_messages, tools=TOOLS, add_generation_prompt=True)
     assert "<tools>\n" + json.dumps(WEATHER) in expected and "function signatures" not in expected
