@@ -17,9 +17,6 @@ from types import SimpleNamespace
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The native CPU GEMV (kernels/cpu) stays out of the suite's process: its own tests run it in a child
-# process (tests/kernels/test_native_gemv.py), and everything else takes the XLA path for packed weights.
-os.environ.setdefault("INTERN_JAX_NATIVE", "0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

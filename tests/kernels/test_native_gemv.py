@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,20 +12,7 @@ from intern_jax.model import quantized
 from intern_jax.testing import random_params, tiny_config
 from kernels import cpu as native
 
-# The suite's process keeps the native library out (tests/conftest.py sets INTERN_JAX_NATIVE=0); these
-# tests run in a child process of their own, which the one test below starts.
-CHILD = "INTERN_JAX_NATIVE_TESTS"
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the native kernel is the CPU path")
-in_child = pytest.mark.skipif(os.environ.get(CHILD) != "1", reason="runs in the child process")
-
-
-@pytest.mark.skipif(os.environ.get(CHILD) == "1", reason="this is the child")
-def test_the_native_kernel_tests_pass_in_a_process_of_their_own(seed):
-    env = {**os.environ, CHILD: "1", "INTERN_JAX_NATIVE": "1", "INTERN_JAX_TEST_SEED": str(seed)}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout and "skipped" in done.stdout  # the child ran the tests, skipped only this
 
 
 def reference(x, q, scales, mins, bits, group_size):
@@ -71,7 +54,6 @@ def built():
         pytest.fail(f"the native kernel did not build here: {native._state.get('error', native.ENV + '=0')}")
 
 
-@in_child
 @pytest.mark.parametrize("bits", [8, 4])
 def test_native_gemv_matches_float64_dequantized_reference(built, bits, rng):
     run = jax.jit(native.group_gemv, static_argnames=("bits", "group_size", "out_dtype"))
@@ -87,7 +69,6 @@ def test_native_gemv_matches_float64_dequantized_reference(built, bits, rng):
             assert (err <= 1e-5 * bound + 1e-30).all(), (x.shape, pw.q.shape, pw.group_size, float(err.max()))
 
 
-@in_child
 def test_native_gemv_keeps_leading_axes_and_output_dtype(built, rng):
     x, pw = random_case(rng, 8)
     x3 = x.reshape(x.shape[0], 1, -1)
@@ -98,7 +79,6 @@ def test_native_gemv_keeps_leading_axes_and_output_dtype(built, rng):
     assert (np.abs(np.asarray(got, np.float64).reshape(want.shape) - want) <= 1e-2 * bound + 1e-30).all()
 
 
-@in_child
 def test_native_gemv_rejects_mismatched_layouts_with_clear_errors(built):
     x = jnp.ones((1, 64))
     q8, s = jnp.zeros((64, 8), jnp.int8), jnp.ones((2, 8))
@@ -112,7 +92,6 @@ def test_native_gemv_rejects_mismatched_layouts_with_clear_errors(built):
         native.group_gemv(x, q8, s, bits=8, group_size=30)
 
 
-@in_child
 def test_packed_matmul_dispatches_decode_rows_to_native_and_prefill_to_xla(built, rng, monkeypatch):
     x, pw = random_case(rng, 4)
     hlo = lambda x: jax.jit(pw.matmul).lower(x).as_text()  # noqa: E731
@@ -125,7 +104,6 @@ def test_packed_matmul_dispatches_decode_rows_to_native_and_prefill_to_xla(built
     assert (np.abs(np.asarray(jax.jit(pw.matmul)(x)) - want) <= 1e-5 * bound + 1e-30).all()
 
 
-@in_child
 def test_missing_compiler_warns_once_and_packed_weights_use_xla(rng, monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_state", {})  # as in a fresh process
     monkeypatch.setattr(native, "BUILD_DIR", tmp_path)
@@ -139,7 +117,6 @@ def test_missing_compiler_warns_once_and_packed_weights_use_xla(rng, monkeypatch
     assert (np.abs(np.asarray(pw.matmul(x)) - want) <= 1e-5 * bound + 1e-30).all()
 
 
-@in_child
 def test_decoder_greedy_tokens_equal_on_native_and_xla_paths(built, seed, monkeypatch):
     bits = (8, 4)[seed % 2]  # one width per run (each run draws a seed): two decoders compile per width
     cfg = tiny_config(num_layers=1)
@@ -153,7 +130,6 @@ def test_decoder_greedy_tokens_equal_on_native_and_xla_paths(built, seed, monkey
     assert ours == xla
 
 
-@in_child
 @pytest.mark.slow
 def test_gguf_kept_packed_greedy_chat_equals_the_float32_load(built, smollm2_decoder):
     """The demo's default: the file's Q4_1 / Q8_0 blocks on the native kernel decode as the float32 load
