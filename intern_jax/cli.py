@@ -4,7 +4,9 @@
 (``ConfigError`` and other ``ValueError``s, missing, unreadable or misplaced files: ``OSError``;
 undecodable text: ``UnicodeError``) print ``generate.py: error: <message>`` on stderr and return 2;
 Ctrl-C returns 130, a closed stdout pipe 141 (quietly). ``--debug`` (``add_debug_flag``; every
-script has it) or ``INTERN_JAX_DEBUG=1`` lets the exception through with its traceback. The checks
+script has it) or ``INTERN_JAX_DEBUG=1`` lets the exception through with its traceback. Run from a
+command line, a script keeps the XLA programs it compiles in a persistent cache
+(``compilation_cache_dir``), so the next run of the same model and shapes reads them back. The checks
 several scripts share live here too (``output_dir``, ``utf8_text``, ``sampling_params``). This
 module imports nothing heavy and knows no script's own flags.
 """
@@ -20,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 DEBUG_ENV = "INTERN_JAX_DEBUG"
+CACHE_ENV = "INTERN_JAX_COMPILATION_CACHE"  # a directory, or 0/off: where compiled programs are kept
+CACHE_MAX_BYTES = 4 << 30  # jax drops the least recently used programs past this size
 BAD_INPUT = 2
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 BROKEN_PIPE = 141  # 128 + SIGPIPE
@@ -64,6 +68,8 @@ def entry(prog: str) -> Callable:
     def wrap(main: Callable) -> Callable:
         @functools.wraps(main)
         def run(argv=None) -> int:
+            if argv is None:  # a real command line (tests call main with a list and keep their own settings)
+                use_compilation_cache()
             if debug_requested(sys.argv[1:] if argv is None else list(argv)):
                 return main(argv)
             _drop_closed_loop_reports()
@@ -85,6 +91,42 @@ def entry(prog: str) -> Callable:
         return run
 
     return wrap
+
+
+def compilation_cache_dir() -> Path | None:
+    """Where the scripts keep compiled XLA programs between runs: ``$INTERN_JAX_COMPILATION_CACHE``, else
+    ``$XDG_CACHE_HOME/intern_jax/xla`` (``~/.cache/intern_jax/xla``); None when that variable is 0 / off
+    or when ``JAX_COMPILATION_CACHE_DIR`` is set (jax then uses that directory itself)."""
+    value = os.environ.get(CACHE_ENV, "").strip()
+    if value.lower() in ("0", "off", "false", "no") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return None
+    if value:
+        return Path(value).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "intern_jax" / "xla"
+
+
+def use_compilation_cache() -> Path | None:
+    """Turn on jax's persistent compilation cache in ``compilation_cache_dir()`` (programs that took a
+    second or more to compile, at most ``CACHE_MAX_BYTES`` in all); the directory, or None when off or
+    not writable (the run then compiles as usual). Applies to compiles after it: call it first."""
+    path = compilation_cache_dir()
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(path, os.W_OK):
+        return None
+    if "jax" in sys.modules:  # already imported: its settings are read at the first compile
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    else:  # read when jax is imported; scripts that never import it pay nothing
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+        os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(CACHE_MAX_BYTES)
+    return path
 
 
 def _drop_closed_loop_reports() -> None:

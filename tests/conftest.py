@@ -17,6 +17,17 @@ from types import SimpleNamespace
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session and the scripts it runs as child processes (they
+# inherit it): a model step compiled once (1 s or more, jax's default threshold) is read back, not
+# compiled again, when another decoder, engine or script process builds the same program.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _XLA_CACHE = tempfile.mkdtemp(prefix="intern-jax-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
