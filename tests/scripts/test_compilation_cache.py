@@ -16,17 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 HIT, MISS = "Persistent compilation cache hit", "PERSISTENT COMPILATION CACHE MISS"
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(smollm2, tmp_path_factory) -> Path:
-    from intern_jax import testing
-    from intern_jax.checkpoint import save_native
-
-    cfg = testing.tiny_config(vocab_size=smollm2.tokenizer.vocab_size, max_position_embeddings=256)
-    path = tmp_path_factory.mktemp("cache_script") / "tiny"
-    save_native(path, cfg, testing.random_params(cfg, 1, scale=0.3), smollm2.tokenizer)
-    return path
-
-
 def _generate(model: Path, env: dict) -> tuple[str, dict, str]:
     done = subprocess.run([sys.executable, str(ROOT / "scripts/generate.py"), "--model", str(model),
                            "--prompt", "The cache keeps", "--max-new-tokens", "6", "--stats"],

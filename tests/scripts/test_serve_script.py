@@ -27,17 +27,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(smollm2, tmp_path_factory) -> Path:
-    from intern_jax import testing
-    from intern_jax.checkpoint import save_native
-
-    cfg = testing.tiny_config(vocab_size=smollm2.tokenizer.vocab_size, max_position_embeddings=512)
-    path = tmp_path_factory.mktemp("serve_script") / "tiny"
-    save_native(path, cfg, testing.random_params(cfg, 0, scale=0.3), smollm2.tokenizer)
-    return path
-
-
 def _stream(port: int, out: dict, first: threading.Event):
     """One streamed chat request of TOKENS tokens; records its events and how it ended."""
     body = {"model": "tiny", "messages": [{"role": "user", "content": "Tell me a story."}], "stream": True,
