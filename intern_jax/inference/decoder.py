@@ -195,13 +195,15 @@ class Decoder:
     used dropped first, counted in ``evicted_executables``): each XLA:CPU executable of a full model holds
     several hundred memory mappings of its own while it lives, and a process that keeps compiling new
     shapes would otherwise run into the kernel's per-process limit (``vm.max_map_count``), where the next
-    compile crashes.
+    compile crashes. ``compiler_options``: XLA options for every compile (e.g.
+    ``{"xla_backend_optimization_level": 0}``: faster compiles of slower code).
     """
 
     DEFAULT_MAX_EXECUTABLES = 48
 
     def __init__(self, params, config: ModelConfig, tokenizer=None, *, tp: int = 1,
-                 execution: Execution | None = None, max_executables: int = DEFAULT_MAX_EXECUTABLES):
+                 execution: Execution | None = None, max_executables: int = DEFAULT_MAX_EXECUTABLES,
+                 compiler_options: dict | None = None):
         if max_executables < 1:
             raise ValueError(f"max_executables must be >= 1, got {max_executables}")
         self.config = config
@@ -227,19 +229,21 @@ class Decoder:
         self._static = {"cfg": self._cfg, "attention": self.execution.attention_impl}
         self._executables: collections.OrderedDict = collections.OrderedDict()
         self.max_executables = max_executables
+        self.compiler_options = dict(compiler_options or {})
         self.evicted_executables = 0
         self._lock = threading.Lock()
         self.compile_seconds = 0.0
 
     @classmethod
-    def from_model(cls, model, *, tp: int = 1, execution: Execution | None = None) -> Decoder:
+    def from_model(cls, model, *, tp: int = 1, execution: Execution | None = None, **options) -> Decoder:
         """A decoder for a loaded model (anything with ``params``, ``config`` and ``tokenizer``), run with
         ``execution`` or, by default, the compute dtype the model carries (``LoadedModel.execution``)."""
         if isinstance(model, Decoder):
             return model
         if execution is None and getattr(model, "execution", None) is not None:
             execution = Execution(dtype=model.execution.dtype)
-        return cls(model.params, model.config, getattr(model, "tokenizer", None), tp=tp, execution=execution)
+        return cls(model.params, model.config, getattr(model, "tokenizer", None), tp=tp, execution=execution,
+                   **options)
 
     @property
     def num_executables(self) -> int:
@@ -256,7 +260,8 @@ class Decoder:
                 self._executables.move_to_end(key)
                 return exe, 0.0
             t0 = time.perf_counter()
-            exe = jax.jit(lambda *a: fn(*a, **static), donate_argnums=donate).lower(*args).compile()
+            lowered = jax.jit(lambda *a: fn(*a, **static), donate_argnums=donate).lower(*args)
+            exe = lowered.compile(self.compiler_options) if self.compiler_options else lowered.compile()
             seconds = time.perf_counter() - t0
             self._executables[key] = exe
             while len(self._executables) > self.max_executables:
