@@ -114,9 +114,11 @@ def use_compilation_cache() -> Path | None:
         return None
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    if not os.access(path, os.W_OK):
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is not writable")
+    except OSError as e:
+        print(f"warning: compiled programs are not cached ({describe(e)}); set {CACHE_ENV} to a writable "
+              f"directory, or to off", file=sys.stderr)
         return None
     if "jax" in sys.modules:  # already imported: its settings are read at the first compile
         import jax

@@ -237,7 +237,8 @@ class Decoder:
     @classmethod
     def from_model(cls, model, *, tp: int = 1, execution: Execution | None = None, **options) -> Decoder:
         """A decoder for a loaded model (anything with ``params``, ``config`` and ``tokenizer``), run with
-        ``execution`` or, by default, the compute dtype the model carries (``LoadedModel.execution``)."""
+        ``execution`` or, by default, the compute dtype the model carries (``LoadedModel.execution``);
+        ``options``: the other keywords of ``Decoder`` (``max_executables``, ``compiler_options``)."""
         if isinstance(model, Decoder):
             return model
         if execution is None and getattr(model, "execution", None) is not None:

@@ -56,3 +56,13 @@ def test_the_cache_directory_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "mine"))
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax-own"))  # jax's own setting wins
     assert cli.compilation_cache_dir() is None
+
+
+def test_an_unusable_cache_directory_is_named_and_the_run_goes_on(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(cli.CACHE_ENV, str(blocker / "xla"))
+    assert cli.use_compilation_cache() is None
+    err = capsys.readouterr().err
+    assert "compiled programs are not cached" in err and str(blocker) in err and cli.CACHE_ENV in err
