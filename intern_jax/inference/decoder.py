@@ -9,7 +9,10 @@ lock-guarded table of its own, so it may be shared between threads. It knows thr
   paged with block tables set by the caller), with ``insert`` (prefill sequences into slots and
   sample their first tokens), ``step`` (one token for every live slot), ``run`` (up to N steps
   in one ``while_loop``) and ``release``. ``generate``, ``stream_generate``, ``ChatSession`` and
-  the serving engine are drivers over it.
+  the serving engine are drivers over it. A paged batch packs an insert's prompts into one stream
+  (``kv_cache.PackedKV``: no padding to the longest prompt in the matmuls), steps only the slots
+  that have a token to feed (gathered by index, padded to a power of two), and on CPU attends with
+  the native paged kernel where ``kv_cache.native_attention_usable`` allows.
 - per-token log-probabilities of each chosen token under the model's distribution (before any
   sampling filter), with the top-k alternatives when asked for;
 - ``score``: the log-probability of each continuation token given its context, for evaluation
@@ -37,7 +40,7 @@ from intern_jax.inference import sampling as smp
 from intern_jax.inference import scoring
 from intern_jax.inference.sampling import NO_TOKEN, SamplingParams
 from intern_jax.model import internlm2
-from intern_jax.model.kv_cache import DenseKV, PagedKV
+from intern_jax.model.kv_cache import DenseKV, PackedKV, PagedKV, native_attention_usable
 from intern_jax.model.layers import is_structured_weight
 from intern_jax.sharding import make_mesh
 
@@ -100,6 +103,22 @@ def _insert(params, cache, state, rows, tokens, segment_ids, keep, row_state, al
     return first, info, cache, state
 
 
+def _insert_packed(params, cache, state, rows, tokens, token_row, token_slot, first, count, keep, row_state, allowed,
+                   cfg: ModelConfig, num_top: int, width: int, attention: str = "xla"):
+    """``_insert`` for a paged cache with the prompts packed into one stream ``tokens [N]`` (see
+    ``kv_cache.PackedKV``; ``width``: its XLA attention's regrouping): the model's matmuls run on the
+    real tokens, not on ``[n, T]`` padding."""
+    part = PackedKV(cache.rows(rows).with_lengths(keep), token_row, token_slot, first, count, width)
+    segments = (token_row < rows.shape[0]).astype(jnp.int32)[None]
+    x, part = internlm2.hidden_states(params, {"tokens": tokens[None], "segment_ids": segments}, cfg, part,
+                                      execution=Execution(attention_impl=attention))
+    logits = internlm2.head_logits(params, jnp.take(x[0], part.last(), axis=0, mode="clip"), cfg)
+    first_tokens, info, row_state = _pick(logits, row_state, num_top, allowed)
+    cache = cache.set_rows(rows, part.cache)
+    state = jax.tree.map(lambda a, r: a.at[rows].set(r, mode="drop"), state, row_state)
+    return first_tokens, info, cache, state
+
+
 def _step(params, cache, state, tokens, cfg: ModelConfig, num_top: int, allowed=None, attention: str = "xla"):
     """Feed each live slot its last token ``[B]`` and pick the next (among ``allowed [B, W]``'s tokens
     when given); done slots emit ``NO_TOKEN``."""
@@ -111,31 +130,29 @@ def _step(params, cache, state, tokens, cfg: ModelConfig, num_top: int, allowed=
     return tokens, info, cache, state
 
 
-def _masked_step(params, cache, state, tokens, allowed, cfg: ModelConfig, num_top: int, width: int,
-                 attention: str = "xla"):
-    """``_prefix_step`` with an allowed-token bitmask ``[B, W]`` for every slot (all ones: unconstrained)."""
-    return _prefix_step(params, cache, state, tokens, cfg, num_top, width, allowed, attention)
-
-
-def _prefix_step(params, cache, state, tokens, cfg: ModelConfig, num_top: int, width: int, allowed=None,
-                 attention: str = "xla"):
-    """``_step`` over the first ``width`` slots only (every live slot is among them): the model runs on
-    ``width`` rows instead of all of them. The other slots keep their state and emit ``NO_TOKEN``."""
-    b = tokens.shape[0]
-    if width >= b:
+def _live_step(params, cache, state, tokens, rows, allowed, cfg: ModelConfig, num_top: int, attention: str = "xla"):
+    """``_step`` over the slots ``rows [W]`` only (every live slot is among them; entries equal to the slot
+    count are padding), or over every slot when ``rows`` is None: the model runs on ``W`` rows instead of
+    all of them. The other slots keep their state and emit ``NO_TOKEN``. ``allowed``: None, or an
+    allowed-token bitmask ``[B, W]`` per slot."""
+    if rows is None:
         return _step(params, cache, state, tokens, cfg, num_top, allowed, attention)
-    index = jnp.arange(width)
-    head = lambda a: a[:width]  # noqa: E731
-    part, sub = cache.rows(index), jax.tree.map(head, state)
-    picked, info, part, sub = _step(params, part, sub, head(tokens), cfg, num_top,
-                                    None if allowed is None else head(allowed), attention)
-    cache = cache.set_rows(index, part)
-    state = jax.tree.map(lambda a, r: a.at[:width].set(r), state, sub)
+    b = tokens.shape[0]
 
-    def pad(x, fill):
-        return jnp.concatenate([x, jnp.full((b - width, *x.shape[1:]), fill, x.dtype)])
+    def take(a):
+        return jnp.take(a, rows, axis=0, mode="clip")
 
-    return pad(picked, NO_TOKEN), {k: pad(v, 0) for k, v in info.items()}, cache, state
+    part, sub = cache.rows(rows), jax.tree.map(take, state)
+    sub = {**sub, "done": sub["done"] | (rows >= b)}  # padding entries decode nothing
+    picked, info, part, sub = _step(params, part, sub, take(tokens), cfg, num_top,
+                                    None if allowed is None else take(allowed), attention)
+    cache = cache.set_rows(rows, part)
+    state = jax.tree.map(lambda a, r: a.at[rows].set(r, mode="drop"), state, sub)
+
+    def spread(x, fill):
+        return jnp.full((b, *x.shape[1:]), fill, x.dtype).at[rows].set(x, mode="drop")
+
+    return spread(picked, NO_TOKEN), {k: spread(v, 0) for k, v in info.items()}, cache, state
 
 
 def _run(params, cache, state, tokens, cfg: ModelConfig, num_top: int, num_steps: int, attention: str = "xla"):
@@ -293,7 +310,9 @@ class Decoder:
             cache = DenseKV.init(cfg, slots, bucket(capacity or context), dtype=dtype, int8=kv_int8)
         else:
             per_slot = paged.pages_per_slot or -(-context // paged.page_size)
-            cache = PagedKV.init(cfg, paged.num_pages, paged.page_size, slots, per_slot, dtype=dtype, int8=kv_int8)
+            native = native_attention_usable(dtype, int8=kv_int8, devices=1 if self.mesh is None else 2)
+            cache = PagedKV.init(cfg, paged.num_pages, paged.page_size, slots, per_slot, dtype=dtype, int8=kv_int8,
+                                 native=native)
             tables = np.arange(slots * per_slot, dtype=np.int32).reshape(slots, per_slot) % paged.num_pages
             cache = cache.with_block_tables(tables)
         return DecodeBatch(self, cache, num_top_logprobs, stop_width)
@@ -427,9 +446,16 @@ class DecodeBatch:
             masks = np.full((rows, smp.bitmask_width(d.config.vocab_size)), -1, np.int32)
             masks[:n] = allowed
             masks = jnp.asarray(masks)
-        args = (d.params, self.cache, self.state, jnp.asarray(index), jnp.asarray(tokens), jnp.asarray(segments),
-                jnp.asarray(keep_rows), row_state, masks)
-        exe, _ = d.compiled(_insert, {**d._static, "num_top": self.num_top}, (1, 2), *args)
+        static = {**d._static, "num_top": self.num_top}
+        if self._packs():
+            # the native kernel attends over the stream as it is; the XLA path regroups it by sequence
+            fn, args = _insert_packed, (d.params, self.cache, self.state, jnp.asarray(index),
+                                        *_pack(prompts, keep, rows), jnp.asarray(keep_rows), row_state, masks)
+            static["width"] = 0 if self.cache._native(d._static["attention"]) else t
+        else:
+            fn, args = _insert, (d.params, self.cache, self.state, jnp.asarray(index), jnp.asarray(tokens),
+                                 jnp.asarray(segments), jnp.asarray(keep_rows), row_state, masks)
+        exe, _ = d.compiled(fn, static, (1, 2), *args)
         first, info, self.cache, self.state = exe(*args)
         out = _to_host(first, info)
         self.last[np.asarray(slots)] = out.tokens[:n]
@@ -441,12 +467,9 @@ class DecodeBatch:
         one the step runs the unmasked program."""
         d = self.decoder
         self._fit_tables(self._longest_live() + 1)
-        args = (d.params, self.cache, self.state, jnp.asarray(self.last))
-        fn = _prefix_step
-        if allowed is not None:
-            fn, args = _masked_step, (*args, jnp.asarray(allowed, jnp.int32))
-        static = {**d._static, "num_top": self.num_top, "width": self._live_width()}
-        exe, _ = d.compiled(fn, static, (1, 2), *args)
+        masks = None if allowed is None else jnp.asarray(allowed, jnp.int32)
+        args = (d.params, self.cache, self.state, jnp.asarray(self.last), self._live_rows(), masks)
+        exe, _ = d.compiled(_live_step, {**d._static, "num_top": self.num_top}, (1, 2), *args)
         tokens, info, self.cache, self.state = exe(*args)
         out = _to_host(tokens, info)
         self.last = out.tokens.copy()
@@ -467,14 +490,21 @@ class DecodeBatch:
         self.last = np.where(has, out.tokens[np.arange(self.slots), last_index], self.last).astype(np.int32)
         return out
 
-    def _live_width(self) -> int:
-        """Paged batches: the power-of-two prefix of slots that holds every slot with a token to feed
-        (the engine fills the lowest free slots first, so a lightly loaded batch steps few rows).
-        Dense batches step every slot: taking a prefix of a dense cache would copy it."""
+    def _packs(self) -> bool:
+        """Whether inserts pack their prompts into one stream: paged caches, unless the model's RoPE scales
+        with each sequence's length (dynamic NTK), which a shared stream cannot carry per token."""
+        return self.tables is not None and self.decoder.config.rope_scaling.type != "dynamic"
+
+    def _live_rows(self):
+        """Paged batches: the slots with a token to feed, padded with out-of-range entries to a power of
+        two (so a lightly loaded batch, or one with finished slots between live ones, steps only its live
+        rows). Dense batches: None, every slot steps (gathering rows of a dense cache would copy them)."""
         if self.tables is None:
-            return self.slots
-        fed = np.flatnonzero(self.last != NO_TOKEN)
-        return min(self.slots, bucket(int(fed[-1]) + 1 if fed.size else 1, 1))
+            return None
+        fed = np.flatnonzero(self.last != NO_TOKEN).astype(np.int32)
+        rows = np.full(bucket(max(fed.size, 1), 1), self.slots, np.int32)
+        rows[: fed.size] = fed
+        return jnp.asarray(rows)
 
     def _longest_live(self) -> int:
         if self.tables is None:
@@ -492,6 +522,27 @@ class DecodeBatch:
     def truncate(self, slot: int, keep: int) -> None:
         """Forget slot ``slot``'s cached tokens from ``keep`` on."""
         self.cache = self.cache.with_lengths(self.cache.lengths.at[slot].set(keep))
+
+
+def _pack(prompts, keep, rows: int):
+    """``prompts`` packed into one stream for ``_insert_packed``: ``(tokens [N], token_row [N], token_slot [N],
+    first [rows], count [rows])`` with ``N`` the token count rounded up to a power of two (at least 16);
+    stream padding has row ``rows``, padding rows count 0 tokens."""
+    total = sum(len(p) for p in prompts)
+    n = bucket(total)
+    tokens = np.zeros(n, np.int32)
+    token_row = np.full(n, rows, np.int32)
+    token_slot = np.zeros(n, np.int32)
+    first = np.zeros(rows, np.int32)
+    count = np.zeros(rows, np.int32)
+    at = 0
+    for i, (p, k) in enumerate(zip(prompts, keep)):
+        span = slice(at, at + len(p))
+        tokens[span], token_row[span] = p, i
+        token_slot[span] = np.arange(k, k + len(p))
+        first[i], count[i] = at, len(p)
+        at += len(p)
+    return tuple(jnp.asarray(a) for a in (tokens, token_row, token_slot, first, count))
 
 
 def _to_host(tokens, info) -> StepOutput:

@@ -21,8 +21,14 @@ stored in ``dtype``: the model's compute dtype, which by default is the params' 
 
 Attention over the cache: XLA over the layer's keys (dense: in place; paged: pages gathered
 into rows) everywhere; on GPU, paged attention runs ``kernels.paged_prefill_attention``, the
-Pallas kernel, which reads the pages itself. This module neither allocates pages nor
-schedules sequences.
+Pallas kernel, which reads the pages itself; on CPU, a paged cache made with ``native=True``
+(float32 pages, see ``native_attention_usable``) runs ``kernels.cpu.paged_attention``, a native
+kernel that also reads the pages in place (XLA:CPU's gather copies them element by element, which
+costs a decode batch more than its attention).
+
+``PackedKV`` is a view for ragged prefill: several sequences' new tokens packed into one stream,
+so the model's matmuls run on real tokens rather than on each prompt padded to the longest.
+This module neither allocates pages nor schedules sequences.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import jax.numpy as jnp
 
 from intern_jax.config import ModelConfig
 from intern_jax.model import layers
+from kernels import cpu as native_kernels
 from kernels.paged_attention import dequantize_kv_int8, paged_prefill_attention, quantize_kv_int8
 
 
@@ -54,6 +61,8 @@ class Step(NamedTuple):
 
 def begin(cache, segment_ids) -> Step:
     """The ``Step`` for appending a ``[B, T]`` chunk (``segment_ids`` 0 = padding) to ``cache``."""
+    if isinstance(cache, PackedKV):
+        return cache.begin(segment_ids)
     t = segment_ids.shape[1]
     slots = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
     valid = segment_ids != 0
@@ -72,11 +81,12 @@ def _load(values, scales, dtype):
     return values.astype(dtype) if scales is None else dequantize_kv_int8(values, scales, dtype)
 
 
-def _attend_rows(q, k, v, step: Step):
-    """XLA attention of queries ``[B, T, H, D]`` over keys/values ``[B, S, K, D]`` held by slot."""
-    kv_slots = jnp.arange(k.shape[1], dtype=jnp.int32)
+def _attend_rows(q, k, v, step: Step, kv_heads_first: bool = False):
+    """XLA attention of queries ``[B, T, H, D]`` over keys/values ``[B, S, K, D]`` held by slot
+    (``kv_heads_first``: ``[K, B, S, D]``)."""
+    kv_slots = jnp.arange(k.shape[2 if kv_heads_first else 1], dtype=jnp.int32)
     mask = (kv_slots[None, None, :] <= step.slots[:, :, None]) & step.valid[:, :, None]
-    return layers.attention_xla(q, k, v, mask)
+    return layers.attention_xla(q, k, v, mask, kv_heads_first=kv_heads_first)
 
 
 def _on_gpu() -> bool:
@@ -184,13 +194,16 @@ class PagedKV(_Common):
     v_scales: jax.Array | None
     block_tables: jax.Array
     lengths: jax.Array
+    native: bool = dataclasses.field(default=False, metadata={"static": True})
 
     @classmethod
     def init(cls, cfg: ModelConfig, num_pages: int, page_size: int, batch_size: int, pages_per_seq: int, *,
-             dtype=None, int8: bool = False) -> PagedKV:
+             dtype=None, int8: bool = False, native: bool = False) -> PagedKV:
+        """``native``: attend with ``kernels.cpu.paged_attention`` (float32 pages on one CPU device, where
+        ``native_attention_usable`` says so) instead of gathering the pages for XLA."""
         shape = (cfg.num_layers, cfg.num_kv_heads, num_pages, page_size, cfg.head_dim)
         return cls(*_empty(shape, dtype or cfg.param_dtype, int8), jnp.zeros((batch_size, pages_per_seq), jnp.int32),
-                   jnp.zeros((batch_size,), jnp.int32))
+                   jnp.zeros((batch_size,), jnp.int32), native)
 
     @staticmethod
     def bytes_per_page(cfg: ModelConfig, page_size: int, *, dtype=None, int8: bool = False) -> int:
@@ -227,10 +240,10 @@ class PagedKV(_Common):
                                    lengths=self.lengths.at[index].set(part.lengths, mode="drop"))
 
     def _gather(self, pages, layer):
-        """One layer's pages ``[K, P, page, ...]`` as rows ``[B, capacity, K, ...]``."""
+        """One layer's pages ``[K, P, page, ...]`` as rows ``[K, B, capacity, ...]`` (one copy, no transpose)."""
         g = pages[layer][:, self.block_tables]  # [K, B, pages_per_seq, page, ...]
         kvh, b, pps, page = g.shape[:4]
-        return jnp.moveaxis(g.reshape(kvh, b, pps * page, *g.shape[4:]), 0, 2)
+        return g.reshape(kvh, b, pps * page, *g.shape[4:])
 
     def write_and_attend(self, layer, step: Step, q, k, v, impl: str = "xla"):
         """Write layer ``layer``'s new ``k``, ``v`` ``[B, T, K, D]`` into the sequences' pages, then attend.
@@ -239,12 +252,26 @@ class PagedKV(_Common):
         block table are not written. ``impl`` "pallas" (or "auto" on GPU) reads the pages with
         the Pallas kernel; otherwise the pages are gathered into rows for XLA attention.
         """
+        cache = self._write(layer, self.block_tables, step.slots, step.valid, k, v)
+        return cache._attend(layer, q, step, impl), cache
+
+    def _native(self, impl: str) -> bool:
+        return self.native and impl != "pallas" and not (impl == "auto" and _on_gpu())
+
+    def _attend_native(self, layer, q, rows, slots):
+        """Flat queries ``[N, H, D]`` of sequences ``rows [N]`` at ``slots [N]`` (-1: none) over layer
+        ``layer``'s pages, read in place by the native kernel."""
+        return native_kernels.paged_attention(q, self.k, self.v, self.block_tables, rows, slots, layer=layer)
+
+    def _write(self, layer, tables, slots, valid, k, v):
+        """This cache with new keys and values ``[B, T, K, D]`` written at ``slots [B, T]`` of the
+        sequences whose block tables are ``tables [B, pages_per_seq]`` (where ``valid``)."""
         page = self.page_size
-        in_table = step.valid & (step.slots < self.capacity)
-        index = jnp.minimum(step.slots // page, self.block_tables.shape[1] - 1)
-        pages = jnp.take_along_axis(self.block_tables, index, axis=1)
+        in_table = valid & (slots < tables.shape[1] * page)
+        index = jnp.minimum(slots // page, tables.shape[1] - 1)
+        pages = jnp.take_along_axis(tables, index, axis=1)
         pages = jnp.where(in_table, pages, self.num_pages)  # out of range: dropped
-        offsets = step.slots % page
+        offsets = slots % page
         arrays = {}
         for name, new in (("k", k), ("v", v)):
             # the indices (layer, pages, offsets) are split by the kv-head slice, so the updated
@@ -255,19 +282,93 @@ class PagedKV(_Common):
             if scales is not None:
                 arrays[f"{name}_scales"] = getattr(self, f"{name}_scales").at[layer, :, pages, offsets].set(
                     scales, mode="drop")
-        cache = dataclasses.replace(self, **arrays)
-        scales = (None, None) if not self.int8 else (cache.k_scales[layer], cache.v_scales[layer])
+        return dataclasses.replace(self, **arrays)
+
+    def _attend(self, layer, q, step: Step, impl: str):
+        """Queries ``[B, T, H, D]`` at ``step.slots`` over layer ``layer``'s pages (already written)."""
+        scales = (None, None) if not self.int8 else (self.k_scales[layer], self.v_scales[layer])
+        if self._native(impl):
+            b, t = q.shape[:2]
+            rows = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t))
+            out = self._attend_native(layer, q.reshape(b * t, *q.shape[2:]), rows.reshape(-1),
+                                      jnp.where(step.valid, step.slots, -1).reshape(-1))
+            return out.reshape(q.shape).astype(q.dtype)
         if impl == "pallas" or (impl == "auto" and _on_gpu()):
-            out = paged_prefill_attention(
-                q, cache.k[layer], cache.v[layer], self.block_tables, step.lengths, q_lengths=step.new_tokens,
+            return paged_prefill_attention(
+                q, self.k[layer], self.v[layer], self.block_tables, step.lengths, q_lengths=step.new_tokens,
                 k_scales=scales[0], v_scales=scales[1],
             )
-            return out, cache
-        keys = _load(cache._gather(cache.k, layer), None if scales[0] is None else cache._gather(cache.k_scales, layer),
+        keys = _load(self._gather(self.k, layer), None if scales[0] is None else self._gather(self.k_scales, layer),
                      q.dtype)
-        values = _load(cache._gather(cache.v, layer),
-                       None if scales[1] is None else cache._gather(cache.v_scales, layer), q.dtype)
-        return _attend_rows(q, keys, values, step), cache
+        values = _load(self._gather(self.v, layer),
+                       None if scales[1] is None else self._gather(self.v_scales, layer), q.dtype)
+        return _attend_rows(q, keys, values, step, kv_heads_first=True)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PackedKV:
+    """Several sequences of a ``PagedKV`` extended by one packed stream of new tokens (ragged prefill).
+
+    The model runs on the stream as one row ``[1, N]``: its matmuls see only real tokens (plus the
+    stream's padding to a bucket), not each sequence padded to the longest. ``cache``: the sequences'
+    own view (block tables ``[R, pages]``, ``lengths [R]`` cached before the stream);
+    ``token_row [N]``: each token's sequence (``R``: padding); ``token_slot [N]``: its slot in that
+    sequence; ``first [R]`` / ``count [R]``: where each sequence's tokens start in the stream and how
+    many there are. The native kernel attends over the stream as it is; the XLA path regroups the
+    queries into ``[R, width]`` (``width``: at least the longest sequence's count), attends as
+    ``PagedKV`` does, and scatters the results back.
+    """
+
+    cache: PagedKV
+    token_row: jax.Array
+    token_slot: jax.Array
+    first: jax.Array
+    count: jax.Array
+    width: int = dataclasses.field(default=0, metadata={"static": True})
+
+    @property
+    def lengths(self):
+        return self.cache.lengths
+
+    def last(self):
+        """The stream index of each sequence's last new token ``[R]``."""
+        return self.first + jnp.maximum(self.count - 1, 0)
+
+    def begin(self, segment_ids) -> Step:
+        """The stream's ``Step``: ``slots``/``valid`` ``[1, N]``; ``lengths``/``new_tokens`` per sequence ``[R]``."""
+        return Step(self.token_slot[None, :], segment_ids != 0, self.cache.lengths + self.count, self.count)
+
+    def write_and_attend(self, layer, step: Step, q, k, v, impl: str = "xla"):
+        """``PagedKV.write_and_attend`` for the stream: ``q``, ``k``, ``v`` ``[1, N, ...]``."""
+        inner = self.cache
+        tables = jnp.take(inner.block_tables, self.token_row, axis=0, mode="clip")  # [N, pages]
+        written = inner._write(layer, tables, self.token_slot[:, None], step.valid[0][:, None],
+                               k[0][:, None], v[0][:, None])
+        cache = dataclasses.replace(self, cache=written)
+        if written._native(impl):  # the kernel takes the stream as it is
+            attn = written._attend_native(layer, q[0], self.token_row, jnp.where(step.valid[0], self.token_slot, -1))
+            return attn.astype(q.dtype)[None], cache
+        if self.width < 1:
+            raise ValueError("PackedKV: the XLA attention path needs width >= the longest sequence's new tokens")
+        n = self.token_row.shape[0]
+        offsets = jnp.arange(self.width, dtype=jnp.int32)[None, :]
+        layout = jnp.where(offsets < self.count[:, None], self.first[:, None] + offsets, n)  # [R, width]
+        rows = jnp.take(q[0], layout, axis=0, mode="clip")  # [R, width, H, D]
+        by_row = Step(jnp.take(self.token_slot, layout, mode="clip"), layout < n, step.lengths, step.new_tokens)
+        attn = written._attend(layer, rows, by_row, impl)
+        out = jnp.zeros(q.shape[1:], attn.dtype).at[layout].set(attn, mode="drop")
+        return out[None], cache
+
+    def with_lengths(self, lengths):
+        return dataclasses.replace(self, cache=self.cache.with_lengths(lengths))
+
+
+def native_attention_usable(dtype, *, int8: bool = False, devices: int = 1) -> bool:
+    """Whether ``PagedKV(native=True)`` can attend here: float32 unquantized pages, on one CPU device, with
+    the native kernels built (``kernels.cpu.available()``; ``INTERN_JAX_NATIVE=0`` turns them off)."""
+    return (jax.default_backend() == "cpu" and devices == 1 and not int8
+            and jnp.dtype(dtype) == jnp.float32 and native_kernels.available())
 
 
 def finish(cache, step: Step):

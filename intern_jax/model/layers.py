@@ -151,36 +151,47 @@ def attention_mask(q_segment_ids, q_positions, kv_segment_ids, kv_positions):
     return same & valid & causal
 
 
-def attention_xla(q, k, v, mask, sm_scale=None):
+def attention_xla(q, k, v, mask, sm_scale=None, *, kv_heads_first: bool = False):
     """Reference grouped-query attention.
 
-    q: ``[batch, q, heads, head_dim]``; k, v: ``[batch, kv, kv_heads, head_dim]``;
+    q: ``[batch, q, heads, head_dim]``; k, v: ``[batch, kv, kv_heads, head_dim]`` (``kv_heads_first``:
+    ``[kv_heads, batch, kv, head_dim]``, the layout pages gather into, used as it is);
     mask: ``[batch, q, kv]``. Query head ``h`` reads kv head ``h // (heads // kv_heads)``.
     Rows with no visible key return zeros.
     """
     b, t, h, d = q.shape
-    s, kvh = k.shape[1], k.shape[2]
+    s, kvh = (k.shape[2], k.shape[0]) if kv_heads_first else (k.shape[1], k.shape[2])
     g = h // kvh
     scale = sm_scale if sm_scale is not None else d**-0.5
     # Each kv head's G query heads are merged with the query positions into one row axis, so
     # every product (and each of its gradients) contracts a single axis: XLA:CPU then runs
     # them as plain batched matmuls without transposed copies of the [.., rows, s] scores.
     # Positions are the outer part of a row (row = position * G + head), so rows split over
-    # sequence-parallel devices exactly as the positions do.
-    qh = q.reshape(b, t, kvh, g, d).transpose(0, 2, 1, 3, 4).reshape(b, kvh, t * g, d)
-    qh = shd.constrain(qh, ("batch", "kv_heads", "seq", None))
-    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
+    # sequence-parallel devices exactly as the positions do. The two batch axes (batch, kv head)
+    # come in the keys' own order, so the keys are never transposed.
+    qh = q.reshape(b, t, kvh, g, d)
+    if kv_heads_first:
+        qh = qh.transpose(2, 0, 1, 3, 4).reshape(kvh, b, t * g, d)
+        kh, vh = k, v
+    else:
+        qh = qh.transpose(0, 2, 1, 3, 4).reshape(b, kvh, t * g, d)
+        qh = shd.constrain(qh, ("batch", "kv_heads", "seq", None))
+        kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("xyqd,xysd->xyqs", qh, kh, preferred_element_type=jnp.float32)
     # The mask enters as an additive bias (hidden keys get exactly zero probability), so the
     # backward pass has no select over the scores. A row that sees no key gets a uniform
     # softmax, and the final row factor turns its output (and gradients) to zero.
-    bias = jnp.where(mask, 0.0, NEG_INF)[:, None, :, None, :]
-    scores = (scores.reshape(b, kvh, t, g, s) * scale + bias).reshape(b, kvh, t * g, s)
+    bias = jnp.where(mask, 0.0, NEG_INF)
+    bias = bias[None, :, :, None, :] if kv_heads_first else bias[:, None, :, None, :]
+    x, y = qh.shape[:2]
+    scores = (scores.reshape(x, y, t, g, s) * scale + bias).reshape(x, y, t * g, s)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32)
-    visible = jnp.any(mask, axis=-1).astype(out.dtype)[:, None, :, None, None]
-    out = out.reshape(b, kvh, t, g, d) * visible
-    return out.transpose(0, 2, 1, 3, 4).reshape(b, t, h, d).astype(q.dtype)
+    out = jnp.einsum("xyqs,xysd->xyqd", probs.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
+    visible = jnp.any(mask, axis=-1).astype(out.dtype)
+    visible = visible[None, :, :, None, None] if kv_heads_first else visible[:, None, :, None, None]
+    out = out.reshape(x, y, t, g, d) * visible
+    back = (1, 2, 0, 3, 4) if kv_heads_first else (0, 2, 1, 3, 4)
+    return out.transpose(*back).reshape(b, t, h, d).astype(q.dtype)
 
 
 def attention_xla_blocks(q, k, v, q_segment_ids, q_positions, kv_segment_ids, kv_positions, block: int):

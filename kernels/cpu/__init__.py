@@ -1,13 +1,18 @@
-"""A native group-quantized GEMV for XLA:CPU (``gemv.cc``), called from jitted code through the XLA FFI.
+"""Native CPU kernels for XLA:CPU, called from jitted code through the XLA FFI.
 
-XLA:CPU has no fast low-precision matrix-vector product, so packed 8- and 4-bit weights decode
-slower than float32 there; this small C++ kernel (the llama.cpp approach: codes converted in
-registers, activations left in float32) multiplies ``PackedWeight`` codes directly. It is compiled
-with the machine's ``g++ -O3 -march=native`` by ``make setup`` (``scripts/build_native.py``)
-or lazily on first use, into ``kernels/cpu/_build/`` under a name that carries a hash of the source
-and flags (a changed source rebuilds). Without a compiler, or with ``INTERN_JAX_NATIVE=0``, nothing
-is built and ``available()`` is False: callers keep the XLA path (one warning says why). It does not
-choose when to run; ``intern_jax.model.quantized`` does (CPU, a few rows).
+- ``gemv.cc``: a group-quantized GEMV. XLA:CPU has no fast low-precision matrix-vector product, so
+  packed 8- and 4-bit weights decode slower than float32 there; this small C++ kernel (the llama.cpp
+  approach: codes converted in registers, activations left in float32) multiplies ``PackedWeight``
+  codes directly. ``intern_jax.model.quantized`` chooses when to run it (CPU, a few rows).
+- ``paged_attention.cc``: attention over a paged KV cache that reads the pages in place. XLA:CPU
+  gathers a sequence's pages into rows element by element, which costs a decode batch more than its
+  attention does. ``intern_jax.model.kv_cache`` uses it for float32 pages on CPU.
+
+Both are compiled into one library with the machine's ``g++ -O3 -march=native`` by ``make setup``
+(``scripts/build_native.py``) or lazily on first use, into ``kernels/cpu/_build/`` under a name that
+carries a hash of the sources and flags (a changed source rebuilds). Without a compiler, or with
+``INTERN_JAX_NATIVE=0``, nothing is built and ``available()`` is False: callers keep the XLA paths
+(one warning says why).
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = Path(__file__).with_name("gemv.cc")
+SOURCES = (Path(__file__).with_name("gemv.cc"), Path(__file__).with_name("paged_attention.cc"))
 BUILD_DIR = Path(__file__).with_name("_build")
 TARGET = "intern_jax_group_gemv"
+ATTENTION_TARGET = "intern_jax_paged_attention"
 ENV = "INTERN_JAX_NATIVE"  # "0": never build or use the native kernel
 MAX_ROWS = 8  # the most rows (decode slots) the native kernel takes; more go to the XLA path
 FLAGS = ("-O3", "-march=native", "-pthread", "-std=c++17", "-shared", "-fPIC")
@@ -43,13 +49,14 @@ def compiler() -> str | None:
 
 
 def library_path() -> Path:
-    """Where the library for this source, compiler flags and jaxlib lives."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + jax.ffi.include_dir().encode())
-    return BUILD_DIR / f"gemv-{key.hexdigest()[:16]}.so"
+    """Where the library for these sources, compiler flags and jaxlib lives."""
+    key = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES) + " ".join(FLAGS).encode()
+                         + jax.ffi.include_dir().encode())
+    return BUILD_DIR / f"native-{key.hexdigest()[:16]}.so"
 
 
 def build(force: bool = False) -> Path:
-    """Compile ``gemv.cc`` (if its library is missing or ``force``); raises ``RuntimeError`` on failure."""
+    """Compile the sources (if their library is missing or ``force``); raises ``RuntimeError`` on failure."""
     out = library_path()
     if out.exists() and not force:
         return out
@@ -59,7 +66,7 @@ def build(force: bool = False) -> Path:
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=BUILD_DIR)  # built aside, then renamed: concurrent builds are safe
     os.close(fd)
-    cmd = [cxx, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+    cmd = [cxx, *FLAGS, "-I", jax.ffi.include_dir(), *map(str, SOURCES), "-o", tmp]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
@@ -68,7 +75,7 @@ def build(force: bool = False) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    for old in BUILD_DIR.glob("gemv-*.so"):  # libraries of earlier sources
+    for old in [*BUILD_DIR.glob("gemv-*.so"), *BUILD_DIR.glob("native-*.so")]:  # libraries of earlier sources
         if old != out:
             old.unlink(missing_ok=True)
     return out
@@ -85,10 +92,12 @@ def _load():
         try:
             lib = ctypes.cdll.LoadLibrary(str(build()))
             jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.IjGroupGemv), platform="cpu")
+            jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(lib.IjPagedAttention), platform="cpu")
             _state["lib"] = lib
         except (RuntimeError, OSError, AttributeError) as e:
             _state["error"] = str(e)
-            warnings.warn(f"the native quantized GEMV is unavailable, packed weights use the slower XLA path: {e}",
+            warnings.warn(f"the native CPU kernels are unavailable, packed weights and paged attention use the "
+                          f"slower XLA paths: {e}",
                           RuntimeWarning, stacklevel=3)
         return _state.get("lib")
 
@@ -148,15 +157,37 @@ def group_gemv(x, q, scales, mins=None, *, bits: int, group_size: int, out_dtype
     return y.astype(out_dtype or x.dtype).reshape(*lead, d_out)
 
 
+def paged_attention(q, k_pages, v_pages, block_tables, rows, slots, *, layer: int, sm_scale: float | None = None):
+    """Attention of queries ``q [N, H, D]`` over layer ``layer`` of float32 pages ``[L, K, P, page, D]``
+    (see ``paged_attention.cc``): query ``n`` belongs to sequence ``rows[n]`` (its pages:
+    ``block_tables [R, W]``) and sees the keys at slots ``0 .. slots[n]`` (none when negative); a query
+    without keys gives zeros. Returns ``[N, H, D]`` float32. Jittable; requires ``available()``.
+
+    The whole page arrays go in (not one layer's slice), so nothing is copied to call it."""
+    if not available():
+        raise RuntimeError(f"the native paged attention is unavailable ({_state.get('error', ENV + '=0')}); "
+                           "use the XLA path of intern_jax.model.kv_cache instead")
+    n, h, d = q.shape
+    if k_pages.ndim != 5 or k_pages.shape != v_pages.shape or k_pages.shape[-1] != d or h % k_pages.shape[1]:
+        raise ValueError(f"pages {k_pages.shape} / {v_pages.shape} do not fit queries {q.shape}")
+    if not 0 <= layer < k_pages.shape[0]:
+        raise ValueError(f"layer {layer} is outside 0..{k_pages.shape[0] - 1}")
+    call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct((n, h, d), jnp.float32), vmap_method="sequential")
+    return call(q.astype(jnp.float32), k_pages.astype(jnp.float32), v_pages.astype(jnp.float32),
+                jnp.asarray(block_tables, jnp.int32), jnp.asarray(rows, jnp.int32), jnp.asarray(slots, jnp.int32),
+                layer=np.int64(layer), scale=np.float32(d**-0.5 if sm_scale is None else sm_scale))
+
+
 def main() -> int:
     """Build the library now (``make setup``); a failure is reported, never fatal."""
     if disabled():
-        print(f"native quantized GEMV: not built ({ENV}=0)")
+        print(f"native CPU kernels: not built ({ENV}=0)")
         return 0
     try:
         path = build()
     except (RuntimeError, OSError) as e:
-        print(f"native quantized GEMV: not built, packed weights will use the XLA path: {e}", file=sys.stderr)
+        print(f"native CPU kernels: not built, packed weights and paged attention will use the XLA paths: {e}",
+              file=sys.stderr)
         return 0
-    print(f"native quantized GEMV: {path}")
+    print(f"native CPU kernels: {path}")
     return 0

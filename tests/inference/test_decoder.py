@@ -161,6 +161,65 @@ def test_logprobs_and_top_alternatives_equal_the_full_forwards_distribution(tiny
         np.testing.assert_allclose(out.top_logprobs[0], np.sort(row)[::-1][:3], atol=1e-4)
 
 
+def _log_softmax64(logits):
+    logits = np.asarray(logits, np.float64)
+    top = logits.max(-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+
+
+def _step_rows(dec) -> list[int]:
+    """The row counts of the decode steps the decoder has compiled (the length of their last argument, the
+    live rows, when no token masks are passed)."""
+    return sorted({key[3][-1][0][0] for key in dec._executables if key[0].__name__ == "_live_step"})
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "xla"])
+def test_packed_chunks_and_live_row_steps_give_the_full_forwards_distribution(tiny, native, monkeypatch):
+    """A paged batch packs the prompts of one insert into a single stream (a later chunk of a sequence
+    among them) and steps only its live slots; every token's log-probability is the full forward's,
+    with the native paged attention and with the XLA gather."""
+    monkeypatch.setenv("INTERN_JAX_NATIVE", native)
+    cfg, params = tiny
+    dec = Decoder(params, cfg)
+    batch = dec.new_batch(4, paged=PagedLayout(num_pages=16, page_size=4, pages_per_slot=4))
+    assert batch.cache.native == (native == "1")
+    batch.set_block_tables([0, 1, 2, 3], _shuffled_tables(4, 4, 16, 5))
+    long, sampling = PROMPTS[2], SamplingParams(max_new_tokens=4)
+    seqs = {3: list(long), 0: list(PROMPTS[0]), 2: list(PROMPTS[1])}
+    emitted = {slot: [] for slot in seqs}
+
+    def record(slots, out, before):
+        for i, slot in enumerate(slots):
+            if out.tokens[i] != NO_TOKEN:
+                emitted[slot].append((before[slot] - 1, int(out.tokens[i]), float(out.logprobs[i])))
+
+    # slot 3's prompt comes in two chunks: its first 6 tokens alone, the rest packed with two new prompts
+    batch.insert([3], [long[:6]], [SamplingParams(max_new_tokens=0)])
+    out = batch.insert([3, 0, 2], [long[6:], seqs[0], seqs[2]], [sampling] * 3, keep=[6, 0, 0],
+                       history=[long, seqs[0], seqs[2]])
+    record([3, 0, 2], out, {s: len(q) for s, q in seqs.items()})
+    for slot, token in zip([3, 0, 2], out.tokens):
+        seqs[slot].append(int(token))
+    for _ in range(4):
+        before = {s: len(q) for s, q in seqs.items()}
+        out = batch.step()
+        record(list(range(4)), out, before)
+        for slot in seqs:
+            if out.tokens[slot] != NO_TOKEN:
+                seqs[slot].append(int(out.tokens[slot]))
+        if 0 in seqs and len(emitted[0]) == 2:
+            batch.release([0])  # slot 0 leaves: slots 2 and 3 step as two rows
+            del seqs[0]
+    assert _step_rows(dec) == [2, 4]  # three live slots of four: 4 rows; then two
+    for slot, tokens in emitted.items():
+        full = seqs.get(slot, PROMPTS[0] + [t for _, t, _ in tokens])
+        ref = _log_softmax64(_full_logits(params, jnp.asarray([full], jnp.int32), cfg)[0])
+        assert len(tokens) == (2 if slot == 0 else 4)
+        for position, token, logprob in tokens:
+            assert token == int(np.argmax(ref[position])), (slot, position)
+            np.testing.assert_allclose(logprob, ref[position, token], atol=1e-4)
+
+
 def test_score_equals_float64_log_softmax_of_the_full_forward(tiny, dec):
     cfg, params = tiny
     seqs = [PROMPTS[0] + [1, 2, 3], PROMPTS[1], PROMPTS[2]]

@@ -1,0 +1,241 @@
+// Attention over a paged KV cache on the CPU, reading the pages in place, called from jitted code
+// through the XLA FFI.
+//
+// XLA:CPU can only gather a sequence's pages into rows before attending, and its gather copies
+// element by element: for a batch of decoding sequences that copy costs more than the attention.
+// This kernel walks each query's pages directly.
+//
+//   q      [N, H, D] float32       N queries (a decode batch's rows, or a packed prefill stream)
+//   pages  [L, K, P, S, D] float32 keys and values: L layers, K kv heads, P pages of S slots
+//   tables [R, W] int32            each sequence's pages (ids outside [0, P) are clamped)
+//   row    [N] int32               the sequence of each query (outside [0, R): no keys)
+//   slot   [N] int32               the query's own slot; it sees keys at slots 0 .. slot (and below
+//                                  W * S); a negative slot sees none
+//   out    [N, H, D] float32       softmax(q . k * scale) . v per query head; zeros without keys
+// Query head h reads kv head h / (H / K). Softmax runs online (running max and sum per head) one
+// page at a time, in float32: the result equals the gather-then-attend path up to the order of sums.
+// (query, kv head) pairs are cut into chunks that the calling thread and a small pool of helpers
+// claim one at a time; the caller waits only for chunks a helper has claimed.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Attention {
+  const float* q;
+  const float* k;
+  const float* v;
+  const int32_t* tables;
+  const int32_t* row;
+  const int32_t* slot;
+  float* out;
+  int64_t N, H, D, L, K, P, S, R, W, layer;
+  float scale;
+};
+
+struct Job {
+  Attention A;
+  int64_t items = 0, per_chunk = 1, chunks = 0;
+  std::atomic<int64_t> next{0}, done{0};
+  std::mutex mu;
+  std::condition_variable finished;
+};
+
+// Item i = (query n, kv head kh): the G = H / K query heads of kv head kh over the query's keys.
+void attend(const Attention& A, int64_t item, std::vector<float>& scratch) {
+  const int64_t n = item / A.K, kh = item % A.K, G = A.H / A.K, D = A.D, S = A.S;
+  float* out = A.out + (n * A.H + kh * G) * D;
+  const int64_t r = A.row[n];
+  const int64_t last = std::min<int64_t>(A.slot[n], A.W * S - 1);
+  if (r < 0 || r >= A.R || last < 0) {
+    std::memset(out, 0, sizeof(float) * G * D);
+    return;
+  }
+  scratch.assign(G * (D + S + 2), 0.0f);
+  float* acc = scratch.data();        // [G, D]
+  float* score = acc + G * D;          // [G, S]
+  float* mx = score + G * S;           // [G]
+  float* sum = mx + G;                 // [G]
+  for (int64_t g = 0; g < G; ++g) mx[g] = -INFINITY;
+  const float* q = A.q + (n * A.H + kh * G) * D;
+  const int32_t* table = A.tables + r * A.W;
+  for (int64_t start = 0; start <= last; start += S) {
+    const int64_t count = std::min<int64_t>(S, last - start + 1);
+    const int64_t page = std::clamp<int64_t>(table[start / S], 0, A.P - 1);
+    const int64_t base = (((A.layer * A.K + kh) * A.P + page) * S) * D;
+    const float* kp = A.k + base;
+    const float* vp = A.v + base;
+    for (int64_t g = 0; g < G; ++g) {
+      const float* qg = q + g * D;
+      float* sc = score + g * S;
+      float block_max = -INFINITY;
+      for (int64_t j = 0; j < count; ++j) {
+        const float* kj = kp + j * D;
+        float dot = 0.0f;
+        for (int64_t d = 0; d < D; ++d) dot += qg[d] * kj[d];
+        sc[j] = dot * A.scale;
+        block_max = std::max(block_max, sc[j]);
+      }
+      const float new_max = std::max(mx[g], block_max);
+      const float rescale = std::exp(mx[g] - new_max);  // exp(-inf) = 0 on the first page
+      float* ag = acc + g * D;
+      for (int64_t d = 0; d < D; ++d) ag[d] *= rescale;
+      float block_sum = 0.0f;
+      for (int64_t j = 0; j < count; ++j) {
+        const float p = std::exp(sc[j] - new_max);
+        block_sum += p;
+        const float* vj = vp + j * D;
+        for (int64_t d = 0; d < D; ++d) ag[d] += p * vj[d];
+      }
+      sum[g] = sum[g] * rescale + block_sum;
+      mx[g] = new_max;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t d = 0; d < D; ++d) out[g * D + d] = acc[g * D + d] / sum[g];
+}
+
+void work_on(Job& job) {
+  std::vector<float> scratch;
+  for (;;) {
+    const int64_t c = job.next.fetch_add(1, std::memory_order_acq_rel);
+    if (c >= job.chunks) return;
+    const int64_t end = std::min(job.items, (c + 1) * job.per_chunk);
+    for (int64_t i = c * job.per_chunk; i < end; ++i) attend(job.A, i, scratch);
+    if (job.done.fetch_add(1, std::memory_order_acq_rel) + 1 == job.chunks) {
+      std::lock_guard<std::mutex> lock(job.mu);
+      job.finished.notify_all();
+    }
+  }
+}
+
+class Pool {
+ public:
+  Pool() {
+    unsigned n = std::thread::hardware_concurrency();
+    for (unsigned t = 1; t < (n ? n : 1); ++t) std::thread([this] { loop(); }).detach();  // live as long as the process
+    helpers_ = n > 1 ? n - 1 : 0;
+  }
+  unsigned helpers() const { return helpers_; }
+  void offer(const std::shared_ptr<Job>& job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = job;
+      ++generation_;
+    }
+    cv_.notify_all();
+  }
+  void withdraw() {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_.reset();
+  }
+
+ private:
+  void loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        job = job_;
+      }
+      if (job) work_on(*job);
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::shared_ptr<Job> job_;
+  uint64_t generation_ = 0;
+  unsigned helpers_ = 0;
+};
+
+Pool& pool() {
+  static Pool* p = new Pool();  // never destroyed: detached helpers may outlive static destruction
+  return *p;
+}
+
+void run(const std::shared_ptr<Job>& job) {
+  job->items = job->A.N * job->A.K;
+  job->per_chunk = std::max<int64_t>(1, job->items / 64);
+  job->chunks = (job->items + job->per_chunk - 1) / job->per_chunk;
+  const bool share = job->chunks > 1 && pool().helpers() > 0;
+  if (share) pool().offer(job);
+  work_on(*job);
+  if (job->done.load(std::memory_order_acquire) < job->chunks) {
+    std::unique_lock<std::mutex> lock(job->mu);
+    job->finished.wait(lock, [&] { return job->done.load(std::memory_order_acquire) >= job->chunks; });
+  }
+  if (share) pool().withdraw();
+}
+
+std::string dims(const ffi::AnyBuffer& b) {
+  std::string s = "[";
+  auto d = b.dimensions();
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+ffi::Error PagedAttentionImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer tables,
+                              ffi::AnyBuffer row, ffi::AnyBuffer slot, ffi::Result<ffi::AnyBuffer> out,
+                              int64_t layer, float scale) {
+  if (q.element_type() != ffi::F32 || q.dimensions().size() != 3)
+    return ffi::Error::InvalidArgument("q must be float32 [queries, heads, head_dim], got " + dims(q));
+  if (k.element_type() != ffi::F32 || k.dimensions().size() != 5 || v.element_type() != ffi::F32 ||
+      v.dimensions().size() != 5)
+    return ffi::Error::InvalidArgument("pages must be float32 [layers, kv_heads, pages, page, head_dim], got " +
+                                       dims(k) + " and " + dims(v));
+  for (int i = 0; i < 5; ++i)
+    if (k.dimensions()[i] != v.dimensions()[i])
+      return ffi::Error::InvalidArgument("key pages " + dims(k) + " and value pages " + dims(v) + " differ");
+  if (tables.element_type() != ffi::S32 || tables.dimensions().size() != 2)
+    return ffi::Error::InvalidArgument("block tables must be int32 [rows, pages], got " + dims(tables));
+  const int64_t N = q.dimensions()[0], H = q.dimensions()[1], D = q.dimensions()[2];
+  const int64_t L = k.dimensions()[0], K = k.dimensions()[1];
+  if (k.dimensions()[4] != D || K < 1 || H % K)
+    return ffi::Error::InvalidArgument("q " + dims(q) + " does not fit pages " + dims(k));
+  if (layer < 0 || layer >= L)
+    return ffi::Error::InvalidArgument("layer " + std::to_string(layer) + " is outside 0.." + std::to_string(L - 1));
+  for (const ffi::AnyBuffer* b : {&row, &slot})
+    if (b->element_type() != ffi::S32 || b->dimensions().size() != 1 || b->dimensions()[0] != N)
+      return ffi::Error::InvalidArgument("query rows and slots must be int32 [" + std::to_string(N) + "], got " +
+                                         dims(*b));
+  if (out->element_type() != ffi::F32 || out->element_count() != N * H * D)
+    return ffi::Error::InvalidArgument("output must be float32 [queries, heads, head_dim]");
+  auto job = std::make_shared<Job>();
+  job->A = Attention{static_cast<const float*>(q.untyped_data()), static_cast<const float*>(k.untyped_data()),
+                     static_cast<const float*>(v.untyped_data()), static_cast<const int32_t*>(tables.untyped_data()),
+                     static_cast<const int32_t*>(row.untyped_data()), static_cast<const int32_t*>(slot.untyped_data()),
+                     static_cast<float*>(out->untyped_data()), N, H, D, L, K, k.dimensions()[2], k.dimensions()[3],
+                     tables.dimensions()[0], tables.dimensions()[1], layer, scale};
+  if (N > 0) run(job);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IjPagedAttention, PagedAttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // q
+                                  .Arg<ffi::AnyBuffer>()  // key pages
+                                  .Arg<ffi::AnyBuffer>()  // value pages
+                                  .Arg<ffi::AnyBuffer>()  // block tables
+                                  .Arg<ffi::AnyBuffer>()  // query rows
+                                  .Arg<ffi::AnyBuffer>()  // query slots
+                                  .Ret<ffi::AnyBuffer>()  // out
+                                  .Attr<int64_t>("layer")
+                                  .Attr<float>("scale"));
