@@ -380,11 +380,16 @@ class DecodeBatch:
         self.tables[np.asarray(slots), : tables.shape[1]] = tables
 
     def _fit_tables(self, tokens: int) -> None:
-        """Paged: hand the cache block tables wide enough for ``tokens`` tokens per slot."""
+        """Paged: hand the cache block tables wide enough for ``tokens`` tokens per slot. XLA attention
+        gathers every page a table holds, so it gets the power of two of pages the longest sequence needs;
+        the native kernel reads only the pages a sequence fills, so it always gets whole tables (one
+        compiled program for every length)."""
         if self.tables is None:
             return
         page = self.cache.page_size
         width = min(self.tables.shape[1], bucket(-(-int(tokens) // page), 1))  # a full slot ends ("length")
+        if self.cache._native(self.decoder._static["attention"]):
+            width = self.tables.shape[1]
         self.cache = self.cache.with_block_tables(self.tables[:, :width])
 
     def _widen_stops(self, width: int) -> None:

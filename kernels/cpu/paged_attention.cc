@@ -13,7 +13,8 @@
 //                                  W * S); a negative slot sees none
 //   out    [N, H, D] float32       softmax(q . k * scale) . v per query head; zeros without keys
 // Query head h reads kv head h / (H / K). Softmax runs online (running max and sum per head) one
-// page at a time, in float32: the result equals the gather-then-attend path up to the order of sums.
+// page at a time, in float32: the result equals the gather-then-attend path up to the order of sums
+// and exp's last bits.
 // (query, kv head) pairs are cut into chunks that the calling thread and a small pool of helpers
 // claim one at a time; the caller waits only for chunks a helper has claimed.
 #include <algorithm>
@@ -54,6 +55,41 @@ struct Job {
   std::condition_variable finished;
 };
 
+// a . b over D floats: 16 partial sums the compiler turns into vector lanes (a plain running sum is a
+// chain it may not reorder), then added up.
+inline float dot(const float* a, const float* b, int64_t D) {
+  float lanes[16] = {0.0f};
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16)
+    for (int l = 0; l < 16; ++l) lanes[l] += a[d + l] * b[d + l];
+  float s = 0.0f;
+  for (; d < D; ++d) s += a[d] * b[d];
+  for (int l = 0; l < 16; ++l) s += lanes[l];
+  return s;
+}
+
+// exp(x) for x <= 0 in plain arithmetic, so that a loop of them vectorizes: x = n ln2 + r with
+// |r| <= ln2 / 2, Cephes' degree-6 polynomial for exp(r) (relative error about 1e-7, as XLA's own
+// CPU exp), times 2^n built in the exponent bits. Inputs below -87 give exp(-87) (about 1.6e-38),
+// which a softmax sum cannot tell from 0.
+inline float exp_nonpositive(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const float n = (x * 1.44269504088896341f + shifter) - shifter;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 split in two for exactness
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
 // Item i = (query n, kv head kh): the G = H / K query heads of kv head kh over the query's keys.
 void attend(const Attention& A, int64_t item, std::vector<float>& scratch) {
   const int64_t n = item / A.K, kh = item % A.K, G = A.H / A.K, D = A.D, S = A.S;
@@ -83,19 +119,17 @@ void attend(const Attention& A, int64_t item, std::vector<float>& scratch) {
       float* sc = score + g * S;
       float block_max = -INFINITY;
       for (int64_t j = 0; j < count; ++j) {
-        const float* kj = kp + j * D;
-        float dot = 0.0f;
-        for (int64_t d = 0; d < D; ++d) dot += qg[d] * kj[d];
-        sc[j] = dot * A.scale;
+        sc[j] = dot(qg, kp + j * D, D) * A.scale;
         block_max = std::max(block_max, sc[j]);
       }
       const float new_max = std::max(mx[g], block_max);
-      const float rescale = std::exp(mx[g] - new_max);  // exp(-inf) = 0 on the first page
+      const float rescale = mx[g] == -INFINITY ? 0.0f : exp_nonpositive(mx[g] - new_max);  // 0 on the first page
       float* ag = acc + g * D;
       for (int64_t d = 0; d < D; ++d) ag[d] *= rescale;
+      for (int64_t j = 0; j < count; ++j) sc[j] = exp_nonpositive(sc[j] - new_max);
       float block_sum = 0.0f;
       for (int64_t j = 0; j < count; ++j) {
-        const float p = std::exp(sc[j] - new_max);
+        const float p = sc[j];
         block_sum += p;
         const float* vj = vp + j * D;
         for (int64_t d = 0; d < D; ++d) ag[d] += p * vj[d];
