@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
 from intern_jax import cli  # light: no jax
@@ -53,6 +54,10 @@ def main(argv=None) -> int:
     engine.add_argument("--kv-int8", action="store_true", help="int8 KV cache")
     engine.add_argument("--max-top-logprobs", type=int, default=5, help="most top_logprobs a request may ask for")
     engine.add_argument("--tp", type=int, default=1, help="tensor-parallel devices the weights are sharded over")
+    engine.add_argument("--warm-up", action="store_true",
+                        help="compile the decode step for every count of live sequences and one-sequence prefill "
+                             "for every stream length before listening (a restart reads them from the "
+                             "compilation cache), so first requests do not wait for compiles")
     ap.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's")
     ap.add_argument("--tool-call-parser", choices=["auto", "internlm2", "hermes"], default="auto",
                     help="the tool-call format the model speaks (auto: from its chat template)")
@@ -98,6 +103,18 @@ def main(argv=None) -> int:
         check_chat_template(model.tokenizer, f"--chat-template {args.chat_template}")
     name = args.served_model_name or Path(args.model).stem
     serving = Engine(model, config)
+    if args.warm_up:
+        from tqdm import tqdm
+
+        t0 = time.perf_counter()
+        with tqdm(desc="serve.py: compiling", unit="shape", file=sys.stderr) as bar:
+            def advance(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+
+            compiled = serving.warm_up(advance)
+        print(f"serve.py: warm-up compiled {compiled} programs in {time.perf_counter() - t0:.1f} s", file=sys.stderr,
+              flush=True)
     app = create_app(serving, name, api_keys=api_keys, max_queue=args.max_queue,
                      tool_call_parser=args.tool_call_parser)
     print(f"serve.py: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)

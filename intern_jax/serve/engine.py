@@ -137,6 +137,46 @@ class Engine:
         self.busy_seconds = 0.0
         self.steps = 0
 
+    def warm_up(self, progress=None) -> int:
+        """Compile now the programs a server meets first, so that its first requests do not wait for them:
+        the decode step for every power-of-two count of live slots up to ``max_batch_size``, and the
+        prefill of one sequence for every power-of-two stream length up to the step budget. Prefill of
+        several chunks at once still compiles as it comes. Needs an idle engine that holds nothing (no
+        request, session or cached page): it writes throwaway keys and values into free pages. With the
+        persistent compilation cache a restarted server reads these programs back. ``progress``: called
+        with ``(done, total)`` after each. Returns the number of programs compiled."""
+        with self._step_lock:
+            busy = self.requests or self.sessions or self._pending or self.scheduler.running or self.scheduler.waiting
+            if busy or self.pool.key_of or self.pool.num_free != self.pool.num_blocks:
+                raise RuntimeError("Engine.warm_up needs an idle engine holding no request, session or cached page; "
+                                   "call it before serving")
+            before = self.decoder.num_executables
+            batch, vocab = self.batch, self.decoder.config.vocab_size
+            longest = min(self.config.max_num_tokens, self.max_model_len - 1)
+            lengths = [n for n in (16 << k for k in range(16)) if n < longest] + [longest]
+            counts = [w for w in (1 << k for k in range(16)) if w < batch.slots] + [batch.slots]
+            total, done = len(lengths) + len(counts), 0
+
+            def insert(slots, length):
+                n = len(slots)
+                batch.insert(slots, [[0] * length] * n, [SamplingParams(max_new_tokens=2)] * n,
+                             allowed=np.full((n, bitmask_width(vocab)), -1, np.int32), generated=[[]] * n)
+
+            for length in lengths:  # one sequence, every stream length
+                insert([0], length)
+                batch.release([0])
+                done += 1
+                if progress:
+                    progress(done, total)
+            for w in counts:  # every count of live slots
+                insert(list(range(w)), 1)
+                batch.step()
+                batch.release(list(range(w)))
+                done += 1
+                if progress:
+                    progress(done, total)
+            return self.decoder.num_executables - before
+
     def _blocks_for_fraction(self, config: EngineConfig, per_seq: int) -> int:
         """Pages filling ``cache_fraction`` of the memory free now (the weights are already resident)."""
         probe = self.decoder.new_batch(1, paged=PagedLayout(1, config.block_size, 1), kv_int8=config.kv_int8)

@@ -6,7 +6,8 @@
 Without ``--url`` it starts two servers on loopback over the embedded SmolLM2 (float32), one after the
 other, and runs the same workload against each:
 
-- intern-jax: ``scripts/serve.py`` (the engine: continuous batching over a paged KV cache);
+- intern-jax: ``scripts/serve.py --warm-up`` (the engine: continuous batching over a paged KV cache;
+  started with its decode steps and one-sequence prefills compiled);
 - plain: this file with ``--plain-server``, a FastAPI endpoint that streams ``stream_generate`` for one
   request at a time (what you get without an engine).
 
@@ -304,7 +305,8 @@ def main() -> int:
         port = _free_port()
         ours = start([sys.executable, str(ROOT / "scripts/serve.py"), "--model", gguf, "--port", str(port),
                       "--served-model-name", "smollm2", "--max-batch-size", str(args.max_batch_size),
-                      "--max-model-len", "1024", "--no-enable-prefix-caching", "--log-level", "warning"], port)
+                      "--max-model-len", "1024", "--no-enable-prefix-caching", "--log-level", "warning",
+                      "--warm-up"], port)
         try:  # no prefix cache: the warm-up sends the timed prompts, and the peer has no cache
             results["intern-jax serve.py"] = sweep(f"http://127.0.0.1:{port}/v1", "smollm2", args,
                                                    sorted(args.concurrency, reverse=True))

@@ -47,12 +47,34 @@ def test_concurrent_requests_each_equal_generate_alone(dec, alone, kw):
     if kw:
         assert engine.scheduler.num_preemptions > 0  # the small pool really forced recomputation
     _assert_no_leak(engine)
-    # shapes are bucketed: inserts by rows (1, 2, 4) x pages per slot (1 ... 16), steps by pages per
-    # slot; the prefill chunk is one 16-token bucket. However many requests come, at most 20 programs.
+    # shapes are bucketed: inserts by stream length (one 16-token bucket) x rows (1, 2, 4), steps by live
+    # rows (1, 2, 4); on the XLA attention path both also by pages per slot (1 ... 16). However many
+    # requests come, at most 20 programs.
     again = engine.generate(PROMPTS * 2, SamplingParams(max_new_tokens=12))
     assert [r.token_ids for r in again] == [r.token_ids for r in results] * 2
     assert engine.stats()["compiled_executables"] - before <= 3 * 5 + 5
     assert engine.stats()["generated_tokens"] == 3 * 12 * len(PROMPTS)
+
+
+def test_warm_up_compiles_what_single_requests_need_and_refuses_a_busy_engine(tiny, alone):
+    cfg, params = tiny
+    dec = Decoder(params, cfg)  # programs of its own, counted from zero
+    engine = _engine(dec)
+    progress = []
+    compiled = engine.warm_up(lambda done, total: progress.append((done, total)))
+    # prefill of one sequence at the one stream length (the 16-token budget) and of 1, 2, 4 one-token
+    # sequences; decode steps of 1, 2 and 4 live slots
+    assert compiled == dec.num_executables == 6
+    assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    _assert_no_leak(engine)
+    for i in range(4):  # requests one at a time (the longest in two chunks) compile nothing more
+        assert engine.generate([PROMPTS[i]], SamplingParams(max_new_tokens=12))[0].token_ids == alone[i]
+    if engine.batch.cache.native:  # the XLA attention path also compiles per table width
+        assert dec.num_executables == compiled
+    assert engine.generate(PROMPTS[:3], SamplingParams(max_new_tokens=12))[1].token_ids == alone[1]
+    engine.add_request(PROMPTS[0])
+    with pytest.raises(RuntimeError, match="idle engine"):
+        engine.warm_up()
 
 
 def test_a_preempted_sampled_request_draws_what_it_draws_alone(dec, seed):
