@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 SOURCES = (Path(__file__).with_name("gemv.cc"), Path(__file__).with_name("paged_attention.cc"))
+HEADERS = (Path(__file__).with_name("helper_pool.h"),)  # included by the sources: part of the library's hash
 BUILD_DIR = Path(__file__).with_name("_build")
 TARGET = "intern_jax_group_gemv"
 ATTENTION_TARGET = "intern_jax_paged_attention"
@@ -50,7 +51,7 @@ def compiler() -> str | None:
 
 def library_path() -> Path:
     """Where the library for these sources, compiler flags and jaxlib lives."""
-    key = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES) + " ".join(FLAGS).encode()
+    key = hashlib.sha256(b"".join(s.read_bytes() for s in (*SOURCES, *HEADERS)) + " ".join(FLAGS).encode()
                          + jax.ffi.include_dir().encode())
     return BUILD_DIR / f"native-{key.hexdigest()[:16]}.so"
 

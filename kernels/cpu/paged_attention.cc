@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "helper_pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -156,52 +157,7 @@ void work_on(Job& job) {
   }
 }
 
-class Pool {
- public:
-  Pool() {
-    unsigned n = std::thread::hardware_concurrency();
-    for (unsigned t = 1; t < (n ? n : 1); ++t) std::thread([this] { loop(); }).detach();  // live as long as the process
-    helpers_ = n > 1 ? n - 1 : 0;
-  }
-  unsigned helpers() const { return helpers_; }
-  void offer(const std::shared_ptr<Job>& job) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      job_ = job;
-      ++generation_;
-    }
-    cv_.notify_all();
-  }
-  void withdraw() {
-    std::lock_guard<std::mutex> lock(mu_);
-    job_.reset();
-  }
-
- private:
-  void loop() {
-    uint64_t seen = 0;
-    for (;;) {
-      std::shared_ptr<Job> job;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
-        job = job_;
-      }
-      if (job) work_on(*job);
-    }
-  }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::shared_ptr<Job> job_;
-  uint64_t generation_ = 0;
-  unsigned helpers_ = 0;
-};
-
-Pool& pool() {
-  static Pool* p = new Pool();  // never destroyed: detached helpers may outlive static destruction
-  return *p;
-}
+HelperPool<Job, work_on>& pool() { return HelperPool<Job, work_on>::instance(); }
 
 void run(const std::shared_ptr<Job>& job) {
   job->items = job->A.N * job->A.K;
