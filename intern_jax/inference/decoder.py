@@ -310,7 +310,7 @@ class Decoder:
             cache = DenseKV.init(cfg, slots, bucket(capacity or context), dtype=dtype, int8=kv_int8)
         else:
             per_slot = paged.pages_per_slot or -(-context // paged.page_size)
-            native = native_attention_usable(dtype, int8=kv_int8, devices=1 if self.mesh is None else 2)
+            native = native_attention_usable(dtype, int8=kv_int8, devices=1 if self.mesh is None else self.mesh.size)
             cache = PagedKV.init(cfg, paged.num_pages, paged.page_size, slots, per_slot, dtype=dtype, int8=kv_int8,
                                  native=native)
             tables = np.arange(slots * per_slot, dtype=np.int32).reshape(slots, per_slot) % paged.num_pages
