@@ -20,7 +20,7 @@ import re
 import uuid
 from collections.abc import Sequence
 
-from intern_jax.inference.tool_calls import ToolCall, get_protocol, protocol_for_template
+from intern_jax.inference.tool_calls import INTERPRETER, ToolCall, get_protocol, protocol_for_template
 
 PARSERS = ("auto", "internlm2", "hermes")
 MARKERS = {"hermes": "<tool_call>", "internlm2": "<|action_start|>"}
@@ -213,7 +213,7 @@ def parse_reply(text: str, protocol, names: Sequence[str]) -> tuple[str | None, 
     parsed = protocol.parse(text, list(names))
     if parsed.error is not None or not parsed.calls:
         return text, []
-    bodies = [body for _, body in _call_bodies(text, protocol)]
+    bodies = [body if kind == "plugin" else "" for kind, body in _call_bodies(text, protocol)]
     calls = [{"id": _call_id(), "type": "function",
               "function": {"name": c.name, "arguments": _raw_arguments(bodies[k] if k < len(bodies) else "",
                                                                        c.arguments)}}
@@ -344,14 +344,36 @@ def _partial_call(body: str, args_keys: Sequence[str]) -> tuple[str | None, int 
     return name, start, end
 
 
+_FENCES = ("```python\n", "```\n")  # an interpreter block's opening fence, as InternLM2Protocol.parse drops it
+_CLOSING = ("\n```", "```")
+
+
+def _interpreter_code(body: str) -> str:
+    """The part of an InternLM2 interpreter call's code that is certain while its ``body`` is still being
+    written: whatever follows, ``InternLM2Protocol.parse`` gives code that starts with it. Held back: a
+    possible opening fence until it is complete or ruled out, trailing white space, and a tail that may
+    still become the closing fence, or ``<|action_end|>``."""
+    end = "<|action_end|>"
+    body = body[: len(body) - next((k for k in range(len(end) - 1, 0, -1) if body.endswith(end[:k])), 0)]
+    lead = body.lstrip()
+    if any(f.startswith(lead) for f in _FENCES):
+        return ""  # may still be (the start of) a fence
+    fence = next((f for f in _FENCES if lead.startswith(f)), "")
+    code = lead[len(fence):].rstrip()
+    hold = max((k for k in range(1, 5) if any(c.startswith(code[-k:]) for c in _CLOSING) and k <= len(code)),
+               default=0)
+    return code[: len(code) - hold]
+
+
 class ToolCallStream:
     """A streamed reply split into content and tool calls as OpenAI streams them. Content is passed on as
     it comes, less a possible start of a call held back; once a call starts, nothing more is content.
     Each call goes out as deltas: first ``{"index", "id", "type", "name", "arguments": ""}`` as soon as its
     name is read, then its arguments object in pieces as the model writes it (concatenated, they are the
     ``arguments`` that ``parse_reply`` gives for the whole reply). ``forced``: the whole reply is a call (a
-    grammar made it one). A call whose arguments are not written as an object (or InternLM2's interpreter
-    code) goes out whole at the end."""
+    grammar made it one). InternLM2's interpreter code goes out as ``{"code": "..."}``, the code JSON-escaped
+    in pieces as far as it is certain (fences and trailing white space dropped as the parser drops them),
+    once some is. A call whose arguments are not written as an object goes out whole at the end."""
 
     def __init__(self, protocol, names: Sequence[str], forced: bool = False):
         self.protocol, self.names, self.forced = protocol, list(names), forced
@@ -380,6 +402,9 @@ class ToolCallStream:
     def _deltas(self) -> list[dict]:
         out = []
         for k, (kind, body) in enumerate(_call_bodies(self.text[self.start:], self.protocol)):
+            if kind == "interpreter":
+                out += self._interpreter_deltas(k, body)
+                break  # InternLM2 reads one action per reply
             if kind != "plugin":
                 break
             name, start, end = _partial_call(body, self.args_keys)
@@ -397,6 +422,24 @@ class ToolCallStream:
                     out.append({"index": k, "function": {"arguments": piece}})
             if end is None:
                 break  # a later call cannot have begun
+        return out
+
+    def _interpreter_deltas(self, k: int, body: str) -> list[dict]:
+        if INTERPRETER not in self.names:
+            return []
+        code, out = _interpreter_code(body), []
+        if k == len(self.streamed):
+            if not code.strip():
+                return []  # not begun until it certainly holds code (an empty block does not parse)
+            self.streamed.append({"id": _call_id(), "name": INTERPRETER, "arguments": "", "code": ""})
+            out.append({"index": k, "id": self.streamed[k]["id"], "type": "function",
+                        "function": {"name": INTERPRETER, "arguments": ""}})
+        call = self.streamed[k]
+        new = code[len(call["code"]):]
+        if new:
+            piece = ('{"code": "' if not call["code"] else "") + json.dumps(new, ensure_ascii=False)[1:-1]
+            call["code"], call["arguments"] = code, call["arguments"] + piece
+            out.append({"index": k, "function": {"arguments": piece}})
         return out
 
     def finish(self) -> tuple[str, list[dict]]:

@@ -3,6 +3,8 @@ replies written out by hand in the Hermes and InternLM2 formats, cut into random
 text before the call as content (never any markup), each call's id, type and name first, and then its
 arguments in several pieces that add up to the arguments object exactly as it is written in the reply."""
 
+import json
+
 import pytest
 
 from intern_jax.inference.tool_calls import HermesProtocol, InternLM2Protocol
@@ -85,3 +87,46 @@ def test_a_cut_off_call_sends_no_markup_as_content_and_no_calls(rng):
     content, deltas = _run(stream, _pieces(reply, rng))
     assert (content, deltas, stream.calls) == (reply, [], [])
     assert parse_reply(reply, HermesProtocol(), NAMES) == (reply, [])
+
+
+INTERPRETER_CODES = [  # bodies as a model writes them after <|action_start|><|interpreter|>
+    "\n```python\nimport math\nprint(math.sqrt(2))\n```\n",
+    "\nx = '```'  # backticks inside the code\nprint(x)  \n\n",
+    '```\nfor i in range(3):\n    print(i, "\\n", end="")\n```',
+    "```py\nprint('only ```python and ``` fences are dropped')",
+    "s = 'a``'\n```",
+    "\n# 中文注释\nprint('π ≈', 22 / 7)\t\n```\n",
+]
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["stopped_at_action_end", "action_end_in_text"])
+@pytest.mark.parametrize("body", INTERPRETER_CODES)
+def test_interpreter_code_streams_in_pieces_that_add_up_to_the_parsed_call(body, closed, rng):
+    prefix = "Let me compute it."
+    reply = prefix + "<|action_start|><|interpreter|>" + body + ("<|action_end|>" if closed else "")
+    protocol, names = InternLM2Protocol(), ["python_interpreter", "get_time"]
+    (want,) = protocol.parse(reply, names).calls  # the code as the agent would run it
+    for _ in range(20):
+        stream = ToolCallStream(protocol, names)
+        content, deltas = _run(stream, _pieces(reply, rng))
+        assert content == prefix
+        first, *rest = deltas
+        assert first["function"] == {"name": "python_interpreter", "arguments": ""} and first["index"] == 0
+        arguments = "".join(d["function"]["arguments"] for d in rest)
+        assert all(set(d) == {"index", "function"} and d["index"] == 0 for d in rest)
+        assert json.loads(arguments) == want.arguments
+        assert len(rest) > 1  # sent as it was written, not whole at the end
+        (call,) = stream.calls
+        assert (call["id"], call["function"]["arguments"]) == (first["id"], arguments)
+        assert parse_reply(reply, protocol, names)[1][0]["function"]["arguments"] == arguments
+
+
+@pytest.mark.parametrize("reply, names", [
+    ("<|action_start|><|interpreter|>\n```python\n  \n```", ["python_interpreter"]),  # no code: not a call
+    ("Here: <|action_start|><|interpreter|>print(1)", ["get_time"]),  # the interpreter is not offered
+])
+def test_interpreter_blocks_that_do_not_parse_are_content_and_never_begin_a_call(reply, names, rng):
+    protocol = InternLM2Protocol()
+    assert parse_reply(reply, protocol, names) == (reply, [])
+    stream = ToolCallStream(protocol, names)
+    assert _run(stream, _pieces(reply, rng)) == (reply, []) and stream.calls == []
