@@ -27,26 +27,6 @@ from intern_jax import cli  # light: no jax
 DEFAULT_PROBLEMS = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "smollm2_tools_heldout.jsonl"
 
 
-class EngineChatModel:
-    """The agent's model over the serving engine: ``chat_many`` runs the conversations as one offline batch."""
-
-    def __init__(self, engine, max_new_tokens: int):
-        self.engine, self.max_new_tokens = engine, max_new_tokens
-
-    def chat(self, messages, stop=()):
-        return self.chat_many([messages], stop)[0]
-
-    def chat_many(self, conversations, stop=()):
-        from intern_jax.inference import SamplingParams
-
-        sampling = SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens, stop=tuple(stop))
-        results = self.engine.generate(conversations, sampling)
-        for r in results:
-            if r.error:
-                raise RuntimeError(f"the engine failed a request: {r.error}")
-        return [r.text for r in results]
-
-
 @cli.entry("eval_tools.py")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,7 +42,7 @@ def main(argv=None) -> int:
     cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
 
-    from intern_jax.agent import Agent
+    from intern_jax.agent import Agent, EngineChatModel
     from intern_jax.agent.tool_sft import calculator_tools, load_problems, score_tool_use
     from intern_jax.checkpoint import load_model
     from intern_jax.serve import Engine, EngineConfig

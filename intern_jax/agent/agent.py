@@ -5,8 +5,9 @@ tool calls and feeds their results (or the parse error) back, until the model an
 ``max_steps`` model turns pass, or the model repeats its previous call with the same arguments (the
 repeat guard: it would loop until the step limit otherwise). Every step goes to ``transcript`` (and
 to ``on_step`` as it happens). A model is anything with ``chat(messages, stop) -> str``;
-``DecoderChatModel`` is the in-process one over ``generate_text``, ``OpenAIChatModel`` any
-OpenAI-compatible endpoint. This module holds no prompt text.
+``DecoderChatModel`` is the in-process one over ``generate_text``, ``EngineChatModel`` the one over the
+serving engine (conversations batched), ``OpenAIChatModel`` any OpenAI-compatible endpoint. This module
+holds no prompt text.
 """
 
 from __future__ import annotations
@@ -73,6 +74,28 @@ class DecoderChatModel:
         sampling = SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens, stop=tuple(stop))
         text, _ = generate_text(self.decoder, messages, sampling)
         return text
+
+
+class EngineChatModel:
+    """The in-process model over the serving engine (``serve.Engine``): greedy, and ``chat_many`` runs
+    several conversations as one offline batch (continuous batching, the prefix cache computing a shared
+    system message once)."""
+
+    def __init__(self, engine, max_new_tokens: int = 256):
+        self.engine, self.max_new_tokens = engine, max_new_tokens
+
+    def chat(self, messages: list[dict], stop: Sequence[str] = ()) -> str:
+        return self.chat_many([messages], stop)[0]
+
+    def chat_many(self, conversations: Sequence[list[dict]], stop: Sequence[str] = ()) -> list[str]:
+        from intern_jax.inference import SamplingParams
+
+        sampling = SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens, stop=tuple(stop))
+        results = self.engine.generate(list(conversations), sampling)
+        for r in results:
+            if r.error:
+                raise RuntimeError(f"the engine failed a request: {r.error}")
+        return [r.text for r in results]
 
 
 class OpenAIChatModel:
@@ -154,8 +177,8 @@ class Agent:
 
     def run_many(self, questions: Sequence[str]) -> list[AgentResult]:
         """``run`` over every question, the conversations in lockstep: each turn asks the model for all the
-        unfinished ones at once when it has ``chat_many(conversations, stop)`` (``DecoderChatModel``: one
-        batched generate), one by one otherwise. Results are those ``run`` gives, in order."""
+        unfinished ones at once when it has ``chat_many(conversations, stop)`` (``EngineChatModel``: one
+        engine batch), one by one otherwise. Results are those ``run`` gives, in order."""
         results: list[AgentResult | None] = [None] * len(questions)
         live: dict[int, tuple] = {}
         for i, question in enumerate(questions):

@@ -26,6 +26,7 @@ and ``ChatSession.send`` do, stop strings included).
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import threading
 import time
@@ -230,17 +231,8 @@ class Decoder:
         if tp > 1:
             if tp > len(jax.devices()):
                 raise ValueError(f"tp={tp} needs {tp} devices; {len(jax.devices())} are visible")
-            if any(is_structured_weight(w) for w in jax.tree.leaves(params, is_leaf=is_structured_weight)):
-                raise ValueError(f"tp={tp} with packed (quantized) weights: tensor parallelism shards float "
-                                 "weights only; serve this checkpoint with tp=1, or its float original with tp")
             self.mesh = make_mesh({"tensor": tp}, jax.devices()[:tp])
-            params = jax.device_put(params, internlm2.param_shardings(config, self.mesh))
-        self.params, self._cfg = decode_layout(params, config)
-        # the compute dtype, applied once: weights held in it compute exactly as weights cast per layer
-        compute = self.execution.compute_dtype(config)
-        if compute != config.param_dtype:
-            self.params = jax.tree.map(lambda w: w.astype(compute), self.params, is_leaf=is_structured_weight)
-            self._cfg = dataclasses.replace(self._cfg, param_dtype=compute)
+        self.params, self._cfg = self._decode_params(params)
         # what every compiled decode function is specialised on: the decode layout's config and the attention
         # implementation ("auto": the Pallas paged kernel on GPU, the XLA gather elsewhere)
         self._static = {"cfg": self._cfg, "attention": self.execution.attention_impl}
@@ -250,6 +242,39 @@ class Decoder:
         self.evicted_executables = 0
         self._lock = threading.Lock()
         self.compile_seconds = 0.0
+
+    def _decode_params(self, params) -> tuple:
+        """``params`` as the compiled functions take them: sharded over the tensor mesh, in the decode layout,
+        in the compute dtype (applied once: weights held in it compute exactly as weights cast per layer)."""
+        config = self.config
+        if self.mesh is not None:
+            if any(is_structured_weight(w) for w in jax.tree.leaves(params, is_leaf=is_structured_weight)):
+                raise ValueError(f"tp={self.mesh.size} with packed (quantized) weights: tensor parallelism shards "
+                                 "float weights only; serve this checkpoint with tp=1, or its float original with tp")
+            params = jax.device_put(params, internlm2.param_shardings(config, self.mesh))
+        params, cfg = decode_layout(params, config)
+        compute = self.execution.compute_dtype(config)
+        if compute != config.param_dtype:
+            params = jax.tree.map(lambda w: w.astype(compute), params, is_leaf=is_structured_weight)
+            cfg = dataclasses.replace(cfg, param_dtype=compute)
+        return params, cfg
+
+    def with_params(self, params) -> Decoder:
+        """A decoder over other weights for the same model (a fine-tune of it, say: same config, same shapes
+        and dtypes) that shares this one's compiled functions, so nothing is compiled again for it. Both
+        then count and evict compiled functions together."""
+        new_params, _ = self._decode_params(params)
+        mine, tree = jax.tree_util.tree_flatten_with_path(self.params)
+        theirs, other = jax.tree_util.tree_flatten_with_path(new_params)
+        if tree != other:
+            raise ValueError("with_params: the weights are not this model's (their tree differs)")
+        for (path, a), (_, b) in zip(mine, theirs):
+            if (a.shape, a.dtype) != (b.shape, b.dtype):
+                raise ValueError(f"with_params: weight {jax.tree_util.keystr(path)} is {b.dtype}{list(b.shape)}, "
+                                 f"this model's is {a.dtype}{list(a.shape)}")
+        twin = copy.copy(self)  # the executables, their lock and the settings are shared
+        twin.params = new_params
+        return twin
 
     @classmethod
     def from_model(cls, model, *, tp: int = 1, execution: Execution | None = None, **options) -> Decoder:
@@ -423,7 +448,7 @@ class DecodeBatch:
         if isinstance(self.cache, DenseKV) and need > self.cache.capacity:
             self.cache = self.cache.grown(bucket(need))
         self._fit_tables(max(k + len(p) for k, p in zip(keep, prompts)))
-        rows = bucket(n, 1)
+        rows = self.insert_rows(n)
         t = bucket(max(len(p) for p in prompts))
         tokens = np.zeros((rows, t), np.int32)
         segments = np.zeros((rows, t), np.int32)
@@ -494,6 +519,18 @@ class DecodeBatch:
         last_index = np.where(has, emitted.shape[1] - 1 - np.argmax(emitted[:, ::-1], axis=1), 0)
         self.last = np.where(has, out.tokens[np.arange(self.slots), last_index], self.last).astype(np.int32)
         return out
+
+    def insert_rows(self, n: int) -> int:
+        """The rows an insert of ``n`` prompts is compiled for. Packed inserts: 1, else a power of four
+        (at most the slot count's power of two): their matmuls run on the token stream, a row costs only
+        its logits and state, so coarse buckets keep the programs few (one per stream length and bucket).
+        Unpacked inserts pad every row to the longest prompt: a power of two."""
+        if not self._packs() or n <= 1:
+            return bucket(n, 1)
+        rows = 4
+        while rows < n:
+            rows *= 4
+        return min(rows, bucket(self.slots, 1))
 
     def _packs(self) -> bool:
         """Whether inserts pack their prompts into one stream: paged caches, unless the model's RoPE scales

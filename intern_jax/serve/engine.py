@@ -139,9 +139,10 @@ class Engine:
 
     def warm_up(self, progress=None) -> int:
         """Compile now the programs a server meets first, so that its first requests do not wait for them:
-        the decode step for every power-of-two count of live slots up to ``max_batch_size``, and the
-        prefill of one sequence for every power-of-two stream length up to the step budget. Prefill of
-        several chunks at once still compiles as it comes. Needs an idle engine that holds nothing (no
+        the decode step for every power-of-two count of live slots up to ``max_batch_size``, and prefill
+        for every power-of-two stream length up to the step budget, of one sequence and of each bucket of
+        several (``DecodeBatch.insert_rows``; with packed prefill, the paged default, that is every
+        prefill the engine runs). Needs an idle engine that holds nothing (no
         request, session or cached page): it writes throwaway keys and values into free pages. With the
         persistent compilation cache a restarted server reads these programs back. ``progress``: called
         with ``(done, total)`` after each. Returns the number of programs compiled."""
@@ -155,21 +156,25 @@ class Engine:
             longest = min(self.config.max_num_tokens, self.max_model_len - 1)
             lengths = [n for n in (16 << k for k in range(16)) if n < longest] + [longest]
             counts = [w for w in (1 << k for k in range(16)) if w < batch.slots] + [batch.slots]
-            total, done = len(lengths) + len(counts), 0
+            # several chunks at once: each row bucket (its largest count that fits the slots) at each length
+            groups = sorted({min(batch.insert_rows(n), batch.slots) for n in range(2, batch.slots + 1)})
+            prefills = [(1, n) for n in lengths] + [(g, n) for g in groups for n in lengths if n >= g]
+            total, done = len(prefills) + len(counts), 0
 
-            def insert(slots, length):
+            def insert(slots, length):  # the first slot takes what the others' one token each leave
                 n = len(slots)
-                batch.insert(slots, [[0] * length] * n, [SamplingParams(max_new_tokens=2)] * n,
+                prompts = [[0] * (length - n + 1)] + [[0]] * (n - 1)
+                batch.insert(slots, prompts, [SamplingParams(max_new_tokens=2)] * n,
                              allowed=np.full((n, bitmask_width(vocab)), -1, np.int32), generated=[[]] * n)
 
-            for length in lengths:  # one sequence, every stream length
-                insert([0], length)
-                batch.release([0])
+            for g, length in prefills:
+                insert(list(range(g)), length)
+                batch.release(list(range(g)))
                 done += 1
                 if progress:
                     progress(done, total)
             for w in counts:  # every count of live slots
-                insert(list(range(w)), 1)
+                insert(list(range(w)), w)
                 batch.step()
                 batch.release(list(range(w)))
                 done += 1

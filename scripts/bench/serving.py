@@ -1,15 +1,20 @@
-"""Serving benchmark over HTTP (vLLM's bench_serving recipe): our server against a plain FastAPI endpoint.
+"""Serving benchmark over HTTP (vLLM's bench_serving recipe): our server against a plain FastAPI endpoint
+and llama.cpp's server.
 
     python scripts/bench/serving.py [--concurrency 1,4,16] [--rates 2] [--output-tokens 16] [--seed 0]
-        [--png docs/serving_bench.png] [--url http://HOST:PORT/v1 --model NAME]
+        [--png docs/serving_bench.png] [--llama-cpp-python PYTHON] [--url http://HOST:PORT/v1 --model NAME]
 
-Without ``--url`` it starts two servers on loopback over the embedded SmolLM2 (float32), one after the
-other, and runs the same workload against each:
+Without ``--url`` it starts the servers on loopback over the embedded SmolLM2 GGUF, one after the other,
+and runs the same workload against each:
 
-- intern-jax: ``scripts/serve.py --warm-up`` (the engine: continuous batching over a paged KV cache;
-  started with its decode steps and one-sequence prefills compiled);
+- intern-jax: ``scripts/serve.py --warm-up`` (the engine, float32 weights: continuous batching over a
+  paged KV cache; started with its decode steps and one-sequence prefills compiled);
 - plain: this file with ``--plain-server``, a FastAPI endpoint that streams ``stream_generate`` for one
-  request at a time (what you get without an engine).
+  request at a time (what you get without an engine);
+- llama.cpp, with ``--llama-cpp-python PYTHON`` (an interpreter with ``llama-cpp-python[server]``
+  installed): ``PYTHON -m llama_cpp.server`` on the same GGUF file (its Q4_1 blocks), as many threads as
+  cores, requests not interrupted by newer ones. It has no ``ignore_eos``: the requests ban the model's
+  end-of-turn tokens by ``logit_bias`` instead.
 
 With ``--url`` it measures that one server instead (any OpenAI-compatible one that streams and honours
 ``ignore_eos``). The client streams ``/v1/chat/completions`` over aiohttp: every request generates exactly
@@ -106,9 +111,9 @@ def workload(n: int, seed: int) -> list[list[dict]]:
             for _ in range(n)]
 
 
-async def one_request(client, url: str, model: str, messages, tokens: int) -> dict:
+async def one_request(client, url: str, model: str, messages, tokens: int, extra: dict | None = None) -> dict:
     body = {"model": model, "messages": messages, "max_tokens": tokens, "temperature": 0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
+            "ignore_eos": True, "stream_options": {"include_usage": True}, **(extra or {})}
     start = time.perf_counter()
     stamps, n = [], None
     async with client.post(url + "/chat/completions", json=body) as response:
@@ -130,7 +135,7 @@ async def one_request(client, url: str, model: str, messages, tokens: int) -> di
 
 
 async def run_point(url: str, model: str, prompts, tokens: int, concurrency: int | None = None,
-                    rate: float | None = None, seed: int = 0) -> dict:
+                    rate: float | None = None, seed: int = 0, extra: dict | None = None) -> dict:
     """A closed loop (``concurrency`` in flight) or an open loop (Poisson arrivals at ``rate`` per second)."""
     import aiohttp
 
@@ -142,7 +147,7 @@ async def run_point(url: str, model: str, prompts, tokens: int, concurrency: int
 
             async def gated(m):
                 async with gate:
-                    return await one_request(client, url, model, m, tokens)
+                    return await one_request(client, url, model, m, tokens, extra)
 
             results = await asyncio.gather(*[gated(m) for m in prompts])
         else:
@@ -150,7 +155,7 @@ async def run_point(url: str, model: str, prompts, tokens: int, concurrency: int
 
             async def later(m, at):
                 await asyncio.sleep(at)
-                return await one_request(client, url, model, m, tokens)
+                return await one_request(client, url, model, m, tokens, extra)
 
             results = await asyncio.gather(*[later(m, at) for m, at in zip(prompts, np.cumsum(gaps) - gaps[0])])
         wall = time.perf_counter() - t0
@@ -179,20 +184,22 @@ def compiled(url: str) -> int | None:
         return None
 
 
-def sweep(url: str, model: str, args, warm_levels) -> list[dict]:
+def sweep(url: str, model: str, args, warm_levels, extra: dict | None = None) -> list[dict]:
     """A warm-up pass over the timed requests at each of ``warm_levels`` (compiling their shapes), then the
-    sweep. Every point's prompts are a prefix of ``workload(16, seed)``."""
+    sweep. Every point's prompts are a prefix of ``workload(16, seed)``; ``extra`` goes into every body."""
     points = []
     for c in warm_levels:
         asyncio.run(run_point(url, model, workload(max(4, c, 16 if c == max(warm_levels) else 0), args.seed),
-                              args.output_tokens, concurrency=c))
+                              args.output_tokens, concurrency=c, extra=extra))
     before = compiled(url)
     for c in args.concurrency:
-        p = asyncio.run(run_point(url, model, workload(max(4, c), args.seed), args.output_tokens, concurrency=c))
+        p = asyncio.run(run_point(url, model, workload(max(4, c), args.seed), args.output_tokens, concurrency=c,
+                                  extra=extra))
         print(json.dumps(p), flush=True)
         points.append(p)
     for r in args.rates:
-        p = asyncio.run(run_point(url, model, workload(16, args.seed), args.output_tokens, rate=r, seed=args.seed))
+        p = asyncio.run(run_point(url, model, workload(16, args.seed), args.output_tokens, rate=r, seed=args.seed,
+                                  extra=extra))
         print(json.dumps(p), flush=True)
         points.append(p)
     after = compiled(url)
@@ -205,23 +212,41 @@ def sweep(url: str, model: str, args, warm_levels) -> list[dict]:
 # -- servers --------------------------------------------------------------------------------------
 
 
+def banned_stops(gguf: str) -> dict:
+    """``logit_bias`` that keeps a peer without ``ignore_eos`` from ending a reply: the GGUF's end-of-text
+    token and the chat template's end of turn, at -100."""
+    from intern_jax.checkpoint.gguf import open_reader
+
+    reader = open_reader(Path(gguf))
+    field = reader.fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
+    ids = {int(reader.fields["tokenizer.ggml.eos_token_id"].parts[-1][0])}
+    ids |= {i for i, t in enumerate(tokens) if t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")}
+    return {"logit_bias": {str(i): -100 for i in sorted(ids)}}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start(cmd: list[str], port: int) -> subprocess.Popen:
+def start(cmd: list[str], port: int, ready: str = "/health") -> subprocess.Popen:
+    """Start a server and wait until ``GET ready`` answers 200 (its stderr goes to a file: a chatty peer
+    must not fill a pipe nobody reads)."""
+    import tempfile
     import urllib.request
 
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[1]} exited: {proc.stderr.read()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(cmd[1:3])} exited: {log.read()[-2000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready}", timeout=5) as response:
                 if response.status == 200:
                     return proc
         except OSError:
@@ -284,6 +309,8 @@ def main() -> int:
     ap.add_argument("--url", help="measure this running OpenAI-compatible server instead of starting ours and the peer")
     ap.add_argument("--model", default="smollm2", help="with --url: the served model's name")
     ap.add_argument("--max-batch-size", type=int, default=16, help="our server's engine slots")
+    ap.add_argument("--llama-cpp-python", metavar="PYTHON",
+                    help="also measure llama.cpp's server, run by this interpreter (llama-cpp-python[server])")
     ap.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -320,16 +347,27 @@ def main() -> int:
                                                                [max(args.concurrency)])
         finally:
             stop(plain)
+        if args.llama_cpp_python:
+            port = _free_port()
+            threads = str(os.cpu_count())
+            peer = start([args.llama_cpp_python, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
+                          "--port", str(port), "--n_ctx", "1024", "--n_threads", threads, "--n_threads_batch", threads,
+                          "--interrupt_requests", "False", "--model_alias", "smollm2"], port, ready="/v1/models")
+            try:  # one request at a time, like the plain endpoint
+                results["llama.cpp server (Q4_1)"] = sweep(f"http://127.0.0.1:{port}/v1", "smollm2", args,
+                                                           [max(args.concurrency)], extra=banned_stops(gguf))
+            finally:
+                stop(peer)
     load_after = os.getloadavg()
     print(f"\nmachine: {os.cpu_count()} cores, {cpu_name()}; load average before {load_before[0]:.2f}, "
           f"after {load_after[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(table(results))
     names = list(results)
-    if len(names) == 2:
+    if len(names) >= 2:
         top = max(args.concurrency)
-        ours_tps, plain_tps = (next(p["output_tokens_per_s"] for p in results[n] if p["concurrency"] == top)
-                               for n in names)
-        print(f"\nat concurrency {top}: {ours_tps / plain_tps:.2f}x the plain endpoint's output tok/s")
+        ours, *peers = (next(p["output_tokens_per_s"] for p in results[n] if p["concurrency"] == top) for n in names)
+        print(f"\nat concurrency {top}, {names[0]}'s output tok/s is " +
+              ", ".join(f"{ours / tps:.2f}x {n}'s" for n, tps in zip(names[1:], peers)))
     plot(results, args.png)
     print(f"figure: {args.png}")
     return 0

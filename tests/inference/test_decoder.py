@@ -340,3 +340,28 @@ def test_compiled_functions_are_bounded_least_recently_used_first_and_recompile_
     assert decoder.forget_compiled() == 2 and decoder.num_executables == 0
     with pytest.raises(ValueError, match="max_executables must be >= 1"):
         Decoder(params, cfg, max_executables=0)
+
+
+def test_with_params_decodes_other_weights_on_the_programs_already_compiled(tiny):
+    """A fine-tune decoded by ``with_params``: what a decoder built over those weights decodes, with nothing
+    compiled again, the original decoder unchanged; weights of another shape are refused by name."""
+    import dataclasses
+
+    from intern_jax.testing import random_params
+
+    cfg, params = tiny
+    other = random_params(cfg, 7, scale=0.3, norm_scale=0.3)
+    sampling = SamplingParams(max_new_tokens=6)
+    first = Decoder(params, cfg)
+    mine = generate(first, PROMPTS, sampling)
+    compiled = first.num_executables
+    twin = first.with_params(other)
+    got, want = generate(twin, PROMPTS, sampling), generate(Decoder(other, cfg), PROMPTS, sampling)
+    assert got.tokens == want.tokens and got.tokens != mine.tokens
+    np.testing.assert_allclose(np.concatenate(got.logprobs), np.concatenate(want.logprobs), atol=1e-5)
+    assert first.num_executables == compiled and twin.num_executables == compiled
+    assert generate(first, PROMPTS, sampling).tokens == mine.tokens
+    wider = random_params(dataclasses.replace(cfg, vocab_size=101), 7)
+    with pytest.raises(ValueError, match=r"with_params: weight \['output'\] is float32\[64, 101\], this model's is "
+                                         r"float32\[64, 97\]"):
+        first.with_params(wider)

@@ -59,19 +59,20 @@ def test_concurrent_requests_each_equal_generate_alone(dec, alone, kw):
 def test_warm_up_compiles_what_single_requests_need_and_refuses_a_busy_engine(tiny, alone):
     cfg, params = tiny
     dec = Decoder(params, cfg)  # programs of its own, counted from zero
-    engine = _engine(dec)
+    engine = _engine(dec, max_batch_size=8, max_num_tokens=32)
     progress = []
     compiled = engine.warm_up(lambda done, total: progress.append((done, total)))
-    # prefill of one sequence at the one stream length (the 16-token budget) and of 1, 2, 4 one-token
-    # sequences; decode steps of 1, 2 and 4 live slots
-    assert compiled == dec.num_executables == 6
-    assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    # prefill at the stream lengths 16 and 32 (the budget) of one sequence, of the 4-row bucket (2 to 4
+    # chunks at once) and of the 8-row one; decode steps of 1, 2, 4 and 8 live slots
+    assert compiled == dec.num_executables == 10
+    assert progress == [(k, 10) for k in range(1, 11)]
     _assert_no_leak(engine)
-    for i in range(4):  # requests one at a time (the longest in two chunks) compile nothing more
+    for i in range(4):  # requests one at a time (the longest in two chunks), then all at once, compile nothing more
         assert engine.generate([PROMPTS[i]], SamplingParams(max_new_tokens=12))[0].token_ids == alone[i]
+    results = engine.generate(PROMPTS, SamplingParams(max_new_tokens=12))  # chunks of several at once
+    assert [r.token_ids for r in results] == [alone[i] for i in range(len(PROMPTS))]
     if engine.batch.cache.native:  # the XLA attention path also compiles per table width
         assert dec.num_executables == compiled
-    assert engine.generate(PROMPTS[:3], SamplingParams(max_new_tokens=12))[1].token_ids == alone[1]
     engine.add_request(PROMPTS[0])
     with pytest.raises(RuntimeError, match="idle engine"):
         engine.warm_up()
