@@ -142,10 +142,10 @@ class Engine:
         the decode step for every power-of-two count of live slots up to ``max_batch_size``, and prefill
         for every power-of-two stream length up to the step budget, of one sequence and of each bucket of
         several (``DecodeBatch.insert_rows``; with packed prefill, the paged default, that is every
-        prefill the engine runs). Needs an idle engine that holds nothing (no
-        request, session or cached page): it writes throwaway keys and values into free pages. With the
-        persistent compilation cache a restarted server reads these programs back. ``progress``: called
-        with ``(done, total)`` after each. Returns the number of programs compiled."""
+        prefill the engine runs). Needs an idle engine that holds nothing (no request, session or cached
+        page): it writes throwaway keys and values into free pages. With the persistent compilation cache
+        a restarted server reads these programs back. ``progress``: called with ``(done, total)`` after
+        each. Returns the number of programs compiled."""
         with self._step_lock:
             busy = self.requests or self.sessions or self._pending or self.scheduler.running or self.scheduler.waiting
             if busy or self.pool.key_of or self.pool.num_free != self.pool.num_blocks:
