@@ -17,7 +17,7 @@ from intern_jax.train import finetune as F
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "finetune" / "smollm2_tools.py"
 HELDOUT = ROOT / "configs" / "finetune" / "smollm2_tools_heldout.jsonl"
-PROBLEMS = 40  # of the file's 100 (the demo scores all of them)
+PROBLEMS = 30  # of the file's 100 (the demo scores all of them)
 
 
 def _score(decoder, problems) -> dict:

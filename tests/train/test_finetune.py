@@ -181,13 +181,14 @@ def test_finetune_configs_load_and_accept_overrides(path, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_smollm2_persona_lora_changes_the_answer_and_still_stops_at_im_end(tmp_path, monkeypatch):
+def test_smollm2_persona_lora_changes_the_answer_and_still_stops_at_im_end(tmp_path, monkeypatch, smollm2):
     monkeypatch.chdir(tmp_path)
     path = next(p for p in CONFIGS if p.stem == "smollm2_lora_sft")
     cfg = F.load_finetune_config(path, ["train.logging.progress=false"])
     from intern_jax.sharding import make_mesh
 
-    F.finetune(cfg, tmp_path / "run", mesh=make_mesh({"fsdp": 1}, devices=jax.devices()[:1]))  # the demo's 1 device
+    F.finetune(cfg, tmp_path / "run", base=smollm2,  # the config's base_model, loaded once per session
+               mesh=make_mesh({"fsdp": 1}, devices=jax.devices()[:1]))  # the demo's 1 device
     import runpy
 
     script = Path(__file__).resolve().parents[2] / "scripts" / "finetune.py"

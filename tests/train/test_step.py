@@ -24,8 +24,11 @@ B, T = 8, 32
 
 
 def _train_cfg(**parallel):
+    # Adam's eps at 1e-6, not 1e-8: Adam moves a weight by about lr * g / (|g| + eps), so a weight whose
+    # gradient is near eps (or near zero) moves by an amount that changes with g's last bits, and sharding
+    # sums the gradient in another order (see _assert_same_trajectory)
     return TrainConfig(model=CFG, steps=50, batch_size=B, seq_len=T, parallel=ParallelConfig(**parallel),
-                       optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1))
+                       optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1, eps=1e-6))
 
 
 def _run(parallel: dict, n_devices: int, batches, params, train_cfg=None):
@@ -52,15 +55,17 @@ def reference(seed):
 
 
 def _assert_same_trajectory(got, reference, seed):
-    """Losses and params (atol 1e-5) and the reported gradient norms (rtol 1e-5) of every step. The norms
-    matter: clipping plus Adam cancel a constant gradient scale, so losses and params alone would not
-    show a sum where a mean belongs."""
+    """Losses (atol 1e-5) and the reported gradient norms (rtol 1e-5) of every step, and the final params
+    to 1e-4, a hundredth of one step's learning rate. The norms matter: clipping plus Adam cancel a
+    constant gradient scale, so losses and params alone would not show a sum where a mean belongs. The
+    params' bound is not tighter because Adam amplifies the summation order's rounding for weights whose
+    gradient is about zero: a few of them (one in 8,192, some seeds) land 1e-5 to 1e-4 apart."""
     losses, params, _, grad_norms = got
     _, _, _, want, want_params, want_norms = reference
     np.testing.assert_allclose(losses, want, atol=1e-5, rtol=0, err_msg=f"seed {seed}: losses")
     np.testing.assert_allclose(grad_norms, want_norms, rtol=1e-5, err_msg=f"seed {seed}: grad_norm")
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want_params)):
-        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"seed {seed}: params")
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0, err_msg=f"seed {seed}: params")
 
 
 @pytest.mark.parametrize(
