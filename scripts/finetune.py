@@ -45,11 +45,17 @@ def compare_answers(run_dir, questions, *, max_new_tokens: int = 48) -> list[dic
     from intern_jax.inference import Decoder, SamplingParams, generate_text  # noqa: PLC0415
 
     record = read_run_json(run_dir)
-    models = {"base": load_model(record["base_model"]), "tuned": load_model(run_dir)}
+    base, tuned = load_model(record["base_model"]), load_model(run_dir)
+    decoders = {"base": Decoder.from_model(base)}
+    try:  # the fine-tune on the base model's compiled programs when its weights have the same shapes
+        if getattr(tuned, "execution", None) != getattr(base, "execution", None):
+            raise ValueError("another execution policy")
+        decoders["tuned"] = decoders["base"].with_params(tuned.params)
+    except ValueError:
+        decoders["tuned"] = Decoder.from_model(tuned)
     sampling = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     out = [{"question": q} for q in questions]
-    for label, model in models.items():
-        model = Decoder.from_model(model)
+    for label, model in decoders.items():
         for row in out:
             text, result = generate_text(model, [{"role": "user", "content": row["question"]}], sampling)
             row[label] = text
