@@ -135,7 +135,8 @@ def _drop_closed_loop_reports() -> None:
     """When a checkpoint read fails, orbax closes its event loop while tensorstore's threads still
     complete the other reads; each completion calls ``call_soon_threadsafe`` on the closed loop and
     Python reports the ``RuntimeError('Event loop is closed')`` through ``sys.unraisablehook``. Those
-    reports (and only those) are dropped: the failed read itself reaches the script as an exception."""
+    reports (and only those) are dropped, as are asyncio's reports of the other reads' failures
+    (``OrphanedReadErrors``): the failed read itself reaches the script as an exception."""
     previous = sys.unraisablehook
 
     def hook(report):
@@ -147,6 +148,26 @@ def _drop_closed_loop_reports() -> None:
         return
     hook._intern_jax = True
     sys.unraisablehook = hook
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, OrphanedReadErrors) for f in asyncio_log.filters):
+        asyncio_log.addFilter(OrphanedReadErrors())
+
+
+class OrphanedReadErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" reports of orbax's checkpoint reads. When one
+    read of a checkpoint fails, its siblings fail too, as tasks nobody awaits any more; asyncio reports each
+    whenever it is collected, which can be before the script prints its error line. The failed read itself
+    reaches the loader as an exception (and the user as one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Task exception was never retrieved") or not record.exc_info:
+            return True
+        tb = record.exc_info[1].__traceback__ if record.exc_info[1] is not None else None
+        while tb is not None:
+            if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
 
 
 def _quiet_abandoned_work() -> None:

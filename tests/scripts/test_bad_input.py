@@ -319,6 +319,47 @@ def test_chat_session_survives_bad_bytes_and_unknown_commands(tiny_model):
     assert out.count("assistant> ") == 2, out  # the bad-bytes line and "Hi"; not the command
 
 
+def test_orphaned_checkpoint_read_errors_are_dropped_and_other_task_errors_kept():
+    """asyncio's "Task exception was never retrieved", as a failed read's sibling tasks raise it when they
+    are collected (at any moment, so also before the script's error line): dropped when the exception
+    comes from orbax's code, reported otherwise."""
+    import asyncio
+    import gc
+    import logging
+
+    from intern_jax.cli import OrphanedReadErrors
+
+    def failing_coroutine(filename):
+        scope = {}
+        exec(compile("async def read():\n    raise ValueError('OUT_OF_RANGE')\n", filename, "exec"), scope)
+        return scope["read"]()
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.exc_info[1].__traceback__.tb_frame.f_code.co_filename if record.exc_info else None)
+
+    log = logging.getLogger("asyncio")
+    handler, flt = Keep(), OrphanedReadErrors()
+    log.addHandler(handler)
+    log.addFilter(flt)
+    try:
+        for filename in (os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "serialization.py"),
+                         os.path.join(os.sep, "site-packages", "mine", "reader.py")):
+            loop = asyncio.new_event_loop()
+            task = loop.create_task(failing_coroutine(filename))
+            loop.run_until_complete(asyncio.sleep(0))
+            assert task.done()  # failed, and its exception never retrieved
+            loop.close()
+            del task
+            gc.collect()  # the unretrieved exception is reported now
+    finally:
+        log.removeHandler(handler)
+        log.removeFilter(flt)
+    assert seen == [os.path.join(os.sep, "site-packages", "mine", "reader.py")]
+
+
 def test_a_damaged_native_checkpoint_is_one_line(tiny_model, tmp_path):
     import shutil
 
